@@ -1,0 +1,104 @@
+"""``lora-studio`` command line: train, demo, gui. Training options are generated from the config schema."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from typing import Any
+
+from .config import SETTINGS, load_config
+from .config import schema as S
+from .errors import UserError
+
+_LIST_KINDS = (S.STR_LIST, S.FLOAT_OR_LIST)
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (override the config file; names as in sd-scripts)")
+    for setting in SETTINGS:
+        kwargs: dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS, "metavar": "VALUE",
+                                  "help": setting.help.replace("%", "%%")}
+        if setting.kind == S.BOOL:
+            kwargs.update(nargs="?", const="true", metavar="true|false")
+        elif setting.kind in _LIST_KINDS:
+            kwargs.update(nargs="+")
+        group.add_argument(f"--{setting.name}", **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-studio", description="Train LoRA adapters for Stable Diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a LoRA from a TOML config (sd-scripts keys)")
+    train.add_argument("--config", "--config_file", dest="config_file", help="training config (.toml)")
+    _add_setting_options(train)
+
+    demo = sub.add_parser("demo", help="write a tiny offline model, dataset and config to try everything on a CPU")
+    demo.add_argument("folder", help="folder to create (must be empty or new)")
+    demo.add_argument("--train", action="store_true", help="also run the demo training now")
+
+    gui = sub.add_parser("gui", help="open the workbench in the browser")
+    gui.add_argument("--host", default="127.0.0.1")
+    gui.add_argument("--port", type=int, default=7860)
+    gui.add_argument("--no-browser", action="store_true")
+    return parser
+
+
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr, force=True)
+    for noisy in ("transformers", "diffusers", "accelerate", "torch", "httpx", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
+    warnings.filterwarnings("ignore", message=".*TypedStorage.*")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config_file")}
+    cfg = load_config(args.config_file, overrides)
+    from .training.trainer import train
+
+    train(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    try:
+        if args.command == "train":
+            return _run_train(args)
+        if args.command == "demo":
+            from .demo import write_demo
+
+            config = write_demo(args.folder)
+            print(f"Demo written to {args.folder}.\nTrain it with:\n  lora-studio train --config {config}")
+            if args.train:
+                return main(["train", "--config", str(config)])
+            return 0
+        if args.command == "gui":
+            print("The LoRA Studio GUI is not part of this version yet. Train from the command line:\n"
+                  "  lora-studio demo ./demo && lora-studio train --config ./demo/config.toml", file=sys.stderr)
+            return 1
+    except UserError as exc:
+        logging.getLogger("lora_studio").error("%s", exc)
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nstopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

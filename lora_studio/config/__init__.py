@@ -1,0 +1,133 @@
+"""Training configuration: one schema (``schema.SETTINGS``), loaded from TOML and the command line."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable
+
+import tomli_w
+
+from ..errors import ConfigError
+from .schema import BY_NAME, IGNORED_GUI_KEYS, SETTINGS, UNSUPPORTED, Setting
+from .values import parse_key_values, parse_value
+
+__all__ = ["Config", "load_config", "SETTINGS", "Setting", "parse_key_values", "save_config"]
+
+log = logging.getLogger(__name__)
+
+
+class Config:
+    """Validated settings, read as attributes (``cfg.network_dim``). Every setting in the schema is present."""
+
+    def __init__(self, values: dict[str, Any], source: str | None = None):
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "source", source)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Config is read-only; use Config.replace()")
+
+    def replace(self, **changes: Any) -> "Config":
+        return build_config({**self.explicit(), **changes}, source=self.source)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def explicit(self) -> dict[str, Any]:
+        """The settings that differ from their defaults (what a saved config needs)."""
+        return {k: v for k, v in self._values.items() if v != BY_NAME[k].default}
+
+
+def _closest(name: str) -> str:
+    match = difflib.get_close_matches(name, list(BY_NAME) + list(UNSUPPORTED), n=1, cutoff=0.6)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def flatten_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """sd-scripts flattens TOML sections: section names are ignored, their keys join the top level."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in BY_NAME:
+            for inner_key, inner_value in flatten_sections(value).items():
+                flat[inner_key] = inner_value
+        else:
+            flat[key] = value
+    return flat
+
+
+def build_config(raw: dict[str, Any], source: str | None = None) -> Config:
+    """Check every key and value of ``raw`` against the schema; raise one ConfigError listing every problem."""
+    where = f" in {source}" if source else ""
+    problems: list[str] = []
+    values = {s.name: s.default for s in SETTINGS}
+    for key, value in raw.items():
+        if key in BY_NAME:
+            try:
+                values[key] = parse_value(BY_NAME[key], value)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        elif key in UNSUPPORTED:
+            default = UNSUPPORTED[key]
+            if value in (default, None, "", [], False) or value == default:
+                log.info("setting '%s'%s is not used by LoRA Studio; its value changes nothing here", key, where)
+            else:
+                problems.append(f"setting '{key}' is an sd-scripts option that LoRA Studio does not support yet "
+                                f"(value {value!r}); remove it or set it to {default!r}")
+        elif key in IGNORED_GUI_KEYS:
+            log.info("setting '%s'%s is written by the Kohya_ss GUI but read by no trainer; ignored", key, where)
+        else:
+            problems.append(f"unknown setting '{key}'.{_closest(key)}")
+    if problems:
+        raise ConfigError(f"problems with the training config{where}:\n  - " + "\n  - ".join(problems))
+    return Config(values, source=source)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """TOML file (sections flattened) with ``overrides`` on top (command line > file > defaults)."""
+    raw = flatten_sections(read_toml(path)) if path else {}
+    raw.update(overrides or {})
+    return build_config(raw, source=str(path) if path else None)
+
+
+def to_toml_dict(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def save_config(cfg: Config | dict[str, Any], path: str | Path, only_explicit: bool = False) -> Path:
+    """Write settings as TOML, grouped by schema group. ``0``/``false`` are kept; unset (None) values are left out."""
+    values = cfg.explicit() if (only_explicit and isinstance(cfg, Config)) else (
+        cfg.as_dict() if isinstance(cfg, Config) else dict(cfg))
+    grouped: dict[str, dict[str, Any]] = {}
+    for setting in SETTINGS:
+        if setting.name in values and values[setting.name] is not None:
+            grouped.setdefault(setting.group, {})[setting.name] = values[setting.name]
+    from ..io_utils import atomic_write_bytes
+
+    path = Path(path)
+    atomic_write_bytes(path, tomli_w.dumps(grouped).encode("utf-8"))
+    return path
+
+
+def settings_in_group(group: str) -> Iterable[Setting]:
+    return (s for s in SETTINGS if s.group == group)

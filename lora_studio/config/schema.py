@@ -1,0 +1,225 @@
+"""The one list of training settings.
+
+Every face of LoRA Studio (TOML files, command-line overrides, validation messages, presets and the GUI's widgets)
+is generated from ``SETTINGS``. Names are sd-scripts' names so that an sd-scripts config runs unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Kinds of value a setting holds. Each kind has one parser in ``config.values``.
+STR, PATH, INT, FLOAT, BOOL = "str", "path", "int", "float", "bool"
+STR_LIST = "str_list"  # ["k=v", ...] or a table {k = v}
+FLOAT_OR_LIST = "float_or_list"  # 1e-4 or [1e-4, 5e-5] (one value per text encoder)
+INT_OR_RATIO = "int_or_ratio"  # 100 steps, or 0.1 = 10% of the total steps
+RESOLUTION = "resolution"  # "512" or "512,768" (width,height)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: str
+    default: Any
+    label: str
+    help: str
+    group: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    required: bool = False
+
+
+def _s(name, kind, default, label, help, group, **kw) -> Setting:
+    return Setting(name, kind, default, label, help, group, **kw)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # ---- model ----
+    _s("pretrained_model_name_or_path", PATH, None, "Pretrained model name or path",
+       "Base model: a single-file .safetensors checkpoint (A1111 style) or a diffusers folder.", "model",
+       required=True),
+    _s("vae", PATH, None, "VAE", "Optional VAE to use instead of the model's own (.safetensors file or diffusers folder).",
+       "model"),
+    _s("v2", BOOL, False, "v2", "The base model is Stable Diffusion 2.x.", "model"),
+    _s("v_parameterization", BOOL, False, "v_parameterization",
+       "The base model predicts v (SD2.x 768-v models). Needs v2.", "model"),
+    _s("clip_skip", INT, 1, "Clip skip", "Use the output of the N-th last text-encoder layer (2 for anime models).",
+       "model", minimum=1, maximum=12),
+    _s("max_token_length", INT, 75, "Max Token Length",
+       "Caption length in tokens; 150 or 225 encode long captions in 75-token chunks.", "model",
+       choices=(75, 150, 225)),
+    # ---- folders ----
+    _s("train_data_dir", PATH, None, "Image folder",
+       "Folder that holds the training subfolders named N_name (N = repeats, name = class tokens), "
+       "e.g. img/10_emi person/.", "folders"),
+    _s("reg_data_dir", PATH, None, "Regularisation folder",
+       "Optional folder of regularisation subfolders (N_class), used with prior_loss_weight.", "folders"),
+    _s("dataset_config", PATH, None, "Dataset config file",
+       "An sd-scripts dataset TOML ([general], [[datasets]], [[datasets.subsets]]). Replaces the image folders.",
+       "folders"),
+    _s("output_dir", PATH, None, "Output directory", "Where the .safetensors files, samples and logs go.", "folders",
+       required=True),
+    _s("output_name", STR, "last", "Trained Model output name",
+       "File name of the LoRA without extension; also its name in A1111 (<lora:name:1>).", "folders"),
+    _s("logging_dir", PATH, None, "Logging folder", "Write TensorBoard scalars here (leave empty for none).",
+       "folders"),
+    _s("training_comment", STR, None, "Training comment", "Free text stored in the LoRA's metadata.", "folders"),
+    # ---- dataset ----
+    _s("resolution", RESOLUTION, "512", "Max resolution", "Training resolution: \"512\" or \"width,height\".",
+       "dataset"),
+    _s("train_batch_size", INT, 1, "Train batch size", "Images per step on each GPU.", "dataset", minimum=1,
+       maximum=1024),
+    _s("enable_bucket", BOOL, False, "Enable buckets",
+       "Aspect-ratio buckets: train images of different shapes without cropping them square.", "dataset"),
+    _s("min_bucket_reso", INT, 256, "Minimum bucket resolution", "Smallest bucket side in pixels.", "dataset",
+       minimum=64, maximum=8192),
+    _s("max_bucket_reso", INT, 1024, "Maximum bucket resolution", "Largest bucket side in pixels.", "dataset",
+       minimum=64, maximum=8192),
+    _s("bucket_reso_steps", INT, 64, "Bucket resolution steps", "Bucket sides are multiples of this (8 or more).",
+       "dataset", minimum=8, maximum=512),
+    _s("bucket_no_upscale", BOOL, False, "Don't upscale bucket resolution",
+       "Small images get a bucket of their own size instead of being enlarged.", "dataset"),
+    _s("caption_extension", STR, ".txt", "Caption file extension", "Extension of the caption file beside each image.",
+       "dataset"),
+    _s("shuffle_caption", BOOL, False, "Shuffle caption", "Shuffle the comma-separated tags of each caption.",
+       "dataset"),
+    _s("keep_tokens", INT, 0, "Keep n tokens", "Keep the first N tags in place when shuffling or dropping tags.",
+       "dataset", minimum=0, maximum=255),
+    _s("caption_dropout_rate", FLOAT, 0.0, "Rate of caption dropout",
+       "Probability of training an image with an empty caption.", "dataset", minimum=0.0, maximum=1.0),
+    _s("caption_tag_dropout_rate", FLOAT, 0.0, "Rate of caption tag dropout",
+       "Probability of dropping each tag (except the kept ones).", "dataset", minimum=0.0, maximum=1.0),
+    _s("flip_aug", BOOL, False, "Flip augmentation", "Randomly mirror images left-right (not for asymmetric subjects).",
+       "dataset"),
+    _s("cache_latents", BOOL, False, "Cache latents",
+       "Encode every image with the VAE once, before training: faster steps, less VRAM.", "dataset"),
+    _s("cache_latents_to_disk", BOOL, False, "Cache latents to disk",
+       "Keep the latent cache on disk so the next run skips encoding (implies cache_latents).", "dataset"),
+    _s("max_data_loader_n_workers", INT, 0, "Max num workers for DataLoader",
+       "Background processes that load images (0 = load in the training process).", "dataset", minimum=0,
+       maximum=64),
+    _s("prior_loss_weight", FLOAT, 1.0, "Prior loss weight", "Loss weight of regularisation images.", "dataset",
+       minimum=0.0, maximum=100.0),
+    # ---- network ----
+    _s("network_module", STR, "networks.lora", "LoRA type", "Network implementation; networks.lora is standard LoRA.",
+       "network", choices=("networks.lora", "lora_studio.lora")),
+    _s("network_dim", INT, 4, "Network Rank (Dimension)", "Rank of each adapter: capacity and file size.", "network",
+       minimum=1, maximum=1024),
+    _s("network_alpha", FLOAT, 1.0, "Network Alpha",
+       "Scales the adapter by alpha/rank; 0 means alpha = rank (scale 1).", "network", minimum=0.0, maximum=1024.0),
+    _s("network_args", STR_LIST, None, "Network args", "Extra network options as key=value strings.", "network"),
+    _s("network_weights", PATH, None, "LoRA network weights", "Start from the weights of this LoRA file.", "network"),
+    _s("network_train_unet_only", BOOL, False, "Train U-Net only", "Do not train the text encoder.", "network"),
+    _s("network_train_text_encoder_only", BOOL, False, "Train Text Encoder only", "Do not train the U-Net.",
+       "network"),
+    _s("network_dropout", FLOAT, 0.0, "Network dropout", "Dropout on the adapters' hidden features while training.",
+       "network", minimum=0.0, maximum=1.0),
+    # ---- optimizer and schedule ----
+    _s("optimizer_type", STR, "AdamW", "Optimizer",
+       "AdamW, AdamW8bit, Lion, Prodigy, Adafactor, any torch.optim class, or a dotted path (package.Class).",
+       "optimizer"),
+    _s("optimizer_args", STR_LIST, None, "Optimizer extra arguments",
+       "Extra optimizer arguments as key=value strings, e.g. weight_decay=0.01 betas=(0.9,0.99).", "optimizer"),
+    _s("learning_rate", FLOAT, 1e-4, "Learning rate", "Learning rate of every adapter unless overridden below.",
+       "optimizer", minimum=0.0, maximum=10.0),
+    _s("unet_lr", FLOAT, None, "Unet learning rate", "Learning rate of the U-Net adapters (empty = Learning rate).",
+       "optimizer", minimum=0.0, maximum=10.0),
+    _s("text_encoder_lr", FLOAT_OR_LIST, None, "Text Encoder learning rate",
+       "Learning rate of the text-encoder adapters (empty = Learning rate).", "optimizer", minimum=0.0, maximum=10.0),
+    _s("lr_scheduler", STR, "constant", "LR Scheduler", "How the learning rate changes over the run.", "optimizer",
+       choices=("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")),
+    _s("lr_warmup_steps", INT_OR_RATIO, 0, "LR warmup steps",
+       "Steps of linear warm-up; a number below 1 is a fraction of the total steps.", "optimizer", minimum=0),
+    _s("lr_scheduler_num_cycles", INT, 1, "LR number of cycles", "Restarts of cosine_with_restarts.", "optimizer",
+       minimum=1, maximum=1000),
+    _s("lr_scheduler_power", FLOAT, 1.0, "LR power", "Power of the polynomial scheduler.", "optimizer", minimum=0.0,
+       maximum=100.0),
+    _s("max_grad_norm", FLOAT, 1.0, "Max grad norm", "Clip gradients to this norm (0 = no clipping).", "optimizer",
+       minimum=0.0, maximum=1e6),
+    # ---- training ----
+    _s("max_train_steps", INT, 1600, "Max train steps", "Optimizer steps to train (ignored when Max train epoch is set).",
+       "training", minimum=1, maximum=10_000_000),
+    _s("max_train_epochs", INT, None, "Max train epoch", "Epochs to train; overrides Max train steps.", "training",
+       minimum=1, maximum=100_000),
+    _s("gradient_accumulation_steps", INT, 1, "Gradient accumulate steps",
+       "Add up gradients of N batches before each optimizer step.", "training", minimum=1, maximum=1024),
+    _s("mixed_precision", STR, "no", "Mixed precision",
+       "Precision of the frozen model: bf16 (recommended on RTX 30xx and newer), fp16, or no (fp32).", "training",
+       choices=("no", "fp16", "bf16")),
+    _s("gradient_checkpointing", BOOL, False, "Gradient checkpointing",
+       "Recompute activations in the backward pass: much less VRAM, about 20% slower.", "training"),
+    _s("xformers", BOOL, False, "Use xformers", "Use xformers attention (needs the xformers package).", "training"),
+    _s("sdpa", BOOL, False, "Use SDPA",
+       "Use PyTorch scaled-dot-product attention (the default attention already).", "training"),
+    _s("seed", INT, None, "Seed", "Random seed; the same seed and settings give the same LoRA.", "training",
+       minimum=0, maximum=2**32 - 1),
+    _s("noise_offset", FLOAT, 0.0, "Noise offset", "Adds offset noise so the LoRA can learn very dark or bright images "
+       "(0.05-0.1 typical).", "training", minimum=0.0, maximum=1.0),
+    _s("min_snr_gamma", FLOAT, None, "Min SNR gamma", "Min-SNR loss weighting (5 is the paper's value; empty = off).",
+       "training", minimum=0.0, maximum=100.0),
+    # ---- saving ----
+    _s("save_model_as", STR, "safetensors", "Save trained model as", "File format of the LoRA.", "saving",
+       choices=("safetensors",)),
+    _s("save_precision", STR, "fp16", "Save precision", "Precision of the saved LoRA weights.", "saving",
+       choices=("fp16", "bf16", "float")),
+    _s("save_every_n_epochs", INT, None, "Save every N epochs", "Also save <name>-000001.safetensors every N epochs.",
+       "saving", minimum=1, maximum=100_000),
+    _s("save_every_n_steps", INT, None, "Save every N steps", "Also save <name>-step00000500.safetensors every N steps.",
+       "saving", minimum=1, maximum=10_000_000),
+    _s("save_last_n_epochs", INT, None, "Save last N epochs", "Keep only the last N intermediate epoch files.",
+       "saving", minimum=1, maximum=100_000),
+    # ---- samples ----
+    _s("sample_prompts", PATH, None, "Sample prompts file",
+       "Text file with one prompt a line; options --n (negative) --w --h --d (seed) --s (steps) --l (CFG).", "samples"),
+    _s("sample_every_n_epochs", INT, None, "Sample every n epochs", "Make sample images every N epochs.", "samples",
+       minimum=1, maximum=100_000),
+    _s("sample_every_n_steps", INT, None, "Sample every n steps", "Make sample images every N steps.", "samples",
+       minimum=1, maximum=10_000_000),
+    _s("sample_sampler", STR, "ddim", "Sample sampler", "Sampler for sample images.", "samples",
+       choices=("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
+                "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")),
+    _s("sample_at_first", BOOL, False, "Sample at first", "Also make sample images before training starts.",
+       "samples"),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+# sd-scripts settings that LoRA Studio does not implement (yet). At their sd-scripts default they change nothing and
+# are accepted with a notice; any other value is an error, never silently ignored.
+UNSUPPORTED: dict[str, Any] = {
+    "in_json": None, "dataset_repeats": 1, "tokenizer_cache_dir": None, "lowram": False, "highvram": False,
+    "fp8_base": False, "fp8_base_unet": False, "no_half_vae": False, "base_weights": None,
+    "base_weights_multiplier": None, "caption_separator": ",", "keep_tokens_separator": "",
+    "secondary_separator": None, "enable_wildcard": False, "caption_prefix": None, "caption_suffix": None,
+    "caption_dropout_every_n_epochs": 0, "token_warmup_min": 1, "token_warmup_step": 0, "weighted_captions": False,
+    "resize_interpolation": None, "color_aug": False, "face_crop_aug_range": None, "random_crop": False,
+    "vae_batch_size": 1, "skip_cache_check": False, "persistent_data_loader_workers": False, "alpha_mask": False,
+    "masked_loss": False, "conditioning_data_dir": None, "debug_dataset": False, "validation_split": 0.0,
+    "validation_seed": None, "validate_every_n_steps": None, "validate_every_n_epochs": None,
+    "max_validation_steps": None, "dim_from_weights": False, "scale_weight_norms": None, "no_metadata": False,
+    "fused_backward_pass": False, "use_8bit_adam": False, "use_lion_optimizer": False, "lr_scheduler_type": "",
+    "lr_scheduler_args": None, "lr_decay_steps": 0, "lr_scheduler_timescale": None, "lr_scheduler_min_lr_ratio": None,
+    "full_fp16": False, "full_bf16": False, "cpu_offload_checkpointing": False, "mem_eff_attn": False,
+    "torch_compile": False, "dynamo_backend": "inductor", "cache_text_encoder_outputs": False,
+    "cache_text_encoder_outputs_to_disk": False, "ddp_timeout": None, "ddp_gradient_as_bucket_view": False,
+    "ddp_static_graph": False, "noise_offset_random_strength": False, "adaptive_noise_scale": None,
+    "multires_noise_iterations": None, "multires_noise_discount": 0.3, "ip_noise_gamma": None,
+    "ip_noise_gamma_random_strength": False, "zero_terminal_snr": False, "min_timestep": None, "max_timestep": None,
+    "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": None, "debiased_estimation_loss": False,
+    "loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "huber_scale": 1.0, "save_n_epoch_ratio": None,
+    "save_last_n_steps": None, "save_last_n_epochs_state": None, "save_last_n_steps_state": None,
+    "save_state": False, "save_state_on_train_end": False, "resume": None, "initial_epoch": None,
+    "initial_step": None, "skip_until_initial_step": False, "huggingface_repo_id": None, "log_with": None,
+    "log_prefix": None, "log_tracker_name": None, "log_tracker_config": None, "wandb_run_name": None,
+    "wandb_api_key": None, "log_config": False, "metadata_title": None, "metadata_author": None,
+    "metadata_description": None, "metadata_license": None, "metadata_tags": None, "sample_every_n_epochs_ratio": None,
+    "no_token_padding": False, "mem_eff_save": False, "console_log_level": None, "console_log_file": None,
+    "console_log_simple": False, "output_config": False, "deepspeed": False, "zero_stage": 2,
+    "loraplus_lr_ratio": None, "loraplus_unet_lr_ratio": None, "loraplus_text_encoder_lr_ratio": None,
+    "blocks_to_swap": None, "disable_mmap_load_safetensors": False, "dataset_class": None,
+}
+
+# Keys the Kohya_ss GUI writes into its TOML that no sd-scripts script reads; they carry no meaning.
+IGNORED_GUI_KEYS = frozenset({"epoch"})

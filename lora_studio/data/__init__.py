@@ -1,0 +1,1 @@
+"""Training data: folders and dataset TOMLs, images, captions, buckets and latent caches."""

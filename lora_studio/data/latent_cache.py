@@ -1,0 +1,105 @@
+"""Latents encoded once, in memory and optionally on disk.
+
+A disk entry is named by a hash of the image file's bytes, the bucket size, the flip and the VAE's weights, so a
+changed image, resolution or VAE never reuses a stale latent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..io_utils import atomic_write
+from .dataset import Entry, TrainingData
+
+log = logging.getLogger(__name__)
+
+CACHE_FOLDER = ".lora_studio_cache"
+CACHE_VERSION = "1"
+
+
+def vae_fingerprint(vae: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_path(image: Path, bucket: tuple[int, int], flip: bool, vae_id: str, fallback_dir: Path) -> Path:
+    key = hashlib.sha256(f"{CACHE_VERSION}|{_file_digest(image)}|{bucket}|{flip}|{vae_id}".encode()).hexdigest()[:20]
+    folder = image.parent / CACHE_FOLDER
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:  # read-only image folder: keep the cache with the outputs instead
+        folder = fallback_dir
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{image.stem}_{bucket[0]}x{bucket[1]}{'_flip' if flip else ''}_{key}.safetensors"
+
+
+def needed_entries(data: TrainingData) -> list[Entry]:
+    entries = []
+    for i, item in enumerate(data.items):
+        entries.append((i, False))
+        if item.subset.flip_aug:
+            entries.append((i, True))
+    return entries
+
+
+def build_latent_cache(data: TrainingData, encode: Callable[[torch.Tensor], torch.Tensor], vae_id: str,
+                       to_disk: bool, write: bool, fallback_dir: Path, batch_size: int = 4,
+                       show_progress: bool = True) -> dict[Entry, torch.Tensor]:
+    """Latents for every (image, flip) the run can draw. ``encode`` maps [B,3,H,W] pixels to scaled latents.
+
+    With ``to_disk``, entries found on disk are read and new ones written (only where ``write`` is true: the main
+    process); other processes read what the main process wrote.
+    """
+    cache: dict[Entry, torch.Tensor] = {}
+    todo: dict[tuple[int, int], list[tuple[Entry, Path | None]]] = defaultdict(list)
+    for entry in needed_entries(data):
+        item = data.items[entry[0]]
+        path = _cache_path(item.path, item.bucket, entry[1], vae_id, fallback_dir) if to_disk else None
+        if path is not None and path.is_file():
+            try:
+                cache[entry] = load_file(str(path))["latent"]
+                continue
+            except Exception as exc:  # a damaged cache file is re-made, never trusted
+                log.warning("re-encoding %s: cache file %s unreadable (%s)", item.path, path, exc)
+        todo[item.bucket].append((entry, path))
+
+    total = sum(len(v) for v in todo.values())
+    if total and not write:
+        raise RuntimeError("latent cache incomplete on a non-main process")
+    with tqdm(total=total, desc="caching latents", disable=not show_progress or total == 0, unit="img") as bar:
+        for bucket, jobs in todo.items():
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start:start + batch_size]
+                pixels = torch.stack([data.pixels(i, flip) for (i, flip), _ in chunk])
+                latents = encode(pixels).float().cpu()
+                for ((i, flip), path), latent in zip(chunk, latents):
+                    if not torch.isfinite(latent).all():
+                        raise UserError(f"the VAE produced NaN/inf latents for {data.items[i].path}; "
+                                        "use mixed_precision = \"no\" or a fixed VAE")
+                    latent = latent.contiguous()
+                    cache[(i, flip)] = latent
+                    if path is not None:
+                        atomic_write(path, lambda tmp, t=latent: save_file(
+                            {"latent": t}, tmp, metadata={"image": data.items[i].path.name, "bucket": str(bucket)}))
+                bar.update(len(chunk))
+    return cache

@@ -1,0 +1,182 @@
+"""Where the training images come from: the ``N_name`` folder convention or an sd-scripts dataset TOML.
+
+Both end as a list of ``DatasetSpec`` (batch size, resolution, buckets) holding ``SubsetSpec`` (one image folder with
+its repeats, class tokens and caption options). Subset keys inherit from their dataset, which inherits from
+``[general]``, then from the training config, as in sd-scripts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, read_toml
+from ..errors import ConfigError, UserError
+from .images import is_image_file
+
+
+@dataclass
+class SubsetSpec:
+    image_dir: Path
+    num_repeats: int = 1
+    class_tokens: str | None = None
+    is_reg: bool = False
+    caption_extension: str = ".txt"
+    shuffle_caption: bool = False
+    keep_tokens: int = 0
+    caption_dropout_rate: float = 0.0
+    caption_tag_dropout_rate: float = 0.0
+    flip_aug: bool = False
+
+
+@dataclass
+class DatasetSpec:
+    resolution: tuple[int, int]
+    batch_size: int
+    enable_bucket: bool
+    min_bucket_reso: int
+    max_bucket_reso: int
+    bucket_reso_steps: int
+    bucket_no_upscale: bool
+    subsets: list[SubsetSpec] = field(default_factory=list)
+
+
+SUBSET_KEYS = {f.name for f in fields(SubsetSpec)}
+DATASET_KEYS = {"resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
+                "bucket_reso_steps", "bucket_no_upscale"}
+# sd-scripts dataset keys we do not implement: accepted at their default, an error otherwise.
+UNSUPPORTED_DATASET_KEYS = {"metadata_file": None, "cache_info": False, "alpha_mask": False, "color_aug": False,
+                            "random_crop": False, "face_crop_aug_range": None, "caption_prefix": None,
+                            "caption_suffix": None, "token_warmup_min": 1, "token_warmup_step": 0,
+                            "caption_dropout_every_n_epochs": 0, "keep_tokens_separator": "",
+                            "secondary_separator": None, "enable_wildcard": False, "caption_separator": ",",
+                            "network_multiplier": 1.0, "resize_interpolation": None, "validation_split": 0.0,
+                            "validation_seed": None, "conditioning_data_dir": None, "custom_attributes": None}
+
+_FOLDER_RE = re.compile(r"^(\d+)_(.*)$")
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    parts = [int(p) for p in str(text).split(",")]
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _subset_defaults(cfg: Config) -> dict[str, Any]:
+    return {"caption_extension": cfg.caption_extension, "shuffle_caption": cfg.shuffle_caption,
+            "keep_tokens": cfg.keep_tokens, "caption_dropout_rate": cfg.caption_dropout_rate,
+            "caption_tag_dropout_rate": cfg.caption_tag_dropout_rate, "flip_aug": cfg.flip_aug}
+
+
+def _dataset_defaults(cfg: Config) -> dict[str, Any]:
+    return {"resolution": cfg.resolution, "batch_size": cfg.train_batch_size, "enable_bucket": cfg.enable_bucket,
+            "min_bucket_reso": cfg.min_bucket_reso, "max_bucket_reso": cfg.max_bucket_reso,
+            "bucket_reso_steps": cfg.bucket_reso_steps, "bucket_no_upscale": cfg.bucket_no_upscale}
+
+
+def _make_dataset(values: dict[str, Any], subsets: list[SubsetSpec]) -> DatasetSpec:
+    res = values["resolution"]
+    resolution = (int(res), int(res)) if isinstance(res, int) else (
+        (int(res[0]), int(res[1])) if isinstance(res, (list, tuple)) else parse_resolution(res))
+    return DatasetSpec(resolution=resolution, batch_size=int(values["batch_size"]),
+                       enable_bucket=bool(values["enable_bucket"]), min_bucket_reso=int(values["min_bucket_reso"]),
+                       max_bucket_reso=int(values["max_bucket_reso"]),
+                       bucket_reso_steps=int(values["bucket_reso_steps"]),
+                       bucket_no_upscale=bool(values["bucket_no_upscale"]), subsets=subsets)
+
+
+def _folder_example(root: Path) -> str:
+    return (f"Put each set of images in a subfolder of {root} named <repeats>_<class tokens>, for example:\n"
+            f"    {root / '10_emi person'}/001.png (+ 001.txt caption)\n"
+            f"Then set train_data_dir = \"{root}\" (the parent folder, not the image folder itself).")
+
+
+def subsets_from_folders(root: str | Path, defaults: dict[str, Any], is_reg: bool, setting: str) -> list[SubsetSpec]:
+    """The kohya convention: every ``<N>_<class tokens>`` subfolder of ``root`` is a subset repeated N times."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{setting}: folder not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"{setting}: {root} is a file, not a folder")
+    subsets, skipped = [], []
+    for child in sorted(root.iterdir()):
+        if not child.is_dir():
+            continue
+        match = _FOLDER_RE.match(child.name)
+        if not match:
+            skipped.append(child.name)
+            continue
+        repeats, tokens = int(match.group(1)), match.group(2).strip()
+        if repeats < 1:
+            raise UserError(f"{setting}: folder '{child.name}' has 0 repeats; name it e.g. 10_{tokens or 'name'}")
+        subsets.append(SubsetSpec(image_dir=child, num_repeats=repeats, class_tokens=tokens or None, is_reg=is_reg,
+                                  **defaults))
+    if not subsets:
+        images_here = [p.name for p in root.iterdir() if is_image_file(p)]
+        hint = (f" It holds {len(images_here)} image(s) directly: move them into a subfolder." if images_here else "")
+        other = f" Subfolders without a number prefix: {', '.join(skipped)}." if skipped else ""
+        raise UserError(f"{setting}: no '<repeats>_<name>' subfolder in {root}.{hint}{other}\n{_folder_example(root)}")
+    return subsets
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str, path: Path) -> None:
+    for key, value in table.items():
+        if key in allowed:
+            continue
+        if key in UNSUPPORTED_DATASET_KEYS:
+            if value in (UNSUPPORTED_DATASET_KEYS[key], None, False, "", 0):
+                continue
+            raise ConfigError(f"{path}: '{key}' in {where} is not supported by LoRA Studio yet (value {value!r})")
+        close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{path}: unknown key '{key}' in {where}.{hint}")
+
+
+def datasets_from_toml(path: str | Path, cfg: Config) -> list[DatasetSpec]:
+    path = Path(path)
+    data = read_toml(path)
+    _check_keys({k: v for k, v in data.items()}, {"general", "datasets"}, "the top level", path)
+    general = data.get("general", {})
+    _check_keys(general, SUBSET_KEYS | DATASET_KEYS, "[general]", path)
+    raw_datasets = data.get("datasets")
+    if not raw_datasets:
+        raise ConfigError(f"{path}: no [[datasets]] table; add one with at least one [[datasets.subsets]]")
+    datasets = []
+    for d_index, raw in enumerate(raw_datasets, 1):
+        where = f"[[datasets]] #{d_index}"
+        _check_keys(raw, SUBSET_KEYS | DATASET_KEYS | {"subsets"}, where, path)
+        d_values = {**_dataset_defaults(cfg), **{k: v for k, v in general.items() if k in DATASET_KEYS},
+                    **{k: v for k, v in raw.items() if k in DATASET_KEYS}}
+        s_inherited = {**_subset_defaults(cfg), **{k: v for k, v in general.items() if k in SUBSET_KEYS},
+                       **{k: v for k, v in raw.items() if k in SUBSET_KEYS}}
+        subsets = []
+        for s_index, raw_subset in enumerate(raw.get("subsets", []), 1):
+            s_where = f"{where} subset #{s_index}"
+            _check_keys(raw_subset, SUBSET_KEYS, s_where, path)
+            values = {**s_inherited, **raw_subset}
+            if "image_dir" not in values:
+                raise ConfigError(f"{path}: {s_where} needs image_dir")
+            image_dir = Path(values.pop("image_dir"))
+            if not image_dir.is_absolute():
+                image_dir = (path.parent / image_dir)
+            if not image_dir.is_dir():
+                raise UserError(f"{path}: {s_where}: image_dir not found: {image_dir}")
+            subsets.append(SubsetSpec(image_dir=image_dir, **values))
+        if not subsets:
+            raise ConfigError(f"{path}: {where} has no [[datasets.subsets]]")
+        datasets.append(_make_dataset(d_values, subsets))
+    return datasets
+
+
+def datasets_from_config(cfg: Config) -> list[DatasetSpec]:
+    """The datasets a training config describes (dataset_config wins over the image folders, as in sd-scripts)."""
+    if cfg.dataset_config:
+        return datasets_from_toml(cfg.dataset_config, cfg)
+    if not cfg.train_data_dir:
+        raise ConfigError("set train_data_dir (the Image folder) or dataset_config")
+    subsets = subsets_from_folders(cfg.train_data_dir, _subset_defaults(cfg), False, "train_data_dir")
+    if cfg.reg_data_dir:
+        subsets += subsets_from_folders(cfg.reg_data_dir, _subset_defaults(cfg), True, "reg_data_dir")
+    return [_make_dataset(_dataset_defaults(cfg), subsets)]

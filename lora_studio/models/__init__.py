@@ -1,0 +1,1 @@
+"""Base models: loading (diffusers folders, single-file checkpoints), model families, tokenizers."""

@@ -1,0 +1,66 @@
+"""Tiny random Stable Diffusion models with the real block topology, for the demo and the tests (nothing downloaded).
+
+SD1.x topology: 4 UNet levels with 2 ResNets each (cross-attention in the first three), a 4-level VAE (8x scale),
+a CLIP text encoder with the real 49,408-token vocabulary. Channels are small so a training step takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from . import ldm_keys
+from .family import SD1_TEXT_ENCODER, SD1_UNET, SD1_VAE, SD_SCHEDULER
+from .tokenizer import clip_tokenizer
+
+TINY_UNET = {**SD1_UNET, "block_out_channels": [32, 32, 64, 64], "cross_attention_dim": 64, "sample_size": 8}
+TINY_VAE = {**SD1_VAE, "block_out_channels": [32, 32, 32, 32], "sample_size": 64}
+TINY_TEXT_ENCODER = {**SD1_TEXT_ENCODER, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
+                     "num_hidden_layers": 3, "projection_dim": 64}
+
+
+def build_tiny_sd1(seed: int = 0):
+    """(unet, vae, text_encoder, tokenizer) with random weights from ``seed``."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(TINY_UNET)
+    vae = AutoencoderKL.from_config(TINY_VAE)
+    te = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_ENCODER))
+    return unet, vae, te, clip_tokenizer()
+
+
+def save_diffusers_folder(folder: Path, unet, vae, te, tokenizer) -> Path:
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDPMScheduler.from_config(SD_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def ldm_state_dict(unet, vae, te) -> dict[str, torch.Tensor]:
+    """The weights as an A1111-style single-file checkpoint names them."""
+    cfg = unet.config
+    up_attn = ["CrossAttn" in t for t in cfg.up_block_types]
+    out = {}
+    for name, tensor in unet.state_dict().items():
+        out[ldm_keys.UNET_PREFIX + ldm_keys.unet_key(name, cfg.layers_per_block, up_attn)] = tensor
+    levels = len(vae.config.block_out_channels)
+    for name, tensor in vae.state_dict().items():
+        if ldm_keys.is_vae_attention_matrix(name):
+            tensor = tensor.reshape(*tensor.shape, 1, 1)
+        out[ldm_keys.VAE_PREFIX + ldm_keys.vae_key(name, levels)] = tensor
+    for name, tensor in te.state_dict().items():
+        out[ldm_keys.TE_PREFIX + ldm_keys.te_key(name)] = tensor
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def save_single_file(path: Path, unet, vae, te) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(ldm_state_dict(unet, vae, te), str(path))
+    return path

@@ -1,0 +1,175 @@
+"""LoRA adapters with kohya semantics: ``W x + (alpha / rank) * up(down(x))``.
+
+Each adapter hooks the forward of one frozen Linear or Conv2d of the UNet or a text encoder. The network's own state
+dict is already the kohya file layout: ``<stem>.lora_down.weight``, ``<stem>.lora_up.weight``, ``<stem>.alpha``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..models.family import TE_TARGETS, Components, _encoder_layers
+
+UNET_TARGET_BLOCKS = ("Transformer2DModel",)
+
+
+class LoRAModule(nn.Module):
+    def __init__(self, stem: str, base: nn.Module, rank: int, alpha: float | None, dropout: float = 0.0):
+        super().__init__()
+        self.stem = stem
+        if isinstance(base, nn.Linear):
+            self.lora_down = nn.Linear(base.in_features, rank, bias=False)
+            self.lora_up = nn.Linear(rank, base.out_features, bias=False)
+        elif isinstance(base, nn.Conv2d):
+            self.lora_down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
+                                       bias=False)
+            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, 1, bias=False)
+        else:
+            raise TypeError(f"{stem}: cannot adapt {type(base).__name__}")
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+        alpha = float(rank) if not alpha else float(alpha)  # kohya: alpha 0 or unset means alpha = rank
+        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
+        self.rank = rank
+        self.dropout = dropout
+        self.multiplier = 1.0
+        self._base = [base]  # a list keeps the base module out of this module's parameters
+        self._base_forward = None
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def attach(self) -> None:
+        base = self._base[0]
+        self._base_forward = base.forward
+        base.forward = self.forward
+
+    def detach_from_base(self) -> None:
+        if self._base_forward is not None:
+            self._base[0].forward = self._base_forward
+            self._base_forward = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._base_forward(x)
+        if self.multiplier == 0:
+            return out
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.lora_down.weight.dtype)
+        hidden = self.lora_down(x)
+        if self.dropout and self.training:
+            hidden = nn.functional.dropout(hidden, p=self.dropout)
+        return out + (self.lora_up(hidden) * (self.multiplier * self.scale)).to(out.dtype)
+
+
+def unet_targets(unet: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Linear layers and 1x1 convs inside the UNet's transformer blocks (sd-scripts' default LoRA targets)."""
+    found = []
+    for block_name, block in unet.named_modules():
+        if type(block).__name__ not in UNET_TARGET_BLOCKS:
+            continue
+        for child_name, child in block.named_modules():
+            is_1x1 = isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1)
+            if isinstance(child, nn.Linear) or is_1x1:
+                found.append((f"{block_name}.{child_name}", child))
+    return found
+
+
+def text_encoder_targets(text_encoder: nn.Module) -> list[tuple[int, str, nn.Module]]:
+    """(layer index, child name, module) for q/k/v/out_proj and fc1/fc2 of every CLIP encoder layer."""
+    return [(i, child, layer.get_submodule(child)) for i, layer in enumerate(_encoder_layers(text_encoder))
+            for child in TE_TARGETS]
+
+
+class LoRANetwork(nn.Module):
+    """All adapters of a run. Adapters are registered under their file stems."""
+
+    def __init__(self, components: Components, rank: int, alpha: float | None, train_unet: bool = True,
+                 train_text_encoder: bool = True, dropout: float = 0.0):
+        super().__init__()
+        family = components.family
+        self.unet_stems: list[str] = []
+        self.te_stems: list[list[str]] = [[] for _ in components.text_encoders]
+        if train_unet:
+            for path, module in unet_targets(components.unet):
+                self._add(family.unet_lora_stem(path), module, rank, alpha, dropout)
+                self.unet_stems.append(family.unet_lora_stem(path))
+        if train_text_encoder:
+            for te_index, te in enumerate(components.text_encoders):
+                for layer, child, module in text_encoder_targets(te):
+                    stem = family.te_lora_stem(te_index, layer, child)
+                    self._add(stem, module, rank, alpha, dropout)
+                    self.te_stems[te_index].append(stem)
+
+    def _add(self, stem: str, module: nn.Module, rank: int, alpha, dropout) -> None:
+        if stem in self._modules:
+            raise RuntimeError(f"two modules map to the LoRA name {stem}")
+        self.add_module(stem, LoRAModule(stem, module, rank, alpha, dropout))
+
+    def adapters(self) -> list[LoRAModule]:
+        return [m for m in self.children() if isinstance(m, LoRAModule)]
+
+    def attach(self) -> "LoRANetwork":
+        for m in self.adapters():
+            m.attach()
+        return self
+
+    def detach_from_base(self) -> None:
+        for m in self.adapters():
+            m.detach_from_base()
+
+    def set_multiplier(self, value: float) -> None:
+        for m in self.adapters():
+            m.multiplier = value
+
+    def param_groups(self, unet_lr: float, te_lrs: list[float]) -> list[dict]:
+        groups = []
+        if self.unet_stems:
+            groups.append({"params": [p for s in self.unet_stems for p in self._modules[s].parameters()],
+                           "lr": unet_lr, "name": "unet"})
+        for te_index, stems in enumerate(self.te_stems):
+            if stems:
+                lr = te_lrs[min(te_index, len(te_lrs) - 1)]
+                groups.append({"params": [p for s in stems for p in self._modules[s].parameters()], "lr": lr,
+                               "name": f"text_encoder{te_index + 1 if len(self.te_stems) > 1 else ''}"})
+        return [g for g in groups if g["lr"] > 0]
+
+    def load_weights(self, path: str | Path) -> None:
+        """Continue from a LoRA file: every adapter must be in it with the same rank; alpha comes from the file."""
+        from ..models.loading import read_safetensors
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"network_weights: file not found: {path}")
+        sd = read_safetensors(path, "network_weights")
+        own = self.state_dict()
+        file_stems = {k.split(".", 1)[0] for k in sd}
+        own_stems = {k.split(".", 1)[0] for k in own}
+        missing = sorted(own_stems - file_stems)
+        if missing:
+            raise UserError(f"network_weights: {path.name} has no weights for {len(missing)} of this run's modules "
+                            f"(e.g. {missing[0]}); was it trained for another model type or with other targets?")
+        for key, tensor in own.items():
+            value = sd.get(key)
+            if key.endswith(".alpha"):
+                if value is None:  # no alpha stored: kohya loaders then use alpha = rank
+                    value = torch.tensor(float(self._modules[key.split(".")[0]].rank))
+                own[key] = value.float().reshape(())
+                continue
+            if value.shape != tensor.shape:
+                raise UserError(f"network_weights: {path.name} has rank {value.shape[0] if 'down' in key else value.shape[1]} "
+                                f"but network_dim is {self._modules[key.split('.')[0]].rank}; set network_dim to match "
+                                f"({key})")
+            own[key] = value.to(tensor.dtype)
+        self.load_state_dict(own)
+        ignored = sorted(file_stems - own_stems)
+        if ignored:
+            import logging
+
+            logging.getLogger(__name__).warning("network_weights: %d module(s) in %s are not trained in this run "
+                                                "(e.g. %s)", len(ignored), path.name, ignored[0])

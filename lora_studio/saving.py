@@ -1,0 +1,89 @@
+"""Write LoRA files that A1111, Forge, ComfyUI and diffusers load: kohya keys, string metadata, hashes, atomic."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as serialize
+
+from .io_utils import atomic_write_bytes
+
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
+
+
+def _tensor_region(blob: bytes) -> bytes:
+    header_len = struct.unpack("<Q", blob[:8])[0]
+    return blob[8 + header_len:]
+
+
+def model_hashes(blob: bytes) -> tuple[str, str]:
+    """(sshs_model_hash, sshs_legacy_hash) as sd-scripts defines them for a serialised file."""
+    model_hash = hashlib.sha256(_tensor_region(blob)).hexdigest()
+    legacy = hashlib.sha256(blob[0x100000:0x100000 + 0x10000]).hexdigest()[:8]
+    return model_hash, legacy
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def legacy_model_hash(path: str | Path) -> str:
+    """The old 8-character A1111 model hash: sha256 of 64 KiB at offset 1 MiB."""
+    with open(path, "rb") as fh:
+        fh.seek(0x100000)
+        return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
+
+
+def to_metadata(values: dict[str, Any]) -> dict[str, str]:
+    """All values as strings; dicts and lists as JSON (A1111 parses values that start with '{')."""
+    out = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        out[key] = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    return out
+
+
+def lora_tensors(state_dict: dict[str, torch.Tensor], precision: str) -> dict[str, torch.Tensor]:
+    dtype = SAVE_DTYPES[precision]
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
+
+
+def save_lora(path: str | Path, state_dict: dict[str, torch.Tensor], precision: str, metadata: dict[str, Any],
+              modelspec: dict[str, Any]) -> Path:
+    """Write the LoRA atomically, with sshs_* hashes and modelspec.* keys, then reopen it to verify."""
+    tensors = lora_tensors(state_dict, precision)
+    ss_meta = to_metadata(metadata)
+    model_hash, legacy_hash = model_hashes(serialize(tensors, metadata=ss_meta))
+    full_meta = {**ss_meta, "sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash,
+                 **to_metadata({f"modelspec.{k}": v for k, v in modelspec.items()}),
+                 "modelspec.hash_sha256": "0x" + model_hash}
+    path = Path(path)
+    atomic_write_bytes(path, serialize(tensors, metadata=full_meta))
+    verify_lora(path, tensors)
+    return path
+
+
+def verify_lora(path: Path, expected: dict[str, torch.Tensor]) -> None:
+    with safe_open(str(path), "pt") as fh:
+        keys = set(fh.keys())
+        if keys != set(expected):
+            raise IOError(f"{path}: written file has {len(keys)} tensors, expected {len(expected)}")
+        for key in expected:
+            if not torch.equal(fh.get_tensor(key), expected[key]):
+                raise IOError(f"{path}: tensor {key} differs after writing")
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,1 @@
+"""The training run: optimizer and schedule, loss, samples, progress events, and the loop that ties them."""

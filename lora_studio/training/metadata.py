@@ -1,0 +1,95 @@
+"""The ``ss_*`` and ``modelspec.*`` metadata of a LoRA file (what A1111's card, civitai and SwarmUI read)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import Config, parse_key_values
+from ..data.dataset import TrainingData
+from ..models.family import Components
+from ..saving import file_sha256, legacy_model_hash, utc_now_iso
+
+
+def _model_hashes(path: str | None) -> tuple[str | None, str | None]:
+    if not path or not os.path.isfile(path):
+        return None, None
+    return legacy_model_hash(path), file_sha256(path)
+
+
+class RunMetadata:
+    """Metadata fixed for the run; ``for_save`` adds what changes with each file (epoch, step, time)."""
+
+    def __init__(self, cfg: Config, data: TrainingData, components: Components, session_id: int, started_at: float,
+                 total_steps: int, total_epochs: int, seed: int, world_size: int, optimizer_desc: str):
+        family = components.family
+        model_hash, new_model_hash = _model_hashes(cfg.pretrained_model_name_or_path)
+        vae_hash, new_vae_hash = _model_hashes(cfg.vae)
+        unet_lr = cfg.unet_lr if cfg.unet_lr is not None else cfg.learning_rate
+        te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.learning_rate
+        dataset_dirs = {}
+        reg_dirs = {}
+        for item in data.items:
+            target = reg_dirs if item.subset.is_reg else dataset_dirs
+            entry = target.setdefault(item.subset.image_dir.name, {"n_repeats": item.subset.num_repeats,
+                                                                   "img_count": 0})
+            entry["img_count"] += 1
+        buckets = {str(i): {"resolution": [b[0], b[1]], "count": n}
+                   for i, (b, n) in enumerate(sorted(data.bucket_counts().items()))}
+        network_args = parse_key_values(cfg.network_args, "network_args")
+        spec0 = data.datasets[0]
+        self.fixed: dict[str, Any] = {
+            "ss_session_id": session_id, "ss_training_started_at": started_at,
+            "ss_output_name": cfg.output_name, "ss_learning_rate": cfg.learning_rate, "ss_unet_lr": unet_lr,
+            "ss_text_encoder_lr": te_lr, "ss_num_train_images": data.num_train_images,
+            "ss_num_reg_images": data.num_reg_images, "ss_num_batches_per_epoch": data.batches_per_epoch,
+            "ss_num_epochs": total_epochs, "ss_max_train_steps": total_steps, "ss_lr_scheduler": cfg.lr_scheduler,
+            "ss_lr_warmup_steps": cfg.lr_warmup_steps, "ss_optimizer": optimizer_desc, "ss_seed": seed,
+            "ss_gradient_checkpointing": cfg.gradient_checkpointing,
+            "ss_gradient_accumulation_steps": cfg.gradient_accumulation_steps, "ss_max_grad_norm": cfg.max_grad_norm,
+            "ss_mixed_precision": cfg.mixed_precision, "ss_full_fp16": False,
+            "ss_network_module": cfg.network_module, "ss_network_dim": cfg.network_dim,
+            "ss_network_alpha": cfg.network_alpha if cfg.network_alpha else cfg.network_dim,
+            "ss_network_args": network_args or None, "ss_network_dropout": cfg.network_dropout,
+            "ss_v2": bool(cfg.v2), "ss_base_model_version": family.base_model_version, "ss_clip_skip": cfg.clip_skip,
+            "ss_max_token_length": cfg.max_token_length, "ss_cache_latents": cfg.cache_latents or
+            cfg.cache_latents_to_disk, "ss_sd_model_name": Path(cfg.pretrained_model_name_or_path).name,
+            "ss_sd_model_hash": model_hash, "ss_new_sd_model_hash": new_model_hash,
+            "ss_vae_name": Path(cfg.vae).name if cfg.vae else None, "ss_vae_hash": vae_hash,
+            "ss_new_vae_hash": new_vae_hash, "ss_noise_offset": cfg.noise_offset or None,
+            "ss_min_snr_gamma": cfg.min_snr_gamma, "ss_prior_loss_weight": cfg.prior_loss_weight,
+            "ss_training_comment": cfg.training_comment, "ss_caption_dropout_rate": cfg.caption_dropout_rate,
+            "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout_rate,
+            "ss_batch_size_per_device": spec0.batch_size, "ss_total_batch_size": spec0.batch_size * world_size *
+            cfg.gradient_accumulation_steps, "ss_resolution": f"({spec0.resolution[0]}, {spec0.resolution[1]})",
+            "ss_flip_aug": cfg.flip_aug, "ss_shuffle_caption": cfg.shuffle_caption,
+            "ss_enable_bucket": spec0.enable_bucket, "ss_bucket_no_upscale": spec0.bucket_no_upscale,
+            "ss_min_bucket_reso": spec0.min_bucket_reso, "ss_max_bucket_reso": spec0.max_bucket_reso,
+            "ss_keep_tokens": cfg.keep_tokens, "ss_dataset_dirs": dataset_dirs, "ss_reg_dataset_dirs": reg_dirs,
+            "ss_tag_frequency": data.tag_frequency(), "ss_bucket_info": {"buckets": buckets},
+            "ss_lora_studio_version": __version__,
+        }
+        self.modelspec: dict[str, Any] = {
+            "sai_model_spec": "1.0.1", "architecture": family.modelspec_architecture,
+            "implementation": family.modelspec_implementation, "title": cfg.output_name,
+            "resolution": f"{spec0.resolution[0]}x{spec0.resolution[1]}",
+            "prediction_type": "v" if cfg.v_parameterization else "epsilon",
+            "implementation_version": f"lora-studio/{__version__}",
+        }
+        if cfg.training_comment:
+            self.modelspec["description"] = cfg.training_comment
+        tokens = sorted({it.subset.class_tokens for it in data.items if it.subset.class_tokens
+                         and not it.subset.is_reg})
+        if tokens:
+            self.modelspec["trigger_phrase"] = ", ".join(tokens)
+
+    def for_save(self, epoch: int, step: int, finished_at: float, title: str) -> tuple[dict, dict]:
+        meta = {**self.fixed, "ss_epoch": epoch, "ss_steps": step, "ss_training_finished_at": finished_at}
+        spec = {**self.modelspec, "date": utc_now_iso(), "title": title}
+        return meta, spec
+
+
+def describe_optimizer(optimizer, args: list[str] | None) -> str:
+    return f"{type(optimizer).__module__}.{type(optimizer).__name__}" + (f"({','.join(args)})" if args else "")

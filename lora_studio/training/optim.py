@@ -1,0 +1,88 @@
+"""Optimizers and learning-rate schedules by the names sd-scripts users write."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+
+import torch
+
+from ..config import Config, parse_key_values
+from ..errors import UserError
+
+
+def _import_class(dotted: str):
+    module_name, _, class_name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"optimizer_type: cannot import {dotted} ({exc})") from None
+
+
+def optimizer_class(name: str):
+    """The optimizer class for ``optimizer_type`` (case-insensitive for the built-in names)."""
+    key = name.lower()
+    if key in ("", "adamw"):
+        return torch.optim.AdamW
+    if key == "adamw8bit":
+        if not torch.cuda.is_available():
+            raise UserError("optimizer_type AdamW8bit needs an NVIDIA GPU (bitsandbytes); use AdamW on this machine")
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError("optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit
+    if key == "lion":
+        from lion_pytorch import Lion
+
+        return Lion
+    if key == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy
+    if key == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor
+    if "." in name:
+        return _import_class(name)
+    for attr in dir(torch.optim):
+        if attr.lower() == key and isinstance(getattr(torch.optim, attr), type):
+            return getattr(torch.optim, attr)
+    raise UserError(f"optimizer_type: unknown optimizer '{name}'. Use AdamW, AdamW8bit, Lion, Prodigy, Adafactor, a "
+                    "torch.optim class name (e.g. SGD) or a dotted path (package.Class)")
+
+
+def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimizer:
+    cls = optimizer_class(cfg.optimizer_type)
+    kwargs = parse_key_values(cfg.optimizer_args, "optimizer_args")
+    if cls.__name__ == "Adafactor":
+        # A fixed learning rate unless the user asks for Adafactor's own relative step size.
+        kwargs.setdefault("relative_step", False)
+        kwargs.setdefault("scale_parameter", False)
+        kwargs.setdefault("warmup_init", False)
+    if cls is torch.optim.AdamW and torch.cuda.is_available() and "fused" not in kwargs and "foreach" not in kwargs:
+        kwargs["fused"] = True
+    groups = [{k: v for k, v in g.items() if k != "name"} for g in param_groups]
+    try:
+        return cls(groups, lr=cfg.learning_rate, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"optimizer_args: {cls.__name__} does not accept these arguments: {exc}") from None
+
+
+def warmup_steps(cfg: Config, total_steps: int) -> int:
+    value = cfg.lr_warmup_steps or 0
+    return int(math.ceil(value * total_steps)) if isinstance(value, float) and value < 1 else int(value)
+
+
+def build_scheduler(cfg: Config, optimizer, total_steps: int):
+    from diffusers.optimization import get_scheduler
+
+    warmup = warmup_steps(cfg, total_steps)
+    if warmup and cfg.lr_scheduler == "constant":
+        # As in sd-scripts, 'constant' has no warm-up; say so rather than surprise.
+        logging.getLogger(__name__).warning(
+            "lr_warmup_steps = %s is ignored by lr_scheduler \"constant\"; use \"constant_with_warmup\"", warmup)
+    return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                         num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power)

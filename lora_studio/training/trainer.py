@@ -1,0 +1,465 @@
+"""One LoRA training run, from a validated Config to ``<output_dir>/<output_name>.safetensors``.
+
+Runs the same in one process and under ``accelerate launch --num_processes N``: every process trains its share of
+each epoch's batches, gradients are averaged across processes, and only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import Config, save_config
+from ..data.dataset import EpochBatches, TrainingData, shard_batches
+from ..data.latent_cache import build_latent_cache, vae_fingerprint
+from ..data.sources import datasets_from_config
+from ..errors import UserError
+from ..models.loading import load_components
+from ..network.lora import LoRANetwork
+from ..saving import save_lora
+from .events import EventLog
+from .loss import denoising_loss, sample_noise
+from .metadata import RunMetadata, describe_optimizer
+from .optim import build_optimizer, build_scheduler
+from .sampling import generate, read_prompt_file
+
+log = logging.getLogger("lora_studio")
+
+
+def check_settings(cfg: Config) -> None:
+    """Cross-setting rules (one setting's own type and range are checked when the config is built)."""
+    missing = [name for name in ("pretrained_model_name_or_path", "output_dir") if not getattr(cfg, name)]
+    if missing:
+        raise UserError("required setting(s) not set: " + ", ".join(missing))
+    if cfg.network_train_unet_only and cfg.network_train_text_encoder_only:
+        raise UserError("network_train_unet_only and network_train_text_encoder_only are both set: nothing to train")
+    if cfg.v_parameterization and not cfg.v2:
+        raise UserError("v_parameterization needs v2 = true (SD2.x 768-v models)")
+    if cfg.network_module not in ("networks.lora", "lora_studio.lora"):
+        raise UserError(f"network_module '{cfg.network_module}' is not supported; use networks.lora")
+    if not cfg.output_name or any(c in cfg.output_name for c in '/\\:*?"<>|'):
+        raise UserError(f"output_name '{cfg.output_name}' must be a plain file name (no / \\ : * ? \" < > |)")
+
+
+def output_paths(cfg: Config) -> dict[str, Path]:
+    out = Path(cfg.output_dir)
+    name = cfg.output_name
+    return {"final": out / f"{name}.safetensors", "config": out / f"{name}_config.toml",
+            "events": out / f"{name}_events.jsonl", "samples": out / "sample", "stop": out / f"{name}.stop"}
+
+
+def epoch_file(cfg: Config, epoch: int) -> Path:
+    return Path(cfg.output_dir) / f"{cfg.output_name}-{epoch:06d}.safetensors"
+
+
+def step_file(cfg: Config, step: int) -> Path:
+    return Path(cfg.output_dir) / f"{cfg.output_name}-step{step:08d}.safetensors"
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM or by a ``<output_name>.stop`` file: finish the step, save, exit."""
+
+    def __init__(self, stop_file: Path):
+        self.stop_file = stop_file
+        self.requested = False
+
+    def install(self) -> None:
+        def handler(signum, frame):
+            if self.requested:  # second request: stop at once
+                raise KeyboardInterrupt
+            self.requested = True
+            log.warning("stop requested: saving after this step (press again to stop at once)")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+
+    def poll(self) -> bool:
+        if not self.requested and self.stop_file.exists():
+            self.requested = True
+            try:
+                self.stop_file.unlink()
+            except OSError:
+                pass
+        return self.requested
+
+
+def _choose_precision(cfg: Config, cuda: bool) -> str:
+    if cfg.mixed_precision == "fp16" and not cuda:
+        log.warning("mixed_precision fp16 needs an NVIDIA GPU; training in fp32 on this CPU instead")
+        return "no"
+    if cfg.mixed_precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError("mixed_precision bf16 is not supported by this GPU; use fp16")
+    return cfg.mixed_precision
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        from accelerate import Accelerator
+        from accelerate.utils import broadcast_object_list
+
+        check_settings(cfg)
+        self.cfg = cfg
+        cuda = torch.cuda.is_available()
+        self.precision = _choose_precision(cfg, cuda)
+        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not cuda)
+        self.is_main = self.accelerator.is_main_process
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        seed = [cfg.seed if cfg.seed is not None else random.randint(0, 2**32 - 1)]
+        if self.world > 1:
+            broadcast_object_list(seed)
+        self.seed = seed[0]
+        self.paths = output_paths(cfg)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+        self.device = self.accelerator.device
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        from accelerate.utils import set_seed
+        from diffusers import DDPMScheduler
+
+        cfg = self.cfg
+        set_seed(self.seed)
+        if self.is_main:
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            if cfg.sample_prompts:
+                self.paths["samples"].mkdir(exist_ok=True)
+        self.data = TrainingData(datasets_from_config(cfg), cfg.prior_loss_weight, self.seed)
+        if self.is_main:
+            log.info("dataset:\n  %s", self.data.summary().replace("\n", "\n  "))
+        self.prompts = read_prompt_file(cfg.sample_prompts, self.data.datasets[0].resolution[0]) \
+            if cfg.sample_prompts else []
+
+        c = self.components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2)
+        self.family = c.family
+        prediction = "v_prediction" if cfg.v_parameterization else "epsilon"
+        self.noise_scheduler = DDPMScheduler.from_config({**c.scheduler_config, "prediction_type": prediction})
+        self.train_unet = not cfg.network_train_text_encoder_only
+        self.train_te = not cfg.network_train_unet_only
+        if cfg.xformers:
+            try:
+                c.unet.enable_xformers_memory_efficient_attention()
+            except Exception as exc:
+                raise UserError(f"xformers: cannot use xformers here ({exc}); remove xformers = true "
+                                "(PyTorch SDPA attention is used by default)") from None
+        c.unet.to(self.device, self.weight_dtype)
+        for te in c.text_encoders:
+            te.to(self.device, self.weight_dtype)
+        c.vae.to(self.device, self.weight_dtype if self.precision != "no" else torch.float32)
+        if cfg.gradient_checkpointing:
+            c.unet.enable_gradient_checkpointing()
+            c.unet.train()
+            if self.train_te:
+                for te in c.text_encoders:
+                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    te.train()
+
+        torch.manual_seed(self.seed)  # identical initial adapters in every process
+        self.network = LoRANetwork(c, cfg.network_dim, cfg.network_alpha, self.train_unet, self.train_te,
+                                   cfg.network_dropout)
+        if cfg.network_weights:
+            self.network.load_weights(cfg.network_weights)
+        self.network.attach().to(self.device, torch.float32)
+        self.network.train()
+        if self.is_main:
+            log.info("LoRA: %d U-Net and %d text-encoder modules, rank %d, alpha %s", len(self.network.unet_stems),
+                     sum(len(s) for s in self.network.te_stems), cfg.network_dim, cfg.network_alpha or cfg.network_dim)
+
+        unet_lr = cfg.unet_lr if cfg.unet_lr is not None else cfg.learning_rate
+        te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.learning_rate
+        groups = self.network.param_groups(unet_lr, te_lr if isinstance(te_lr, list) else [te_lr])
+        if not groups:
+            raise UserError("every learning rate is 0: nothing would be trained (check unet_lr / text_encoder_lr)")
+        self.group_names = [g["name"] for g in groups]
+        self.params = [p for g in groups for p in g["params"]]
+        optimizer = build_optimizer(cfg, groups)
+
+        per_process = math.ceil(self.data.batches_per_epoch / self.world)
+        self.micro_per_epoch = per_process
+        self.updates_per_epoch = math.ceil(per_process / cfg.gradient_accumulation_steps)
+        if cfg.max_train_epochs:
+            self.total_steps = cfg.max_train_epochs * self.updates_per_epoch
+        else:
+            self.total_steps = cfg.max_train_steps
+        self.total_epochs = math.ceil(self.total_steps / self.updates_per_epoch)
+        self.lr_scheduler = build_scheduler(cfg, optimizer, self.total_steps)
+        self.optimizer = self.accelerator.prepare(optimizer)
+        self.meta = RunMetadata(cfg, self.data, c, random.randint(0, 2**31 - 1), time.time(), self.total_steps,
+                                self.total_epochs, self.seed, self.world,
+                                describe_optimizer(optimizer, cfg.optimizer_args))
+
+        self._sampled_at = None
+        self.latents = None
+        if cfg.cache_latents or cfg.cache_latents_to_disk:
+            self.latents = self._cache_latents()
+            if not self.prompts:
+                c.vae.to("cpu")  # not needed again: free the memory for training
+        set_seed(self.seed + self.rank)  # different noise in each process from here on
+
+    @torch.no_grad()
+    def _encode_pixels(self, pixels: torch.Tensor, generator=None) -> torch.Tensor:
+        vae = self.components.vae
+        dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
+        return dist.sample(generator=generator) * vae.config.scaling_factor
+
+    def _cache_latents(self):
+        cfg = self.cfg
+        vae_id = vae_fingerprint(self.components.vae)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        fallback = Path(cfg.output_dir) / "latent_cache"
+
+        def encode(pixels):
+            return self._encode_pixels(pixels, generator)
+
+        if cfg.cache_latents_to_disk and self.world > 1:
+            if self.is_main:
+                build_latent_cache(self.data, encode, vae_id, True, True, fallback)
+            self.accelerator.wait_for_everyone()
+            return build_latent_cache(self.data, encode, vae_id, True, False, fallback, show_progress=False)
+        return build_latent_cache(self.data, encode, vae_id, cfg.cache_latents_to_disk, True, fallback,
+                                  show_progress=self.is_main)
+
+    # ------------------------------------------------------------------ steps
+    def _batch_loss(self, batch: dict) -> torch.Tensor:
+        cfg = self.cfg
+        if "latents" in batch:
+            latents = batch["latents"].to(self.device, non_blocking=True)
+        else:
+            latents = self._encode_pixels(batch["pixels"])
+        latents = latents.float()
+        with torch.set_grad_enabled(self.train_te), self.accelerator.autocast():
+            cond = self.family.encode_prompt(self.components, batch["captions"], cfg.clip_skip,
+                                             cfg.max_token_length, self.device)
+        noise = sample_noise(latents, cfg.noise_offset)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  device=self.device)
+        with self.accelerator.autocast():
+            return denoising_loss(self.components.unet, self.noise_scheduler, latents, cond,
+                                  batch["loss_weights"], noise, timesteps, cfg.min_snr_gamma)
+
+    def _average_gradients(self) -> None:
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p, g in zip(self.params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+            offset += n
+
+    def _optimizer_step(self) -> None:
+        self._average_gradients()
+        if self.cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        if not self.accelerator.optimizer_step_was_skipped:
+            self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ outputs
+    def _save(self, path: Path, epoch: int, step: int) -> Path:
+        meta, spec = self.meta.for_save(epoch, step, time.time(), path.stem)
+        save_lora(path, self.network.state_dict(), self.cfg.save_precision, meta, spec)
+        self.events.emit("save", step=step, epoch=epoch, path=str(path))
+        log.info("saved %s", path)
+        return path
+
+    def _prune_epoch_files(self, epoch: int) -> None:
+        keep = self.cfg.save_last_n_epochs
+        if not keep or not self.cfg.save_every_n_epochs:
+            return
+        old = epoch - keep * self.cfg.save_every_n_epochs
+        if old >= 1:
+            path = epoch_file(self.cfg, old)
+            if path.exists():
+                path.unlink()
+                log.info("removed %s (save_last_n_epochs = %d)", path.name, keep)
+
+    def _make_samples(self, epoch: int, step: int) -> None:
+        if not self.prompts or self._sampled_at == step:
+            return
+        self._sampled_at = step
+        if self.is_main:
+            c = self.components
+            c.vae.to(self.device)
+            self.network.eval()
+            for i, prompt in enumerate(self.prompts):
+                with self.accelerator.autocast():
+                    image = generate(c, prompt, self.cfg.sample_sampler, self.cfg.clip_skip,
+                                     self.cfg.max_token_length, self.device, self.weight_dtype, self.seed + i)
+                name = f"{self.cfg.output_name}_e{epoch:06d}_s{step:08d}_{i:02d}.png"
+                path = self.paths["samples"] / name
+                from ..io_utils import atomic_write
+
+                atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+                self.events.emit("sample", step=step, epoch=epoch, path=str(path), prompt=prompt.prompt)
+            self.network.train()
+        self.accelerator.wait_for_everyone()
+
+    def _due(self, every: int | None, count: int) -> bool:
+        return bool(every) and count % every == 0
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Path:
+        cfg = self.cfg
+        self.events = EventLog(self.paths["events"], _tensorboard_dir(cfg), enabled=self.is_main)
+        stop = StopRequest(self.paths["stop"])
+        stop.install()
+        try:
+            self._setup()
+            if self.is_main:
+                save_config(cfg, self.paths["config"])
+            return self._loop(stop)
+        except UserError as exc:
+            self.events.emit("error", kind="config", message=str(exc))
+            raise
+        except torch.cuda.OutOfMemoryError as exc:
+            self.events.emit("error", kind="out_of_memory", message=_oom_advice(cfg))
+            raise UserError(_oom_advice(cfg)) from exc
+        except KeyboardInterrupt:
+            self.events.emit("end", status="killed")
+            raise
+        except Exception as exc:
+            self.events.emit("error", kind=type(exc).__name__, message=str(exc))
+            raise
+        finally:
+            self.events.close()
+
+    def _loop(self, stop: StopRequest) -> Path:
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.events.emit("start", total_steps=self.total_steps, total_epochs=self.total_epochs,
+                         steps_per_epoch=self.updates_per_epoch, num_images=len(self.data.items),
+                         skipped=[str(p) for p, _ in self.data.skipped], output=str(self.paths["final"]),
+                         seed=self.seed)
+        if self.is_main:
+            log.info("training %d steps (%d epochs of %d steps), batch %d x %d process(es) x %d accumulation",
+                     self.total_steps, self.total_epochs, self.updates_per_epoch, self.data.datasets[0].batch_size,
+                     self.world, cfg.gradient_accumulation_steps)
+        if cfg.sample_at_first:
+            self._make_samples(0, 0)
+
+        bar = tqdm(total=self.total_steps, desc="steps", disable=not self.is_main, dynamic_ncols=True)
+        step, epoch, loss_history = 0, 0, []
+        started = time.time()
+        stopped = False
+        for epoch in range(1, self.total_epochs + 1):
+            batches = shard_batches(self.data.plan_epoch(epoch), self.rank, self.world)
+            loader = DataLoader(EpochBatches(self.data, batches, epoch, self.rank * 1_000_000, self.latents),
+                                batch_size=None, shuffle=False, num_workers=cfg.max_data_loader_n_workers,
+                                pin_memory=self.device.type == "cuda")
+            accumulated = 0
+            for index, batch in enumerate(loader):
+                loss = self._batch_loss(batch) / cfg.gradient_accumulation_steps
+                self.accelerator.backward(loss)
+                accumulated += 1
+                if accumulated < cfg.gradient_accumulation_steps and index < len(batches) - 1:
+                    continue
+                step_loss = loss.detach() * cfg.gradient_accumulation_steps
+                self._optimizer_step()
+                accumulated = 0
+                step += 1
+                value = float(step_loss)
+                if not math.isfinite(value):
+                    raise UserError(f"the loss became {value} at step {step}: training diverged. Lower the learning "
+                                    "rate, or use mixed_precision = \"bf16\" or \"no\" instead of fp16")
+                loss_history.append(value)
+                self._report(bar, step, epoch, loss_history, started)
+                if self.is_main and self._due(cfg.save_every_n_steps, step) and step < self.total_steps:
+                    self._save(step_file(cfg, step), epoch, step)
+                if self._due(cfg.sample_every_n_steps, step):
+                    self._make_samples(epoch, step)
+                if step >= self.total_steps or self._stop_agreed(stop):
+                    stopped = step < self.total_steps
+                    break
+            if stopped:
+                break
+            last = step >= self.total_steps
+            if self.is_main and self._due(cfg.save_every_n_epochs, epoch) and not last:
+                self._save(epoch_file(cfg, epoch), epoch, step)
+                self._prune_epoch_files(epoch)
+            wants_samples = cfg.sample_every_n_epochs or cfg.sample_every_n_steps
+            if self._due(cfg.sample_every_n_epochs, epoch) or (last and wants_samples):
+                self._make_samples(epoch, step)
+            if last:
+                break
+        bar.close()
+
+        final = self.paths["final"]
+        if self.is_main:
+            self._save(final, epoch, step)
+            status = "stopped" if stopped else "completed"
+            self.events.emit("end", status=status, step=step, epoch=epoch, output=str(final),
+                             seconds=round(time.time() - started, 2))
+            log.info("%s after %d steps: %s", status, step, final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _stop_agreed(self, stop: StopRequest) -> bool:
+        """Every process stops at the same step: the main process's request decides."""
+        wanted = stop.poll() if self.is_main else False
+        if self.world == 1:
+            return wanted
+        flag = torch.tensor([1.0 if wanted else 0.0], device=self.device)
+        torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    def _report(self, bar, step: int, epoch: int, losses: list[float], started: float) -> None:
+        if not self.is_main:
+            return
+        window = losses[-50:]
+        avg = sum(window) / len(window)
+        elapsed = time.time() - started
+        rate = step / elapsed if elapsed > 0 else 0.0
+        samples_per_s = rate * self.data.datasets[0].batch_size * self.world * self.cfg.gradient_accumulation_steps
+        eta = (self.total_steps - step) / rate if rate > 0 else None
+        lrs = self.lr_scheduler.get_last_lr()
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", avg=f"{avg:.4f}", epoch=epoch, refresh=False)
+        bar.update(1)
+        self.events.emit("step", step=step, epoch=epoch, loss=round(losses[-1], 6), avg_loss=round(avg, 6),
+                         lr=lrs[0], samples_per_s=round(samples_per_s, 3),
+                         eta_s=round(eta, 1) if eta is not None else None)
+        scalars = {"loss/current": losses[-1], "loss/average": avg}
+        for name, lr in zip(self.group_names, lrs):
+            scalars[f"lr/{'unet' if name == 'unet' else name.replace('text_encoder', 'textencoder')}"] = lr
+        self.events.scalars(step, scalars)
+
+
+def _tensorboard_dir(cfg: Config) -> str | None:
+    if not cfg.logging_dir:
+        return None
+    return os.path.join(cfg.logging_dir, f"{cfg.output_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _oom_advice(cfg: Config) -> str:
+    tips = []
+    if cfg.train_batch_size > 1:
+        tips.append(f"lower train_batch_size (now {cfg.train_batch_size})")
+    if not cfg.gradient_checkpointing:
+        tips.append("set gradient_checkpointing = true")
+    if not (cfg.cache_latents or cfg.cache_latents_to_disk):
+        tips.append("set cache_latents = true")
+    if cfg.mixed_precision == "no":
+        tips.append("use mixed_precision = \"bf16\" (or \"fp16\")")
+    if cfg.optimizer_type.lower() == "adamw":
+        tips.append("use optimizer_type = \"AdamW8bit\"")
+    tips.append(f"lower the resolution (now {cfg.resolution})")
+    return "the GPU ran out of memory. Try: " + "; ".join(tips)
+
+
+def train(cfg: Config) -> Path:
+    return Trainer(cfg).run()
