@@ -165,8 +165,12 @@ def _refuse_pickle(path: Path, setting: str) -> None:
 
 def load_single_file(path: Path, v2: bool) -> Components:
     _refuse_pickle(path, "pretrained_model_name_or_path")
-    with safe_open(str(path), "pt") as fh:
-        keys = list(fh.keys())
+    try:
+        with safe_open(str(path), "pt") as fh:
+            keys = list(fh.keys())
+    except Exception as exc:
+        raise UserError(f"pretrained_model_name_or_path: cannot read {path} as a .safetensors file "
+                        f"({exc}); is the download complete?") from None
     family = get_family(family_from_checkpoint_keys(keys), str(path), v2)
     sd = read_safetensors(path, "pretrained_model_name_or_path")
     unet = _ldm_unet(sd, unet_config_from_ldm(sd, SD1_UNET), str(path))

@@ -31,10 +31,10 @@ class EventLog:
 
             self._tb = SummaryWriter(log_dir=logging_dir)
 
-    def emit(self, kind: str, **fields: Any) -> None:
+    def emit(self, event_type: str, **fields: Any) -> None:
         if self._fh is None:
             return
-        record = {"type": kind, "time": round(time.time(), 3), **fields}
+        record = {"type": event_type, "time": round(time.time(), 3), **fields}
         self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._fh.flush()
 

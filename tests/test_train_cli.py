@@ -1,0 +1,205 @@
+"""The engine end to end through the real CLI and accelerate launch, on tiny models on the CPU."""
+
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lora_studio.config import load_config
+from lora_studio.training.events import read_events
+
+from conftest import accelerate_launch, base_settings, run_cli, write_config
+
+
+def test_cli_run_writes_everything(trained_run):
+    out, proc = trained_run["out"], trained_run["proc"]
+    assert (out / "test_lora.safetensors").is_file()
+    assert (out / "test_lora-000001.safetensors").is_file()  # per-epoch file; the last epoch is the final file
+    assert not (out / "test_lora-000002.safetensors").exists()
+    assert not list(out.glob(".*.tmp"))  # no temp file left behind
+    saved = load_config(out / "test_lora_config.toml")
+    assert saved.as_dict() == load_config(trained_run["config"]).as_dict()
+
+    events = read_events(out / "test_lora_events.jsonl")
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and events[-1]["status"] == "completed"
+    assert events[0]["total_steps"] == 12 and events[0]["total_epochs"] == 2
+    steps = [e for e in events if e["type"] == "step"]
+    assert [e["step"] for e in steps] == list(range(1, 13))
+    assert all(e["loss"] > 0 and e["lr"] == 1e-3 and e["samples_per_s"] > 0 and e["eta_s"] is not None
+               for e in steps)
+    assert [e["path"].rsplit("/", 1)[1] for e in events if e["type"] == "save"] == \
+        ["test_lora-000001.safetensors", "test_lora.safetensors"]
+    samples = sorted(p.name for p in (out / "sample").iterdir())
+    assert samples == ["test_lora_e000001_s00000006_00.png", "test_lora_e000001_s00000006_01.png",
+                       "test_lora_e000002_s00000012_00.png", "test_lora_e000002_s00000012_01.png"]
+    assert len([e for e in events if e["type"] == "sample"]) == 4
+    assert list((trained_run["root"] / "log").rglob("events.out.tfevents.*"))  # TensorBoard scalars
+    assert "steps: 100%" in proc.stderr and "loss=" in proc.stderr  # the tqdm bar
+
+
+def _weights(path):
+    return load_file(str(path))
+
+
+def test_same_seed_same_weights_and_single_file_equals_folder(tiny_models, dataset, tmp_path):
+    files = []
+    for i, model in enumerate([tiny_models["folder"], tiny_models["folder"], tiny_models["single"]]):
+        cfg = write_config(tmp_path / f"run{i}.toml", base_settings(model, dataset, tmp_path / f"out{i}",
+                                                                    max_train_steps=4, cache_latents=False))
+        run_cli("train", "--config", str(cfg))
+        files.append(_weights(tmp_path / f"out{i}" / "test_lora.safetensors"))
+    assert files[0].keys() == files[1].keys() == files[2].keys()
+    for key in files[0]:
+        assert torch.equal(files[0][key], files[1][key]), key
+        assert torch.equal(files[0][key], files[2][key]), key
+    assert any(files[0][k].abs().sum() > 0 for k in files[0] if "lora_up" in k)
+
+
+def test_accelerate_launch_one_process(tiny_models, dataset, tmp_path):
+    cfg = write_config(tmp_path / "run.toml", base_settings(tiny_models["single"], dataset, tmp_path / "out",
+                                                            max_train_steps=3))
+    accelerate_launch(cfg, 1)
+    assert (tmp_path / "out" / "test_lora.safetensors").is_file()
+
+
+def test_two_processes_split_the_data(tiny_models, tmp_path):
+    from lora_studio.demo import write_dataset
+
+    # 7 images x 1 repeat, batch 2 -> 4 batches per epoch (the last one uneven): 2 per process
+    data = write_dataset(tmp_path / "data", count=7, repeats=1)
+    settings = base_settings(tiny_models["folder"], data, tmp_path / "out", max_train_epochs=2,
+                             save_every_n_epochs=1, cache_latents_to_disk=True, gradient_accumulation_steps=1)
+    settings.pop("max_train_steps")
+    cfg = write_config(tmp_path / "run.toml", settings)
+    proc = accelerate_launch(cfg, 2)
+    out = tmp_path / "out"
+    events = read_events(out / "test_lora_events.jsonl")
+    assert [e["type"] for e in events].count("start") == 1  # only the main process writes events
+    assert events[0]["total_steps"] == 4 and events[0]["steps_per_epoch"] == 2
+    assert events[-1]["status"] == "completed" and events[-1]["step"] == 4
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["test_lora-000001.safetensors",
+                                                               "test_lora.safetensors"]
+    assert "2 process(es)" in proc.stderr
+
+
+def test_sd_scripts_configs_run_unchanged(tiny_models, tmp_path):
+    from lora_studio.demo import draw_concept
+    import random
+
+    rng = random.Random(1)
+    for sub, n in (("chars", 3), ("extra", 2)):
+        folder = tmp_path / sub
+        folder.mkdir()
+        for i in range(n):
+            draw_concept(rng).save(folder / f"{i}.png")
+            (folder / f"{i}.caption").write_text("lsdemo shape, disc", encoding="utf-8")
+    (tmp_path / "chars" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "dataset.toml").write_text(
+        "[general]\nshuffle_caption = true\ncaption_extension = '.caption'\nkeep_tokens = 1\n\n"
+        "[[datasets]]\nresolution = 64\nbatch_size = 2\n\n"
+        f"  [[datasets.subsets]]\n  image_dir = '{tmp_path / 'chars'}'\n  class_tokens = 'lsdemo shape'\n"
+        "  num_repeats = 2\n\n"
+        f"  [[datasets.subsets]]\n  image_dir = '{tmp_path / 'extra'}'\n  num_repeats = 1\n", encoding="utf-8")
+    # As the Kohya_ss GUI writes it: sections, sd-scripts names, options at their defaults.
+    (tmp_path / "config.toml").write_text(f"""
+[model_arguments]
+pretrained_model_name_or_path = "{tiny_models['single']}"
+v2 = false
+v_parameterization = false
+
+[additional_network_arguments]
+network_module = "networks.lora"
+network_dim = 8
+network_alpha = 4
+network_train_unet_only = false
+unet_lr = 0.001
+text_encoder_lr = 0.0005
+
+[optimizer_arguments]
+optimizer_type = "AdamW"
+learning_rate = 0.001
+lr_scheduler = "cosine_with_restarts"
+lr_scheduler_num_cycles = 2
+lr_warmup_steps = 0.25
+max_grad_norm = 1.0
+
+[dataset_arguments]
+dataset_config = "{tmp_path / 'dataset.toml'}"
+cache_latents = true
+debug_dataset = false
+
+[training_arguments]
+output_dir = "{tmp_path / 'out'}"
+output_name = "kohya_style"
+save_precision = "fp16"
+save_every_n_steps = 2
+max_train_steps = 5
+mixed_precision = "bf16"
+gradient_checkpointing = true
+gradient_accumulation_steps = 2
+seed = 7
+noise_offset = 0.05
+min_snr_gamma = 5
+clip_skip = 2
+max_token_length = 150
+lowram = false
+mem_eff_attn = false
+xformers = false
+sdpa = true
+persistent_data_loader_workers = false
+max_data_loader_n_workers = 1
+epoch = 1
+""", encoding="utf-8")
+    proc = run_cli("train", "--config", str(tmp_path / "config.toml"))
+    out = tmp_path / "out"
+    assert "broken.png" in proc.stderr  # the unreadable image is named
+    events = read_events(out / "kohya_style_events.jsonl")
+    assert events[0]["skipped"] == [str(tmp_path / "chars" / "broken.png")]
+    assert events[0]["total_steps"] == 5 and events[-1]["status"] == "completed"
+    lrs = [e["lr"] for e in events if e["type"] == "step"]
+    assert lrs[0] < 1e-3 and max(lrs) <= 1e-3  # warm-up then cosine
+    assert sorted(p.name for p in out.glob("*.safetensors")) == [
+        "kohya_style-step00000002.safetensors", "kohya_style-step00000004.safetensors", "kohya_style.safetensors"]
+    sd = load_file(str(out / "kohya_style.safetensors"))
+    assert sd["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"].shape[0] == 8
+
+
+@pytest.mark.parametrize("case", ["missing_folder", "no_numbered_folder", "typo", "wrong_type", "no_model"])
+def test_bad_input_gives_a_clear_message(case, tiny_models, dataset, tmp_path):
+    settings = base_settings(tiny_models["single"], dataset, tmp_path / "out", max_train_steps=1)
+    if case == "missing_folder":
+        settings["train_data_dir"] = str(tmp_path / "nope")
+        expected = "train_data_dir: folder not found"
+    elif case == "no_numbered_folder":
+        settings["train_data_dir"] = str(dataset / "2_lsdemo shape")
+        expected = "no '<repeats>_<name>' subfolder"
+    elif case == "no_model":
+        settings["pretrained_model_name_or_path"] = str(tmp_path / "model.safetensors")
+        expected = "pretrained_model_name_or_path: not found"
+    cfg = write_config(tmp_path / "run.toml", settings)
+    if case == "typo":
+        cfg.write_text(cfg.read_text() + "\n[extra]\nlearning_rat = 0.1\n")
+        expected = "unknown setting 'learning_rat'. Did you mean 'learning_rate'?"
+    elif case == "wrong_type":
+        cfg.write_text(cfg.read_text() + '\n[more]\nnetwork_dim = "four"\n')
+        expected = "setting 'network_dim' must be a whole number, got 'four'"
+    proc = run_cli("train", "--config", str(cfg), check=False)
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "test_lora.safetensors").exists()
+
+
+def test_stop_file_stops_gracefully_and_saves(tiny_models, dataset, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "test_lora.stop").write_text("")  # present from the start: stop after the first step
+    cfg = write_config(tmp_path / "run.toml", base_settings(tiny_models["single"], dataset, out,
+                                                            max_train_steps=50))
+    run_cli("train", "--config", str(cfg))
+    events = read_events(out / "test_lora_events.jsonl")
+    assert events[-1]["status"] == "stopped" and events[-1]["step"] == 1
+    assert (out / "test_lora.safetensors").is_file() and not (out / "test_lora.stop").exists()
