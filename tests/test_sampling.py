@@ -1,0 +1,32 @@
+"""sd-scripts sample-prompt syntax."""
+
+import pytest
+
+from lora_studio.errors import UserError
+from lora_studio.training.sampling import make_scheduler, parse_prompt_line, read_prompt_file
+
+
+def test_prompt_options():
+    p = parse_prompt_line("1girl, red hair --n lowres, bad hands --w 768 --h 516 --d 42 --s 28 --l 6.5 --ss euler_a",
+                          512)
+    assert (p.prompt, p.negative, p.width, p.height, p.seed, p.steps, p.cfg_scale, p.sampler) == \
+        ("1girl, red hair", "lowres, bad hands", 768, 512, 42, 28, 6.5, "euler_a")
+    assert parse_prompt_line("# comment", 512) is None and parse_prompt_line("   ", 512) is None
+    plain = parse_prompt_line("just a prompt", 640)
+    assert (plain.width, plain.height, plain.seed, plain.negative) == (640, 640, None, "")
+
+
+def test_prompt_file_errors(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        read_prompt_file(tmp_path / "none.txt", 512)
+    (tmp_path / "p.txt").write_text("cat --w big\n")
+    with pytest.raises(UserError, match="--w needs a number"):
+        read_prompt_file(tmp_path / "p.txt", 512)
+
+
+def test_samplers_exist():
+    from lora_studio.models.family import SD_SCHEDULER
+
+    for name in ["ddim", "pndm", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
+                 "dpmsingle", "k_euler_a"]:
+        assert make_scheduler(name, SD_SCHEDULER).config.num_train_timesteps == 1000
