@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
                   "  lora-studio demo ./demo && lora-studio train --config ./demo/config.toml", file=sys.stderr)
             return 1
     except UserError as exc:
-        logging.getLogger("lora_studio").error("%s", exc)
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

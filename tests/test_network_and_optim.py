@@ -1,0 +1,98 @@
+"""Network targets and learning-rate groups; optimizers and schedules by name; precision choice."""
+
+import logging
+
+import pytest
+import torch
+
+from lora_studio.config import build_config
+from lora_studio.errors import UserError
+from lora_studio.models.loading import load_components
+from lora_studio.network.lora import LoRANetwork
+from lora_studio.training.optim import build_optimizer, build_scheduler, warmup_steps
+from lora_studio.training.trainer import _choose_precision
+
+
+@pytest.fixture(scope="module")
+def components(tiny_models):
+    return load_components(str(tiny_models["single"]), None, False)
+
+
+def test_targets_and_groups(components):
+    both = LoRANetwork(components, 4, 1.0)
+    assert len(both.unet_stems) == 192 and len(both.te_stems[0]) == 18
+    groups = both.param_groups(1e-4, [5e-5])
+    assert [(g["name"], g["lr"], len(g["params"])) for g in groups] == [("unet", 1e-4, 384), ("text_encoder", 5e-5, 36)]
+    assert both.param_groups(1e-4, [0.0])[0]["name"] == "unet" and len(both.param_groups(1e-4, [0.0])) == 1
+    unet_only = LoRANetwork(components, 4, 1.0, train_text_encoder=False)
+    te_only = LoRANetwork(components, 4, 1.0, train_unet=False)
+    assert not unet_only.te_stems[0] and len(unet_only.unet_stems) == 192
+    assert not te_only.unet_stems and len(te_only.te_stems[0]) == 18
+    assert both.adapters()[0].scale == 0.25
+    assert LoRANetwork(components, 4, 0.0).adapters()[0].scale == 1.0  # alpha 0 means alpha = rank
+
+
+def test_attached_adapter_adds_scaled_low_rank_update(components):
+    net = LoRANetwork(components, 4, 2.0, train_text_encoder=False)
+    lora = net.adapters()[0]
+    base = lora._base[0]
+    x = torch.randn(3, base.in_channels if isinstance(base, torch.nn.Conv2d) else base.in_features, 4, 4) \
+        if isinstance(base, torch.nn.Conv2d) else torch.randn(3, base.in_features)
+    before = base(x)
+    torch.nn.init.normal_(lora.lora_up.weight)
+    net.attach()
+    try:
+        expected = before + 0.5 * lora.lora_up(lora.lora_down(x))
+        assert torch.allclose(base(x), expected, atol=1e-5)
+    finally:
+        net.detach_from_base()
+    assert torch.allclose(base(x), before)
+
+
+@pytest.mark.parametrize("name,cls", [("AdamW", "AdamW"), ("Lion", "Lion"), ("Prodigy", "Prodigy"),
+                                      ("Adafactor", "Adafactor"), ("SGD", "SGD"), ("torch.optim.RMSprop", "RMSprop")])
+def test_optimizers_by_name(name, cls):
+    p = torch.nn.Parameter(torch.zeros(3))
+    cfg = build_config({"optimizer_type": name, "optimizer_args": ["weight_decay=0.01"] if cls != "Lion" else []})
+    opt = build_optimizer(cfg, [{"params": [p], "lr": 1e-3, "name": "unet"}])
+    assert type(opt).__name__ == cls and opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_optimizer_errors():
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(UserError, match="unknown optimizer 'Adamm'"):
+        build_optimizer(build_config({"optimizer_type": "Adamm"}), [{"params": [p], "lr": 1e-3}])
+    with pytest.raises(UserError, match="does not accept"):
+        build_optimizer(build_config({"optimizer_args": ["colour=3"]}), [{"params": [p], "lr": 1e-3}])
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="AdamW8bit needs an NVIDIA GPU"):
+            build_optimizer(build_config({"optimizer_type": "AdamW8bit"}), [{"params": [p], "lr": 1e-3}])
+
+
+@pytest.mark.parametrize("name", ["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear",
+                                  "polynomial"])
+def test_schedulers(name):
+    p = torch.nn.Parameter(torch.zeros(3))
+    cfg = build_config({"lr_scheduler": name, "lr_warmup_steps": 0.1 if name != "constant" else 0,
+                        "lr_scheduler_num_cycles": 2, "lr_scheduler_power": 2.0})
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_scheduler(cfg, opt, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    if name == "constant":
+        assert set(lrs) == {1.0}
+    else:
+        assert lrs[0] == 0.0 and max(lrs) == pytest.approx(1.0)  # 10 warm-up steps from 0
+    if name in ("cosine", "linear", "polynomial"):
+        assert lrs[-1] < 0.05
+    assert warmup_steps(cfg, 100) == (10 if name != "constant" else 0)
+
+
+def test_fp16_on_cpu_falls_back_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert _choose_precision(build_config({"mixed_precision": "fp16"}), cuda=False) == "no"
+    assert "fp16 needs an NVIDIA GPU" in caplog.text
+    assert _choose_precision(build_config({"mixed_precision": "bf16"}), cuda=False) == "bf16"
