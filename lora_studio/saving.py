@@ -79,10 +79,10 @@ def verify_lora(path: Path, expected: dict[str, torch.Tensor]) -> None:
     with safe_open(str(path), "pt") as fh:
         keys = set(fh.keys())
         if keys != set(expected):
-            raise IOError(f"{path}: written file has {len(keys)} tensors, expected {len(expected)}")
+            raise OSError(f"{path}: written file has {len(keys)} tensors, expected {len(expected)}")
         for key in expected:
             if not torch.equal(fh.get_tensor(key), expected[key]):
-                raise IOError(f"{path}: tensor {key} differs after writing")
+                raise OSError(f"{path}: tensor {key} differs after writing")
 
 
 def utc_now_iso() -> str:

@@ -122,10 +122,8 @@ def _a1111_compvis_name(stem):
 
 
 def test_stems_follow_a1111_and_comfyui_rules(lora, tiny_models):
-    from diffusers import UNet2DConditionModel
-
-    from lora_studio.models.tiny import ldm_state_dict
     from lora_studio.models.loading import load_components
+    from lora_studio.models.tiny import ldm_state_dict
 
     _, sd, _ = lora
     c = load_components(str(tiny_models["folder"]), None, False)

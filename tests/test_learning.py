@@ -1,6 +1,7 @@
 """Training learns: the denoising loss on the concept's images falls clearly below the untrained value."""
 
 import torch
+from conftest import base_settings, run_cli, write_config
 from safetensors.torch import load_file
 
 from lora_studio.config import build_config
@@ -10,8 +11,6 @@ from lora_studio.errors import UserError
 from lora_studio.models.loading import load_components
 from lora_studio.network.lora import LoRANetwork
 from lora_studio.training.loss import denoising_loss
-
-from conftest import base_settings, run_cli, write_config
 
 
 def _eval_loss(components, data_dir) -> float:

@@ -1,16 +1,12 @@
 """The engine end to end through the real CLI and accelerate launch, on tiny models on the CPU."""
 
-import json
-import struct
-
 import pytest
 import torch
+from conftest import accelerate_launch, base_settings, run_cli, write_config
 from safetensors.torch import load_file
 
 from lora_studio.config import load_config
 from lora_studio.training.events import read_events
-
-from conftest import accelerate_launch, base_settings, run_cli, write_config
 
 
 def test_cli_run_writes_everything(trained_run):
@@ -86,8 +82,9 @@ def test_two_processes_split_the_data(tiny_models, tmp_path):
 
 
 def test_sd_scripts_configs_run_unchanged(tiny_models, tmp_path):
-    from lora_studio.demo import draw_concept
     import random
+
+    from lora_studio.demo import draw_concept
 
     rng = random.Random(1)
     for sub, n in (("chars", 3), ("extra", 2)):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -99,7 +99,7 @@ def build_latent_cache(data: TrainingData, encode: Callable[[torch.Tensor], torc
                     latent = latent.contiguous()
                     cache[(i, flip)] = latent
                     if path is not None:
-                        atomic_write(path, lambda tmp, t=latent: save_file(
-                            {"latent": t}, tmp, metadata={"image": data.items[i].path.name, "bucket": str(bucket)}))
+                        meta = {"image": data.items[i].path.name, "bucket": f"{bucket[0]}x{bucket[1]}"}
+                        atomic_write(path, lambda tmp, t=latent, m=meta: save_file({"latent": t}, tmp, metadata=m))
                 bar.update(len(chunk))
     return cache

@@ -47,7 +47,7 @@ TE_TARGETS = {"self_attn.q_proj": "self_attn_q_proj", "self_attn.k_proj": "self_
 @dataclass
 class Components:
     """A loaded base model."""
-    family: "ModelFamily"
+    family: ModelFamily
     unet: Any
     vae: Any
     text_encoders: list

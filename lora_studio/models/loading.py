@@ -18,8 +18,16 @@ from safetensors.torch import load_file
 
 from ..errors import UserError
 from . import ldm_keys
-from .family import (SD1_TEXT_ENCODER, SD1_UNET, SD1_VAE, SD_SCHEDULER, Components, family_from_checkpoint_keys,
-                     family_from_diffusers_folder, get_family)
+from .family import (
+    SD1_TEXT_ENCODER,
+    SD1_UNET,
+    SD1_VAE,
+    SD_SCHEDULER,
+    Components,
+    family_from_checkpoint_keys,
+    family_from_diffusers_folder,
+    get_family,
+)
 from .tokenizer import clip_tokenizer
 
 log = logging.getLogger(__name__)

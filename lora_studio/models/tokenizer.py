@@ -37,7 +37,8 @@ def bpe_file() -> Path:
 
 @lru_cache(maxsize=1)
 def _vocab_and_merges() -> tuple[dict[str, int], tuple[str, ...]]:
-    lines = gzip.open(bpe_file(), "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(bpe_file(), "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
     merges = tuple(lines[1:_NUM_MERGES + 1])
     byte_syms = _byte_symbols()
     tokens = byte_syms + [s + "</w>" for s in byte_syms] + ["".join(m.split()) for m in merges]

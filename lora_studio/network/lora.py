@@ -114,7 +114,7 @@ class LoRANetwork(nn.Module):
     def adapters(self) -> list[LoRAModule]:
         return [m for m in self.children() if isinstance(m, LoRAModule)]
 
-    def attach(self) -> "LoRANetwork":
+    def attach(self) -> LoRANetwork:
         for m in self.adapters():
             m.attach()
         return self

@@ -24,7 +24,7 @@ class SamplePrompt:
     sampler: str | None = None
 
 
-_OPTION = re.compile(r"^(n|w|h|d|s|l|ss)\s+(.*)$", re.S)
+_OPTION = re.compile(r"^(n|w|h|d|s|l|ss)\s+(.*)$", re.DOTALL)
 
 
 def parse_prompt_line(line: str, default_size: int) -> SamplePrompt | None:
