@@ -30,3 +30,15 @@ def test_samplers_exist():
     for name in ["ddim", "pndm", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
                  "dpmsingle", "k_euler_a"]:
         assert make_scheduler(name, SD_SCHEDULER).config.num_train_timesteps == 1000
+
+
+def test_unknown_sampler_in_a_prompt_stops_the_run_before_training(tiny_models, dataset, tmp_path):
+    from conftest import base_settings, run_cli, write_config
+
+    (tmp_path / "p.txt").write_text("a cat --ss warp_drive\n")
+    cfg = write_config(tmp_path / "run.toml", base_settings(tiny_models["single"], dataset, tmp_path / "out",
+                                                            sample_prompts=str(tmp_path / "p.txt"),
+                                                            sample_every_n_steps=1))
+    proc = run_cli("train", "--config", str(cfg), check=False)
+    assert proc.returncode == 2 and "unknown sampler 'warp_drive'" in proc.stderr
+    assert not (tmp_path / "out" / "test_lora.safetensors").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,8 @@ def make_scheduler(name: str, scheduler_config: dict):
     if key not in _SAMPLERS:
         raise UserError(f"sample_sampler: unknown sampler '{name}'; use one of {', '.join(_SAMPLERS)}")
     class_name, extra = _SAMPLERS[key]
+    if key == "lms" and importlib.util.find_spec("scipy") is None:
+        raise UserError("sample_sampler lms needs scipy (pip install scipy); or choose euler, ddim or dpmsolver++")
     return getattr(diffusers, class_name).from_config({**scheduler_config, **extra})
 
 

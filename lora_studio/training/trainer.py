@@ -28,7 +28,7 @@ from .events import EventLog
 from .loss import denoising_loss, sample_noise
 from .metadata import RunMetadata, describe_optimizer
 from .optim import build_optimizer, build_scheduler
-from .sampling import generate, read_prompt_file
+from .sampling import generate, make_scheduler, read_prompt_file
 
 log = logging.getLogger("lora_studio")
 
@@ -138,6 +138,8 @@ class Trainer:
             log.info("dataset:\n  %s", self.data.summary().replace("\n", "\n  "))
         self.prompts = read_prompt_file(cfg.sample_prompts, self.data.datasets[0].resolution[0]) \
             if cfg.sample_prompts else []
+        for prompt in self.prompts:  # an unknown sampler is an error now, not after an hour of training
+            make_scheduler(prompt.sampler or cfg.sample_sampler, {})
 
         c = self.components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2)
         self.family = c.family
