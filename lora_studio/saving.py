@@ -30,14 +30,6 @@ def model_hashes(blob: bytes) -> tuple[str, str]:
     return model_hash, legacy
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def legacy_model_hash(path: str | Path) -> str:
     """The old 8-character A1111 model hash: sha256 of 64 KiB at offset 1 MiB."""
     with open(path, "rb") as fh:

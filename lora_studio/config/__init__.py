@@ -6,7 +6,7 @@ import difflib
 import logging
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import tomli_w
 
@@ -110,10 +110,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return build_config(raw, source=str(path) if path else None)
 
 
-def to_toml_dict(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def save_config(cfg: Config | dict[str, Any], path: str | Path, only_explicit: bool = False) -> Path:
     """Write settings as TOML, grouped by schema group. ``0``/``false`` are kept; unset (None) values are left out."""
     values = cfg.explicit() if (only_explicit and isinstance(cfg, Config)) else (
@@ -127,7 +123,3 @@ def save_config(cfg: Config | dict[str, Any], path: str | Path, only_explicit: b
     path = Path(path)
     atomic_write_bytes(path, tomli_w.dumps(grouped).encode("utf-8"))
     return path
-
-
-def settings_in_group(group: str) -> Iterable[Setting]:
-    return (s for s in SETTINGS if s.group == group)

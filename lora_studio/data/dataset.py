@@ -149,7 +149,7 @@ class TrainingData:
         rng.shuffle(batches)
         return batches
 
-    def caption_for(self, item_index: int, epoch: int, position: int) -> str:
+    def caption_for(self, item_index: int, epoch: int, position: tuple[int, ...]) -> str:
         it = self.items[item_index]
         s = it.subset
         rng = random.Random(hash((self.seed, epoch, position, item_index)) & 0xFFFFFFFF)
@@ -172,10 +172,10 @@ class TrainingData:
 class EpochBatches(torch.utils.data.Dataset):
     """The batches one process trains in one epoch, as a map-style dataset (a DataLoader worker loads each)."""
 
-    def __init__(self, data: TrainingData, batches: list[list[Entry]], epoch: int, first_position: int,
+    def __init__(self, data: TrainingData, batches: list[list[Entry]], epoch: int, rank: int,
                  latents: dict[Entry, torch.Tensor] | None):
         self.data, self.batches, self.epoch = data, batches, epoch
-        self.first_position, self.latents = first_position, latents
+        self.rank, self.latents = rank, latents
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -183,7 +183,7 @@ class EpochBatches(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         entries = self.batches[index]
         batch = {
-            "captions": [self.data.caption_for(i, self.epoch, self.first_position + index * 1000 + k)
+            "captions": [self.data.caption_for(i, self.epoch, (self.rank, index, k))
                          for k, (i, _) in enumerate(entries)],
             "loss_weights": torch.tensor([self.data.loss_weight(i) for i, _ in entries], dtype=torch.float32),
         }

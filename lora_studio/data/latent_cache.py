@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..io_utils import atomic_write
+from ..io_utils import atomic_write, file_sha256
 from .dataset import Entry, TrainingData
 
 log = logging.getLogger(__name__)
@@ -34,16 +34,8 @@ def vae_fingerprint(vae: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _cache_path(image: Path, bucket: tuple[int, int], flip: bool, vae_id: str, fallback_dir: Path) -> Path:
-    key = hashlib.sha256(f"{CACHE_VERSION}|{_file_digest(image)}|{bucket}|{flip}|{vae_id}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{CACHE_VERSION}|{file_sha256(image)}|{bucket}|{flip}|{vae_id}".encode()).hexdigest()[:20]
     folder = image.parent / CACHE_FOLDER
     try:
         folder.mkdir(exist_ok=True)

@@ -63,8 +63,6 @@ class ModelFamily:
     modelspec_architecture = ""
     modelspec_implementation = "diffusers"
     te_prefixes: tuple[str, ...] = ()
-    default_resolution = 512
-    prediction_type = "epsilon"
 
     def unet_lora_stem(self, module_path: str) -> str:
         return "lora_unet_" + module_path.replace(".", "_")

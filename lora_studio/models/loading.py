@@ -7,7 +7,6 @@ size from the checkpoint's own tensor shapes; the tokenizer is built from the CL
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from pathlib import Path
@@ -30,7 +29,6 @@ from .family import (
 )
 from .tokenizer import clip_tokenizer
 
-log = logging.getLogger(__name__)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

@@ -10,7 +10,8 @@ from .. import __version__
 from ..config import Config, parse_key_values
 from ..data.dataset import TrainingData
 from ..models.family import Components
-from ..saving import file_sha256, legacy_model_hash, utc_now_iso
+from ..io_utils import file_sha256
+from ..saving import legacy_model_hash, utc_now_iso
 
 
 def _model_hashes(path: str | None) -> tuple[str | None, str | None]:

@@ -21,6 +21,7 @@ from ..data.dataset import EpochBatches, TrainingData, shard_batches
 from ..data.latent_cache import build_latent_cache, vae_fingerprint
 from ..data.sources import datasets_from_config
 from ..errors import UserError
+from ..io_utils import atomic_write
 from ..models.loading import load_components
 from ..network.lora import LoRANetwork
 from ..saving import save_lora
@@ -42,8 +43,6 @@ def check_settings(cfg: Config) -> None:
         raise UserError("network_train_unet_only and network_train_text_encoder_only are both set: nothing to train")
     if cfg.v_parameterization and not cfg.v2:
         raise UserError("v_parameterization needs v2 = true (SD2.x 768-v models)")
-    if cfg.network_module not in ("networks.lora", "lora_studio.lora"):
-        raise UserError(f"network_module '{cfg.network_module}' is not supported; use networks.lora")
     if not cfg.output_name or any(c in cfg.output_name for c in '/\\:*?"<>|'):
         raise UserError(f"output_name '{cfg.output_name}' must be a plain file name (no / \\ : * ? \" < > |)")
 
@@ -303,9 +302,7 @@ class Trainer:
                                      self.cfg.max_token_length, self.device, self.weight_dtype, self.seed + i)
                 name = f"{self.cfg.output_name}_e{epoch:06d}_s{step:08d}_{i:02d}.png"
                 path = self.paths["samples"] / name
-                from ..io_utils import atomic_write
-
-                atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+                atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
                 self.events.emit("sample", step=step, epoch=epoch, path=str(path), prompt=prompt.prompt)
             self.network.train()
         self.accelerator.wait_for_everyone()
@@ -361,7 +358,7 @@ class Trainer:
         stopped = False
         for epoch in range(1, self.total_epochs + 1):
             batches = shard_batches(self.data.plan_epoch(epoch), self.rank, self.world)
-            loader = DataLoader(EpochBatches(self.data, batches, epoch, self.rank * 1_000_000, self.latents),
+            loader = DataLoader(EpochBatches(self.data, batches, epoch, self.rank, self.latents),
                                 batch_size=None, shuffle=False, num_workers=cfg.max_data_loader_n_workers,
                                 pin_memory=self.device.type == "cuda")
             accumulated = 0
