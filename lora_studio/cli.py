@@ -41,9 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train", action="store_true", help="also run the demo training now")
 
     gui = sub.add_parser("gui", help="open the workbench in the browser")
-    gui.add_argument("--host", default="127.0.0.1")
+    gui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
     gui.add_argument("--port", type=int, default=7860)
-    gui.add_argument("--no-browser", action="store_true")
+    gui.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    gui.add_argument("--username", help="require this user name (needed to listen on a non-loopback address)")
+    gui.add_argument("--password", help="require this password (with --username)")
+    gui.add_argument("--insecure-no-auth", action="store_true",
+                     help="listen on a non-loopback address WITHOUT a password (anyone on the network can read and "
+                          "write files and start processes as you)")
+    gui.add_argument("--state-dir", default=os.environ.get("LORA_STUDIO_HOME", "~/.lora_studio"),
+                     help="where runs, user presets and the demo are kept (default ~/.lora_studio)")
     return parser
 
 
@@ -72,6 +79,40 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _run_gui(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if bool(args.username) != bool(args.password):
+        raise UserError("give both --username and --password, or neither")
+    auth = (args.username, args.password) if args.username else None
+    if not _is_loopback(args.host):
+        if auth is None and not args.insecure_no_auth:
+            raise UserError(f"--host {args.host} makes the GUI reachable from other computers; it can read and write "
+                            "files and start processes as you. Add --username and --password (or, at your own risk, "
+                            "--insecure-no-auth)")
+        if auth is None:
+            print("WARNING: listening on {} with NO password: anyone who can reach this port controls LoRA Studio "
+                  "with your permissions.".format(args.host), file=sys.stderr)
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    from .gui.app import serve
+
+    print(f"LoRA Studio: open http://{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port} "
+          "in your browser (Ctrl+C here closes the GUI; running trainings go on).", file=sys.stderr)
+    serve(args.host, args.port, not args.no_browser, Path(args.state_dir), auth)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
@@ -87,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 return main(["train", "--config", str(config)])
             return 0
         if args.command == "gui":
-            print("The LoRA Studio GUI is not part of this version yet. Train from the command line:\n"
-                  "  lora-studio demo ./demo && lora-studio train --config ./demo/config.toml", file=sys.stderr)
-            return 1
+            return _run_gui(args)
     except UserError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2

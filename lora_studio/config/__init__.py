@@ -14,7 +14,8 @@ from ..errors import ConfigError
 from .schema import BY_NAME, IGNORED_GUI_KEYS, SETTINGS, UNSUPPORTED, Setting
 from .values import parse_key_values, parse_value
 
-__all__ = ["Config", "load_config", "SETTINGS", "Setting", "parse_key_values", "save_config"]
+__all__ = ["Config", "load_config", "SETTINGS", "Setting", "parse_key_values", "save_config", "dumps_config",
+           "build_config", "read_toml", "flatten_sections"]
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +111,21 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return build_config(raw, source=str(path) if path else None)
 
 
-def save_config(cfg: Config | dict[str, Any], path: str | Path, only_explicit: bool = False) -> Path:
-    """Write settings as TOML, grouped by schema group. ``0``/``false`` are kept; unset (None) values are left out."""
+def dumps_config(cfg: Config | dict[str, Any], only_explicit: bool = False) -> str:
+    """Settings as TOML text, grouped by schema group. ``0``/``false`` are kept; unset (None) values are left out."""
     values = cfg.explicit() if (only_explicit and isinstance(cfg, Config)) else (
         cfg.as_dict() if isinstance(cfg, Config) else dict(cfg))
     grouped: dict[str, dict[str, Any]] = {}
     for setting in SETTINGS:
         if setting.name in values and values[setting.name] is not None:
             grouped.setdefault(setting.group, {})[setting.name] = values[setting.name]
+    return tomli_w.dumps(grouped)
+
+
+def save_config(cfg: Config | dict[str, Any], path: str | Path, only_explicit: bool = False) -> Path:
+    """Write ``dumps_config(cfg)`` to ``path`` atomically."""
     from ..io_utils import atomic_write_bytes
 
     path = Path(path)
-    atomic_write_bytes(path, tomli_w.dumps(grouped).encode("utf-8"))
+    atomic_write_bytes(path, dumps_config(cfg, only_explicit).encode("utf-8"))
     return path

@@ -65,10 +65,33 @@ def _str_list(setting: S.Setting, value: Any) -> list[str]:
     if isinstance(value, dict):
         return [f"{k}={v}" for k, v in value.items()]
     if isinstance(value, str):
-        return value.split()
+        return split_items(value)
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
     raise ConfigError(f"setting '{setting.name}' must be a list of \"key=value\" strings, got {_describe(value)}")
+
+
+def split_items(text: str) -> list[str]:
+    """Split "a=1 betas=(0.9, 0.99) c='x y'" on spaces that are outside brackets and quotes."""
+    items, current, depth, quote = [], [], 0, None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        elif ch.isspace() and depth == 0:
+            if current:
+                items.append("".join(current))
+                current = []
+            continue
+        current.append(ch)
+    if current:
+        items.append("".join(current))
+    return items
 
 
 def _resolution(setting: S.Setting, value: Any) -> str:

@@ -1,4 +1,6 @@
-"""The images of a run, their captions and buckets, and the batches of each epoch."""
+"""The images of a run, their captions and buckets, and the batches of each epoch.
+
+No torch here: the GUI uses it to count steps before a run (``loader`` turns batches into tensors)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import UserError
 from .buckets import bucket_resolutions, choose_bucket, fit_to_bucket
@@ -159,39 +160,14 @@ class TrainingData:
     def loss_weight(self, item_index: int) -> float:
         return self.prior_loss_weight if self.items[item_index].subset.is_reg else 1.0
 
-    def pixels(self, item_index: int, flip: bool) -> torch.Tensor:
-        """The image in its bucket as a [3, H, W] tensor in [-1, 1]."""
+    def pixels(self, item_index: int, flip: bool) -> np.ndarray:
+        """The image in its bucket as a float32 [3, H, W] array in [-1, 1]."""
         it = self.items[item_index]
         img = fit_to_bucket(load_rgb(it.path), it.bucket)
         arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
         if flip:
             arr = arr[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-class EpochBatches(torch.utils.data.Dataset):
-    """The batches one process trains in one epoch, as a map-style dataset (a DataLoader worker loads each)."""
-
-    def __init__(self, data: TrainingData, batches: list[list[Entry]], epoch: int, rank: int,
-                 latents: dict[Entry, torch.Tensor] | None):
-        self.data, self.batches, self.epoch = data, batches, epoch
-        self.rank, self.latents = rank, latents
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, index: int) -> dict:
-        entries = self.batches[index]
-        batch = {
-            "captions": [self.data.caption_for(i, self.epoch, (self.rank, index, k))
-                         for k, (i, _) in enumerate(entries)],
-            "loss_weights": torch.tensor([self.data.loss_weight(i) for i, _ in entries], dtype=torch.float32),
-        }
-        if self.latents is not None:
-            batch["latents"] = torch.stack([self.latents[e] for e in entries])
-        else:
-            batch["pixels"] = torch.stack([self.data.pixels(i, flip) for i, flip in entries])
-        return batch
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def shard_batches(batches: list[list[Entry]], rank: int, world: int) -> list[list[Entry]]:

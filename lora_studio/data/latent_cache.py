@@ -82,7 +82,7 @@ def build_latent_cache(data: TrainingData, encode: Callable[[torch.Tensor], torc
         for bucket, jobs in todo.items():
             for start in range(0, len(jobs), batch_size):
                 chunk = jobs[start:start + batch_size]
-                pixels = torch.stack([data.pixels(i, flip) for (i, flip), _ in chunk])
+                pixels = torch.stack([torch.from_numpy(data.pixels(i, flip)) for (i, flip), _ in chunk])
                 latents = encode(pixels).float().cpu()
                 for ((i, flip), path), latent in zip(chunk, latents):
                     if not torch.isfinite(latent).all():

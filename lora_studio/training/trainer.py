@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from ..config import Config, save_config
-from ..data.dataset import EpochBatches, TrainingData, shard_batches
+from ..config.rules import check_settings
+from ..data.dataset import TrainingData, shard_batches
+from ..data.loader import EpochBatches
 from ..data.latent_cache import build_latent_cache, vae_fingerprint
 from ..data.sources import datasets_from_config
 from ..errors import UserError
@@ -29,37 +31,11 @@ from .events import EventLog
 from .loss import denoising_loss, sample_noise
 from .metadata import RunMetadata, describe_optimizer
 from .optim import build_optimizer, build_scheduler
+from .outputs import epoch_file, output_paths, step_file
+from .plan import plan_steps
 from .sampling import generate, make_scheduler, read_prompt_file
 
 log = logging.getLogger("lora_studio")
-
-
-def check_settings(cfg: Config) -> None:
-    """Cross-setting rules (one setting's own type and range are checked when the config is built)."""
-    missing = [name for name in ("pretrained_model_name_or_path", "output_dir") if not getattr(cfg, name)]
-    if missing:
-        raise UserError("required setting(s) not set: " + ", ".join(missing))
-    if cfg.network_train_unet_only and cfg.network_train_text_encoder_only:
-        raise UserError("network_train_unet_only and network_train_text_encoder_only are both set: nothing to train")
-    if cfg.v_parameterization and not cfg.v2:
-        raise UserError("v_parameterization needs v2 = true (SD2.x 768-v models)")
-    if not cfg.output_name or any(c in cfg.output_name for c in '/\\:*?"<>|'):
-        raise UserError(f"output_name '{cfg.output_name}' must be a plain file name (no / \\ : * ? \" < > |)")
-
-
-def output_paths(cfg: Config) -> dict[str, Path]:
-    out = Path(cfg.output_dir)
-    name = cfg.output_name
-    return {"final": out / f"{name}.safetensors", "config": out / f"{name}_config.toml",
-            "events": out / f"{name}_events.jsonl", "samples": out / "sample", "stop": out / f"{name}.stop"}
-
-
-def epoch_file(cfg: Config, epoch: int) -> Path:
-    return Path(cfg.output_dir) / f"{cfg.output_name}-{epoch:06d}.safetensors"
-
-
-def step_file(cfg: Config, step: int) -> Path:
-    return Path(cfg.output_dir) / f"{cfg.output_name}-step{step:08d}.safetensors"
 
 
 class StopRequest:
@@ -184,14 +160,9 @@ class Trainer:
         self.params = [p for g in groups for p in g["params"]]
         optimizer = build_optimizer(cfg, groups)
 
-        per_process = math.ceil(self.data.batches_per_epoch / self.world)
-        self.micro_per_epoch = per_process
-        self.updates_per_epoch = math.ceil(per_process / cfg.gradient_accumulation_steps)
-        if cfg.max_train_epochs:
-            self.total_steps = cfg.max_train_epochs * self.updates_per_epoch
-        else:
-            self.total_steps = cfg.max_train_steps
-        self.total_epochs = math.ceil(self.total_steps / self.updates_per_epoch)
+        plan = plan_steps(self.data.batches_per_epoch, cfg, self.world)
+        self.updates_per_epoch, self.total_steps, self.total_epochs = (plan.steps_per_epoch, plan.total_steps,
+                                                                       plan.total_epochs)
         self.lr_scheduler = build_scheduler(cfg, optimizer, self.total_steps)
         self.optimizer = self.accelerator.prepare(optimizer)
         self.meta = RunMetadata(cfg, self.data, c, random.randint(0, 2**31 - 1), time.time(), self.total_steps,

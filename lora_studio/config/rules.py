@@ -1,0 +1,33 @@
+"""Rules between settings (a single setting's type and range are checked when the config is built)."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from . import Config
+
+_BAD_NAME_CHARS = '/\\:*?"<>|'
+
+
+def setting_problems(cfg: Config) -> dict[str, str]:
+    """Problems that stop a run, keyed by the setting to fix (the GUI shows each message next to its field)."""
+    problems: dict[str, str] = {}
+    for name in ("pretrained_model_name_or_path", "output_dir"):
+        if not getattr(cfg, name):
+            problems[name] = "required: set it before starting"
+    if not cfg.train_data_dir and not cfg.dataset_config:
+        problems["train_data_dir"] = "set the Image folder (or a Dataset config file)"
+    if cfg.network_train_unet_only and cfg.network_train_text_encoder_only:
+        problems["network_train_text_encoder_only"] = ("both 'Train U-Net only' and 'Train Text Encoder only' are set: "
+                                                       "nothing to train")
+    if cfg.v_parameterization and not cfg.v2:
+        problems["v_parameterization"] = "needs v2 = true (SD2.x 768-v models)"
+    if not cfg.output_name or any(c in cfg.output_name for c in _BAD_NAME_CHARS) or cfg.output_name.strip() in (".", ".."):
+        problems["output_name"] = f"'{cfg.output_name}' must be a plain file name (no / \\ : * ? \" < > |)"
+    return problems
+
+
+def check_settings(cfg: Config) -> None:
+    """Raise one UserError listing every rule ``cfg`` breaks."""
+    problems = setting_problems(cfg)
+    if problems:
+        raise UserError("; ".join(f"{name}: {message}" for name, message in problems.items()))

@@ -1,0 +1,32 @@
+"""Batches as tensors: the map-style dataset a DataLoader reads during training."""
+
+from __future__ import annotations
+
+import torch
+
+from .dataset import Entry, TrainingData
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """The batches one process trains in one epoch, as a map-style dataset (a DataLoader worker loads each)."""
+
+    def __init__(self, data: TrainingData, batches: list[list[Entry]], epoch: int, rank: int,
+                 latents: dict[Entry, torch.Tensor] | None):
+        self.data, self.batches, self.epoch = data, batches, epoch
+        self.rank, self.latents = rank, latents
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict:
+        entries = self.batches[index]
+        batch = {
+            "captions": [self.data.caption_for(i, self.epoch, (self.rank, index, k))
+                         for k, (i, _) in enumerate(entries)],
+            "loss_weights": torch.tensor([self.data.loss_weight(i) for i, _ in entries], dtype=torch.float32),
+        }
+        if self.latents is not None:
+            batch["latents"] = torch.stack([self.latents[e] for e in entries])
+        else:
+            batch["pixels"] = torch.stack([torch.from_numpy(self.data.pixels(i, flip)) for i, flip in entries])
+        return batch

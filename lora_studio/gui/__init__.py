@@ -1,0 +1,1 @@
+"""The workbench GUI (Gradio). Nothing in this package imports torch: training runs in its own process."""

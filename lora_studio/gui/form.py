@@ -1,0 +1,107 @@
+"""The GUI form as settings: widget values -> raw settings -> a checked Config, with problems per field.
+
+``check_form`` is what "Check settings" and "Start training" run: the same schema parsing, rules and dataset scan the
+engine uses, so the step count shown is the one the run will take.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, build_config
+from ..config.rules import setting_problems
+from ..config.schema import BY_NAME, SETTINGS
+from ..config.values import parse_value
+from ..data.dataset import TrainingData
+from ..data.sources import datasets_from_config
+from ..errors import ConfigError, UserError
+from ..training.outputs import output_paths
+from ..training.plan import StepPlan, plan_steps
+from .widgets import from_widget
+
+NAMES = [s.name for s in SETTINGS]
+_PREFIX = re.compile(r"^setting '[^']+' ")
+_PATHS_THAT_MUST_EXIST = ("pretrained_model_name_or_path", "vae", "network_weights", "sample_prompts",
+                          "dataset_config")
+
+
+@dataclass
+class FormCheck:
+    raw: dict[str, Any]
+    cfg: Config | None = None
+    problems: dict[str, str] = field(default_factory=dict)  # setting name -> message shown next to its field
+    warnings: list[str] = field(default_factory=list)
+    plan: StepPlan | None = None
+    data: TrainingData | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.cfg is not None and not self.problems
+
+    def report(self) -> str:
+        """Markdown for the line beside the Start button."""
+        if self.problems:
+            lines = [f"**Fix {len(self.problems)} setting(s) before starting:**"]
+            lines += [f"- {BY_NAME[name].label}: {message}" for name, message in self.problems.items()]
+        else:
+            lines = [f"**Ready:** {self.plan.describe()}" if self.plan else "**Ready.**"]
+        lines += [f"- ⚠ {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def values_to_raw(values: dict[str, Any]) -> dict[str, Any]:
+    """Widget values by setting name -> raw setting values (empty fields left out, so they take their default)."""
+    raw = {}
+    for name, value in values.items():
+        converted = from_widget(BY_NAME[name], value)
+        if converted is not None:
+            raw[name] = converted
+    return raw
+
+
+def _field_message(exc: Exception) -> str:
+    return _PREFIX.sub("", str(exc))
+
+
+def _dataset_field(cfg: Config, message: str) -> str:
+    if cfg.dataset_config:
+        return "dataset_config"
+    return "reg_data_dir" if message.startswith("reg_data_dir") else "train_data_dir"
+
+
+def check_form(values: dict[str, Any], scan_dataset: bool = True) -> FormCheck:
+    check = FormCheck(raw=values_to_raw(values))
+    for name, value in check.raw.items():
+        try:
+            parse_value(BY_NAME[name], value)
+        except ConfigError as exc:
+            check.problems[name] = _field_message(exc)
+    if check.problems:
+        return check
+    cfg = check.cfg = build_config(check.raw)
+    check.problems.update(setting_problems(cfg))
+    for name in _PATHS_THAT_MUST_EXIST:
+        path = getattr(cfg, name)
+        if path and not Path(path).expanduser().exists():
+            check.problems[name] = f"not found: {path}"
+    if scan_dataset and "train_data_dir" not in check.problems and "dataset_config" not in check.problems:
+        try:
+            check.data = TrainingData(datasets_from_config(cfg), cfg.prior_loss_weight, seed=0)
+            check.plan = plan_steps(check.data.batches_per_epoch, cfg, cfg.num_processes)
+        except (UserError, ConfigError) as exc:
+            check.problems[_dataset_field(cfg, str(exc))] = _field_message(exc)
+    if cfg.output_dir and cfg.output_name and "output_name" not in check.problems:
+        final = output_paths(cfg)["final"]
+        if final.exists():
+            check.warnings.append(f"{final} exists and will be replaced when this run saves")
+    return check
+
+
+def form_values(cfg_values: dict[str, Any]) -> dict[str, Any]:
+    """Setting values (a loaded config or preset) -> widget values by name."""
+    from .widgets import to_widget
+
+    return {name: to_widget(BY_NAME[name], value) for name, value in cfg_values.items() if name in BY_NAME}

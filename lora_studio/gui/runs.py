@@ -1,0 +1,266 @@
+"""Runs launched by the GUI: a queue, the current run, and the history, kept on disk under the state folder.
+
+Each run is an engine process started with an argv list in its own process group/session, so closing the browser
+or the GUI never stops it; a restarted GUI finds it again by its pid (checked against the process start time).
+Stop is graceful (the engine's ``<output_name>.stop`` file: it finishes the step, saves and exits); a second Stop
+kills the process tree. One run trains at a time; queued runs start in order as soon as the previous one ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+from ..config import Config, load_config, save_config
+from ..io_utils import atomic_write_bytes
+from ..training.outputs import output_paths
+from .command import engine_argv
+from .live import EventsFollower, LiveState, log_tail
+
+ACTIVE = ("running", "stopping")
+FINISHED = ("completed", "stopped", "failed", "killed", "cancelled")
+
+
+@dataclass
+class RunRecord:
+    id: str
+    output_name: str
+    output_dir: str
+    config: str  # the config the run was queued with (in its run folder)
+    status: str = "queued"  # queued | running | stopping | completed | stopped | failed | killed | cancelled
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
+    pid: int | None = None
+    pid_started: float | None = None
+    argv: list[str] = field(default_factory=list)
+    events: str = ""
+    events_offset: int = 0
+    log: str = ""
+    message: str = ""  # why it ended, in words
+    final_step: int | None = None
+    total_steps: int | None = None
+    output: str | None = None
+
+
+class RunManager:
+    def __init__(self, state_dir: str | Path, poll_seconds: float = 1.0):
+        self.root = Path(state_dir).expanduser().resolve() / "runs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._followers: dict[str, EventsFollower] = {}
+        self._kill_requested: set[str] = set()
+        self.records: dict[str, RunRecord] = {}
+        for path in sorted(self.root.glob("*/run.json")):
+            try:
+                rec = RunRecord(**json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError):
+                continue
+            self.records[rec.id] = rec
+        self._stop_event = threading.Event()
+        self._thread = threading.Thread(target=self._monitor, args=(poll_seconds,), daemon=True,
+                                        name="lora-studio-runs")
+        self._thread.start()
+
+    # ---------------------------------------------------------------- queries
+    def ordered(self) -> list[RunRecord]:
+        with self._lock:
+            return sorted(self.records.values(), key=lambda r: r.created)
+
+    def queued(self) -> list[RunRecord]:
+        return [r for r in self.ordered() if r.status == "queued"]
+
+    def active(self) -> RunRecord | None:
+        return next((r for r in self.ordered() if r.status in ACTIVE), None)
+
+    def history(self) -> list[RunRecord]:
+        return [r for r in reversed(self.ordered()) if r.status in FINISHED]
+
+    def latest(self) -> RunRecord | None:
+        """The run the live view shows: the active one, else the last one to have started."""
+        active = self.active()
+        if active:
+            return active
+        started = [r for r in self.ordered() if r.started]
+        return max(started, key=lambda r: r.started) if started else None
+
+    def live(self, run: RunRecord) -> LiveState:
+        with self._lock:
+            follower = self._followers.get(run.id)
+            if follower is None:
+                follower = self._followers[run.id] = EventsFollower(run.events, run.events_offset)
+            return follower.update()
+
+    def log_tail(self, run: RunRecord, lines: int = 40) -> str:
+        return log_tail(run.log, lines)
+
+    # ---------------------------------------------------------------- actions
+    def enqueue(self, cfg: Config) -> RunRecord:
+        """Queue a checked config; it starts at once when nothing else is training."""
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        folder = self.root / run_id
+        folder.mkdir(parents=True)
+        config = save_config(cfg, folder / "config.toml")
+        rec = RunRecord(id=run_id, output_name=cfg.output_name, output_dir=str(cfg.output_dir), config=str(config),
+                        log=str(folder / "engine.log"))
+        with self._lock:
+            self.records[run_id] = rec
+            self._save(rec)
+            self._advance()
+        return rec
+
+    def remove_queued(self, run_id: str) -> bool:
+        with self._lock:
+            rec = self.records.get(run_id)
+            if rec is None or rec.status != "queued":
+                return False
+            rec.status, rec.ended, rec.message = "cancelled", time.time(), "removed from the queue before it started"
+            self._save(rec)
+            return True
+
+    def stop(self) -> str:
+        """First call: graceful stop (save, then exit). Second call: end the process tree now."""
+        with self._lock:
+            rec = self.active()
+            if rec is None:
+                return "Nothing is training."
+            if rec.status == "running":
+                Path(output_paths(self._cfg(rec))["stop"]).write_text("stop requested from the GUI\n",
+                                                                      encoding="utf-8")
+                rec.status = "stopping"
+                self._save(rec)
+                return (f"Stopping {rec.output_name}: it saves after the current step. "
+                        "Press Stop training again to end it at once.")
+            self._kill_requested.add(rec.id)
+            _kill_tree(rec.pid, rec.pid_started)
+            return f"Ended {rec.output_name} at once."
+
+    def close(self) -> None:
+        self._stop_event.set()
+
+    # ---------------------------------------------------------------- internals
+    def _cfg(self, rec: RunRecord) -> Config:
+        return load_config(rec.config)
+
+    def _save(self, rec: RunRecord) -> None:
+        atomic_write_bytes(self.root / rec.id / "run.json", json.dumps(asdict(rec), indent=1).encode("utf-8"))
+
+    def _advance(self) -> None:
+        if self.active() is not None:
+            return
+        for rec in self.queued():
+            try:
+                self._launch(rec)
+                return
+            except Exception as exc:  # a run that cannot start must not block the queue
+                rec.status, rec.ended, rec.message = "failed", time.time(), f"could not start: {exc}"
+                self._save(rec)
+
+    def _launch(self, rec: RunRecord) -> None:
+        cfg = self._cfg(rec)
+        paths = output_paths(cfg)
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        paths["stop"].unlink(missing_ok=True)  # a stale request from an earlier run must not stop this one
+        config_path = save_config(cfg, paths["config"])  # the config beside the output it makes
+        rec.events = str(paths["events"])
+        rec.events_offset = paths["events"].stat().st_size if paths["events"].exists() else 0
+        rec.argv = engine_argv(cfg, config_path)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+        env.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        kwargs: dict = {}
+        if sys.platform == "win32":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+        else:
+            kwargs["start_new_session"] = True  # Ctrl+C in the GUI's terminal does not reach the engine
+        with open(rec.log, "ab") as log:
+            proc = subprocess.Popen(rec.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=cfg.output_dir, env=env, **kwargs)
+        self._procs[rec.id] = proc
+        rec.pid, rec.started, rec.status = proc.pid, time.time(), "running"
+        try:
+            rec.pid_started = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            rec.pid_started = None
+        rec.output = str(paths["final"])
+        self._save(rec)
+
+    def _alive(self, rec: RunRecord) -> tuple[bool, int | None]:
+        proc = self._procs.get(rec.id)
+        if proc is not None:
+            code = proc.poll()
+            return code is None, code
+        return _pid_alive(rec.pid, rec.pid_started), None
+
+    def poll(self) -> None:
+        with self._lock:
+            rec = self.active()
+            if rec is not None:
+                alive, code = self._alive(rec)
+                if not alive:
+                    self._finish(rec, code)
+            self._advance()
+
+    def _finish(self, rec: RunRecord, code: int | None) -> None:
+        state = self.live(rec)
+        rec.ended = time.time()
+        rec.final_step, rec.total_steps = state.step, state.total_steps or None
+        if state.end and state.end.get("status") in ("completed", "stopped"):
+            rec.status = state.end["status"]
+            rec.message = f"{rec.status} after {state.end.get('step', state.step)} steps; saved {state.end.get('output')}"
+        elif rec.id in self._kill_requested:
+            rec.status, rec.message = "killed", f"ended at once at step {state.step} (Stop pressed twice)"
+        elif state.error:
+            rec.status, rec.message = "failed", state.error.get("message", "the engine reported an error")
+        else:
+            tail = log_tail(rec.log, 12)
+            exit_text = f"exit code {code}" if code is not None else "the process is gone"
+            rec.status = "failed"
+            last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+            rec.message = f"the engine ended ({exit_text}) without finishing: {last}"
+        self._procs.pop(rec.id, None)
+        self._save(rec)
+
+    def _monitor(self, seconds: float) -> None:
+        while not self._stop_event.wait(seconds):
+            try:
+                self.poll()
+            except Exception:  # the monitor must outlive any one bad record
+                pass
+
+
+def _pid_alive(pid: int | None, started: float | None) -> bool:
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if started is not None and abs(proc.create_time() - started) > 1.0:
+            return False  # the pid now belongs to another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _kill_tree(pid: int | None, started: float | None) -> None:
+    if not _pid_alive(pid, started):
+        return
+    try:
+        parent = psutil.Process(pid)
+        procs = parent.children(recursive=True) + [parent]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)

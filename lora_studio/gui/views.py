@@ -1,0 +1,111 @@
+"""What the Runs view shows, rendered from a run record and its live state (HTML, tables, chart data)."""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .live import LiveState, format_seconds, smoothed
+from .runs import RunRecord
+
+STATUS_WORDS = {"queued": "Queued", "running": "Training", "stopping": "Stopping (saving after this step)",
+                "completed": "Finished", "stopped": "Stopped (saved)", "failed": "Failed", "killed": "Ended at once",
+                "cancelled": "Removed from the queue"}
+
+
+def progress_html(run: RunRecord | None, state: LiveState | None) -> str:
+    if run is None:
+        return "<div id='ls-progress-box' class='ls-progress'><div class='ls-progress-text'>No run yet.</div></div>"
+    state = state or LiveState()
+    total = state.total_steps or 0
+    fraction = min(1.0, state.step / total) if total else 0.0
+    if run.status == "completed":
+        fraction = 1.0
+    parts = [f"Step {state.step} / {total or '?'}"]
+    if state.total_epochs:
+        parts.append(f"Epoch {max(state.epoch, 1 if state.step else 0)} / {state.total_epochs}")
+    if state.steps_per_s:
+        parts.append(f"{state.steps_per_s:.2f} it/s")
+    if state.samples_per_s:
+        parts.append(f"{state.samples_per_s:.1f} samples/s")
+    if run.status in ("running", "stopping"):
+        parts.append(f"ETA {format_seconds(state.eta_s)}")
+    if state.losses:
+        parts.append(f"loss {state.losses[-1][1]:.4f}")
+    status = STATUS_WORDS.get(run.status, run.status)
+    return (f"<div id='ls-progress-box' class='ls-progress ls-{run.status}' data-step='{state.step}' "
+            f"data-total='{total}' data-status='{run.status}'>"
+            f"<div class='ls-progress-head'><b>{html.escape(run.output_name)}</b> · {html.escape(status)}</div>"
+            f"<div class='ls-bar'><div class='ls-fill' style='width:{fraction * 100:.1f}%'></div></div>"
+            f"<div class='ls-progress-text'>{html.escape(' · '.join(parts))}</div></div>")
+
+
+def status_markdown(run: RunRecord | None, state: LiveState | None) -> str:
+    if run is None:
+        return "No run yet. Fill in the LoRA tab (or press **Try the demo**) and press **Start training**."
+    lines = [f"**{html.escape(run.output_name)}**: {STATUS_WORDS.get(run.status, run.status)}"]
+    if run.message:
+        prefix = "❌ " if run.status == "failed" else ""
+        lines.append(f"{prefix}{run.message}")
+    if state and state.skipped:
+        lines.append(f"Skipped unreadable image(s): {', '.join(state.skipped)}")
+    lines.append(f"Log: `{run.log}`")
+    return "\n\n".join(lines)
+
+
+EMPTY_LOSS = pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"),
+                           "series": pd.Series(dtype="str")})
+
+
+def loss_frame(state: LiveState | None) -> pd.DataFrame:
+    if not state or not state.losses:
+        return EMPTY_LOSS
+    steps = [s for s, _ in state.losses]
+    raw = [v for _, v in state.losses]
+    return pd.DataFrame({"step": steps + steps, "loss": raw + smoothed(raw),
+                         "series": ["raw"] * len(steps) + ["smoothed"] * len(steps)})
+
+
+def sample_gallery(state: LiveState | None) -> list[tuple[str, str]]:
+    """Sample images by epoch, newest epoch first, as (path, caption)."""
+    if not state:
+        return []
+    items = [s for s in state.samples if s.get("path") and Path(s["path"]).is_file()]
+    items.sort(key=lambda s: (-(s.get("epoch") or 0), s.get("step") or 0, s["path"]))
+    return [(s["path"], f"Epoch {s.get('epoch')} · step {s.get('step')}: {s.get('prompt') or ''}") for s in items]
+
+
+def saved_markdown(state: LiveState | None) -> str:
+    if not state or not state.saves:
+        return "No file saved yet."
+    lines = []
+    for path in dict.fromkeys(state.saves):
+        p = Path(path)
+        size = f"{p.stat().st_size / 1e6:.2f} MB" if p.is_file() else "missing"
+        lines.append(f"- `{path}` ({size})")
+    return "**Saved files**\n" + "\n".join(lines)
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else ""
+
+
+QUEUE_HEADERS = ["Run", "Output name", "Output directory", "Queued at"]
+HISTORY_HEADERS = ["Run", "Output name", "Status", "Steps", "Started", "Duration", "Output", "Message"]
+
+
+def queue_rows(runs: list[RunRecord]) -> list[list]:
+    return [[r.id, r.output_name, r.output_dir, _when(r.created)] for r in runs]
+
+
+def history_rows(runs: list[RunRecord]) -> list[list]:
+    rows = []
+    for r in runs:
+        duration = format_seconds(r.ended - r.started) if r.started and r.ended else ""
+        steps = f"{r.final_step}/{r.total_steps}" if r.total_steps else (str(r.final_step or 0))
+        rows.append([r.id, r.output_name, STATUS_WORDS.get(r.status, r.status), steps, _when(r.started), duration,
+                     r.output or "", r.message])
+    return rows

@@ -1,0 +1,28 @@
+"""How many steps and epochs a run takes: one function, used by the engine and by the GUI before a start."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..config import Config
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    batches_per_epoch: int  # all processes together
+    steps_per_epoch: int  # optimizer steps of one epoch (per process, after gradient accumulation)
+    total_steps: int
+    total_epochs: int
+
+    def describe(self) -> str:
+        return (f"{self.total_steps} steps = {self.total_epochs} epoch(s) of {self.steps_per_epoch} step(s) "
+                f"({self.batches_per_epoch} batches per epoch)")
+
+
+def plan_steps(batches_per_epoch: int, cfg: Config, world: int = 1) -> StepPlan:
+    per_process = math.ceil(batches_per_epoch / world)
+    steps_per_epoch = math.ceil(per_process / cfg.gradient_accumulation_steps)
+    total_steps = cfg.max_train_epochs * steps_per_epoch if cfg.max_train_epochs else cfg.max_train_steps
+    total_epochs = math.ceil(total_steps / steps_per_epoch)
+    return StepPlan(batches_per_epoch, steps_per_epoch, total_steps, total_epochs)
