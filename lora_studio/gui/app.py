@@ -242,20 +242,38 @@ class Workbench:
         return f"No queued run with id '{run_id}'."
 
     def refresh(self, seen: dict | None):
+        """One tick of the live view. Only what changed since this page's last tick is sent (the rest is skipped),
+        so the page does not redraw, and the fields a user is typing in are never touched."""
         seen = dict(seen or {})
         run = self.manager.latest()
         state = self.manager.live(run) if run else None
-        key = (run.id if run else None, len(state.losses) if state else 0, len(state.samples) if state else 0)
-        plot = views.loss_frame(state) if seen.get("losses") != key[:2] else gr.skip()
-        gallery = ([(Image.open(p).copy(), c) for p, c in views.sample_gallery(state)]
-                   if seen.get("samples") != (key[0], key[2]) else gr.skip())
-        seen.update(losses=key[:2], samples=(key[0], key[2]))
+        run_id = run.id if run else None
         stop_label = "Stop now (kill)" if run and run.status == "stopping" else "Stop training"
         progress = views.progress_html(run, state)
-        return (progress, progress, views.status_markdown(run, state), plot, gallery, views.saved_markdown(state),
-                self.manager.log_tail(run) if run else "", views.queue_rows(self.manager.queued()),
-                views.history_rows(self.manager.history()), gr.update(value=stop_label),
-                gr.update(value=stop_label), seen)
+        values = {
+            "progress": progress, "mini": progress, "status": views.status_markdown(run, state),
+            "plot": (run_id, len(state.losses) if state else 0),
+            "gallery": (run_id, len(state.samples) if state else 0),
+            "saved": views.saved_markdown(state), "log": self.manager.log_tail(run) if run else "",
+            "queue": views.queue_rows(self.manager.queued()), "history": views.history_rows(self.manager.history()),
+            "stop": stop_label, "stop2": stop_label,
+        }
+        out = []
+        for key, value in values.items():
+            marker = json.dumps(value, default=str)
+            if seen.get(key) == marker:
+                out.append(gr.skip())
+                continue
+            seen[key] = marker
+            if key == "plot":
+                out.append(views.loss_frame(state))
+            elif key == "gallery":
+                out.append([(Image.open(p).copy(), c) for p, c in views.sample_gallery(state)])
+            elif key in ("stop", "stop2"):
+                out.append(gr.update(value=value))
+            else:
+                out.append(value)
+        return (*out, seen)
 
     # ---------------------------------------------------------- layout
     def build(self) -> gr.Blocks:
@@ -285,8 +303,9 @@ class Workbench:
                         print_btn = gr.Button("Print training command", elem_id="print-command")
                     check_md = gr.Markdown(elem_id="check-report")
                     mini_progress = gr.HTML(elem_id="mini-progress")
-                    command_box = gr.Code(label="Training command and config", language=None, visible=False,
-                                          elem_id="command-box")
+                    command_box = gr.Textbox(label="Training command and config", lines=12, max_lines=40,
+                                             interactive=False, visible=False, buttons=["copy"],
+                                             elem_id="command-box")
                 with gr.Tab("Runs", id="runs"):
                     runs = self._runs_tab()
             inputs = [fields[n] for n in NAMES]
@@ -375,7 +394,7 @@ class Workbench:
             stop = gr.Button("Stop training", variant="stop", elem_id="runs-stop")
             stop_message = gr.Markdown(elem_id="stop-message")
         with gr.Row():
-            plot = gr.LinePlot(views.EMPTY_LOSS, x="step", y="loss", color="series", title="Loss",
+            plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss",
                                elem_id="loss-chart", height=280)
             gallery = gr.Gallery(label="Sample images (newest epoch first)", columns=4, height=280,
                                  elem_id="sample-gallery", format="png", interactive=False)

@@ -79,10 +79,13 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True) -> FormCheck:
             parse_value(BY_NAME[name], value)
         except ConfigError as exc:
             check.problems[name] = _field_message(exc)
+    # Rules between settings are checked on the values that parsed, so every problem shows at once.
+    cfg = build_config({k: v for k, v in check.raw.items() if k not in check.problems})
+    for name, message in setting_problems(cfg).items():
+        check.problems.setdefault(name, message)
     if check.problems:
         return check
-    cfg = check.cfg = build_config(check.raw)
-    check.problems.update(setting_problems(cfg))
+    check.cfg = cfg
     for name in _PATHS_THAT_MUST_EXIST:
         path = getattr(cfg, name)
         if path and not Path(path).expanduser().exists():

@@ -56,13 +56,10 @@ def status_markdown(run: RunRecord | None, state: LiveState | None) -> str:
     return "\n\n".join(lines)
 
 
-EMPTY_LOSS = pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"),
-                           "series": pd.Series(dtype="str")})
-
-
-def loss_frame(state: LiveState | None) -> pd.DataFrame:
+def loss_frame(state: LiveState | None) -> pd.DataFrame | None:
+    """Raw and smoothed loss by step (None before the first step: the chart starts from real data)."""
     if not state or not state.losses:
-        return EMPTY_LOSS
+        return None
     steps = [s for s, _ in state.losses]
     raw = [v for _, v in state.losses]
     return pd.DataFrame({"step": steps + steps, "loss": raw + smoothed(raw),

@@ -1,0 +1,76 @@
+"""Start the real GUI (``lora-studio gui``) on a free loopback port and drive it with Playwright + Debian chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("LORA_STUDIO_TEST_OUTPUT", REPO / "test-output"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        raise RuntimeError("chromium is needed for the browser tests: apt-get install -y chromium (test.sh does this)")
+    return path
+
+
+@contextmanager
+def running_gui(cli: str, state_dir: Path, log_path: Path):
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([cli, "gui", "--no-browser", "--port", str(port), "--state-dir", str(state_dir)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("the GUI did not start:\n" + log_path.read_text(errors="replace")[-3000:])
+                time.sleep(0.3)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def field(page, name: str):
+    """The input element of a schema setting's widget."""
+    return page.locator(f"#setting-{name}").locator("input:not([type=checkbox]), textarea").first
+
+
+def set_field(page, name: str, value) -> None:
+    box = field(page, name)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def open_tab(page, *names: str) -> None:
+    """Click tabs in order. A tab's fields mount on its first showing and take their loaded values a moment later;
+    a robot typing within that moment would be overwritten (a person never is), so let the tab settle."""
+    for name in names:
+        page.get_by_role("tab", name=name, exact=True).click()
+    page.wait_for_timeout(300)

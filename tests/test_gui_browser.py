@@ -1,0 +1,221 @@
+"""The GUI in a real browser: headless Debian chromium driven by Playwright, against ``lora-studio gui``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from conftest import cli_path
+from gui_helpers import ARTIFACTS, CHROMIUM_ARGS, chromium_path, field, open_tab, running_gui, set_field
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def gui(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gui")
+    with running_gui(cli_path(), root / "state", root / "gui.log") as (url, proc):
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            yield {"url": url, "browser": browser, "state": root / "state", "root": root, "proc": proc}
+            browser.close()
+        assert proc.poll() is None, "the GUI process died during the tests"
+
+
+@pytest.fixture
+def page(gui):
+    context = gui["browser"].new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(gui["url"])
+    expect(page.get_by_role("button", name="Start training")).to_be_visible(timeout=30_000)
+    yield page
+    context.close()
+
+
+def load_demo(page) -> None:
+    open_tab(page, "LoRA", "Configuration")
+    page.get_by_role("button", name="Try the demo").click()
+    expect(page.locator("#config-status")).to_contain_text("Demo loaded", timeout=120_000)
+
+
+def runs_dirs(state: Path) -> list[Path]:
+    return sorted((state / "runs").glob("*/run.json"))
+
+
+def test_every_tab_shows_its_kohya_labels_and_help_on_hover(page):
+    expected = {
+        ("LoRA", "Model"): ["Pretrained model name or path", "Clip skip"] and ["Pretrained model name or path"],
+        ("LoRA", "Folders"): ["Image folder", "Output directory", "Trained Model output name"],
+        ("LoRA", "Parameters", "Basic"): ["Network Rank (Dimension)", "Network Alpha", "Train batch size",
+                                          "Max train epoch", "Learning rate", "Optimizer", "LR Scheduler"],
+        ("LoRA", "Parameters", "Advanced"): ["Gradient checkpointing", "Keep n tokens", "Clip skip", "Min SNR gamma"],
+        ("LoRA", "Parameters", "Samples"): ["Sample prompts file", "Sample every n epochs", "Sample sampler"],
+        ("LoRA", "Dataset preparation"): ["Instance prompt", "Class prompt", "Destination training folder"],
+        ("LoRA", "Configuration"): ["Presets", "Config file"],
+        ("Runs",): ["Current run", "Queue", "History"],
+    }
+    for tabs, labels in expected.items():
+        open_tab(page, *tabs)
+        for label in labels:
+            expect(page.get_by_text(label, exact=True).first).to_be_visible()
+    open_tab(page, "LoRA", "Parameters", "Basic")
+    block = page.locator("#setting-network_dim")
+    block.hover()
+    expect(block).to_have_attribute("title", "Rank of each adapter: capacity and file size.")
+    expect(page.get_by_role("button", name="Stop training").first).to_be_visible()
+
+
+def test_preset_save_reload_load_gives_the_same_config(page, gui):
+    load_demo(page)
+    open_tab(page, "LoRA", "Configuration")
+    preset = page.locator("#preset input")
+    preset.click()
+    page.get_by_role("option", name="sd15_character_8gb").click()
+    expect(page.locator("#config-status")).to_contain_text("SD1.5 character (8 GB)")
+    open_tab(page, "Parameters", "Basic")
+    expect(field(page, "network_dim")).to_have_value("16")
+    expect(field(page, "optimizer_type")).to_have_value("AdamW8bit")
+    open_tab(page, "Folders")  # the preset left the demo's folders alone
+    expect(field(page, "train_data_dir")).to_have_value(str(gui["state"] / "demo" / "img"))
+    # values a careless GUI would drop: zeros and an empty optional number
+    open_tab(page, "Parameters", "Advanced")
+    set_field(page, "noise_offset", 0)
+    set_field(page, "max_grad_norm", 0)
+    set_field(page, "keep_tokens", 0)
+    open_tab(page, "Parameters", "Basic")
+    set_field(page, "learning_rate", "0.0003")
+
+    saved = gui["root"] / "saved" / "roundtrip.toml"
+    open_tab(page, "Configuration")
+    set_field(page, "output_name", "x") if False else None
+    page.locator("#config-path textarea, #config-path input").first.fill(str(saved))
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator("#config-status")).to_contain_text(f"Saved {saved}")
+    first = saved.read_text(encoding="utf-8")
+    assert "noise_offset = 0.0" in first and "max_grad_norm = 0.0" in first and "keep_tokens = 0" in first
+    assert "network_dim = 16" in first and "learning_rate = 0.0003" in first
+
+    page.reload()
+    expect(page.get_by_role("button", name="Start training")).to_be_visible(timeout=30_000)
+    open_tab(page, "LoRA", "Parameters", "Basic")
+    expect(field(page, "network_dim")).to_have_value("4")  # back to the defaults
+    open_tab(page, "Configuration")
+    page.locator("#config-path textarea, #config-path input").first.fill(str(saved))
+    page.get_by_role("button", name="Load", exact=True).click()
+    expect(page.locator("#config-status")).to_contain_text("Loaded")
+    open_tab(page, "Parameters", "Basic")
+    expect(field(page, "network_dim")).to_have_value("16")
+    expect(field(page, "learning_rate")).to_have_value("0.0003")
+    open_tab(page, "Parameters", "Advanced")
+    expect(field(page, "noise_offset")).to_have_value("0")
+
+    again = gui["root"] / "saved" / "roundtrip-again.toml"
+    open_tab(page, "Configuration")
+    page.locator("#config-path textarea, #config-path input").first.fill(str(again))
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator("#config-status")).to_contain_text(f"Saved {again}")
+    assert again.read_text(encoding="utf-8") == first
+
+    # download through the browser, as a user sharing the file would
+    page.get_by_role("button", name="Prepare config for download").click()
+    link = page.locator("#config-download a").first
+    expect(link).to_be_visible()
+    with page.expect_download() as info:
+        link.click()
+    downloaded = gui["root"] / "downloaded.toml"
+    info.value.save_as(downloaded)
+    assert downloaded.read_text(encoding="utf-8") == first
+
+
+def test_a_bad_field_shows_its_message_and_starts_nothing(page, gui):
+    load_demo(page)
+    before = runs_dirs(gui["state"])
+    open_tab(page, "Parameters", "Basic")
+    set_field(page, "learning_rate", "-1")
+    open_tab(page, "Folders")
+    set_field(page, "output_name", "bad/name")
+    page.get_by_role("button", name="Start training").click()
+    report = page.locator("#check-report")
+    expect(report).to_contain_text("Fix 2 setting(s) before starting")
+    expect(page.locator("#setting-output_name")).to_contain_text("must be a plain file name")
+    open_tab(page, "Parameters", "Basic")
+    expect(page.locator("#setting-learning_rate")).to_contain_text("must be between 0 and 10, got -1")
+    time.sleep(1.5)
+    assert runs_dirs(gui["state"]) == before
+    # fixing the fields clears the messages
+    set_field(page, "learning_rate", "0.001")
+    open_tab(page, "Folders")
+    set_field(page, "output_name", "good_name")
+    page.get_by_role("button", name="Check settings").click()
+    expect(report).to_contain_text("Ready: 80 steps = 2 epoch(s) of 40 step(s)")
+    expect(page.locator("#setting-output_name")).not_to_contain_text("must be a plain file name")
+
+
+def test_demo_run_shows_progress_chart_samples_and_file(page, gui):
+    load_demo(page)
+    page.get_by_role("button", name="Print training command").click()
+    command = page.locator("#command-box textarea")
+    expect(command).to_have_value(lambda_contains("launch --num_machines 1 --num_processes 1"))
+    expect(command).to_have_value(lambda_contains("-m lora_studio.train --config "))
+    expect(command).to_have_value(lambda_contains("network_dim = 4"))
+    page.get_by_role("button", name="Start training").click()
+    progress = page.locator("#run-progress")
+    expect(progress).to_be_visible(timeout=10_000)  # Start switches to the Runs tab
+    expect(progress.locator("[data-status=running]")).to_be_attached(timeout=60_000)
+    expect(progress).to_contain_text("it/s", timeout=60_000)
+    expect(progress).to_contain_text("ETA")
+    expect(progress).to_contain_text("Step 80 / 80", timeout=180_000)
+    expect(progress).to_contain_text("Finished", timeout=30_000)
+    expect(page.locator("#loss-chart .mark-line path").first).to_be_attached(timeout=10_000)
+    expect(page.locator("#sample-gallery img")).to_have_count(2, timeout=10_000)
+    output = gui["state"] / "demo" / "output" / "demo_lora.safetensors"
+    expect(page.locator("#saved-files")).to_contain_text(str(output))
+    assert output.is_file() and output.stat().st_size > 10_000
+    assert (output.parent / "demo_lora_config.toml").is_file()
+    expect(page.locator("#run-log textarea")).to_have_value(lambda_contains("completed after 80 steps"))
+    expect(page.locator("#run-history")).to_contain_text("Finished")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ARTIFACTS / "gui-after-demo-run.png"), full_page=True)
+    assert (ARTIFACTS / "gui-after-demo-run.png").stat().st_size > 20_000
+
+
+def lambda_contains(text: str):
+    import re
+
+    return re.compile(".*" + re.escape(text) + ".*", re.S)
+
+
+def test_stop_saves_and_the_queue_runs_next(page, gui):
+    load_demo(page)
+    open_tab(page, "Folders")
+    set_field(page, "output_name", "demo_long")
+    open_tab(page, "Parameters", "Basic")
+    set_field(page, "max_train_epochs", 500)
+    page.get_by_role("button", name="Start training").click()
+    progress = page.locator("#run-progress")
+    expect(progress).to_contain_text("demo_long", timeout=10_000)
+    expect(progress).to_contain_text("it/s", timeout=90_000)
+
+    # a second Start while training: it waits in the queue
+    open_tab(page, "LoRA", "Folders")
+    set_field(page, "output_name", "demo_next")
+    open_tab(page, "Parameters", "Basic")
+    set_field(page, "max_train_epochs", 1)
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator("#run-queue")).to_contain_text("demo_next", timeout=10_000)
+
+    page.locator("#runs-stop").click()
+    expect(page.locator("#stop-message")).to_contain_text("saves after the current step")
+    out = gui["state"] / "demo" / "output"
+    expect(page.locator("#run-history")).to_contain_text("Stopped (saved)", timeout=60_000)
+    assert (out / "demo_long.safetensors").is_file()
+    history = page.locator("#run-history")
+    expect(history).to_contain_text("demo_long")
+    # the queued run started by itself and finished
+    expect(history).to_contain_text("demo_next", timeout=120_000)
+    expect(page.locator("#run-queue")).not_to_contain_text("demo_next")
+    assert (out / "demo_next.safetensors").is_file()
