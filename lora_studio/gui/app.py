@@ -126,13 +126,12 @@ class Workbench:
         return _fill(settings, partial=False) + [result.report()]
 
     def _checked_config(self, args):
-        """Values parsed by the schema (no dataset scan): for saving and printing."""
+        """Values parsed by the schema (no dataset scan): Save, download and print work on an unfinished form."""
         check = check_form(self._values(args), scan_dataset=False)
-        parse_problems = {k: v for k, v in check.problems.items() if check.cfg is None}
-        return check, parse_problems
+        return check.parsed, check.value_problems
 
     def save_path(self, path: str, *args):
-        check, problems = self._checked_config(args)
+        cfg, problems = self._checked_config(args)
         if problems:
             return _field_updates(problems) + ["❌ Not saved: " + "; ".join(f"{BY_NAME[k].label}: {v}"
                                                                             for k, v in problems.items())]
@@ -144,24 +143,23 @@ class Workbench:
             target = target.with_suffix(target.suffix + ".toml") if target.suffix else target.with_suffix(".toml")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            save_config(check.cfg, target)
+            save_config(cfg, target)
         except OSError as exc:
             return _field_updates({}) + [f"❌ Cannot write {target}: {exc}"]
         return _field_updates({}) + [f"Saved {target}."]
 
     def download(self, *args):
-        check, problems = self._checked_config(args)
+        cfg, problems = self._checked_config(args)
         if problems:
             return None, "❌ Fix the marked settings first."
         folder = Path(tempfile.mkdtemp(prefix="lora-studio-"))
-        target = save_config(check.cfg, folder / f"{check.cfg.output_name or 'config'}.toml")
+        target = save_config(cfg, folder / f"{cfg.output_name or 'config'}.toml")
         return str(target), f"Ready to download: {target.name}"
 
     def print_command(self, *args):
-        check, problems = self._checked_config(args)
+        cfg, problems = self._checked_config(args)
         if problems:
             return gr.update(value="", visible=True), "❌ Fix the marked settings first."
-        cfg = check.cfg
         config_path = output_paths(cfg)["config"] if cfg.output_dir else Path("<output_dir>/config.toml")
         text = (f"# Start training runs:\n{display(engine_argv(cfg, config_path))}\n\n"
                 f"# with this config, written to {config_path}:\n{dumps_config(cfg)}")
@@ -179,11 +177,11 @@ class Workbench:
         return _fill(preset.settings, partial=True) + [describe(preset)]
 
     def save_preset(self, name: str, *args):
-        check, problems = self._checked_config(args)
+        cfg, problems = self._checked_config(args)
         if problems:
             return gr.skip(), "❌ Fix the marked settings first."
         try:
-            path = save_user_preset(self.user_presets, name or "", check.cfg.as_dict())
+            path = save_user_preset(self.user_presets, name or "", cfg.as_dict())
         except UserError as exc:
             return gr.skip(), f"❌ {exc}"
         return gr.update(choices=self.preset_choices(), value="user: " + path.stem), f"Saved preset {path}."

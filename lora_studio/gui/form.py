@@ -31,8 +31,10 @@ _PATHS_THAT_MUST_EXIST = ("pretrained_model_name_or_path", "vae", "network_weigh
 @dataclass
 class FormCheck:
     raw: dict[str, Any]
-    cfg: Config | None = None
-    problems: dict[str, str] = field(default_factory=dict)  # setting name -> message shown next to its field
+    cfg: Config | None = None  # set only when nothing stops a run
+    parsed: Config | None = None  # the values that parsed (what Save writes, even before the form is complete)
+    value_problems: dict[str, str] = field(default_factory=dict)  # values the schema refuses (type, range)
+    problems: dict[str, str] = field(default_factory=dict)  # everything; name -> message shown next to its field
     warnings: list[str] = field(default_factory=list)
     plan: StepPlan | None = None
     data: TrainingData | None = None
@@ -79,24 +81,25 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True) -> FormCheck:
             parse_value(BY_NAME[name], value)
         except ConfigError as exc:
             check.problems[name] = _field_message(exc)
+    check.value_problems = dict(check.problems)
     # Rules between settings are checked on the values that parsed, so every problem shows at once.
-    cfg = build_config({k: v for k, v in check.raw.items() if k not in check.problems})
+    cfg = check.parsed = build_config({k: v for k, v in check.raw.items() if k not in check.problems})
     for name, message in setting_problems(cfg).items():
         check.problems.setdefault(name, message)
-    if check.problems:
-        return check
-    check.cfg = cfg
     for name in _PATHS_THAT_MUST_EXIST:
         path = getattr(cfg, name)
         if path and not Path(path).expanduser().exists():
             check.problems[name] = f"not found: {path}"
-    if scan_dataset and "train_data_dir" not in check.problems and "dataset_config" not in check.problems:
+    dataset_fields = {"train_data_dir", "reg_data_dir", "dataset_config", "train_batch_size", "resolution"}
+    if scan_dataset and not dataset_fields & set(check.problems):
         try:
             check.data = TrainingData(datasets_from_config(cfg), cfg.prior_loss_weight, seed=0)
             check.plan = plan_steps(check.data.batches_per_epoch, cfg, cfg.num_processes)
         except (UserError, ConfigError) as exc:
             check.problems[_dataset_field(cfg, str(exc))] = _field_message(exc)
-    if cfg.output_dir and cfg.output_name and "output_name" not in check.problems:
+    if not check.problems:
+        check.cfg = cfg
+    if cfg.output_dir and cfg.output_name and not check.problems:
         final = output_paths(cfg)["final"]
         if final.exists():
             check.warnings.append(f"{final} exists and will be replaced when this run saves")
