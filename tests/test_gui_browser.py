@@ -219,3 +219,67 @@ def test_stop_saves_and_the_queue_runs_next(page, gui):
     expect(history).to_contain_text("demo_next", timeout=120_000)
     expect(page.locator("#run-queue")).not_to_contain_text("demo_next")
     assert (out / "demo_next.safetensors").is_file()
+
+
+def test_upload_a_toml_and_import_a_kohya_json(page, gui):
+    from test_kohya_import import KOHYA_GUI_JSON
+    import json
+
+    toml = gui["root"] / "upload.toml"
+    toml.write_text('[network]\nnetwork_dim = 24\n[folders]\noutput_name = "uploaded"\n', encoding="utf-8")
+    open_tab(page, "LoRA", "Configuration")
+    page.locator("#config-upload input[type=file]").set_input_files(str(toml))
+    expect(page.locator("#config-status")).to_contain_text("Loaded")
+    open_tab(page, "Parameters", "Basic")
+    expect(field(page, "network_dim")).to_have_value("24")
+
+    kohya = gui["root"] / "kohya.json"
+    kohya.write_text(json.dumps(KOHYA_GUI_JSON), encoding="utf-8")
+    open_tab(page, "Configuration")
+    page.locator("#config-upload input[type=file]").set_input_files(str(kohya))
+    expect(page.locator("#config-status")).to_contain_text("from the Kohya_ss configuration")
+    expect(page.locator("#config-status")).to_contain_text("Sample prompts were written to")
+    open_tab(page, "Parameters", "Basic")
+    expect(field(page, "network_dim")).to_have_value("16")
+    expect(field(page, "optimizer_type")).to_have_value("AdamW8bit")
+    open_tab(page, "Folders")
+    expect(field(page, "output_name")).to_have_value("emi_v1")
+
+
+def test_dataset_preparation_tab_builds_folders_and_summarises(page, gui):
+    load_demo(page)
+    source = gui["state"] / "demo" / "img" / "10_lsdemo shape"
+    dest = gui["root"] / "prepared"
+    open_tab(page, "Dataset preparation")
+    page.locator("#prep-instance textarea").fill("emi")
+    page.locator("#prep-class textarea").fill("person")
+    page.locator("#prep-images textarea").fill(str(source))
+    page.locator("#prep-repeats input").fill("5")
+    page.locator("#prep-destination textarea").fill(str(dest))
+    page.get_by_role("button", name="Prepare training folders").click()
+    expect(page.locator("#prep-report")).to_contain_text("copied 16 file(s)")
+    assert len(list((dest / "img" / "5_emi person").glob("*.png"))) == 8
+    assert len(list(source.glob("*.png"))) == 8  # the originals are still there
+    page.get_by_role("button", name="Dataset summary").click()
+    summary = page.locator("#dataset-summary")
+    expect(summary).to_contain_text("8 images (40 training with repeats, 0 regularisation), 20 batches per epoch")
+    expect(summary).to_contain_text("40 steps = 2 epoch(s) of 20 step(s)")
+    open_tab(page, "Folders")
+    expect(field(page, "train_data_dir")).to_have_value(str(dest / "img"))
+    expect(field(page, "output_dir")).to_have_value(str(dest / "model"))
+
+
+def test_a_run_that_dies_says_why(page, gui):
+    broken = gui["root"] / "broken.safetensors"
+    broken.write_bytes(b"not a model at all")
+    load_demo(page)
+    open_tab(page, "Model")
+    set_field(page, "pretrained_model_name_or_path", broken)
+    open_tab(page, "Folders")
+    set_field(page, "output_name", "broken_run")
+    page.get_by_role("button", name="Start training").click()
+    status = page.locator("#run-status")
+    expect(status).to_contain_text("broken_run", timeout=10_000)
+    expect(status).to_contain_text("Failed", timeout=90_000)
+    expect(status).to_contain_text("cannot read")
+    expect(status).to_contain_text("broken.safetensors")

@@ -110,9 +110,10 @@ class Workbench:
         return _fill(cfg.as_dict(), partial=False) + [f"Loaded {path}."]
 
     def load_upload(self, file):
+        """Load an uploaded config, then empty the upload box so the next file can be dropped in."""
         if not file:
-            return [gr.skip()] * (len(NAMES) + 1)
-        return self.load_path(file if isinstance(file, str) else file.name)
+            return [gr.skip()] * (len(NAMES) + 1) + [gr.skip()]
+        return self.load_path(file if isinstance(file, str) else file.name) + [None]
 
     def _import_kohya(self, path: Path):
         result = read_kohya_json(path)
@@ -310,7 +311,7 @@ class Workbench:
             outputs = inputs
             c = self._config_controls
             c["load_btn"].click(self.load_path, [c["path"]], outputs + [config_status])
-            c["upload"].upload(self.load_upload, [c["upload"]], outputs + [config_status])
+            c["upload"].upload(self.load_upload, [c["upload"]], outputs + [config_status, c["upload"]])
             c["save_btn"].click(self.save_path, [c["path"]] + inputs, outputs + [config_status])
             c["download_btn"].click(self.download, inputs, [c["download"], config_status])
             c["preset"].input(self.apply_preset, [c["preset"]], outputs + [config_status])
