@@ -20,7 +20,7 @@ def _eval_loss(components, data_dir) -> float:
     cfg = build_config({"train_data_dir": str(data_dir), "resolution": "64", "output_dir": "x",
                         "pretrained_model_name_or_path": "x"})
     data = TrainingData(datasets_from_config(cfg), 1.0, 0)
-    pixels = torch.stack([data.pixels(i, False) for i in range(len(data.items))])
+    pixels = torch.stack([torch.from_numpy(data.pixels(i, False)) for i in range(len(data.items))])
     scheduler = DDPMScheduler.from_config(components.scheduler_config)
     g = torch.Generator().manual_seed(0)
     total = 0.0
