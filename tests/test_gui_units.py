@@ -236,3 +236,9 @@ def test_gui_refuses_a_network_address_without_a_password():
 def test_launchers_open_the_gui():
     for script in ("gui.sh", "gui.bat"):
         assert "gui" in (REPO / script).read_text(encoding="utf-8")
+
+
+def test_paths_and_names_with_line_breaks_are_refused(tmp_path):
+    check = check_form({"output_dir": "/tmp/a\nb", "output_name": "x\ny", "pretrained_model_name_or_path": "m\x00"})
+    assert "one line" in check.problems["output_dir"] and "one line" in check.problems["pretrained_model_name_or_path"]
+    assert "plain file name" in check.problems["output_name"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import UserError
 from . import Config
 
-_BAD_NAME_CHARS = '/\\:*?"<>|'
+_BAD_NAME_CHARS = '/\\:*?"<>|\x00\r\n'
 
 
 def setting_problems(cfg: Config) -> dict[str, str]:

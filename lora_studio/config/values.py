@@ -127,6 +127,8 @@ def parse_value(setting: S.Setting, value: Any) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"setting '{setting.name}' must be text, got {_describe(value)}")
         result = str(value)
+        if kind == S.PATH and any(c in result for c in "\x00\r\n"):
+            raise ConfigError(f"setting '{setting.name}' must be a path on one line (it holds a line break or NUL)")
     elif kind == S.STR_LIST:
         result = _str_list(setting, value)
     elif kind == S.RESOLUTION:

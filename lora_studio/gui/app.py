@@ -52,7 +52,6 @@ def _help_script() -> str:
 def _make(spec: WidgetSpec):
     kw = {k: v for k, v in spec.kwargs.items() if v is not None or k == "value"}
     if spec.component == "checkbox":
-        kw.pop("info", None) if not kw.get("info") else None
         return gr.Checkbox(**kw)
     if spec.component == "dropdown":
         return gr.Dropdown(**kw)

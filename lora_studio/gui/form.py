@@ -20,7 +20,7 @@ from ..data.sources import datasets_from_config
 from ..errors import ConfigError, UserError
 from ..training.outputs import output_paths
 from ..training.plan import StepPlan, plan_steps
-from .widgets import from_widget
+from .widgets import from_widget, to_widget
 
 NAMES = [s.name for s in SETTINGS]
 _PREFIX = re.compile(r"^setting '[^']+' ")
@@ -108,6 +108,4 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True) -> FormCheck:
 
 def form_values(cfg_values: dict[str, Any]) -> dict[str, Any]:
     """Setting values (a loaded config or preset) -> widget values by name."""
-    from .widgets import to_widget
-
     return {name: to_widget(BY_NAME[name], value) for name, value in cfg_values.items() if name in BY_NAME}
