@@ -51,6 +51,9 @@ def test_widget_kinds_follow_the_setting_kinds():
     assert dim.component == "number" and dim.kwargs["precision"] == 0 and dim.kwargs["value"] == 4
     assert dim.kwargs["info"] == "1 to 1024 · default 4"
     assert widget_spec(S.BY_NAME["learning_rate"]).kwargs["precision"] is None
+    seed = widget_spec(S.BY_NAME["seed"])  # optional numbers are text: a number box would show an empty value as 0
+    assert seed.component == "textbox" and seed.kwargs["value"] == "" and "optional" in seed.kwargs["info"]
+    assert to_widget(S.BY_NAME["unet_lr"], 5e-05) == "5e-05" and from_widget(S.BY_NAME["unet_lr"], " ") is None
     assert widget_spec(S.BY_NAME["cache_latents"]).component == "checkbox"
     assert widget_spec(S.BY_NAME["train_data_dir"]).component == "textbox"
     assert widget_spec(S.BY_NAME["network_dim"]).tab == "basic"

@@ -333,8 +333,16 @@ class Workbench:
         return page
 
     def _fields(self, specs: list[WidgetSpec], tab: str, fields: dict) -> None:
-        for spec in (s for s in specs if s.tab == tab):
-            fields[spec.name] = _make(spec)
+        """A tab's settings in schema order: paths one a row, other fields three a row, check boxes four a row."""
+        mine = [s for s in specs if s.tab == tab]
+        paths = [s for s in mine if s.kwargs.get("placeholder") == "path on this computer"]
+        boxes = [s for s in mine if s.component == "checkbox"]
+        others = [s for s in mine if s not in paths and s not in boxes]
+        for group, per_row in ((paths, 1), (others, 3), (boxes, 4)):
+            for start in range(0, len(group), per_row):
+                with gr.Row(equal_height=True):
+                    for spec in group[start:start + per_row]:
+                        fields[spec.name] = _make(spec)
 
     def _configuration_tab(self):
         with gr.Row():

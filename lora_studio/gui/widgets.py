@@ -18,6 +18,9 @@ TABS = ("model", "folders", "basic", "advanced", "samples")
 TAB_LABELS = {"model": "Model", "folders": "Folders", "basic": "Basic", "advanced": "Advanced", "samples": "Samples"}
 
 
+_NUMERIC = (S.INT, S.FLOAT, S.INT_OR_RATIO)
+
+
 @dataclass(frozen=True)
 class WidgetSpec:
     name: str
@@ -53,7 +56,7 @@ def range_hint(setting: S.Setting) -> str:
     if setting.default is not None and not isinstance(setting.default, bool):
         parts.append(f"default {setting.default}")
     elif setting.default is None and not setting.required:
-        parts.append("empty = off" if setting.kind in (S.INT, S.FLOAT) else "optional")
+        parts.append("optional")
     if setting.required:
         parts.append("required")
     return " · ".join(parts)
@@ -68,10 +71,12 @@ def widget_spec(setting: S.Setting) -> WidgetSpec:
         options = list(setting.choices if setting.choices is not None else setting.suggestions)
         kwargs = {**common, "value": value, "choices": options, "allow_custom_value": setting.choices is None}
         return WidgetSpec(setting.name, "dropdown", tab_of(setting), kwargs, setting.help)
-    if setting.kind in (S.INT, S.FLOAT, S.INT_OR_RATIO):
+    if setting.kind in _NUMERIC and setting.default is not None:
         kwargs = {**common, "value": value, "precision": 0 if setting.kind == S.INT else None}
         return WidgetSpec(setting.name, "number", tab_of(setting), kwargs, setting.help)
-    placeholder = {S.PATH: "path on this computer", S.STR_LIST: "key=value key=value",
+    # An optional number is a text field: a number box cannot be empty (it shows 0, which would mean something).
+    placeholder = {S.INT: "empty = not set", S.FLOAT: "empty = not set",
+                   S.PATH: "path on this computer", S.STR_LIST: "key=value key=value",
                    S.FLOAT_OR_LIST: "one value, or one per text encoder: 1e-4, 5e-5",
                    S.RESOLUTION: "512 or width,height"}.get(setting.kind, "")
     kwargs = {**common, "value": value, "placeholder": placeholder or None}
@@ -86,8 +91,10 @@ def to_widget(setting: S.Setting, value: Any) -> Any:
     """A setting value as its widget shows it (None = empty)."""
     if setting.kind == S.BOOL:
         return bool(value)
+    if setting.kind in _NUMERIC and setting.default is None and not setting.choices:  # a text field
+        return "" if value is None else (repr(float(value)) if setting.kind == S.FLOAT else str(value))
     if value is None:
-        return None if setting.kind in (S.INT, S.FLOAT, S.INT_OR_RATIO) or setting.choices else ""
+        return None if setting.kind in _NUMERIC or setting.choices else ""
     if setting.kind == S.STR_LIST:
         return " ".join(value)
     if setting.kind == S.FLOAT_OR_LIST:
