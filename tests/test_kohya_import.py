@@ -88,6 +88,8 @@ def test_learning_rate_zeros_keep_the_kohya_meaning():
     assert convert({"epoch": 4, "max_train_epochs": ""}).settings["max_train_epochs"] == 4
     assert convert({"max_resolution": "768,512"}).settings["resolution"] == "768,512"
     assert convert({"xformers": "xformers"}).settings["xformers"] is True
+    locon = convert({"LoRA_type": "Kohya LoCon", "conv_dim": 8, "conv_alpha": 4}).settings
+    assert locon["network_args"] == ["conv_dim=8", "conv_alpha=4"]
 
 
 def test_a_file_that_is_not_a_kohya_config_is_refused(tmp_path):

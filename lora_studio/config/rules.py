@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from . import Config
 
 _BAD_NAME_CHARS = '/\\:*?"<>|\x00\r\n'
@@ -23,6 +23,14 @@ def setting_problems(cfg: Config) -> dict[str, str]:
         problems["v_parameterization"] = "needs v2 = true (SD2.x 768-v models)"
     if not cfg.output_name or any(c in cfg.output_name for c in _BAD_NAME_CHARS) or cfg.output_name.strip() in (".", ".."):
         problems["output_name"] = f"'{cfg.output_name}' must be a plain file name (no / \\ : * ? \" < > |)"
+    from ..network.args import parse_network_args  # torch-free
+
+    try:
+        parse_network_args(cfg.network_args)
+    except ConfigError as exc:
+        problems["network_args"] = str(exc).replace("setting 'network_args': ", "")
+    if cfg.dim_from_weights and not cfg.network_weights:
+        problems["dim_from_weights"] = "needs LoRA network weights (the file to read the rank from)"
     return problems
 
 

@@ -23,7 +23,7 @@ RENAMED = {"optimizer": "optimizer_type"}
 ZERO_IS_UNSET = {"max_train_epochs", "max_train_steps", "save_every_n_epochs", "save_every_n_steps",
                  "save_last_n_epochs", "sample_every_n_epochs", "sample_every_n_steps", "min_snr_gamma", "seed",
                  "max_token_length"}
-LORA_TYPES = {"Standard": "networks.lora"}
+LORA_TYPES = {"Standard": "networks.lora", "Kohya LoCon": "networks.lora"}
 
 
 @dataclass
@@ -61,7 +61,8 @@ def convert(data: dict[str, Any]) -> KohyaImport:
     result = KohyaImport()
     data = dict(data)
     special = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_args", "sample_prompts",
-               "unet_lr", "text_encoder_lr", "max_resolution", "sdxl", "additional_parameters", "epoch"}
+               "unet_lr", "text_encoder_lr", "max_resolution", "sdxl", "additional_parameters", "epoch",
+               "conv_dim", "conv_alpha"}
 
     # "Max train epoch" overrides "Epoch" in the Kohya_ss GUI.
     _put(result, "max_train_epochs", data.get("epoch"), "epoch")
@@ -70,6 +71,10 @@ def convert(data: dict[str, Any]) -> KohyaImport:
     if not _empty(lora_type):
         if lora_type in LORA_TYPES:
             result.settings["network_module"] = LORA_TYPES[lora_type]
+            if lora_type == "Kohya LoCon" and not _empty(data.get("conv_dim")) and int(data["conv_dim"]) > 0:
+                conv_alpha = data.get("conv_alpha")
+                result.settings["network_args"] = [f"conv_dim={int(data['conv_dim'])}"] + (
+                    [f"conv_alpha={float(conv_alpha):g}"] if not _empty(conv_alpha) else [])
         else:
             result.notes.append(f"LoRA type '{lora_type}' is not supported yet; standard LoRA is used")
 

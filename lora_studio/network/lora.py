@@ -16,6 +16,8 @@ from ..errors import UserError
 from ..models.family import TE_TARGETS, Components, _encoder_layers
 
 UNET_TARGET_BLOCKS = ("Transformer2DModel",)
+# With LoCon (conv_dim), sd-scripts also adapts these blocks: their 3x3 convs at conv_dim, the rest at network_dim.
+UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 
 
 class LoRAModule(nn.Module):
@@ -67,16 +69,20 @@ class LoRAModule(nn.Module):
         return out + (self.lora_up(hidden) * (self.multiplier * self.scale)).to(out.dtype)
 
 
-def unet_targets(unet: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Linear layers and 1x1 convs inside the UNet's transformer blocks (sd-scripts' default LoRA targets)."""
+def unet_targets(unet: nn.Module, locon: bool = False) -> list[tuple[str, nn.Module, bool]]:
+    """(path, module, is_3x3_conv) the UNet adapts: Linear layers and 1x1 convs inside the transformer blocks
+    (sd-scripts' default LoRA), and with ``locon`` every Linear/Conv2d of the ResNet, down- and upsample blocks."""
+    blocks = UNET_TARGET_BLOCKS + (UNET_CONV_BLOCKS if locon else ())
     found = []
     for block_name, block in unet.named_modules():
-        if type(block).__name__ not in UNET_TARGET_BLOCKS:
+        kind = type(block).__name__
+        if kind not in blocks:
             continue
         for child_name, child in block.named_modules():
             is_1x1 = isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1)
-            if isinstance(child, nn.Linear) or is_1x1:
-                found.append((f"{block_name}.{child_name}", child))
+            is_conv = isinstance(child, nn.Conv2d) and not is_1x1
+            if isinstance(child, nn.Linear) or is_1x1 or (is_conv and kind in UNET_CONV_BLOCKS):
+                found.append((f"{block_name}.{child_name}", child, is_conv))
     return found
 
 
@@ -90,15 +96,20 @@ class LoRANetwork(nn.Module):
     """All adapters of a run. Adapters are registered under their file stems."""
 
     def __init__(self, components: Components, rank: int, alpha: float | None, train_unet: bool = True,
-                 train_text_encoder: bool = True, dropout: float = 0.0):
+                 train_text_encoder: bool = True, dropout: float = 0.0, conv_dim: int | None = None,
+                 conv_alpha: float | None = None):
         super().__init__()
         family = components.family
         self.unet_stems: list[str] = []
         self.te_stems: list[list[str]] = [[] for _ in components.text_encoders]
         if train_unet:
-            for path, module in unet_targets(components.unet):
-                self._add(family.unet_lora_stem(path), module, rank, alpha, dropout)
-                self.unet_stems.append(family.unet_lora_stem(path))
+            for path, module, is_conv in unet_targets(components.unet, locon=bool(conv_dim)):
+                stem = family.unet_lora_stem(path)
+                if is_conv:
+                    self._add(stem, module, conv_dim, conv_alpha, dropout)
+                else:
+                    self._add(stem, module, rank, alpha, dropout)
+                self.unet_stems.append(stem)
         if train_text_encoder:
             for te_index, te in enumerate(components.text_encoders):
                 for layer, child, module in text_encoder_targets(te):
@@ -173,3 +184,20 @@ class LoRANetwork(nn.Module):
 
             logging.getLogger(__name__).warning("network_weights: %d module(s) in %s are not trained in this run "
                                                 "(e.g. %s)", len(ignored), path.name, ignored[0])
+
+
+def ranks_in_file(path: str | Path) -> tuple[int, int | None]:
+    """(network_dim, conv_dim or None) of a kohya LoRA file, for dim_from_weights."""
+    from ..models.loading import read_safetensors
+
+    sd = read_safetensors(Path(path), "network_weights")
+    linear, conv = set(), set()
+    for key, value in sd.items():
+        if key.endswith(".lora_down.weight"):
+            (conv if value.ndim == 4 and value.shape[-1] > 1 else linear).add(int(value.shape[0]))
+    if not linear:
+        raise UserError(f"network_weights: {Path(path).name} holds no LoRA (lora_down) weights")
+    if len(linear) > 1 or len(conv) > 1:
+        raise UserError(f"network_weights: {Path(path).name} mixes ranks {sorted(linear | conv)}; dim_from_weights "
+                        "needs one rank (and one conv rank)")
+    return linear.pop(), (conv.pop() if conv else None)

@@ -25,7 +25,8 @@ from ..data.sources import datasets_from_config
 from ..errors import UserError
 from ..io_utils import atomic_write
 from ..models.loading import load_components
-from ..network.lora import LoRANetwork
+from ..network.args import parse_network_args
+from ..network.lora import LoRANetwork, ranks_in_file
 from ..saving import save_lora
 from .events import EventLog
 from .loss import denoising_loss, sample_noise
@@ -140,16 +141,27 @@ class Trainer:
                     te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                     te.train()
 
+        net_args = parse_network_args(cfg.network_args)
+        rank, conv_dim = cfg.network_dim, net_args.conv_dim
+        if cfg.dim_from_weights:  # the ranks of the file become this run's settings (metadata, saved config)
+            rank, conv_dim = ranks_in_file(cfg.network_weights)
+            args = [a for a in (cfg.network_args or []) if not a.replace(" ", "").startswith("conv_dim=")]
+            self.cfg = cfg = cfg.replace(network_dim=rank, network_args=args + ([f"conv_dim={conv_dim}"] if conv_dim
+                                                                                else []) or None)
+            if self.is_main:
+                log.info("dim_from_weights: rank %d%s from %s", rank, f", conv rank {conv_dim}" if conv_dim else "",
+                         cfg.network_weights)
         torch.manual_seed(self.seed)  # identical initial adapters in every process
-        self.network = LoRANetwork(c, cfg.network_dim, cfg.network_alpha, self.train_unet, self.train_te,
-                                   cfg.network_dropout)
+        self.network = LoRANetwork(c, rank, cfg.network_alpha, self.train_unet, self.train_te,
+                                   cfg.network_dropout, conv_dim, net_args.conv_alpha)
         if cfg.network_weights:
             self.network.load_weights(cfg.network_weights)
         self.network.attach().to(self.device, torch.float32)
         self.network.train()
         if self.is_main:
-            log.info("LoRA: %d U-Net and %d text-encoder modules, rank %d, alpha %s", len(self.network.unet_stems),
-                     sum(len(s) for s in self.network.te_stems), cfg.network_dim, cfg.network_alpha or cfg.network_dim)
+            log.info("LoRA: %d U-Net and %d text-encoder modules, rank %d, alpha %s%s", len(self.network.unet_stems),
+                     sum(len(s) for s in self.network.te_stems), rank, cfg.network_alpha or rank,
+                     f"; LoCon conv rank {conv_dim}, alpha {net_args.conv_alpha}" if conv_dim else "")
 
         unet_lr = cfg.unet_lr if cfg.unet_lr is not None else cfg.learning_rate
         te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.learning_rate
@@ -290,7 +302,7 @@ class Trainer:
         try:
             self._setup()
             if self.is_main:
-                save_config(cfg, self.paths["config"])
+                save_config(self.cfg, self.paths["config"])  # with the ranks dim_from_weights read
             return self._loop(stop)
         except UserError as exc:
             self.events.emit("error", kind="config", message=str(exc))
