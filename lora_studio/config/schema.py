@@ -163,6 +163,9 @@ SETTINGS: tuple[Setting, ...] = (
        minimum=0, maximum=2**32 - 1),
     _s("noise_offset", FLOAT, 0.0, "Noise offset", "Adds offset noise so the LoRA can learn very dark or bright images "
        "(0.05-0.1 typical).", "training", minimum=0.0, maximum=1.0, advanced=True),
+    _s("zero_terminal_snr", BOOL, False, "Zero terminal SNR",
+       "Rescale the noise schedule so the last timestep is pure noise (for v-prediction models).", "training",
+       advanced=True),
     _s("min_snr_gamma", FLOAT, None, "Min SNR gamma", "Min-SNR loss weighting (5 is the paper's value; empty = off).",
        "training", minimum=0.0, maximum=100.0, advanced=True),
     _s("num_processes", INT, 1, "Number of processes",
@@ -215,7 +218,7 @@ UNSUPPORTED: dict[str, Any] = {
     "cache_text_encoder_outputs_to_disk": False, "ddp_timeout": None, "ddp_gradient_as_bucket_view": False,
     "ddp_static_graph": False, "noise_offset_random_strength": False, "adaptive_noise_scale": None,
     "multires_noise_iterations": None, "multires_noise_discount": 0.3, "ip_noise_gamma": None,
-    "ip_noise_gamma_random_strength": False, "zero_terminal_snr": False, "min_timestep": None, "max_timestep": None,
+    "ip_noise_gamma_random_strength": False, "min_timestep": None, "max_timestep": None,
     "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": None, "debiased_estimation_loss": False,
     "loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "huber_scale": 1.0, "save_n_epoch_ratio": None,
     "save_last_n_steps": None, "save_last_n_epochs_state": None, "save_last_n_steps_state": None,

@@ -33,6 +33,22 @@ SD1_TEXT_ENCODER = {
     "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "projection_dim": 768,
     "layer_norm_eps": 1e-05,
 }
+# SD2.x: linear projections in the transformer blocks, 64-channel attention heads, the OpenCLIP ViT-H text encoder
+# (23 of its 24 layers: SD2 conditions on the penultimate one), padded with "!".
+SD2_UNET = {**SD1_UNET, "attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024,
+            "use_linear_projection": True, "sample_size": 96}
+SD2_TEXT_ENCODER = {
+    "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 23,
+    "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu", "projection_dim": 512,
+    "layer_norm_eps": 1e-05,
+}
+
+
+def sd2_attention_heads(block_out_channels: list[int]) -> list[int]:
+    """SD2's heads per UNet level: one per 64 channels (320 -> 5, ..., 1280 -> 20)."""
+    return [max(1, c // 64) for c in block_out_channels]
+
+
 SD_SCHEDULER = {
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
@@ -63,6 +79,11 @@ class ModelFamily:
     modelspec_architecture = ""
     modelspec_implementation = "diffusers"
     te_prefixes: tuple[str, ...] = ()
+    tokenizer_pad = "<|endoftext|>"
+
+    def architecture(self, v_parameterization: bool) -> str:
+        """The modelspec architecture of a LoRA for this family."""
+        return self.modelspec_architecture
 
     def unet_lora_stem(self, module_path: str) -> str:
         return "lora_unet_" + module_path.replace(".", "_")
@@ -140,7 +161,18 @@ class SD1(ModelFamily):
         return {"encoder_hidden_states": hidden}
 
 
-FAMILIES = {"sd1": SD1()}
+class SD2(SD1):
+    """SD2.x: same prompt encoding as SD1 with the OpenCLIP encoder; the file names its layers like SD1's."""
+    name = "sd2"
+    base_model_version = "sd_v2"
+    modelspec_architecture = "stable-diffusion-v2-512/lora"
+    tokenizer_pad = "!"
+
+    def architecture(self, v_parameterization: bool) -> str:
+        return "stable-diffusion-v2-768-v/lora" if v_parameterization else self.modelspec_architecture
+
+
+FAMILIES = {"sd1": SD1(), "sd2": SD2()}
 
 
 def family_from_checkpoint_keys(keys) -> str:
@@ -173,6 +205,6 @@ def get_family(detected: str, source: str, v2: bool) -> ModelFamily:
     if detected == "sd2" and not v2:
         raise UserError(f"{source} is an SD2.x model: set v2 = true (and v_parameterization = true for 768-v models)")
     if detected not in FAMILIES:
-        raise UserError(f"{source} is an {detected.upper()} model; this version of LoRA Studio trains SD1.x models "
-                        f"only ({detected.upper()} support is on the way)")
+        raise UserError(f"{source} is an {detected.upper()} model; this version of LoRA Studio trains SD1.x "
+                        f"and SD2.x models only ({detected.upper()} support is on the way)")
     return FAMILIES[detected]

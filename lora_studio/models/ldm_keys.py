@@ -85,3 +85,56 @@ def is_vae_attention_matrix(key: str) -> bool:
 def te_key(key: str) -> str:
     """transformers CLIPTextModel weight -> name under ``cond_stage_model.transformer.`` (always with text_model.)."""
     return key if key.startswith("text_model.") else f"text_model.{key}"
+
+
+# ---- SD2.x: the OpenCLIP ViT-H text encoder under cond_stage_model.model. ----
+OPENCLIP_PREFIX = "cond_stage_model.model."
+_OPENCLIP_LAYER = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+                   "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+
+
+def openclip_to_clip(sd: dict, prefix: str = OPENCLIP_PREFIX) -> dict:
+    """OpenCLIP text-encoder weights -> transformers CLIPTextModel names (fused q/k/v split in three).
+
+    SD2 conditions on the penultimate layer, so the last resblock is left out, as sd-scripts and diffusers do: the
+    converted model has one layer fewer and its last hidden state (after the final layer norm) is what SD2 uses.
+    """
+    layers = {int(m[1]) for k in sd if (m := re.match(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.", k))}
+    last = max(layers)
+    out = {"embeddings.token_embedding.weight": sd[prefix + "token_embedding.weight"],
+           "embeddings.position_embedding.weight": sd[prefix + "positional_embedding"],
+           "final_layer_norm.weight": sd[prefix + "ln_final.weight"],
+           "final_layer_norm.bias": sd[prefix + "ln_final.bias"]}
+    for i in sorted(layers - {last}):
+        src, dst = f"{prefix}transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = sd[f"{src}attn.in_proj_{kind}"].chunk(3, dim=0)
+            out[f"{dst}self_attn.q_proj.{kind}"], out[f"{dst}self_attn.k_proj.{kind}"] = q, k
+            out[f"{dst}self_attn.v_proj.{kind}"] = v
+            for old, new in _OPENCLIP_LAYER.items():
+                out[f"{dst}{new}.{kind}"] = sd[f"{src}{old}.{kind}"]
+    return out
+
+
+def clip_to_openclip(state: dict, extra_layer: dict, prefix: str = OPENCLIP_PREFIX) -> dict:
+    """The inverse, for writing test checkpoints: ``extra_layer`` (CLIP names of one layer) becomes the last
+    resblock, the one SD2 does not use."""
+    import torch
+
+    layers = sorted({int(m[1]) for k in state if (m := re.match(r"(?:text_model\.)?encoder\.layers\.(\d+)\.", k))})
+    plain = {k.removeprefix("text_model."): v for k, v in state.items()}
+    out = {prefix + "token_embedding.weight": plain["embeddings.token_embedding.weight"],
+           prefix + "positional_embedding": plain["embeddings.position_embedding.weight"],
+           prefix + "ln_final.weight": plain["final_layer_norm.weight"],
+           prefix + "ln_final.bias": plain["final_layer_norm.bias"]}
+    sources = [(i, {k.split(f"encoder.layers.{i}.", 1)[1]: v for k, v in plain.items()
+                    if k.startswith(f"encoder.layers.{i}.")}) for i in layers]
+    sources.append((len(layers), extra_layer))
+    for i, layer in sources:
+        dst = f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(
+                [layer[f"self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")], dim=0)
+            for old, new in _OPENCLIP_LAYER.items():
+                out[f"{dst}{old}.{kind}"] = layer[f"{new}.{kind}"]
+    return out

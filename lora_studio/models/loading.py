@@ -21,11 +21,14 @@ from .family import (
     SD1_TEXT_ENCODER,
     SD1_UNET,
     SD1_VAE,
+    SD2_TEXT_ENCODER,
+    SD2_UNET,
     SD_SCHEDULER,
     Components,
     family_from_checkpoint_keys,
     family_from_diffusers_folder,
     get_family,
+    sd2_attention_heads,
 )
 from .tokenizer import clip_tokenizer
 
@@ -144,6 +147,30 @@ def _ldm_vae(sd, cfg, source, prefix=ldm_keys.VAE_PREFIX):
     return vae
 
 
+def te_config_from_clip_names(clip: dict, base: dict) -> dict:
+    """A CLIPTextModel config from weights already in transformers naming (no ``text_model.``)."""
+    cfg = dict(base)
+    cfg["vocab_size"], cfg["hidden_size"] = clip["embeddings.token_embedding.weight"].shape
+    cfg["max_position_embeddings"] = clip["embeddings.position_embedding.weight"].shape[0]
+    cfg["num_hidden_layers"] = _count(clip, r"encoder\.layers\.(\d+)\.")
+    cfg["intermediate_size"] = clip["encoder.layers.0.mlp.fc1.weight"].shape[0]
+    cfg["num_attention_heads"] = max(1, cfg["hidden_size"] // 64)
+    return cfg
+
+
+def _openclip_text_encoder(sd, source):
+    """SD2's OpenCLIP text encoder as a transformers CLIPTextModel (penultimate layer, as SD2 uses it)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    clip = ldm_keys.openclip_to_clip(sd)
+    te = CLIPTextModel(CLIPTextConfig(**te_config_from_clip_names(clip, SD2_TEXT_ENCODER)))
+
+    def lookup(name, shape):
+        return clip.get(name.replace("text_model.", "", 1))
+    _fill(te, lookup, "text encoder", source)
+    return te
+
+
 def _ldm_text_encoder(sd, cfg, source, prefix=ldm_keys.TE_PREFIX):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -179,11 +206,18 @@ def load_single_file(path: Path, v2: bool) -> Components:
                         f"({exc}); is the download complete?") from None
     family = get_family(family_from_checkpoint_keys(keys), str(path), v2)
     sd = read_safetensors(path, "pretrained_model_name_or_path")
-    unet = _ldm_unet(sd, unet_config_from_ldm(sd, SD1_UNET), str(path))
     vae = _ldm_vae(sd, vae_config_from_ldm(sd, SD1_VAE), str(path))
-    te = _ldm_text_encoder(sd, te_config_from_ldm(sd, ldm_keys.TE_PREFIX, SD1_TEXT_ENCODER), str(path))
+    if family.name == "sd2":
+        unet_cfg = unet_config_from_ldm(sd, SD2_UNET)
+        unet_cfg["attention_head_dim"] = sd2_attention_heads(unet_cfg["block_out_channels"])
+        te = _openclip_text_encoder(sd, str(path))
+    else:
+        unet_cfg = unet_config_from_ldm(sd, SD1_UNET)
+        te = _ldm_text_encoder(sd, te_config_from_ldm(sd, ldm_keys.TE_PREFIX, SD1_TEXT_ENCODER), str(path))
+    unet = _ldm_unet(sd, unet_cfg, str(path))
     del sd
-    return Components(family, unet, vae, [te], [clip_tokenizer()], dict(SD_SCHEDULER), str(path))
+    tokenizer = clip_tokenizer(pad_token=family.tokenizer_pad)
+    return Components(family, unet, vae, [te], [tokenizer], dict(SD_SCHEDULER), str(path))
 
 
 def load_diffusers_folder(path: Path, v2: bool) -> Components:
@@ -203,7 +237,7 @@ def load_diffusers_folder(path: Path, v2: bool) -> Components:
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **opts)
     te = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **opts)
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", **opts) if (path / "tokenizer").is_dir() \
-        else clip_tokenizer()
+        else clip_tokenizer(pad_token=family.tokenizer_pad)
     sched_file = path / "scheduler" / "scheduler_config.json"
     sched = dict(SD_SCHEDULER)
     if sched_file.is_file():

@@ -12,13 +12,32 @@ import torch
 from safetensors.torch import save_file
 
 from . import ldm_keys
-from .family import SD1_TEXT_ENCODER, SD1_UNET, SD1_VAE, SD_SCHEDULER
+from .family import SD1_TEXT_ENCODER, SD1_UNET, SD1_VAE, SD2_TEXT_ENCODER, SD2_UNET, SD_SCHEDULER, sd2_attention_heads
 from .tokenizer import clip_tokenizer
 
 TINY_UNET = {**SD1_UNET, "block_out_channels": [32, 32, 64, 64], "cross_attention_dim": 64, "sample_size": 8}
 TINY_VAE = {**SD1_VAE, "block_out_channels": [32, 32, 32, 32], "sample_size": 64}
 TINY_TEXT_ENCODER = {**SD1_TEXT_ENCODER, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
                      "num_hidden_layers": 3, "projection_dim": 64}
+
+
+_TINY_CHANNELS = [32, 32, 64, 64]
+TINY_SD2_UNET = {**SD2_UNET, "block_out_channels": _TINY_CHANNELS, "cross_attention_dim": 64, "sample_size": 8,
+                 "attention_head_dim": sd2_attention_heads(_TINY_CHANNELS)}
+TINY_SD2_TEXT_ENCODER = {**SD2_TEXT_ENCODER, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
+                         "num_hidden_layers": 3, "projection_dim": 64}
+
+
+def build_tiny_sd2(seed: int = 0):
+    """SD2.x topology (linear projections, per-level heads, an OpenCLIP-style gelu text encoder padded with "!")."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(TINY_SD2_UNET)
+    vae = AutoencoderKL.from_config(TINY_VAE)
+    te = CLIPTextModel(CLIPTextConfig(**TINY_SD2_TEXT_ENCODER))
+    return unet, vae, te, clip_tokenizer(pad_token="!")
 
 
 def build_tiny_sd1(seed: int = 0):
@@ -44,7 +63,7 @@ def save_diffusers_folder(folder: Path, unet, vae, te, tokenizer) -> Path:
 
 
 def ldm_state_dict(unet, vae, te) -> dict[str, torch.Tensor]:
-    """The weights as an A1111-style single-file checkpoint names them."""
+    """The weights as an A1111-style single-file checkpoint names them (an SD2 UNet gets an OpenCLIP encoder)."""
     cfg = unet.config
     up_attn = ["CrossAttn" in t for t in cfg.up_block_types]
     out = {}
@@ -55,8 +74,16 @@ def ldm_state_dict(unet, vae, te) -> dict[str, torch.Tensor]:
         if ldm_keys.is_vae_attention_matrix(name):
             tensor = tensor.reshape(*tensor.shape, 1, 1)
         out[ldm_keys.VAE_PREFIX + ldm_keys.vae_key(name, levels)] = tensor
-    for name, tensor in te.state_dict().items():
-        out[ldm_keys.TE_PREFIX + ldm_keys.te_key(name)] = tensor
+    if cfg.use_linear_projection:  # SD2: OpenCLIP naming, plus the unused last layer real checkpoints hold
+        state = te.state_dict()
+        last = te.config.num_hidden_layers
+        layer0 = {k.split("encoder.layers.0.", 1)[1]: v for k, v in state.items() if "encoder.layers.0." in k}
+        generator = torch.Generator().manual_seed(last)
+        extra = {k: torch.randn(v.shape, generator=generator) * 0.02 for k, v in layer0.items()}
+        out.update(ldm_keys.clip_to_openclip(state, extra))
+    else:
+        for name, tensor in te.state_dict().items():
+            out[ldm_keys.TE_PREFIX + ldm_keys.te_key(name)] = tensor
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
 
 

@@ -11,7 +11,9 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float, v_predictio
     alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
     snr = alphas_cumprod / (1 - alphas_cumprod)
     clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1) if v_prediction else clipped / snr
+    if v_prediction:
+        return clipped / (snr + 1)
+    return torch.where(snr > 0, clipped / snr.clamp(min=1e-12), torch.ones_like(snr))  # zero terminal SNR: 1
 
 
 def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: dict[str, torch.Tensor],

@@ -73,7 +73,7 @@ class RunMetadata:
             "ss_lora_studio_version": __version__,
         }
         self.modelspec: dict[str, Any] = {
-            "sai_model_spec": "1.0.1", "architecture": family.modelspec_architecture,
+            "sai_model_spec": "1.0.1", "architecture": family.architecture(cfg.v_parameterization),
             "implementation": family.modelspec_implementation, "title": cfg.output_name,
             "resolution": f"{spec0.resolution[0]}x{spec0.resolution[1]}",
             "prediction_type": "v" if cfg.v_parameterization else "epsilon",

@@ -119,8 +119,11 @@ class Trainer:
 
         c = self.components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2)
         self.family = c.family
-        prediction = "v_prediction" if cfg.v_parameterization else "epsilon"
-        self.noise_scheduler = DDPMScheduler.from_config({**c.scheduler_config, "prediction_type": prediction})
+        schedule = {"prediction_type": "v_prediction" if cfg.v_parameterization else "epsilon"}
+        if cfg.zero_terminal_snr:
+            schedule["rescale_betas_zero_snr"] = True
+        c.scheduler_config.update(schedule)  # the sample images use the same prediction and schedule
+        self.noise_scheduler = DDPMScheduler.from_config(c.scheduler_config)
         self.train_unet = not cfg.network_train_text_encoder_only
         self.train_te = not cfg.network_train_unet_only
         if cfg.xformers:
