@@ -64,5 +64,5 @@ def test_family_and_file_errors(tiny_models, tmp_path):
         load_components(str(tmp_path / "junk.safetensors"), None, False)
     save_file({"model.diffusion_model.x": torch.zeros(1), "conditioner.embedders.1.model.y": torch.zeros(1)},
               str(tmp_path / "xl.safetensors"))
-    with pytest.raises(UserError, match="SDXL model"):
+    with pytest.raises(UserError, match="incomplete SDXL checkpoint"):
         load_components(str(tmp_path / "xl.safetensors"), None, False)

@@ -44,6 +44,9 @@ SETTINGS: tuple[Setting, ...] = (
        required=True),
     _s("vae", PATH, None, "VAE", "Optional VAE to use instead of the model's own (.safetensors file or diffusers folder).",
        "model"),
+    _s("no_half_vae", BOOL, False, "No half VAE",
+       "Keep the VAE in float32 (the SDXL VAE overflows to NaN in fp16; LoRA Studio then switches to float32 by "
+       "itself).", "model", advanced=True),
     _s("v2", BOOL, False, "v2", "The base model is Stable Diffusion 2.x.", "model"),
     _s("v_parameterization", BOOL, False, "v_parameterization",
        "The base model predicts v (SD2.x 768-v models). Needs v2.", "model"),
@@ -99,6 +102,12 @@ SETTINGS: tuple[Setting, ...] = (
        "Encode every image with the VAE once, before training: faster steps, less VRAM.", "dataset"),
     _s("cache_latents_to_disk", BOOL, False, "Cache latents to disk",
        "Keep the latent cache on disk so the next run skips encoding (implies cache_latents).", "dataset"),
+    _s("cache_text_encoder_outputs", BOOL, False, "Cache text encoder outputs",
+       "Encode every caption once before training (needs frozen text encoders and fixed captions): faster steps, "
+       "less VRAM; the SDXL low-VRAM setting.", "dataset", advanced=True),
+    _s("cache_text_encoder_outputs_to_disk", BOOL, False, "Cache text encoder outputs to disk",
+       "Keep the text-encoder cache on disk for the next run (implies cache_text_encoder_outputs).", "dataset",
+       advanced=True),
     _s("max_data_loader_n_workers", INT, 0, "Max num workers for DataLoader",
        "Background processes that load images (0 = load in the training process).", "dataset", minimum=0,
        maximum=64, advanced=True),
@@ -202,7 +211,7 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 # are accepted with a notice; any other value is an error, never silently ignored.
 UNSUPPORTED: dict[str, Any] = {
     "in_json": None, "dataset_repeats": 1, "tokenizer_cache_dir": None, "lowram": False, "highvram": False,
-    "fp8_base": False, "fp8_base_unet": False, "no_half_vae": False, "base_weights": None,
+    "fp8_base": False, "fp8_base_unet": False, "base_weights": None,
     "base_weights_multiplier": None, "caption_separator": ",", "keep_tokens_separator": "",
     "secondary_separator": None, "enable_wildcard": False, "caption_prefix": None, "caption_suffix": None,
     "caption_dropout_every_n_epochs": 0, "token_warmup_min": 1, "token_warmup_step": 0, "weighted_captions": False,
@@ -214,8 +223,7 @@ UNSUPPORTED: dict[str, Any] = {
     "fused_backward_pass": False, "use_8bit_adam": False, "use_lion_optimizer": False, "lr_scheduler_type": "",
     "lr_scheduler_args": None, "lr_decay_steps": 0, "lr_scheduler_timescale": None, "lr_scheduler_min_lr_ratio": None,
     "full_fp16": False, "full_bf16": False, "cpu_offload_checkpointing": False, "mem_eff_attn": False,
-    "torch_compile": False, "dynamo_backend": "inductor", "cache_text_encoder_outputs": False,
-    "cache_text_encoder_outputs_to_disk": False, "ddp_timeout": None, "ddp_gradient_as_bucket_view": False,
+    "torch_compile": False, "dynamo_backend": "inductor", "ddp_timeout": None, "ddp_gradient_as_bucket_view": False,
     "ddp_static_graph": False, "noise_offset_random_strength": False, "adaptive_noise_scale": None,
     "multires_noise_iterations": None, "multires_noise_discount": 0.3, "ip_noise_gamma": None,
     "ip_noise_gamma_random_strength": False, "min_timestep": None, "max_timestep": None,

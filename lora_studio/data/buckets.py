@@ -40,13 +40,19 @@ def choose_bucket(size: tuple[int, int], resolution: tuple[int, int], enable_buc
     return min(buckets, key=lambda b: (abs(b[0] / b[1] - aspect), -b[0] * b[1]))
 
 
-def fit_to_bucket(img: Image.Image, bucket: tuple[int, int]) -> Image.Image:
-    """Resize so the image covers the bucket, then crop the centre to exactly the bucket size."""
+def resized_and_crop(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(resized width, height) that covers the bucket, and the (left, top) of the centred crop."""
     bw, bh = bucket
-    w, h = img.size
+    w, h = size
     scale = max(bw / w, bh / h)
     new_w, new_h = max(bw, math.ceil(w * scale - 1e-6)), max(bh, math.ceil(h * scale - 1e-6))
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
-    left, top = (new_w - bw) // 2, (new_h - bh) // 2
-    return img.crop((left, top, left + bw, top + bh))
+    return (new_w, new_h), ((new_w - bw) // 2, (new_h - bh) // 2)
+
+
+def fit_to_bucket(img: Image.Image, bucket: tuple[int, int]) -> Image.Image:
+    """Resize so the image covers the bucket, then crop the centre to exactly the bucket size."""
+    (new_w, new_h), (left, top) = resized_and_crop(img.size, bucket)
+    if (new_w, new_h) != img.size:
+        shrink = new_w < img.size[0]
+        img = img.resize((new_w, new_h), Image.Resampling.LANCZOS if shrink else Image.Resampling.BICUBIC)
+    return img.crop((left, top, left + bucket[0], top + bucket[1]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .buckets import bucket_resolutions, choose_bucket, fit_to_bucket
+from .buckets import bucket_resolutions, choose_bucket, fit_to_bucket, resized_and_crop
 from .captions import read_caption, vary_caption
 from .images import UnreadableImage, is_image_file, load_rgb
 from .sources import DatasetSpec, SubsetSpec
@@ -29,6 +29,7 @@ class ImageItem:
     dataset_index: int
     bucket: tuple[int, int]
     has_caption_file: bool
+    size: tuple[int, int] = (0, 0)  # (width, height) of the image file
 
 
 # One entry of a batch: (item index, flipped?)
@@ -85,7 +86,7 @@ class TrainingData:
                 caption = subset.class_tokens or ""
             bucket = choose_bucket(size, spec.resolution, spec.enable_bucket, buckets, spec.bucket_reso_steps,
                                    spec.bucket_no_upscale)
-            self.items.append(ImageItem(path, caption, subset, d_index, bucket, has_caption))
+            self.items.append(ImageItem(path, caption, subset, d_index, bucket, has_caption, size))
 
     # ---- numbers the user sees ----
     @property
@@ -156,6 +157,13 @@ class TrainingData:
         rng = random.Random(hash((self.seed, epoch, position, item_index)) & 0xFFFFFFFF)
         return vary_caption(it.caption, rng, s.shuffle_caption, s.keep_tokens, s.caption_dropout_rate,
                             s.caption_tag_dropout_rate)
+
+    def size_conditioning(self, item_index: int) -> list[int]:
+        """SDXL's (original h, w, crop top, left, target h, w) for an image: the crop is in resized pixels, as the
+        UNet saw such crops in pre-training."""
+        it = self.items[item_index]
+        _, (left, top) = resized_and_crop(it.size, it.bucket)
+        return [it.size[1], it.size[0], top, left, it.bucket[1], it.bucket[0]]
 
     def loss_weight(self, item_index: int) -> float:
         return self.prior_loss_weight if self.items[item_index].subset.is_reg else 1.0

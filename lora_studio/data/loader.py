@@ -24,6 +24,7 @@ class EpochBatches(torch.utils.data.Dataset):
             "captions": [self.data.caption_for(i, self.epoch, (self.rank, index, k))
                          for k, (i, _) in enumerate(entries)],
             "loss_weights": torch.tensor([self.data.loss_weight(i) for i, _ in entries], dtype=torch.float32),
+            "time_ids": torch.tensor([self.data.size_conditioning(i) for i, _ in entries], dtype=torch.float32),
         }
         if self.latents is not None:
             batch["latents"] = torch.stack([self.latents[e] for e in entries])

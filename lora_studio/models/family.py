@@ -49,6 +49,24 @@ def sd2_attention_heads(block_out_channels: list[int]) -> list[int]:
     return [max(1, c // 64) for c in block_out_channels]
 
 
+# SDXL: three levels (no attention in the first), 2 or 10 transformer layers a block, two text encoders whose
+# penultimate hidden states are joined (768 + 1280 = 2048), the pooled projection of the second, and size/crop
+# conditioning ("time ids") through the added embedding.
+SDXL_UNET = {**SD1_UNET, "block_out_channels": [320, 640, 1280], "attention_head_dim": [5, 10, 20],
+             "cross_attention_dim": 2048, "use_linear_projection": True, "sample_size": 128,
+             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+             "transformer_layers_per_block": [1, 2, 10], "addition_embed_type": "text_time",
+             "addition_embed_type_num_heads": 64, "addition_time_embed_dim": 256,
+             "projection_class_embeddings_input_dim": 2816}
+SDXL_TEXT_ENCODER_1 = dict(SD1_TEXT_ENCODER)
+SDXL_TEXT_ENCODER_2 = {
+    "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20, "num_hidden_layers": 32,
+    "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu", "projection_dim": 1280,
+    "layer_norm_eps": 1e-05,
+}
+SDXL_VAE_SCALE = 0.13025
+
 SD_SCHEDULER = {
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
@@ -80,12 +98,13 @@ class ModelFamily:
     modelspec_implementation = "diffusers"
     te_prefixes: tuple[str, ...] = ()
     tokenizer_pad = "<|endoftext|>"
+    size_conditioning = False  # SDXL: the UNet also takes (original size, crop, target size) per image
 
     def architecture(self, v_parameterization: bool) -> str:
         """The modelspec architecture of a LoRA for this family."""
         return self.modelspec_architecture
 
-    def unet_lora_stem(self, module_path: str) -> str:
+    def unet_lora_stem(self, module_path: str, unet_config) -> str:
         return "lora_unet_" + module_path.replace(".", "_")
 
     def te_lora_stem(self, te_index: int, layer_index: int, child: str) -> str:
@@ -105,11 +124,12 @@ def _encoder_layers(text_encoder) -> torch.nn.ModuleList:
 
 
 def encode_with_clip(text_encoder, tokenizer, captions: list[str], clip_skip: int, max_token_length: int,
-                     device) -> torch.Tensor:
+                     device, final_norm: bool = True, pooled: bool = False):
     """Hidden states of ``captions`` as sd-scripts computes them.
 
     Captions longer than 75 tokens (max_token_length 150/225) are encoded in 75-token chunks, each framed by start
-    and end tokens, and joined keeping one start token at the front and one end token at the back.
+    and end tokens, and joined keeping one start token at the front and one end token at the back. With ``pooled``,
+    also the projected pooled output of the first chunk (SDXL's second encoder), as sd-scripts takes it.
     """
     chunk = tokenizer.model_max_length  # 77
     total = max_token_length + 2
@@ -127,19 +147,23 @@ def encode_with_clip(text_encoder, tokenizer, captions: list[str], clip_skip: in
             part = torch.cat([bos, part, eos], dim=1)
             # A chunk past the caption's end: pad after the end token, as the tokenizer does.
             pieces.append(part)
-    states = []
+    states, pooled_out = [], None
     for piece in pieces:
         out = text_encoder(piece, output_hidden_states=clip_skip > 1, return_dict=True)
         if clip_skip > 1:
             hidden = out.hidden_states[-clip_skip]
-            hidden = _final_layer_norm(text_encoder)(hidden)
+            if final_norm:
+                hidden = _final_layer_norm(text_encoder)(hidden)
         else:
             hidden = out.last_hidden_state
         states.append(hidden)
+        if pooled and pooled_out is None:
+            pooled_out = out.text_embeds
     if len(states) == 1:
-        return states[0]
-    joined = [states[0][:, :1]] + [s[:, 1:-1] for s in states] + [states[-1][:, -1:]]
-    return torch.cat(joined, dim=1)
+        joined = states[0]
+    else:
+        joined = torch.cat([states[0][:, :1]] + [s[:, 1:-1] for s in states] + [states[-1][:, -1:]], dim=1)
+    return (joined, pooled_out) if pooled else joined
 
 
 def _final_layer_norm(text_encoder):
@@ -172,7 +196,34 @@ class SD2(SD1):
         return "stable-diffusion-v2-768-v/lora" if v_parameterization else self.modelspec_architecture
 
 
-FAMILIES = {"sd1": SD1(), "sd2": SD2()}
+class SDXL(ModelFamily):
+    """SDXL: UNet names in the LoRA file in SGM/LDM layout (``lora_unet_input_blocks_4_1_...``), as sd-scripts
+    writes them; text encoders ``lora_te1_`` (CLIP ViT-L) and ``lora_te2_`` (OpenCLIP ViT-bigG)."""
+    name = "sdxl"
+    base_model_version = "sdxl_base_v1-0"
+    modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
+    te_prefixes = ("lora_te1", "lora_te2")
+    size_conditioning = True
+
+    def unet_lora_stem(self, module_path: str, unet_config) -> str:
+        from .ldm_keys import unet_key
+
+        up_attn = ["CrossAttn" in t for t in unet_config.up_block_types]
+        ldm = unet_key(module_path + ".weight", unet_config.layers_per_block, up_attn).removesuffix(".weight")
+        return "lora_unet_" + ldm.replace(".", "_")
+
+    def encode_prompt(self, components, captions, clip_skip, max_token_length, device):
+        """Penultimate hidden states of both encoders side by side, and the second one's pooled projection."""
+        te1, te2 = components.text_encoders
+        tok1, tok2 = components.tokenizers
+        hidden1 = encode_with_clip(te1, tok1, captions, 2, max_token_length, device, final_norm=False)
+        hidden2, pooled = encode_with_clip(te2, tok2, captions, 2, max_token_length, device, final_norm=False,
+                                           pooled=True)
+        return {"encoder_hidden_states": torch.cat([hidden1, hidden2.to(hidden1.dtype)], dim=-1),
+                "text_embeds": pooled}
+
+
+FAMILIES = {"sd1": SD1(), "sd2": SD2(), "sdxl": SDXL()}
 
 
 def family_from_checkpoint_keys(keys) -> str:
@@ -202,9 +253,10 @@ def get_family(detected: str, source: str, v2: bool) -> ModelFamily:
                         "with known names)")
     if detected == "sd1" and v2:
         raise UserError(f"{source} is an SD1.x model but the config sets v2 = true; remove v2")
+    if detected == "sdxl" and v2:
+        raise UserError(f"{source} is an SDXL model but the config sets v2 = true; remove v2")
     if detected == "sd2" and not v2:
         raise UserError(f"{source} is an SD2.x model: set v2 = true (and v_parameterization = true for 768-v models)")
     if detected not in FAMILIES:
-        raise UserError(f"{source} is an {detected.upper()} model; this version of LoRA Studio trains SD1.x "
-                        f"and SD2.x models only ({detected.upper()} support is on the way)")
+        raise UserError(f"{source} is a {detected} model, which LoRA Studio does not train")
     return FAMILIES[detected]

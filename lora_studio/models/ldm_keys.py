@@ -89,22 +89,27 @@ def te_key(key: str) -> str:
 
 # ---- SD2.x: the OpenCLIP ViT-H text encoder under cond_stage_model.model. ----
 OPENCLIP_PREFIX = "cond_stage_model.model."
+# SDXL: CLIP ViT-L in transformers naming, OpenCLIP ViT-bigG (all layers, with its text projection).
+SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
 _OPENCLIP_LAYER = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
                    "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
 
 
-def openclip_to_clip(sd: dict, prefix: str = OPENCLIP_PREFIX) -> dict:
+def openclip_to_clip(sd: dict, prefix: str = OPENCLIP_PREFIX, drop_last: bool = True) -> dict:
     """OpenCLIP text-encoder weights -> transformers CLIPTextModel names (fused q/k/v split in three).
 
     SD2 conditions on the penultimate layer, so the last resblock is left out, as sd-scripts and diffusers do: the
     converted model has one layer fewer and its last hidden state (after the final layer norm) is what SD2 uses.
     """
     layers = {int(m[1]) for k in sd if (m := re.match(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.", k))}
-    last = max(layers)
+    last = max(layers) if drop_last else None
     out = {"embeddings.token_embedding.weight": sd[prefix + "token_embedding.weight"],
            "embeddings.position_embedding.weight": sd[prefix + "positional_embedding"],
            "final_layer_norm.weight": sd[prefix + "ln_final.weight"],
            "final_layer_norm.bias": sd[prefix + "ln_final.bias"]}
+    if prefix + "text_projection" in sd:  # OpenCLIP multiplies x @ P; transformers' Linear holds P transposed
+        out["text_projection.weight"] = sd[prefix + "text_projection"].t().contiguous()
     for i in sorted(layers - {last}):
         src, dst = f"{prefix}transformer.resblocks.{i}.", f"encoder.layers.{i}."
         for kind in ("weight", "bias"):
@@ -116,9 +121,9 @@ def openclip_to_clip(sd: dict, prefix: str = OPENCLIP_PREFIX) -> dict:
     return out
 
 
-def clip_to_openclip(state: dict, extra_layer: dict, prefix: str = OPENCLIP_PREFIX) -> dict:
-    """The inverse, for writing test checkpoints: ``extra_layer`` (CLIP names of one layer) becomes the last
-    resblock, the one SD2 does not use."""
+def clip_to_openclip(state: dict, extra_layer: dict | None, prefix: str = OPENCLIP_PREFIX) -> dict:
+    """The inverse, for writing test checkpoints: ``extra_layer`` (CLIP names of one layer), when given, becomes the
+    last resblock, the one SD2 does not use."""
     import torch
 
     layers = sorted({int(m[1]) for k in state if (m := re.match(r"(?:text_model\.)?encoder\.layers\.(\d+)\.", k))})
@@ -129,7 +134,10 @@ def clip_to_openclip(state: dict, extra_layer: dict, prefix: str = OPENCLIP_PREF
            prefix + "ln_final.bias": plain["final_layer_norm.bias"]}
     sources = [(i, {k.split(f"encoder.layers.{i}.", 1)[1]: v for k, v in plain.items()
                     if k.startswith(f"encoder.layers.{i}.")}) for i in layers]
-    sources.append((len(layers), extra_layer))
+    if extra_layer is not None:
+        sources.append((len(layers), extra_layer))
+    if "text_projection.weight" in plain:
+        out[prefix + "text_projection"] = plain["text_projection.weight"].t().contiguous()
     for i, layer in sources:
         dst = f"{prefix}transformer.resblocks.{i}."
         for kind in ("weight", "bias"):

@@ -29,6 +29,10 @@ from .family import (
     family_from_diffusers_folder,
     get_family,
     sd2_attention_heads,
+    SDXL_TEXT_ENCODER_1,
+    SDXL_TEXT_ENCODER_2,
+    SDXL_UNET,
+    SDXL_VAE_SCALE,
 )
 from .tokenizer import clip_tokenizer
 
@@ -53,22 +57,24 @@ def unet_config_from_ldm(sd: dict, base: dict) -> dict:
     downs = [i for i in range(n_inputs) if f"{p}input_blocks.{i}.0.op.weight" in sd]
     layers = downs[0] - 1 if downs else n_inputs - 1
     levels = len(downs) + 1
-    channels, has_attn, depth = [], [], 1
+    channels, has_attn, depths = [], [], []
     for level in range(levels):
         first = 1 + level * (layers + 1)
         channels.append(sd[f"{p}input_blocks.{first}.0.out_layers.3.weight"].shape[0])
         attn = f"{p}input_blocks.{first}.1.proj_in.weight" in sd
         has_attn.append(attn)
+        depths.append(_count(keys, rf"input_blocks\.{first}\.1\.transformer_blocks\.(\d+)\.") if attn else 1)
         if attn:
-            depth = _count(keys, rf"input_blocks\.{first}\.1\.transformer_blocks\.(\d+)\.")
             context = sd[f"{p}input_blocks.{first}.1.transformer_blocks.0.attn2.to_k.weight"].shape[1]
             cfg["cross_attention_dim"] = context
             cfg["use_linear_projection"] = sd[f"{p}input_blocks.{first}.1.proj_in.weight"].ndim == 2
     cfg["block_out_channels"] = channels
     cfg["layers_per_block"] = layers
-    cfg["transformer_layers_per_block"] = depth
+    cfg["transformer_layers_per_block"] = depths[-1] if len(set(depths)) == 1 else depths
     cfg["down_block_types"] = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attn]
     cfg["up_block_types"] = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)]
+    if f"{p}label_emb.0.0.weight" in sd:  # SDXL's added embedding: pooled text + 6 size/crop ids
+        cfg["projection_class_embeddings_input_dim"] = sd[f"{p}label_emb.0.0.weight"].shape[1]
     return cfg
 
 
@@ -158,12 +164,19 @@ def te_config_from_clip_names(clip: dict, base: dict) -> dict:
     return cfg
 
 
-def _openclip_text_encoder(sd, source):
-    """SD2's OpenCLIP text encoder as a transformers CLIPTextModel (penultimate layer, as SD2 uses it)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _openclip_text_encoder(sd, source, sdxl: bool = False):
+    """An OpenCLIP text encoder as a transformers model: SD2's CLIPTextModel without its last layer (SD2 uses the
+    penultimate one), or SDXL's second encoder whole, with its text projection (CLIPTextModelWithProjection)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    clip = ldm_keys.openclip_to_clip(sd)
-    te = CLIPTextModel(CLIPTextConfig(**te_config_from_clip_names(clip, SD2_TEXT_ENCODER)))
+    if sdxl:
+        clip = ldm_keys.openclip_to_clip(sd, ldm_keys.SDXL_TE2_PREFIX, drop_last=False)
+        cfg = te_config_from_clip_names(clip, SDXL_TEXT_ENCODER_2)
+        cfg["projection_dim"] = clip["text_projection.weight"].shape[0]
+        te = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
+    else:
+        clip = ldm_keys.openclip_to_clip(sd)
+        te = CLIPTextModel(CLIPTextConfig(**te_config_from_clip_names(clip, SD2_TEXT_ENCODER)))
 
     def lookup(name, shape):
         return clip.get(name.replace("text_model.", "", 1))
@@ -206,7 +219,29 @@ def load_single_file(path: Path, v2: bool) -> Components:
                         f"({exc}); is the download complete?") from None
     family = get_family(family_from_checkpoint_keys(keys), str(path), v2)
     sd = read_safetensors(path, "pretrained_model_name_or_path")
+    try:
+        return _components_from_ldm(sd, family, path)
+    except KeyError as exc:
+        raise UserError(f"pretrained_model_name_or_path: {path} is an incomplete {family.name.upper()} checkpoint "
+                        f"(no {exc.args[0]}); is the download complete?") from None
+
+
+def _components_from_ldm(sd: dict, family, path: Path) -> Components:
     vae = _ldm_vae(sd, vae_config_from_ldm(sd, SD1_VAE), str(path))
+    tokenizers = [clip_tokenizer(pad_token=family.tokenizer_pad)]
+    if family.name == "sdxl":
+        vae.register_to_config(scaling_factor=SDXL_VAE_SCALE)
+        unet_cfg = unet_config_from_ldm(sd, SDXL_UNET)
+        unet_cfg["attention_head_dim"] = sd2_attention_heads(unet_cfg["block_out_channels"])
+        te1_prefix = ldm_keys.SDXL_TE1_PREFIX
+        te1 = _ldm_text_encoder(sd, te_config_from_ldm(sd, te1_prefix, SDXL_TEXT_ENCODER_1), str(path), te1_prefix)
+        te2 = _openclip_text_encoder(sd, str(path), sdxl=True)
+        unet_cfg["addition_time_embed_dim"] = (unet_cfg["projection_class_embeddings_input_dim"]
+                                               - te2.config.projection_dim) // 6
+        unet = _ldm_unet(sd, unet_cfg, str(path))
+        del sd
+        tokenizers.append(clip_tokenizer(pad_token="!"))
+        return Components(family, unet, vae, [te1, te2], tokenizers, dict(SD_SCHEDULER), str(path))
     if family.name == "sd2":
         unet_cfg = unet_config_from_ldm(sd, SD2_UNET)
         unet_cfg["attention_head_dim"] = sd2_attention_heads(unet_cfg["block_out_channels"])
@@ -216,8 +251,7 @@ def load_single_file(path: Path, v2: bool) -> Components:
         te = _ldm_text_encoder(sd, te_config_from_ldm(sd, ldm_keys.TE_PREFIX, SD1_TEXT_ENCODER), str(path))
     unet = _ldm_unet(sd, unet_cfg, str(path))
     del sd
-    tokenizer = clip_tokenizer(pad_token=family.tokenizer_pad)
-    return Components(family, unet, vae, [te], [tokenizer], dict(SD_SCHEDULER), str(path))
+    return Components(family, unet, vae, [te], tokenizers, dict(SD_SCHEDULER), str(path))
 
 
 def load_diffusers_folder(path: Path, v2: bool) -> Components:
@@ -238,12 +272,19 @@ def load_diffusers_folder(path: Path, v2: bool) -> Components:
     te = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **opts)
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", **opts) if (path / "tokenizer").is_dir() \
         else clip_tokenizer(pad_token=family.tokenizer_pad)
+    text_encoders, tokenizers = [te], [tokenizer]
+    if family.name == "sdxl":
+        from transformers import CLIPTextModelWithProjection
+
+        text_encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **opts))
+        tokenizers.append(CLIPTokenizer.from_pretrained(path / "tokenizer_2", **opts)
+                          if (path / "tokenizer_2").is_dir() else clip_tokenizer(pad_token="!"))
     sched_file = path / "scheduler" / "scheduler_config.json"
     sched = dict(SD_SCHEDULER)
     if sched_file.is_file():
         loaded = json.loads(sched_file.read_text())
         sched.update({k: v for k, v in loaded.items() if k in SD_SCHEDULER})
-    return Components(family, unet, vae, [te], [tokenizer], sched, str(path))
+    return Components(family, unet, vae, text_encoders, tokenizers, sched, str(path))
 
 
 def load_vae(path: Path) -> torch.nn.Module:

@@ -12,7 +12,18 @@ import torch
 from safetensors.torch import save_file
 
 from . import ldm_keys
-from .family import SD1_TEXT_ENCODER, SD1_UNET, SD1_VAE, SD2_TEXT_ENCODER, SD2_UNET, SD_SCHEDULER, sd2_attention_heads
+from .family import (
+    SD1_TEXT_ENCODER,
+    SD1_UNET,
+    SD1_VAE,
+    SD2_TEXT_ENCODER,
+    SD2_UNET,
+    SD_SCHEDULER,
+    SDXL_TEXT_ENCODER_2,
+    SDXL_UNET,
+    SDXL_VAE_SCALE,
+    sd2_attention_heads,
+)
 from .tokenizer import clip_tokenizer
 
 TINY_UNET = {**SD1_UNET, "block_out_channels": [32, 32, 64, 64], "cross_attention_dim": 64, "sample_size": 8}
@@ -40,6 +51,38 @@ def build_tiny_sd2(seed: int = 0):
     return unet, vae, te, clip_tokenizer(pad_token="!")
 
 
+TINY_SDXL_UNET = {**SDXL_UNET, "block_out_channels": [32, 64, 64], "attention_head_dim": [1, 1, 1],
+                  "transformer_layers_per_block": [1, 1, 2], "cross_attention_dim": 96, "sample_size": 8,
+                  "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 6 * 8 + 64}
+TINY_SDXL_TEXT_ENCODER_1 = {**TINY_TEXT_ENCODER, "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32}
+TINY_SDXL_TEXT_ENCODER_2 = {**SDXL_TEXT_ENCODER_2, "hidden_size": 64, "intermediate_size": 128,
+                            "num_attention_heads": 1, "num_hidden_layers": 3, "projection_dim": 64}
+
+
+def build_tiny_sdxl(seed: int = 0):
+    """SDXL topology: 3 UNet levels (no attention in the first, 1 and 2 transformer layers after), size/crop
+    conditioning, CLIP-L-style and OpenCLIP-bigG-style text encoders (the second with a projection)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(TINY_SDXL_UNET)
+    vae = AutoencoderKL.from_config({**TINY_VAE, "scaling_factor": SDXL_VAE_SCALE})
+    te1 = CLIPTextModel(CLIPTextConfig(**TINY_SDXL_TEXT_ENCODER_1))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_SDXL_TEXT_ENCODER_2))
+    return unet, vae, [te1, te2], [clip_tokenizer(), clip_tokenizer(pad_token="!")]
+
+
+def save_sdxl_diffusers_folder(folder: Path, unet, vae, text_encoders, tokenizers) -> Path:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1],
+                                     tokenizer=tokenizers[0], tokenizer_2=tokenizers[1], unet=unet,
+                                     scheduler=EulerDiscreteScheduler.from_config(SD_SCHEDULER))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def build_tiny_sd1(seed: int = 0):
     """(unet, vae, text_encoder, tokenizer) with random weights from ``seed``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -63,7 +106,8 @@ def save_diffusers_folder(folder: Path, unet, vae, te, tokenizer) -> Path:
 
 
 def ldm_state_dict(unet, vae, te) -> dict[str, torch.Tensor]:
-    """The weights as an A1111-style single-file checkpoint names them (an SD2 UNet gets an OpenCLIP encoder)."""
+    """The weights as an A1111-style single-file checkpoint names them (an SD2 UNet gets an OpenCLIP encoder; for
+    SDXL ``te`` is the list of both encoders)."""
     cfg = unet.config
     up_attn = ["CrossAttn" in t for t in cfg.up_block_types]
     out = {}
@@ -74,7 +118,11 @@ def ldm_state_dict(unet, vae, te) -> dict[str, torch.Tensor]:
         if ldm_keys.is_vae_attention_matrix(name):
             tensor = tensor.reshape(*tensor.shape, 1, 1)
         out[ldm_keys.VAE_PREFIX + ldm_keys.vae_key(name, levels)] = tensor
-    if cfg.use_linear_projection:  # SD2: OpenCLIP naming, plus the unused last layer real checkpoints hold
+    if isinstance(te, (list, tuple)):  # SDXL
+        for name, tensor in te[0].state_dict().items():
+            out[ldm_keys.SDXL_TE1_PREFIX + ldm_keys.te_key(name)] = tensor
+        out.update(ldm_keys.clip_to_openclip(te[1].state_dict(), None, ldm_keys.SDXL_TE2_PREFIX))
+    elif cfg.use_linear_projection:  # SD2: OpenCLIP naming, plus the unused last layer real checkpoints hold
         state = te.state_dict()
         last = te.config.num_hidden_layers
         layer0 = {k.split("encoder.layers.0.", 1)[1]: v for k, v in state.items() if "encoder.layers.0." in k}

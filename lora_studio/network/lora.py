@@ -104,7 +104,7 @@ class LoRANetwork(nn.Module):
         self.te_stems: list[list[str]] = [[] for _ in components.text_encoders]
         if train_unet:
             for path, module, is_conv in unet_targets(components.unet, locon=bool(conv_dim)):
-                stem = family.unet_lora_stem(path)
+                stem = family.unet_lora_stem(path, components.unet.config)
                 if is_conv:
                     self._add(stem, module, conv_dim, conv_alpha, dropout)
                 else:

@@ -35,6 +35,7 @@ from .optim import build_optimizer, build_scheduler
 from .outputs import epoch_file, output_paths, step_file
 from .plan import plan_steps
 from .sampling import generate, make_scheduler, read_prompt_file
+from .te_cache import build_te_cache, cached_condition, check_te_cache_allowed, te_fingerprint
 
 log = logging.getLogger("lora_studio")
 
@@ -135,7 +136,9 @@ class Trainer:
         c.unet.to(self.device, self.weight_dtype)
         for te in c.text_encoders:
             te.to(self.device, self.weight_dtype)
-        c.vae.to(self.device, self.weight_dtype if self.precision != "no" else torch.float32)
+        # The SDXL VAE overflows in fp16: keep it in float32 there (and whenever no_half_vae is set).
+        vae_fp32 = self.precision == "no" or cfg.no_half_vae or (c.family.name == "sdxl" and self.precision == "fp16")
+        c.vae.to(self.device, torch.float32 if vae_fp32 else self.weight_dtype)
         if cfg.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
             c.unet.train()
@@ -190,13 +193,47 @@ class Trainer:
             self.latents = self._cache_latents()
             if not self.prompts:
                 c.vae.to("cpu")  # not needed again: free the memory for training
+        self.te_cache = None
+        if cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk:
+            self.te_cache = self._cache_text_encoder_outputs()
+            if not self.prompts:
+                for te in c.text_encoders:
+                    te.to("cpu")
         set_seed(self.seed + self.rank)  # different noise in each process from here on
 
     @torch.no_grad()
     def _encode_pixels(self, pixels: torch.Tensor, generator=None) -> torch.Tensor:
+        """Scaled latents; a half-precision VAE that overflows (NaN/inf) is switched to float32 and retried."""
         vae = self.components.vae
-        dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
-        return dist.sample(generator=generator) * vae.config.scaling_factor
+        state = generator.get_state() if generator is not None else None
+        latents = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.sample(generator=generator)
+        if not torch.isfinite(latents).all() and vae.dtype != torch.float32:
+            log.warning("the VAE overflowed in %s (NaN latents); encoding in float32 from now on (no_half_vae)",
+                        str(vae.dtype).replace("torch.", ""))
+            vae.to(torch.float32)
+            if state is not None:
+                generator.set_state(state)
+            latents = vae.encode(pixels.to(self.device, torch.float32)).latent_dist.sample(generator=generator)
+        return latents * vae.config.scaling_factor
+
+    def _cache_text_encoder_outputs(self):
+        cfg, c = self.cfg, self.components
+        check_te_cache_allowed(cfg, self.train_te, self.data)
+        folders = {}
+        for i, item in enumerate(self.data.items):
+            folders.setdefault(self.data.caption_for(i, 0, (0,)), item.path.parent)
+        fingerprint = te_fingerprint(c.text_encoders, cfg.clip_skip, cfg.max_token_length) + self.family.name
+
+        def encode(captions):
+            with self.accelerator.autocast():
+                return self.family.encode_prompt(c, captions, cfg.clip_skip, cfg.max_token_length, self.device)
+
+        to_disk = cfg.cache_text_encoder_outputs_to_disk
+        if to_disk and self.world > 1:
+            if self.is_main:
+                build_te_cache(folders, encode, fingerprint, True)
+            self.accelerator.wait_for_everyone()
+        return build_te_cache(folders, encode, fingerprint, to_disk, show_progress=self.is_main)
 
     def _cache_latents(self):
         cfg = self.cfg
@@ -223,9 +260,14 @@ class Trainer:
         else:
             latents = self._encode_pixels(batch["pixels"])
         latents = latents.float()
-        with torch.set_grad_enabled(self.train_te), self.accelerator.autocast():
-            cond = self.family.encode_prompt(self.components, batch["captions"], cfg.clip_skip,
-                                             cfg.max_token_length, self.device)
+        if self.te_cache is not None:
+            cond = cached_condition(self.te_cache, batch["captions"], self.device)
+        else:
+            with torch.set_grad_enabled(self.train_te), self.accelerator.autocast():
+                cond = self.family.encode_prompt(self.components, batch["captions"], cfg.clip_skip,
+                                                 cfg.max_token_length, self.device)
+        if self.family.size_conditioning:
+            cond["time_ids"] = batch["time_ids"].to(self.device)
         noise = sample_noise(latents, cfg.noise_offset)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   device=self.device)
