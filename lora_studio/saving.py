@@ -49,7 +49,8 @@ def to_metadata(values: dict[str, Any]) -> dict[str, str]:
 
 def lora_tensors(state_dict: dict[str, torch.Tensor], precision: str) -> dict[str, torch.Tensor]:
     dtype = SAVE_DTYPES[precision]
-    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
+    return {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in state_dict.items()}  # (IA)3's integer on_input flag stays an integer
 
 
 def save_lora(path: str | Path, state_dict: dict[str, torch.Tensor], precision: str, metadata: dict[str, Any],

@@ -26,7 +26,7 @@ def setting_problems(cfg: Config) -> dict[str, str]:
     from ..network.args import parse_network_args  # torch-free
 
     try:
-        parse_network_args(cfg.network_args)
+        parse_network_args(cfg.network_args, cfg.network_module)
     except ConfigError as exc:
         problems["network_args"] = str(exc).replace("setting 'network_args': ", "")
     if cfg.dim_from_weights and not cfg.network_weights:

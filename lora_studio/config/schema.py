@@ -114,15 +114,18 @@ SETTINGS: tuple[Setting, ...] = (
     _s("prior_loss_weight", FLOAT, 1.0, "Prior loss weight", "Loss weight of regularisation images.", "dataset",
        minimum=0.0, maximum=100.0, advanced=True),
     # ---- network ----
-    _s("network_module", STR, "networks.lora", "LoRA type", "Network implementation; networks.lora is standard LoRA.",
-       "network", choices=("networks.lora", "lora_studio.lora")),
+    _s("network_module", STR, "networks.lora", "LoRA type",
+       "networks.lora: LoRA (LoCon with conv_dim in Network args). lycoris.kohya: the LyCORIS types, chosen with "
+       "algo=loha|lokr|ia3|locon in Network args (dora_wd=true for DoRA).", "network",
+       choices=("networks.lora", "lora_studio.lora", "lycoris.kohya")),
     _s("network_dim", INT, 4, "Network Rank (Dimension)", "Rank of each adapter: capacity and file size.", "network",
        minimum=1, maximum=1024),
     _s("network_alpha", FLOAT, 1.0, "Network Alpha",
        "Scales the adapter by alpha/rank; 0 means alpha = rank (scale 1).", "network", minimum=0.0, maximum=1024.0),
     _s("network_args", STR_LIST, None, "Network args",
        "Extra network options as key=value strings: conv_dim=4 conv_alpha=1 adds LoCon (the 3x3 convolutions of "
-       "the ResNet, down- and upsample blocks).", "network", advanced=True),
+       "the ResNet, down- and upsample blocks); with lycoris.kohya also algo=loha|lokr|ia3, dora_wd=true, "
+       "factor=N (LoKr).", "network", advanced=True),
     _s("network_weights", PATH, None, "LoRA network weights", "Start from the weights of this LoRA file.", "network"),
     _s("dim_from_weights", BOOL, False, "DIM from weights",
        "Take the rank (and the LoCon conv rank) from the LoRA network weights file.", "network"),

@@ -24,6 +24,8 @@ ZERO_IS_UNSET = {"max_train_epochs", "max_train_steps", "save_every_n_epochs", "
                  "save_last_n_epochs", "sample_every_n_epochs", "sample_every_n_steps", "min_snr_gamma", "seed",
                  "max_token_length"}
 LORA_TYPES = {"Standard": "networks.lora", "Kohya LoCon": "networks.lora"}
+# Kohya_ss "LoRA type" -> LyCORIS algo (network_module = "lycoris.kohya")
+LYCORIS_TYPES = {"LyCORIS/LoCon": "locon", "LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr", "LyCORIS/iA3": "ia3"}
 
 
 @dataclass
@@ -62,7 +64,7 @@ def convert(data: dict[str, Any]) -> KohyaImport:
     data = dict(data)
     special = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_args", "sample_prompts",
                "unet_lr", "text_encoder_lr", "max_resolution", "sdxl", "additional_parameters", "epoch",
-               "conv_dim", "conv_alpha"}
+               "conv_dim", "conv_alpha", "dora_wd", "factor"}
 
     # "Max train epoch" overrides "Epoch" in the Kohya_ss GUI.
     _put(result, "max_train_epochs", data.get("epoch"), "epoch")
@@ -75,8 +77,18 @@ def convert(data: dict[str, Any]) -> KohyaImport:
                 conv_alpha = data.get("conv_alpha")
                 result.settings["network_args"] = [f"conv_dim={int(data['conv_dim'])}"] + (
                     [f"conv_alpha={float(conv_alpha):g}"] if not _empty(conv_alpha) else [])
+        elif lora_type in LYCORIS_TYPES:
+            args = [f"algo={LYCORIS_TYPES[lora_type]}"]
+            if not _empty(data.get("conv_dim")) and int(data["conv_dim"]) > 0 and lora_type != "LyCORIS/iA3":
+                args += [f"conv_dim={int(data['conv_dim'])}", f"conv_alpha={float(data.get('conv_alpha') or 1):g}"]
+            if data.get("dora_wd"):
+                args.append("dora_wd=true")
+            if lora_type == "LyCORIS/LoKr" and not _empty(data.get("factor")) and int(data["factor"]) != -1:
+                args.append(f"factor={int(data['factor'])}")
+            result.settings["network_module"] = "lycoris.kohya"
+            result.settings["network_args"] = args
         else:
-            result.notes.append(f"LoRA type '{lora_type}' is not supported yet; standard LoRA is used")
+            result.notes.append(f"LoRA type '{lora_type}' is not supported; standard LoRA is used")
 
     attention = data.get("xformers")
     if attention in (True, "xformers"):

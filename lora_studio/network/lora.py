@@ -1,7 +1,10 @@
-"""LoRA adapters with kohya semantics: ``W x + (alpha / rank) * up(down(x))``.
+"""LoRA adapters with kohya semantics: ``W x + (alpha / rank) * up(down(x))``, and the LyCORIS family.
 
 Each adapter hooks the forward of one frozen Linear or Conv2d of the UNet or a text encoder. The network's own state
 dict is already the kohya file layout: ``<stem>.lora_down.weight``, ``<stem>.lora_up.weight``, ``<stem>.alpha``.
+LoHa, LoKr, (IA)3 and DoRA adapters come from the ``lycoris-lora`` package, placed on the same targets under the
+same stems, so their files carry the key suffixes AUTOMATIC1111 and ComfyUI read (``hada_*``, ``lokr_*``,
+``weight``/``on_input``, ``dora_scale``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.family import TE_TARGETS, Components, _encoder_layers
+from .args import NetworkArgs
 
 UNET_TARGET_BLOCKS = ("Transformer2DModel",)
 # With LoCon (conv_dim), sd-scripts also adapts these blocks: their 3x3 convs at conv_dim, the rest at network_dim.
@@ -69,6 +73,28 @@ class LoRAModule(nn.Module):
         return out + (self.lora_up(hidden) * (self.multiplier * self.scale)).to(out.dtype)
 
 
+def lycoris_adapter(stem: str, base: nn.Module, rank: int, alpha: float | None, dropout: float,
+                    args: NetworkArgs) -> nn.Module:
+    """A LyCORIS module for ``args.algo`` (LoHa, LoKr, (IA)3, or LoRA with DoRA's weight decomposition)."""
+    try:
+        from lycoris.modules import IA3Module, LohaModule, LokrModule, LoConModule
+    except ImportError:
+        raise UserError("network_module lycoris.kohya needs the lycoris-lora package: pip install lycoris-lora "
+                        "(setup.sh installs it)") from None
+    common = {"multiplier": 1.0, "lora_dim": rank, "alpha": alpha or rank, "dropout": dropout}
+    if args.algo == "loha":
+        return LohaModule(stem, base, weight_decompose=args.dora_wd, **common)
+    if args.algo == "lokr":
+        return LokrModule(stem, base, factor=args.factor, weight_decompose=args.dora_wd, **common)
+    if args.algo == "ia3":
+        return IA3Module(stem, base, **common)
+    return LoConModule(stem, base, weight_decompose=args.dora_wd, **common)
+
+
+def _uses_lycoris(args: NetworkArgs | None) -> bool:
+    return args is not None and (args.algo in ("loha", "lokr", "ia3") or args.dora_wd)
+
+
 def unet_targets(unet: nn.Module, locon: bool = False) -> list[tuple[str, nn.Module, bool]]:
     """(path, module, is_3x3_conv) the UNet adapts: Linear layers and 1x1 convs inside the transformer blocks
     (sd-scripts' default LoRA), and with ``locon`` every Linear/Conv2d of the ResNet, down- and upsample blocks."""
@@ -97,8 +123,9 @@ class LoRANetwork(nn.Module):
 
     def __init__(self, components: Components, rank: int, alpha: float | None, train_unet: bool = True,
                  train_text_encoder: bool = True, dropout: float = 0.0, conv_dim: int | None = None,
-                 conv_alpha: float | None = None):
+                 conv_alpha: float | None = None, args: NetworkArgs | None = None):
         super().__init__()
+        self.args = args
         family = components.family
         self.unet_stems: list[str] = []
         self.te_stems: list[list[str]] = [[] for _ in components.text_encoders]
@@ -120,19 +147,27 @@ class LoRANetwork(nn.Module):
     def _add(self, stem: str, module: nn.Module, rank: int, alpha, dropout) -> None:
         if stem in self._modules:
             raise RuntimeError(f"two modules map to the LoRA name {stem}")
-        self.add_module(stem, LoRAModule(stem, module, rank, alpha, dropout))
+        if _uses_lycoris(self.args):
+            self.add_module(stem, lycoris_adapter(stem, module, rank, alpha, dropout, self.args))
+        else:
+            self.add_module(stem, LoRAModule(stem, module, rank, alpha, dropout))
 
-    def adapters(self) -> list[LoRAModule]:
-        return [m for m in self.children() if isinstance(m, LoRAModule)]
+    def adapters(self) -> list[nn.Module]:
+        return list(self.children())
 
     def attach(self) -> LoRANetwork:
         for m in self.adapters():
-            m.attach()
+            m.attach() if isinstance(m, LoRAModule) else m.apply_to()
         return self
 
     def detach_from_base(self) -> None:
         for m in self.adapters():
-            m.detach_from_base()
+            if isinstance(m, LoRAModule):
+                m.detach_from_base()
+            else:  # LyCORIS: put the base module's own forward back
+                base = m.org_module[0]
+                base.forward = getattr(base, "_lycoris_original_forward", m.org_forward)
+                base._lycoris_wrappers = []
 
     def set_multiplier(self, value: float) -> None:
         for m in self.adapters():
@@ -172,10 +207,12 @@ class LoRANetwork(nn.Module):
                     value = torch.tensor(float(self._modules[key.split(".")[0]].rank))
                 own[key] = value.float().reshape(())
                 continue
+            if value is None:
+                raise UserError(f"network_weights: {path.name} has no {key}: was it trained with another LoRA type "
+                                f"(network_module / algo)?")
             if value.shape != tensor.shape:
-                raise UserError(f"network_weights: {path.name} has rank {value.shape[0] if 'down' in key else value.shape[1]} "
-                                f"but network_dim is {self._modules[key.split('.')[0]].rank}; set network_dim to match "
-                                f"({key})")
+                raise UserError(f"network_weights: {path.name} has rank {_rank_of(key, value)} but network_dim is "
+                                f"{_rank_of(key, tensor)}; set network_dim to match (or dim_from_weights) ({key})")
             own[key] = value.to(tensor.dtype)
         self.load_state_dict(own)
         ignored = sorted(file_stems - own_stems)
@@ -184,6 +221,12 @@ class LoRANetwork(nn.Module):
 
             logging.getLogger(__name__).warning("network_weights: %d module(s) in %s are not trained in this run "
                                                 "(e.g. %s)", len(ignored), path.name, ignored[0])
+
+
+def _rank_of(key: str, tensor: torch.Tensor) -> int:
+    """The rank a weight implies: rows of a down/w*_b matrix, columns of an up/w*_a one."""
+    return int(tensor.shape[0] if key.endswith(("lora_down.weight", "_b")) else tensor.shape[1] if tensor.ndim > 1
+               else tensor.shape[0])
 
 
 def ranks_in_file(path: str | Path) -> tuple[int, int | None]:
@@ -195,9 +238,13 @@ def ranks_in_file(path: str | Path) -> tuple[int, int | None]:
     for key, value in sd.items():
         if key.endswith(".lora_down.weight"):
             (conv if value.ndim == 4 and value.shape[-1] > 1 else linear).add(int(value.shape[0]))
+        elif key.endswith(".hada_w1_b"):  # LoHa flattens conv kernels: all its ranks count as one
+            linear.add(int(value.shape[0]))
     if not linear:
-        raise UserError(f"network_weights: {Path(path).name} holds no LoRA (lora_down) weights")
+        raise UserError(f"network_weights: {Path(path).name} holds no LoRA or LoHa weights to read a rank from "
+                        "(set network_dim yourself)")
     if len(linear) > 1 or len(conv) > 1:
         raise UserError(f"network_weights: {Path(path).name} mixes ranks {sorted(linear | conv)}; dim_from_weights "
                         "needs one rank (and one conv rank)")
     return linear.pop(), (conv.pop() if conv else None)
+

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..network.args import parse_network_args
 from ..config import Config, parse_key_values
 from ..data.dataset import TrainingData
 from ..models.family import Components
@@ -40,6 +41,7 @@ class RunMetadata:
         buckets = {str(i): {"resolution": [b[0], b[1]], "count": n}
                    for i, (b, n) in enumerate(sorted(data.bucket_counts().items()))}
         network_args = parse_key_values(cfg.network_args, "network_args")
+        net = parse_network_args(cfg.network_args, cfg.network_module)
         spec0 = data.datasets[0]
         self.fixed: dict[str, Any] = {
             "ss_session_id": session_id, "ss_training_started_at": started_at,
@@ -54,6 +56,10 @@ class RunMetadata:
             "ss_network_module": cfg.network_module, "ss_network_dim": cfg.network_dim,
             "ss_network_alpha": cfg.network_alpha if cfg.network_alpha else cfg.network_dim,
             "ss_network_args": network_args or None, "ss_network_dropout": cfg.network_dropout,
+            # which programs read this file (not an sd-scripts key; A1111 and civitai show unknown keys as they are)
+            "lora_studio_loads_in": "AUTOMATIC1111, Forge, ComfyUI" + (", diffusers" if net.diffusers_loads else
+                                                                         f" (not diffusers: it cannot load "
+                                                                         f"{net.describe()})"),
             "ss_v2": bool(cfg.v2), "ss_base_model_version": family.base_model_version, "ss_clip_skip": cfg.clip_skip,
             "ss_max_token_length": cfg.max_token_length, "ss_cache_latents": cfg.cache_latents or
             cfg.cache_latents_to_disk, "ss_sd_model_name": Path(cfg.pretrained_model_name_or_path).name,

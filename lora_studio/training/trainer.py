@@ -147,7 +147,7 @@ class Trainer:
                     te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                     te.train()
 
-        net_args = parse_network_args(cfg.network_args)
+        net_args = parse_network_args(cfg.network_args, cfg.network_module)
         rank, conv_dim = cfg.network_dim, net_args.conv_dim
         if cfg.dim_from_weights:  # the ranks of the file become this run's settings (metadata, saved config)
             rank, conv_dim = ranks_in_file(cfg.network_weights)
@@ -159,15 +159,19 @@ class Trainer:
                          cfg.network_weights)
         torch.manual_seed(self.seed)  # identical initial adapters in every process
         self.network = LoRANetwork(c, rank, cfg.network_alpha, self.train_unet, self.train_te,
-                                   cfg.network_dropout, conv_dim, net_args.conv_alpha)
+                                   cfg.network_dropout, conv_dim, net_args.conv_alpha, net_args)
         if cfg.network_weights:
             self.network.load_weights(cfg.network_weights)
         self.network.attach().to(self.device, torch.float32)
         self.network.train()
         if self.is_main:
-            log.info("LoRA: %d U-Net and %d text-encoder modules, rank %d, alpha %s%s", len(self.network.unet_stems),
-                     sum(len(s) for s in self.network.te_stems), rank, cfg.network_alpha or rank,
-                     f"; LoCon conv rank {conv_dim}, alpha {net_args.conv_alpha}" if conv_dim else "")
+            log.info("%s: %d U-Net and %d text-encoder modules, rank %d, alpha %s%s", net_args.describe(),
+                     len(self.network.unet_stems), sum(len(s) for s in self.network.te_stems), rank,
+                     cfg.network_alpha or rank,
+                     f"; conv rank {conv_dim}, alpha {net_args.conv_alpha}" if conv_dim else "")
+            if not net_args.diffusers_loads:
+                log.warning("%s files load in AUTOMATIC1111, Forge and ComfyUI; diffusers cannot load them",
+                            net_args.describe())
 
         unet_lr = cfg.unet_lr if cfg.unet_lr is not None else cfg.learning_rate
         te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.learning_rate
