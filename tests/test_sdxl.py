@@ -176,3 +176,25 @@ def test_an_sdxl_model_with_v2_set_is_a_clear_error(sdxl, tmp_path):
     settings = base_settings(sdxl["single"], sdxl["data"], tmp_path / "out", v2=True)
     proc = run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)), check=False)
     assert proc.returncode == 2 and "is an SDXL model but the config sets v2 = true" in proc.stderr
+
+
+def test_a_half_precision_vae_that_overflows_is_retried_in_float32():
+    from diffusers import AutoencoderKL
+
+    from lora_studio.models.tiny import TINY_VAE
+    from lora_studio.training.vae import encode_latents
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(TINY_VAE)
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+    reference = encode_latents(vae, pixels, "cpu", torch.Generator().manual_seed(1))
+    loud = pixels * 70_000  # past float16's largest value (65,504): the fp16 VAE gives inf/NaN
+    vae.to(torch.float16)
+    with torch.no_grad():
+        assert not torch.isfinite(vae.encode(loud.half()).latent_dist.mean).all()
+    latents = encode_latents(vae, loud, "cpu", torch.Generator().manual_seed(1))
+    assert vae.dtype == torch.float32 and torch.isfinite(latents).all()
+    vae_fp32 = AutoencoderKL.from_config(TINY_VAE)
+    vae_fp32.load_state_dict(vae.state_dict())
+    assert torch.allclose(latents, encode_latents(vae_fp32, loud, "cpu", torch.Generator().manual_seed(1)))
+    assert torch.isfinite(reference).all()

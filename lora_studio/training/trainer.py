@@ -35,6 +35,7 @@ from .optim import build_optimizer, build_scheduler
 from .outputs import epoch_file, output_paths, step_file
 from .plan import plan_steps
 from .sampling import generate, make_scheduler, read_prompt_file
+from .vae import encode_latents
 from .te_cache import build_te_cache, cached_condition, check_te_cache_allowed, te_fingerprint
 
 log = logging.getLogger("lora_studio")
@@ -205,20 +206,8 @@ class Trainer:
                     te.to("cpu")
         set_seed(self.seed + self.rank)  # different noise in each process from here on
 
-    @torch.no_grad()
     def _encode_pixels(self, pixels: torch.Tensor, generator=None) -> torch.Tensor:
-        """Scaled latents; a half-precision VAE that overflows (NaN/inf) is switched to float32 and retried."""
-        vae = self.components.vae
-        state = generator.get_state() if generator is not None else None
-        latents = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.sample(generator=generator)
-        if not torch.isfinite(latents).all() and vae.dtype != torch.float32:
-            log.warning("the VAE overflowed in %s (NaN latents); encoding in float32 from now on (no_half_vae)",
-                        str(vae.dtype).replace("torch.", ""))
-            vae.to(torch.float32)
-            if state is not None:
-                generator.set_state(state)
-            latents = vae.encode(pixels.to(self.device, torch.float32)).latent_dist.sample(generator=generator)
-        return latents * vae.config.scaling_factor
+        return encode_latents(self.components.vae, pixels, self.device, generator)
 
     def _cache_text_encoder_outputs(self):
         cfg, c = self.cfg, self.components
