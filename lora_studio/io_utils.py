@@ -25,6 +25,15 @@ def _umask() -> int:
     return mask
 
 
+def _test_pause() -> None:
+    """Fault-injection hook for the test suite: hold a finished temp file before its rename (seconds)."""
+    pause = float(os.environ.get("LORA_STUDIO_TEST_PAUSE_BEFORE_RENAME", "0") or 0)
+    if pause:
+        import time
+
+        time.sleep(pause)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(temp_path)`` then move the finished file over ``path`` in one step.
 
@@ -38,6 +47,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        _test_pause()
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -59,3 +69,34 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def atomic_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill a temporary sibling folder with ``write(folder)``, fsync it, then rename it to ``path``.
+
+    An existing ``path`` is replaced only once the new folder is complete: a crash leaves the old folder, the new
+    one, or (between the two renames) the old one under a ``.old`` name that ``path`` readers ignore.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        for item in tmp.iterdir():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.{os.getpid()}.old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -42,6 +42,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("pretrained_model_name_or_path", PATH, None, "Pretrained model name or path",
        "Base model: a single-file .safetensors checkpoint (A1111 style) or a diffusers folder.", "model",
        required=True),
+    _s("allow_pickle", BOOL, False, "Allow pickle model files",
+       "Open .ckpt/.pt/.bin model files (pickle can run code; they are read with weights_only=True). Only for files "
+       "you trust; .safetensors needs no such switch.", "model", advanced=True),
     _s("vae", PATH, None, "VAE", "Optional VAE to use instead of the model's own (.safetensors file or diffusers folder).",
        "model"),
     _s("no_half_vae", BOOL, False, "No half VAE",
@@ -192,6 +195,18 @@ SETTINGS: tuple[Setting, ...] = (
        "saving", minimum=1, maximum=100_000),
     _s("save_every_n_steps", INT, None, "Save every N steps", "Also save <name>-step00000500.safetensors every N steps.",
        "saving", minimum=1, maximum=10_000_000, advanced=True),
+    _s("save_state", BOOL, False, "Save training state",
+       "Beside each saved LoRA, also save the full training state (<name>-...-state folder) so a crashed or stopped "
+       "run can resume exactly where it was.", "saving"),
+    _s("save_state_on_train_end", BOOL, False, "Save training state at end of training",
+       "Save the full state (<name>-state) once, when the run ends.", "saving", advanced=True),
+    _s("resume", PATH, None, "Resume from saved training state",
+       "A <name>-...-state folder to continue from, or \"latest\" for the newest state of this output name.",
+       "saving"),
+    _s("nan_policy", STR, "stop", "When the loss diverges",
+       "stop: end the run with advice and keep the last good file; rollback: go back to the last good weights "
+       "with half the learning rate and continue (up to 3 times).", "training", choices=("stop", "rollback"),
+       advanced=True),
     _s("save_last_n_epochs", INT, None, "Save last N epochs", "Keep only the last N intermediate epoch files.",
        "saving", minimum=1, maximum=100_000, advanced=True),
     # ---- samples ----
@@ -233,7 +248,7 @@ UNSUPPORTED: dict[str, Any] = {
     "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": None, "debiased_estimation_loss": False,
     "loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "huber_scale": 1.0, "save_n_epoch_ratio": None,
     "save_last_n_steps": None, "save_last_n_epochs_state": None, "save_last_n_steps_state": None,
-    "save_state": False, "save_state_on_train_end": False, "resume": None, "initial_epoch": None,
+    "initial_epoch": None,
     "initial_step": None, "skip_until_initial_step": False, "huggingface_repo_id": None, "log_with": None,
     "log_prefix": None, "log_tracker_name": None, "log_tracker_config": None, "wandb_run_name": None,
     "wandb_api_key": None, "log_config": False, "metadata_title": None, "metadata_author": None,

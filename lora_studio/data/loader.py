@@ -11,14 +11,15 @@ class EpochBatches(torch.utils.data.Dataset):
     """The batches one process trains in one epoch, as a map-style dataset (a DataLoader worker loads each)."""
 
     def __init__(self, data: TrainingData, batches: list[list[Entry]], epoch: int, rank: int,
-                 latents: dict[Entry, torch.Tensor] | None):
+                 latents: dict[Entry, torch.Tensor] | None, start: int = 0):
         self.data, self.batches, self.epoch = data, batches, epoch
-        self.rank, self.latents = rank, latents
+        self.rank, self.latents, self.start = rank, latents, start  # start: batches already trained (resume)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches) - self.start
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, position: int) -> dict:
+        index = position + self.start  # captions are keyed by the batch's place in the whole epoch
         entries = self.batches[index]
         batch = {
             "captions": [self.data.caption_for(i, self.epoch, (self.rank, index, k))

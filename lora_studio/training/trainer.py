@@ -36,6 +36,7 @@ from .outputs import epoch_file, output_paths, step_file
 from .plan import plan_steps
 from .sampling import generate, make_scheduler, read_prompt_file
 from .vae import encode_latents
+from .state import ResumeState, latest_state, rng_state, save_state
 from .te_cache import build_te_cache, cached_condition, check_te_cache_allowed, te_fingerprint
 
 log = logging.getLogger("lora_studio")
@@ -111,6 +112,10 @@ class Trainer:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
             if cfg.sample_prompts:
                 self.paths["samples"].mkdir(exist_ok=True)
+        self.resume = self._read_resume_state()
+        if self.resume is not None:
+            self.seed = self.resume.seed  # the same data order and noise as the interrupted run
+            set_seed(self.seed)
         self.data = TrainingData(datasets_from_config(cfg), cfg.prior_loss_weight, self.seed)
         if self.is_main:
             log.info("dataset:\n  %s", self.data.summary().replace("\n", "\n  "))
@@ -205,6 +210,18 @@ class Trainer:
                 for te in c.text_encoders:
                     te.to("cpu")
         set_seed(self.seed + self.rank)  # different noise in each process from here on
+        self.start_step, self.start_epoch, self.start_batch = 0, 1, 0
+        if self.resume is not None:
+            self.resume.check_matches(cfg, self.network, self.data, self.world)
+            self.resume.restore(self.network, self.optimizer, self.lr_scheduler, self.accelerator.scaler)
+            self.resume.restore_rng(self.rank)
+            self.start_step, self.start_epoch = self.resume.step, self.resume.epoch
+            self.start_batch = self.resume.next_batch
+            if self.is_main:
+                log.info("resuming from %s: step %d, epoch %d, batch %d of the epoch", self.resume.folder,
+                         self.start_step, self.start_epoch, self.start_batch)
+        self._snapshot = None
+        self._take_snapshot(self.start_step)
 
     def _encode_pixels(self, pixels: torch.Tensor, generator=None) -> torch.Tensor:
         return encode_latents(self.components.vae, pixels, self.device, generator)
@@ -290,6 +307,63 @@ class Trainer:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    # ------------------------------------------------------------------ state, resume, divergence
+    def _read_resume_state(self) -> ResumeState | None:
+        cfg = self.cfg
+        if not cfg.resume:
+            return None
+        if cfg.resume.strip().lower() == "latest":
+            folder = latest_state(cfg.output_dir, cfg.output_name)
+            if folder is None:
+                raise UserError(f"resume = \"latest\": no saved state of '{cfg.output_name}' in {cfg.output_dir} "
+                                "(states are written when save_state = true)")
+        else:
+            folder = Path(cfg.resume).expanduser()
+            if not folder.is_dir():
+                raise UserError(f"resume: state folder not found: {folder}")
+        return ResumeState(folder)
+
+    def _save_state(self, checkpoint: Path, epoch: int, step: int, next_batch: int) -> None:
+        """The state beside ``checkpoint`` (``<stem>-state``); every process takes part (RNG states are gathered)."""
+        rngs = [rng_state()]
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            rngs = gather_object(rngs)
+        if self.is_main:
+            folder = checkpoint.with_name(checkpoint.stem + "-state")
+            save_state(folder, network=self.network, optimizer=self.optimizer, scheduler=self.lr_scheduler,
+                       scaler=self.accelerator.scaler, step=step, epoch=epoch, next_batch=next_batch, cfg=self.cfg,
+                       data=self.data, seed=self.seed, world=self.world, rngs=rngs)
+            log.info("saved state %s", folder)
+        self.accelerator.wait_for_everyone()
+
+    def _take_snapshot(self, step: int) -> None:
+        """In-memory copy of the last good weights and optimizer, for nan_policy = "rollback"."""
+        if self.cfg.nan_policy != "rollback":
+            return
+        import copy
+
+        self._snapshot = (step, {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()},
+                          copy.deepcopy(self.optimizer.state_dict()), copy.deepcopy(self.lr_scheduler.state_dict()))
+
+    def _rollback(self) -> int:
+        """Back to the snapshot with half the learning rate; returns the step to continue from."""
+        step, weights, optim_state, sched_state = self._snapshot
+        self.network.load_state_dict(weights)
+        self.optimizer.load_state_dict(optim_state)
+        self.lr_scheduler.load_state_dict(sched_state)
+        self.lr_scheduler.base_lrs = [lr * 0.5 for lr in self.lr_scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= 0.5
+            if "initial_lr" in group:
+                group["initial_lr"] *= 0.5
+        return step
+
+    def _grads_finite(self) -> bool:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return all(bool(torch.isfinite(g).all()) for g in grads)
+
     # ------------------------------------------------------------------ outputs
     def _save(self, path: Path, epoch: int, step: int) -> Path:
         meta, spec = self.meta.for_save(epoch, step, time.time(), path.stem)
@@ -310,8 +384,14 @@ class Trainer:
                 log.info("removed %s (save_last_n_epochs = %d)", path.name, keep)
 
     def _make_samples(self, epoch: int, step: int) -> None:
+        """Sample images, with the training random state set aside (a resumed run draws the same noise)."""
         if not self.prompts or self._sampled_at == step:
             return
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            self._sample_images(epoch, step)
+
+    def _sample_images(self, epoch: int, step: int) -> None:
         self._sampled_at = step
         if self.is_main:
             c = self.components
@@ -342,6 +422,9 @@ class Trainer:
             if self.is_main:
                 save_config(self.cfg, self.paths["config"])  # with the ranks dim_from_weights read
             return self._loop(stop)
+        except Diverged as exc:
+            self.events.emit("error", kind="diverged", message=str(exc))
+            raise UserError(str(exc)) from None
         except UserError as exc:
             self.events.emit("error", kind="config", message=str(exc))
             raise
@@ -373,45 +456,73 @@ class Trainer:
         if cfg.sample_at_first:
             self._make_samples(0, 0)
 
-        bar = tqdm(total=self.total_steps, desc="steps", disable=not self.is_main, dynamic_ncols=True)
-        step, epoch, loss_history = 0, 0, []
-        started = time.time()
-        stopped = False
-        for epoch in range(1, self.total_epochs + 1):
+        bar = tqdm(total=self.total_steps, initial=self.start_step, desc="steps", disable=not self.is_main,
+                   dynamic_ncols=True)
+        step, epoch, loss_history = self.start_step, self.start_epoch, []
+        started, self._rate_from = time.time(), self.start_step
+        stopped, bad_in_a_row, rollbacks = False, 0, 0
+        state_every = cfg.save_state
+        for epoch in range(self.start_epoch, self.total_epochs + 1):
             batches = shard_batches(self.data.plan_epoch(epoch), self.rank, self.world)
-            loader = DataLoader(EpochBatches(self.data, batches, epoch, self.rank, self.latents),
+            skip = self.start_batch if epoch == self.start_epoch else 0
+            loader = DataLoader(EpochBatches(self.data, batches, epoch, self.rank, self.latents, start=skip),
                                 batch_size=None, shuffle=False, num_workers=cfg.max_data_loader_n_workers,
-                                pin_memory=self.device.type == "cuda")
+                                pin_memory=self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(epoch))  # keeps the global RNG untouched
             accumulated = 0
-            for index, batch in enumerate(loader):
+            for offset, batch in enumerate(loader):
+                index = skip + offset
                 loss = self._batch_loss(batch) / cfg.gradient_accumulation_steps
                 self.accelerator.backward(loss)
                 accumulated += 1
                 if accumulated < cfg.gradient_accumulation_steps and index < len(batches) - 1:
                     continue
-                step_loss = loss.detach() * cfg.gradient_accumulation_steps
-                self._optimizer_step()
                 accumulated = 0
+                value = float(loss.detach()) * cfg.gradient_accumulation_steps
+                if not math.isfinite(value) or not self._grads_finite():
+                    self.optimizer.zero_grad(set_to_none=True)  # this step is dropped: the weights stay good
+                    bad_in_a_row += 1
+                    log.warning("step %d: non-finite %s; step skipped (%d in a row)", step + 1,
+                                "loss" if not math.isfinite(value) else "gradients", bad_in_a_row)
+                    if bad_in_a_row < 3:
+                        continue
+                    if cfg.nan_policy == "rollback" and self._snapshot is not None and rollbacks < 3:
+                        rollbacks += 1
+                        bad_in_a_row = 0
+                        back_to = self._rollback()
+                        log.warning("rolled back to the weights of step %d with half the learning rate (%s)",
+                                    back_to, ", ".join(f"{lr:.3g}" for lr in self.lr_scheduler.get_last_lr()))
+                        continue
+                    raise Diverged(step, value, cfg)
+                bad_in_a_row = 0
+                self._optimizer_step()
                 step += 1
-                value = float(step_loss)
-                if not math.isfinite(value):
-                    raise UserError(f"the loss became {value} at step {step}: training diverged. Lower the learning "
-                                    "rate, or use mixed_precision = \"bf16\" or \"no\" instead of fp16")
                 loss_history.append(value)
                 self._report(bar, step, epoch, loss_history, started)
-                if self.is_main and self._due(cfg.save_every_n_steps, step) and step < self.total_steps:
-                    self._save(step_file(cfg, step), epoch, step)
+                if step % 25 == 0:
+                    self._take_snapshot(step)
+                if self._due(cfg.save_every_n_steps, step) and step < self.total_steps:
+                    if self.is_main:
+                        self._save(step_file(cfg, step), epoch, step)
+                    if state_every:
+                        self._save_state(step_file(cfg, step), epoch, step, index + 1)
                 if self._due(cfg.sample_every_n_steps, step):
                     self._make_samples(epoch, step)
                 if step >= self.total_steps or self._stop_agreed(stop):
                     stopped = step < self.total_steps
+                    self._end_position = (epoch, index + 1)
                     break
+            else:
+                self._end_position = (epoch + 1, 0)
             if stopped:
                 break
             last = step >= self.total_steps
-            if self.is_main and self._due(cfg.save_every_n_epochs, epoch) and not last:
-                self._save(epoch_file(cfg, epoch), epoch, step)
-                self._prune_epoch_files(epoch)
+            if self._due(cfg.save_every_n_epochs, epoch) and not last:
+                if self.is_main:
+                    self._save(epoch_file(cfg, epoch), epoch, step)
+                    self._prune_epoch_files(epoch)
+                if state_every:
+                    self._save_state(epoch_file(cfg, epoch), epoch + 1, step, 0)
             wants_samples = cfg.sample_every_n_epochs or cfg.sample_every_n_steps
             if self._due(cfg.sample_every_n_epochs, epoch) or (last and wants_samples):
                 self._make_samples(epoch, step)
@@ -422,6 +533,10 @@ class Trainer:
         final = self.paths["final"]
         if self.is_main:
             self._save(final, epoch, step)
+        if cfg.save_state or cfg.save_state_on_train_end:
+            next_epoch, next_batch = getattr(self, "_end_position", (epoch + 1, 0))
+            self._save_state(final, next_epoch, step, next_batch)
+        if self.is_main:
             status = "stopped" if stopped else "completed"
             self.events.emit("end", status=status, step=step, epoch=epoch, output=str(final),
                              seconds=round(time.time() - started, 2))
@@ -444,7 +559,7 @@ class Trainer:
         window = losses[-50:]
         avg = sum(window) / len(window)
         elapsed = time.time() - started
-        rate = step / elapsed if elapsed > 0 else 0.0
+        rate = (step - self._rate_from) / elapsed if elapsed > 0 else 0.0
         samples_per_s = rate * self.data.datasets[0].batch_size * self.world * self.cfg.gradient_accumulation_steps
         eta = (self.total_steps - step) / rate if rate > 0 else None
         lrs = self.lr_scheduler.get_last_lr()
@@ -457,6 +572,20 @@ class Trainer:
         for name, lr in zip(self.group_names, lrs):
             scalars[f"lr/{'unet' if name == 'unet' else name.replace('text_encoder', 'textencoder')}"] = lr
         self.events.scalars(step, scalars)
+
+
+class Diverged(Exception):
+    """Three optimizer steps in a row with a non-finite loss or gradients."""
+
+    def __init__(self, step: int, value: float, cfg: Config):
+        tips = [f"lower the learning rate (now {cfg.learning_rate:g})"]
+        if cfg.mixed_precision == "fp16":
+            tips.append("use mixed_precision = \"bf16\" (or \"no\") instead of fp16")
+        if cfg.nan_policy != "rollback":
+            tips.append("or set nan_policy = \"rollback\" to continue from the last good weights")
+        super().__init__(f"training diverged at step {step + 1}: the loss or gradients stayed non-finite ({value}) "
+                         f"for 3 steps, so the run stopped. The files saved so far are intact; the final file was "
+                         f"not written. To fix: {'; '.join(tips)}")
 
 
 def _tensorboard_dir(cfg: Config) -> str | None:
