@@ -77,3 +77,25 @@ def test_an_engine_failure_is_reported_with_its_reason(demo, tmp_path):
     assert "Traceback" not in done.message
     assert Path(done.log).is_file()
     manager.close()
+
+
+def test_resume_last_run_continues_a_killed_run_from_its_state(demo, tmp_path):
+    cfg = load_config(demo / "config.toml").replace(output_name="resumable", max_train_epochs=3, save_state=True,
+                                                     save_every_n_steps=10, sample_prompts=None,
+                                                     sample_every_n_epochs=None, save_every_n_epochs=None)
+    manager = RunManager(tmp_path / "state", poll_seconds=0.2)
+    assert manager.resume_last() == "There is no stopped or failed run to resume."
+    rec = manager.enqueue(cfg)
+    wait_for(lambda: (demo / "output" / "resumable-step00000010-state" / "state.json").is_file(),
+             what="a saved state")
+    manager.stop()
+    assert "at once" in manager.stop()
+    wait_for(lambda: next((r for r in manager.history() if r.id == rec.id), None), what="the kill")
+    message = manager.resume_last()
+    assert "from resumable-step000000" in message, message
+    done = wait_for(lambda: next((r for r in manager.history() if r.id != rec.id and r.status != "cancelled"),
+                                 None), timeout=180, what="the resumed run")
+    assert done.status == "completed", done.message
+    assert "resuming from" in Path(done.log).read_text(encoding="utf-8")
+    assert (demo / "output" / "resumable.safetensors").is_file()
+    manager.close()

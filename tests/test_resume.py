@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import base_settings, cli_path, run_cli, write_config
 
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGKILL is POSIX")  # noqa: the CI machine is Linux
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGKILL is POSIX")
 
 
 def _settings(model, data, out, **extra):

@@ -324,6 +324,7 @@ class Workbench:
             for button in (stop_btn, runs["stop"]):
                 button.click(self.stop, [], [runs["stop_message"]])
             runs["remove_btn"].click(self.remove_queued, [runs["remove_id"]], [runs["stop_message"]])
+            runs["resume"].click(self.manager.resume_last, [], [runs["stop_message"]])
             seen = gr.State({})
             timer = gr.Timer(1.0)
             tick_outputs = [runs["progress"], mini_progress, runs["status"], runs["plot"], runs["gallery"],
@@ -398,6 +399,7 @@ class Workbench:
         status = gr.Markdown(elem_id="run-status")
         with gr.Row():
             stop = gr.Button("Stop training", variant="stop", elem_id="runs-stop")
+            resume = gr.Button("Resume last run", elem_id="resume-last")
             stop_message = gr.Markdown(elem_id="stop-message")
         with gr.Row():
             plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss",
@@ -415,7 +417,7 @@ class Workbench:
         gr.Markdown("## History")
         history = gr.Dataframe(headers=views.HISTORY_HEADERS, value=[], interactive=False, wrap=True,
                                elem_id="run-history")
-        return dict(progress=progress, status=status, stop=stop, stop_message=stop_message, plot=plot,
+        return dict(progress=progress, status=status, stop=stop, resume=resume, stop_message=stop_message, plot=plot,
                     gallery=gallery, saved=saved, log=log, queue=queue, remove_id=remove_id, remove_btn=remove_btn,
                     history=history)
 

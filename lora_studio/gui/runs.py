@@ -22,7 +22,7 @@ import psutil
 
 from ..config import Config, load_config, save_config
 from ..io_utils import atomic_write_bytes
-from ..training.outputs import output_paths
+from ..training.outputs import latest_state, output_paths
 from .command import engine_argv
 from .live import EventsFollower, LiveState, log_tail
 
@@ -144,6 +144,20 @@ class RunManager:
             self._kill_requested.add(rec.id)
             _kill_tree(rec.pid, rec.pid_started)
             return f"Ended {rec.output_name} at once."
+
+    def resume_last(self) -> str:
+        """Queue the newest stopped, failed or killed run again, continuing from its latest saved state."""
+        with self._lock:
+            rec = next((r for r in self.history() if r.status in ("failed", "killed", "stopped")), None)
+        if rec is None:
+            return "There is no stopped or failed run to resume."
+        cfg = self._cfg(rec)
+        state = latest_state(cfg.output_dir, cfg.output_name)
+        if state is None:
+            return (f"{rec.output_name} saved no training state to resume from: turn on **Save training state** "
+                    "(save_state) before starting a long run.")
+        new = self.enqueue(cfg.replace(resume=str(state)))
+        return f"Resuming {rec.output_name} from {state.name} (run {new.id})."
 
     def close(self) -> None:
         self._stop_event.set()

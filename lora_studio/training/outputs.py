@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from ..config import Config
@@ -20,3 +22,21 @@ def epoch_file(cfg: Config, epoch: int) -> Path:
 
 def step_file(cfg: Config, step: int) -> Path:
     return Path(cfg.output_dir) / f"{cfg.output_name}-step{step:08d}.safetensors"
+
+
+def latest_state(output_dir: str | Path, output_name: str) -> Path | None:
+    """The newest complete ``save_state`` folder of a run (by step), or None. A folder is complete once its
+    ``state.json`` exists: it is written last, inside a folder that is renamed into place."""
+    best, best_step = None, -1
+    pattern = re.compile(re.escape(output_name) + r"(-step\d{8}|-\d{6})?-state")
+    for folder in Path(output_dir).glob(f"{output_name}*-state"):
+        doc = folder / "state.json"
+        if not pattern.fullmatch(folder.name) or not folder.is_dir() or not doc.is_file():
+            continue
+        try:
+            step = int(json.loads(doc.read_text(encoding="utf-8"))["step"])
+        except (ValueError, KeyError, OSError):
+            continue
+        if step > best_step:
+            best, best_step = folder, step
+    return best

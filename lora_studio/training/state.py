@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from ..config import Config
 from ..config.schema import SETTINGS
 from ..errors import UserError
 from ..io_utils import atomic_folder
+from .outputs import latest_state  # noqa: F401  (re-exported for the trainer)
 
 STATE_VERSION = 1
 # Settings that may differ when resuming (they change what is written, not what is learned).
@@ -177,20 +177,3 @@ class ResumeState:
 
 def _norm(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def latest_state(output_dir: str | Path, output_name: str) -> Path | None:
-    """The newest complete state folder of a run (by step), or None."""
-    best, best_step = None, -1
-    pattern = re.compile(re.escape(output_name) + r"(-step\d{8}|-\d{6})?-state")
-    for folder in Path(output_dir).glob(f"{output_name}*-state"):
-        doc = folder / "state.json"
-        if not pattern.fullmatch(folder.name) or not folder.is_dir() or not doc.is_file():
-            continue
-        try:
-            step = int(json.loads(doc.read_text(encoding="utf-8"))["step"])
-        except (ValueError, KeyError, OSError):
-            continue
-        if step > best_step:
-            best, best_step = folder, step
-    return best
