@@ -72,6 +72,13 @@ class TrainingData:
         files = sorted((p for p in subset.image_dir.iterdir() if is_image_file(p)), key=lambda p: p.name)
         if not files:
             log.warning("no images in %s", subset.image_dir)
+        by_stem: dict[str, list[Path]] = defaultdict(list)
+        for path in files:
+            by_stem[path.stem].append(path)
+        for stem, same in by_stem.items():
+            if len(same) > 1:  # both train; the user may not expect one caption for two pictures
+                log.warning("%s share the caption %s%s in %s", " and ".join(p.name for p in same), stem,
+                            subset.caption_extension, subset.image_dir)
         for path in files:
             try:
                 size = load_rgb(path).size
