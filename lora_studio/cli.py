@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--insecure-no-auth", action="store_true",
                      help="listen on a non-loopback address WITHOUT a password (anyone on the network can read and "
                           "write files and start processes as you)")
+    gui.add_argument("--allow-dir", action="append", default=None, metavar="FOLDER",
+                     help="a folder the GUI may read and write (repeat for more; default: your home folder). Paths "
+                          "typed in the page must lie inside one of them (and the state folder)")
     gui.add_argument("--state-dir", default=os.environ.get("LORA_STUDIO_HOME", "~/.lora_studio"),
                      help="where runs, user presets and the demo are kept (default ~/.lora_studio)")
     return parser
@@ -122,7 +125,8 @@ def _run_gui(args: argparse.Namespace) -> int:
 
     print(f"LoRA Studio: open http://{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port} "
           "in your browser (Ctrl+C here closes the GUI; running trainings go on).", file=sys.stderr)
-    serve(args.host, args.port, not args.no_browser, Path(args.state_dir), auth)
+    roots = [Path(d) for d in args.allow_dir] if args.allow_dir else None
+    serve(args.host, args.port, not args.no_browser, Path(args.state_dir), auth, roots)
     return 0
 
 

@@ -31,12 +31,14 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def running_gui(cli: str, state_dir: Path, log_path: Path):
+def running_gui(cli: str, state_dir: Path, log_path: Path, allow: list[Path] = ()):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([cli, "gui", "--no-browser", "--port", str(port), "--state-dir", str(state_dir)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        argv = [cli, "gui", "--no-browser", "--port", str(port), "--state-dir", str(state_dir)]
+        for folder in allow:
+            argv += ["--allow-dir", str(folder)]
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 90

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(900)
 @pytest.fixture(scope="module")
 def gui(tmp_path_factory):
     root = tmp_path_factory.mktemp("gui")
-    with running_gui(cli_path(), root / "state", root / "gui.log") as (url, proc):
+    with running_gui(cli_path(), root / "state", root / "gui.log", allow=[root]) as (url, proc):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
             yield {"url": url, "browser": browser, "state": root / "state", "root": root, "proc": proc}

@@ -23,7 +23,7 @@ from ..training.outputs import output_paths
 from . import views
 from .command import display, engine_argv
 from .dataset_prep import prepare_folders
-from .form import NAMES, check_form, form_values
+from .form import NAMES, check_form, form_values, outside_roots
 from .kohya_import import read_kohya_json
 from .presets import describe, list_presets, save_user_preset
 from .runs import RunManager
@@ -86,9 +86,11 @@ def _fill(values: dict[str, Any], partial: bool) -> list:
 
 
 class Workbench:
-    def __init__(self, state_dir: Path, manager: RunManager | None = None):
+    def __init__(self, state_dir: Path, manager: RunManager | None = None, allowed_roots: list[Path] | None = None):
         self.state_dir = Path(state_dir).expanduser().resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Every path typed in the page must lie inside one of these (resolved, links followed).
+        self.roots = [Path(r).expanduser().resolve() for r in (allowed_roots or [Path.home()])] + [self.state_dir]
         self.user_presets = self.state_dir / "presets"
         self.manager = manager or RunManager(self.state_dir)
 
@@ -96,10 +98,13 @@ class Workbench:
     def _values(self, args) -> dict[str, Any]:
         return dict(zip(NAMES, args))
 
-    def load_path(self, path: str):
+    def load_path(self, path: str, confine: bool = True):
         path = (path or "").strip()
         if not path:
             return [gr.skip()] * len(NAMES) + ["Type the path of a .toml (or Kohya_ss .json) config to load."]
+        outside = outside_roots(path, self.roots) if confine else None
+        if outside:
+            return [gr.skip()] * len(NAMES) + [f"❌ Not loaded: {outside}"]
         try:
             if path.lower().endswith(".json"):
                 return self._import_kohya(Path(path))
@@ -112,7 +117,8 @@ class Workbench:
         """Load an uploaded config, then empty the upload box so the next file can be dropped in."""
         if not file:
             return [gr.skip()] * (len(NAMES) + 1) + [gr.skip()]
-        return self.load_path(file if isinstance(file, str) else file.name) + [None]
+        # an upload is a file the browser sent (in Gradio's upload folder), not a server path the user typed
+        return self.load_path(file if isinstance(file, str) else file.name, confine=False) + [None]
 
     def _import_kohya(self, path: Path):
         result = read_kohya_json(path)
@@ -127,7 +133,7 @@ class Workbench:
 
     def _checked_config(self, args):
         """Values parsed by the schema (no dataset scan): Save, download and print work on an unfinished form."""
-        check = check_form(self._values(args), scan_dataset=False)
+        check = check_form(self._values(args), scan_dataset=False, roots=self.roots)
         return check.parsed, check.value_problems
 
     def save_path(self, path: str, *args):
@@ -139,6 +145,9 @@ class Workbench:
         if not path:
             return _field_updates({}) + ["Type where to save the config, e.g. /home/me/lora/emi.toml"]
         target = Path(path).expanduser()
+        outside = outside_roots(target, self.roots)
+        if outside:
+            return _field_updates({}) + [f"❌ Not saved: {outside}"]
         if target.suffix.lower() != ".toml":
             target = target.with_suffix(target.suffix + ".toml") if target.suffix else target.with_suffix(".toml")
         try:
@@ -201,6 +210,10 @@ class Workbench:
 
     # ---------------------------------------------------------- dataset preparation
     def prepare(self, instance, klass, images, repeats, reg_images, reg_repeats, destination):
+        for path in (images, reg_images, destination):
+            outside = outside_roots(path, self.roots) if (path or "").strip() else None
+            if outside:
+                return [gr.skip()] * len(NAMES) + [f"❌ {outside}"]
         try:
             result = prepare_folders(destination, instance, klass, images, repeats or 0, reg_images or None,
                                      reg_repeats or 1)
@@ -209,7 +222,7 @@ class Workbench:
         return _fill(result.settings(), partial=True) + [result.report()]
 
     def summary(self, *args):
-        check = check_form(self._values(args))
+        check = check_form(self._values(args), roots=self.roots)
         if check.data is None:
             return _field_updates(check.problems) + [check.report()]
         text = check.data.summary()
@@ -217,11 +230,11 @@ class Workbench:
 
     # ---------------------------------------------------------- runs
     def check(self, *args):
-        check = check_form(self._values(args))
+        check = check_form(self._values(args), roots=self.roots)
         return _field_updates(check.problems) + [check.report()]
 
     def start(self, *args):
-        check = check_form(self._values(args))
+        check = check_form(self._values(args), roots=self.roots)
         if not check.ok:
             return _field_updates(check.problems) + [check.report(), gr.skip()]
         busy = self.manager.active() is not None
@@ -422,8 +435,9 @@ class Workbench:
                     history=history)
 
 
-def serve(host: str, port: int, open_browser: bool, state_dir: Path, auth: tuple[str, str] | None) -> None:
-    page = Workbench(state_dir).build()
+def serve(host: str, port: int, open_browser: bool, state_dir: Path, auth: tuple[str, str] | None,
+          allowed_roots: list[Path] | None = None) -> None:
+    page = Workbench(state_dir, allowed_roots=allowed_roots).build()
     page.queue(default_concurrency_limit=4)
     page.launch(server_name=host, server_port=port, share=False, inbrowser=open_browser, auth=auth,
                 max_file_size="20mb", strict_cors=True, ssr_mode=False, mcp_server=False, show_error=True,

@@ -74,13 +74,32 @@ def _dataset_field(cfg: Config, message: str) -> str:
     return "reg_data_dir" if message.startswith("reg_data_dir") else "train_data_dir"
 
 
-def check_form(values: dict[str, Any], scan_dataset: bool = True) -> FormCheck:
+def outside_roots(path: str | Path, roots: list[Path] | None) -> str | None:
+    """None if ``path`` (resolved, links followed) lies inside one of ``roots``; else the message to show."""
+    if roots is None:
+        return None
+    resolved = Path(path).expanduser().resolve()
+    if any(resolved == root or root in resolved.parents for root in roots):
+        return None
+    return (f"{resolved} is outside the folders this GUI may use ({', '.join(str(r) for r in roots)}); "
+            "start it with --allow-dir <folder> to add one")
+
+
+def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Path] | None = None) -> FormCheck:
+    """``roots``: when given, every path must resolve inside one of these folders (the GUI's --allow-dir)."""
     check = FormCheck(raw=values_to_raw(values))
     for name, value in check.raw.items():
         try:
             parse_value(BY_NAME[name], value)
         except ConfigError as exc:
             check.problems[name] = _field_message(exc)
+    for name, value in list(check.raw.items()):
+        setting = BY_NAME[name]
+        if setting.kind == "path" and name not in check.problems and not (name == "resume" and
+                                                                          str(value).lower() == "latest"):
+            message = outside_roots(value, roots)
+            if message:
+                check.problems[name] = message
     check.value_problems = dict(check.problems)
     # Rules between settings are checked on the values that parsed, so every problem shows at once.
     cfg = check.parsed = build_config({k: v for k, v in check.raw.items() if k not in check.problems})

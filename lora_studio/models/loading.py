@@ -203,26 +203,49 @@ def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{what}: cannot read {path} as a .safetensors file ({exc.__class__.__name__}: {exc})") from None
 
 
-def _refuse_pickle(path: Path, setting: str) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+def is_pickle_file(path: Path) -> bool:
+    return path.suffix.lower() in PICKLE_SUFFIXES
+
+
+def read_pickle_weights(path: Path, setting: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """Tensors of a .ckpt/.pt/.bin file, only with ``allow_pickle`` and only as plain data (``weights_only=True``:
+    a file that holds code is refused, never run)."""
+    if not allow_pickle:
         raise UserError(f"{setting}: {path.name} is a pickle file ({path.suffix}), which can run code when opened. "
-                        "Use a .safetensors version of the model.")
-
-
-def load_single_file(path: Path, v2: bool) -> Components:
-    _refuse_pickle(path, "pretrained_model_name_or_path")
+                        "Use a .safetensors version of the model, or set allow_pickle = true if you trust this file "
+                        "(it is then read as plain data only).")
     try:
-        with safe_open(str(path), "pt") as fh:
-            keys = list(fh.keys())
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"pretrained_model_name_or_path: cannot read {path} as a .safetensors file "
-                        f"({exc}); is the download complete?") from None
+        raise UserError(f"{setting}: {path.name} was refused: it is not plain tensor data "
+                        f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise UserError(f"{setting}: {path.name} holds no state dict of weights")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def load_single_file(path: Path, v2: bool, allow_pickle: bool = False) -> Components:
+    setting = "pretrained_model_name_or_path"
+    if is_pickle_file(path):
+        sd = read_pickle_weights(path, setting, allow_pickle)
+        keys = list(sd)
+    else:
+        try:
+            with safe_open(str(path), "pt") as fh:
+                keys = list(fh.keys())
+        except Exception as exc:
+            raise UserError(f"{setting}: cannot read {path} as a .safetensors file "
+                            f"({exc}); is the download complete?") from None
+        sd = None
     family = get_family(family_from_checkpoint_keys(keys), str(path), v2)
-    sd = read_safetensors(path, "pretrained_model_name_or_path")
+    if sd is None:
+        sd = read_safetensors(path, setting)
     try:
         return _components_from_ldm(sd, family, path)
     except KeyError as exc:
-        raise UserError(f"pretrained_model_name_or_path: {path} is an incomplete {family.name.upper()} checkpoint "
+        raise UserError(f"{setting}: {path} is an incomplete {family.name.upper()} checkpoint "
                         f"(no {exc.args[0]}); is the download complete?") from None
 
 
@@ -287,15 +310,14 @@ def load_diffusers_folder(path: Path, v2: bool) -> Components:
     return Components(family, unet, vae, text_encoders, tokenizers, sched, str(path))
 
 
-def load_vae(path: Path) -> torch.nn.Module:
+def load_vae(path: Path, allow_pickle: bool = False) -> torch.nn.Module:
     """A VAE from a diffusers folder (with or without vae/), or a .safetensors file in LDM or diffusers naming."""
     from diffusers import AutoencoderKL
 
     if path.is_dir():
         sub = "vae" if (path / "vae" / "config.json").is_file() else None
         return AutoencoderKL.from_pretrained(path, subfolder=sub, local_files_only=True)
-    _refuse_pickle(path, "vae")
-    sd = read_safetensors(path, "vae")
+    sd = read_pickle_weights(path, "vae", allow_pickle) if is_pickle_file(path) else read_safetensors(path, "vae")
     if any(k.startswith(ldm_keys.VAE_PREFIX) for k in sd):
         prefix = ldm_keys.VAE_PREFIX
     elif "encoder.down.0.block.0.conv1.weight" in sd:
@@ -308,17 +330,17 @@ def load_vae(path: Path) -> torch.nn.Module:
     return _ldm_vae(ldm, vae_config_from_ldm(ldm, SD1_VAE), str(path))
 
 
-def load_components(model_path: str, vae_path: str | None, v2: bool) -> Components:
+def load_components(model_path: str, vae_path: str | None, v2: bool, allow_pickle: bool = False) -> Components:
     path = Path(model_path).expanduser()
     if not path.exists():
         raise UserError(f"pretrained_model_name_or_path: not found: {path}. Give a local .safetensors checkpoint or "
                         "a diffusers folder (LoRA Studio never downloads models while training).")
-    components = load_diffusers_folder(path, v2) if path.is_dir() else load_single_file(path, v2)
+    components = load_diffusers_folder(path, v2) if path.is_dir() else load_single_file(path, v2, allow_pickle)
     if vae_path:
         vpath = Path(vae_path).expanduser()
         if not vpath.exists():
             raise UserError(f"vae: not found: {vpath}")
-        components.vae = load_vae(vpath)
+        components.vae = load_vae(vpath, allow_pickle)
         components.info["vae"] = str(vpath)
     for module in [components.unet, components.vae, *components.text_encoders]:
         module.requires_grad_(False)

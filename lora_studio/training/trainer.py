@@ -124,7 +124,7 @@ class Trainer:
         for prompt in self.prompts:  # an unknown sampler is an error now, not after an hour of training
             make_scheduler(prompt.sampler or cfg.sample_sampler, {})
 
-        c = self.components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2)
+        c = self.components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2, cfg.allow_pickle)
         self.family = c.family
         schedule = {"prediction_type": "v_prediction" if cfg.v_parameterization else "epsilon"}
         if cfg.zero_terminal_snr:
