@@ -141,3 +141,16 @@ def test_nan_policy_rollback_continues_with_a_lower_learning_rate(setup, tmp_pat
                          max_grad_norm=0, nan_policy="rollback")
     proc = run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)), check=False)
     assert "rolled back to the weights of step" in proc.stderr, proc.stderr[-800:]
+
+
+def test_out_of_memory_advice_names_the_settings_with_their_numbers():
+    from lora_studio.config import build_config
+    from lora_studio.training.trainer import _oom_advice
+
+    advice = _oom_advice(build_config({"train_batch_size": 4, "resolution": "1024", "optimizer_type": "AdamW"}))
+    for text in ("lower train_batch_size (now 4)", "gradient_checkpointing = true", "cache_latents = true",
+                 "AdamW8bit", "lower the resolution (now 1024)", 'mixed_precision = "bf16"'):
+        assert text in advice, text
+    calm = _oom_advice(build_config({"gradient_checkpointing": True, "cache_latents": True,
+                                     "mixed_precision": "bf16", "optimizer_type": "AdamW8bit"}))
+    assert "gradient_checkpointing" not in calm and "train_batch_size" not in calm

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..data.images import is_image_file
 from ..errors import UserError
+from ..io_utils import atomic_write
 
 CAPTION_SUFFIXES = (".txt", ".caption", ".cap")
 _BAD = set('/\\:*?"<>|')
@@ -79,7 +80,7 @@ def _copy_with_captions(images: list[Path], dest: Path, result: PreparedFolders)
                     continue
                 raise UserError(f"{target} already exists and differs from {src}; nothing was overwritten. "
                                 "Choose an empty destination folder.")
-            shutil.copy2(src, target)
+            atomic_write(target, lambda tmp, source=src: shutil.copy2(source, tmp))  # never a half copy
             result.copied += 1
 
 

@@ -109,6 +109,9 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
         path = getattr(cfg, name)
         if path and not Path(path).expanduser().exists():
             check.problems[name] = f"not found: {path}"
+    if cfg.resume and cfg.resume.strip().lower() != "latest" and not (Path(cfg.resume).expanduser() /
+                                                                      "state.json").is_file():
+        check.problems["resume"] = f"not a saved state folder (no state.json): {cfg.resume}"
     dataset_fields = {"train_data_dir", "reg_data_dir", "dataset_config", "train_batch_size", "resolution"}
     if scan_dataset and not dataset_fields & set(check.problems):
         try:
