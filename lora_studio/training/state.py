@@ -8,6 +8,7 @@ pickle: a state can be opened without trusting it. Folders are written atomicall
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -103,6 +104,8 @@ def save_state(folder: Path, *, network, optimizer, scheduler, scaler, step: int
     doc = {
         "version": STATE_VERSION, "step": step, "epoch": epoch, "next_batch": next_batch, "seed": seed,
         "world": world, "settings": learned_settings(cfg),
+        "config_hash": hashlib.sha256(json.dumps(learned_settings(cfg), sort_keys=True, default=str)
+                                      .encode()).hexdigest(),
         "network": {k: list(v.shape) for k, v in network.state_dict().items()},
         "dataset": dataset_fingerprint(data),
         "optimizer": _pack(optimizer.state_dict(), tensors, "optimizer"),
