@@ -28,6 +28,23 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{setting.name}", **kwargs)
 
 
+def _add_bench_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=("sd15", "sdxl"), default="sd15")
+    parser.add_argument("--tiny", action="store_true", help="a tiny UNet of the same topology (CPU, seconds)")
+    parser.add_argument("--resolution", type=int, help="pixels (default 512 for sd15, 1024 for sdxl, 64 tiny)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--precision", choices=("bf16", "fp16", "no"), default="bf16")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--no-reference", action="store_true", help="time only our loop")
+    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
+    parser.add_argument("--json", help="also write the report to this JSON file")
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-studio", description="Train LoRA adapters for Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="write a tiny offline model, dataset and config to try everything on a CPU")
     demo.add_argument("folder", help="folder to create (must be empty or new)")
     demo.add_argument("--train", action="store_true", help="also run the demo training now")
+
+    bench = sub.add_parser("bench", help="time LoRA training steps against a plain diffusers+peft loop")
+    _add_bench_options(bench)
 
     gui = sub.add_parser("gui", help="open the workbench in the browser")
     gui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
@@ -146,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "gui":
             return _run_gui(args)
+        if args.command == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(args)
     except UserError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2

@@ -142,6 +142,8 @@ def test_check_form_counts_the_steps_the_engine_takes(tmp_path, trained_run):
 def test_the_gui_never_imports_torch(tmp_path):
     code = ("import sys\n"
             "from pathlib import Path\n"
+            "from lora_studio.cli import build_parser\n"
+            "build_parser()  # what `lora-studio gui` runs first\n"
             "from lora_studio.gui.app import Workbench\n"
             "from lora_studio.gui.form import check_form\n"
             f"w = Workbench(Path({str(tmp_path / 'state')!r}))\n"

@@ -1,0 +1,256 @@
+"""``lora-studio bench``: time LoRA training steps of our engine against a plain reference loop.
+
+Both loops train the same UNet (the real SD1.5 or SDXL config with random weights, or a tiny one with ``--tiny``)
+on the same random cached latents and text embeddings, in the same process. Ours: the engine's LoRA network and
+loss, frozen weights in the chosen precision, float32 LoRA weights. Reference: what diffusers' LoRA example does,
+a peft LoRA on the same modules, float32 master weights under autocast. Reported: median step time after warm-up,
+samples/s, peak memory, FLOPs per sample (``torch.utils.flop_counter``) and MFU where the device peak is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+# bf16/fp16 dense tensor peak (TFLOP/s) of GPUs by name; the CPU has none we can trust
+DEVICE_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.2,
+                      "RTX 3090": 71.0, "A10": 125.0, "T4": 65.0}
+
+
+@dataclass
+class Result:
+    loop: str
+    step_ms: float
+    samples_per_s: float
+    peak_memory_mb: float
+    tflop_per_sample: float | None
+    mfu: float | None
+
+
+def _device_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak * 1e12 for key, peak in DEVICE_PEAK_TFLOPS.items() if key in name), None)
+
+
+def build_unet(model: str, tiny: bool):
+    from diffusers import UNet2DConditionModel
+
+    from .models import family, tiny as tiny_models
+
+    if model == "sdxl":
+        config = tiny_models.TINY_SDXL_UNET if tiny else family.SDXL_UNET
+    else:
+        config = tiny_models.TINY_UNET if tiny else family.SD1_UNET
+    torch.manual_seed(0)
+    return UNet2DConditionModel.from_config(config)
+
+
+def make_batch(unet, batch: int, resolution: int, device) -> dict:
+    g = torch.Generator().manual_seed(1)
+    side = resolution // 8
+    cfg = unet.config
+    batch_data = {"latents": torch.randn(batch, cfg.in_channels, side, side, generator=g),
+                  "encoder_hidden_states": torch.randn(batch, 77, cfg.cross_attention_dim, generator=g)}
+    if cfg.addition_embed_type == "text_time":
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        batch_data["text_embeds"] = torch.randn(batch, pooled, generator=g)
+        batch_data["time_ids"] = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch,
+                                              dtype=torch.float32)
+    return {k: v.to(device) for k, v in batch_data.items()}
+
+
+def _cond(batch: dict, dtype) -> tuple[torch.Tensor, dict]:
+    extra = {k: batch[k].to(dtype) for k in ("text_embeds", "time_ids") if k in batch}
+    return batch["encoder_hidden_states"].to(dtype), extra
+
+
+class OurLoop:
+    """The engine's pieces: LoRANetwork on the frozen UNet, denoising_loss, the engine's optimizer choice."""
+
+    def __init__(self, unet, rank: int, precision: str, device, channels_last: bool, checkpointing: bool):
+        from diffusers import DDPMScheduler
+
+        from .config import build_config
+        from .models.family import SD1, SD_SCHEDULER, Components
+        from .network.lora import LoRANetwork
+        from .training.optim import build_optimizer
+
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        self.unet = unet.to(device, self.dtype).requires_grad_(False)
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            self.unet.train()
+        components = Components(SD1(), self.unet, None, [], [], dict(SD_SCHEDULER), "bench")
+        self.network = LoRANetwork(components, rank, rank, train_unet=True, train_text_encoder=False)
+        self.network.attach().to(device, torch.float32)
+        cfg = build_config({"learning_rate": 1e-4})
+        self.optimizer = build_optimizer(cfg, self.network.param_groups(1e-4, [1e-4]))
+        self.scheduler = DDPMScheduler.from_config(SD_SCHEDULER)
+        self.device, self.precision, self.channels_last = device, precision, channels_last
+
+    def step(self, batch: dict) -> torch.Tensor:
+        from .training.loss import denoising_loss
+
+        latents = batch["latents"]
+        if self.channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last)
+        hidden, extra = _cond(batch, self.dtype)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (latents.shape[0],), device=self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision != "no"):
+            loss = denoising_loss(self.unet, self.scheduler, latents, {"encoder_hidden_states": hidden, **extra},
+                                  torch.ones(latents.shape[0], device=self.device), noise, t)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+class ReferenceLoop:
+    """diffusers' LoRA example: peft LoRA on the same modules, float32 weights, autocast, plain AdamW."""
+
+    def __init__(self, unet, rank: int, precision: str, device, targets: list[str]):
+        from diffusers import DDPMScheduler
+        from peft import LoraConfig
+
+        from .models.family import SD_SCHEDULER
+
+        self.unet = unet.to(device, torch.float32).requires_grad_(False)
+        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                         target_modules=targets))
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4)
+        self.scheduler = DDPMScheduler.from_config(SD_SCHEDULER)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        self.device, self.precision = device, precision
+
+    def step(self, batch: dict) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        latents = batch["latents"]
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (latents.shape[0],), device=self.device)
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        hidden, extra = _cond(batch, torch.float32)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision != "no"):
+            pred = self.unet(noisy, t, encoder_hidden_states=hidden,
+                             **({"added_cond_kwargs": extra} if extra else {})).sample
+        loss = F.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+def _peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows: no getrusage
+        return float("nan")
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def count_flops(loop, batch: dict) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        loop.step(batch)
+    return counter.get_total_flops() / batch["latents"].shape[0]
+
+
+def time_loop(name: str, loop, batch: dict, steps: int, warmup: int, device, peak: float | None) -> Result:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        loop.step(batch)
+    flops = count_flops(loop, batch)
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        loss = loop.step(batch)
+        loss.item()  # the step is done when its result is on the host
+        times.append(time.perf_counter() - start)
+    step = statistics.median(times)
+    samples = batch["latents"].shape[0] / step
+    return Result(name, round(step * 1000, 3), round(samples, 3), round(_peak_memory_mb(device), 1),
+                  round(flops / 1e12, 6) if flops else None,
+                  round(samples * flops / peak, 4) if peak and flops else None)
+
+
+def lora_target_names(unet) -> list[str]:
+    """Module paths our network adapts, for the reference loop's peft config (same work in both loops)."""
+    from .network.lora import unet_targets
+
+    return [path for path, _, _ in unet_targets(unet)]
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    resolution = args.resolution or (64 if args.tiny else (1024 if args.model == "sdxl" else 512))
+    peak = _device_peak(device)
+    unet = build_unet(args.model, args.tiny)
+    reference_unet = copy.deepcopy(unet) if not args.no_reference else None
+    targets = lora_target_names(unet)
+    batch = make_batch(unet, args.batch, resolution, device)
+    ours = time_loop("lora-studio", OurLoop(unet, args.rank, args.precision, device, args.channels_last,
+                                             args.gradient_checkpointing), batch, args.steps, args.warmup,
+                     device, peak)
+    results = [ours]
+    if reference_unet is not None:
+        del unet
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        results.append(time_loop("reference (diffusers+peft)", ReferenceLoop(reference_unet, args.rank,
+                                                                             args.precision, device, targets),
+                                 batch, args.steps, args.warmup, device, peak))
+    report = {
+        "model": ("tiny-" if args.tiny else "") + args.model, "resolution": resolution, "batch": args.batch,
+        "rank": args.rank, "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing,
+        "channels_last": args.channels_last, "steps": args.steps, "warmup": args.warmup,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "results": [asdict(r) for r in results],
+    }
+    if len(results) == 2:
+        report["speedup_vs_reference"] = round(results[1].step_ms / results[0].step_ms, 3)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['model']} {report['resolution']}px batch {report['batch']} rank {report['rank']} "
+             f"{report['precision']} on {report['device']} (median of {report['steps']} steps after "
+             f"{report['warmup']} warm-up)",
+             f"{'loop':30} {'step ms':>9} {'samples/s':>10} {'peak MB':>9} {'TFLOP/sample':>13} {'MFU':>7}"]
+    for r in report["results"]:
+        mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] is not None else "n/a"
+        flops = f"{r['tflop_per_sample']:.4g}" if r["tflop_per_sample"] else "n/a"
+        lines.append(f"{r['loop']:30} {r['step_ms']:9.2f} {r['samples_per_s']:10.2f} {r['peak_memory_mb']:9.1f} "
+                     f"{flops:>13} {mfu:>7}")
+    if "speedup_vs_reference" in report:
+        lines.append(f"ours vs reference: {report['speedup_vs_reference']:.2f}x faster per step")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    report = run(args)
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    return 0
