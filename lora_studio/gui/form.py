@@ -19,6 +19,7 @@ from ..data.dataset import TrainingData
 from ..data.sources import datasets_from_config
 from ..errors import ConfigError, UserError
 from ..training.outputs import output_paths
+from ..training.estimate import Estimate, detect_gpu, resource_estimate
 from ..training.plan import StepPlan, plan_steps
 from .widgets import from_widget, to_widget
 
@@ -38,6 +39,7 @@ class FormCheck:
     warnings: list[str] = field(default_factory=list)
     plan: StepPlan | None = None
     data: TrainingData | None = None
+    estimate: Estimate | None = None
 
     @property
     def ok(self) -> bool:
@@ -50,6 +52,8 @@ class FormCheck:
             lines += [f"- {BY_NAME[name].label}: {message}" for name, message in self.problems.items()]
         else:
             lines = [f"**Ready:** {self.plan.describe()}" if self.plan else "**Ready.**"]
+            if self.estimate is not None:
+                lines.append(f"- {self.estimate.describe()[0].upper()}{self.estimate.describe()[1:]}")
         lines += [f"- ⚠ {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -121,6 +125,10 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
             check.problems[_dataset_field(cfg, str(exc))] = _field_message(exc)
     if not check.problems:
         check.cfg = cfg
+        if check.plan is not None and check.data is not None:
+            check.estimate = resource_estimate(cfg, check.data, check.plan.steps_per_epoch, detect_gpu())
+            if check.estimate is not None:
+                check.warnings.extend(check.estimate.warnings)
     if cfg.output_dir and cfg.output_name and not check.problems:
         final = output_paths(cfg)["final"]
         if final.exists():

@@ -34,6 +34,7 @@ from .metadata import RunMetadata, describe_optimizer
 from .optim import build_optimizer, build_scheduler
 from .outputs import epoch_file, output_paths, step_file
 from .plan import plan_steps
+from .estimate import GPU, resource_estimate
 from .sampling import generate, make_scheduler, read_prompt_file
 from .vae import encode_latents
 from .state import ResumeState, latest_state, rng_state, save_state
@@ -119,6 +120,7 @@ class Trainer:
         self.data = TrainingData(datasets_from_config(cfg), cfg.prior_loss_weight, self.seed)
         if self.is_main:
             log.info("dataset:\n  %s", self.data.summary().replace("\n", "\n  "))
+            self._log_estimate()
         self.prompts = read_prompt_file(cfg.sample_prompts, self.data.datasets[0].resolution[0]) \
             if cfg.sample_prompts else []
         for prompt in self.prompts:  # an unknown sampler is an error now, not after an hour of training
@@ -306,6 +308,19 @@ class Trainer:
         if not self.accelerator.optimizer_step_was_skipped:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _log_estimate(self) -> None:
+        cfg = self.cfg
+        gpu = None
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(self.device)
+            gpu = GPU(props.name, props.total_memory / 2**30)
+        plan = plan_steps(self.data.batches_per_epoch, cfg, self.world)
+        found = resource_estimate(cfg, self.data, plan.steps_per_epoch, gpu)
+        if found is not None:
+            log.info("resources: %s", found.describe())
+            for warning in found.warnings:
+                log.warning("%s", warning)
 
     # ------------------------------------------------------------------ state, resume, divergence
     def _read_resume_state(self) -> ResumeState | None:

@@ -1,0 +1,203 @@
+"""What a run will need, before it starts: peak GPU memory, system RAM, cache disk and time per epoch.
+
+Torch-free (the GUI shows it): parameter counts come from the model files' safetensors headers, the rest from the
+settings. Activation memory and speed use per-family coefficients from published and measured figures
+(shared/reference/perf.md); they are estimates, marked as such, and the benchmark (``lora-studio bench``) measures
+the real numbers on the machine at hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ..config import Config
+
+GB = 1024**3
+# Activation bytes a training sample keeps per latent pixel in bf16, with SDPA, without gradient checkpointing
+# (SD1.5-512 batch 1 LoRA ~3.5 GB of activations; SDXL-1024 ~17 GB), and the share gradient checkpointing keeps.
+ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd1": 0.85e6, "sd2": 0.95e6, "sdxl": 1.05e6}
+CHECKPOINTED_SHARE = 0.25
+# A LoRA step's FLOPs per sample at the family's native size (perf.md: rank 32, frozen base, cached latents).
+STEP_FLOPS = {"sd1": (1.738e12, 512 * 512), "sd2": (2.1e12, 768 * 768), "sdxl": (14.31e12, 1024 * 1024)}
+ASSUMED_MFU = 0.30
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.2, "4080": 97.0,
+                   "3090": 71.0, "3080": 59.5, "3060": 25.6, "A10": 125.0, "T4": 65.0}
+OPTIMIZER_STATE_COPIES = {"adamw": 2, "adamw8bit": 0.5, "lion": 1, "lion8bit": 0.25, "prodigy": 4,
+                          "adafactor": 0.5, "sgd": 0}
+
+
+@dataclass
+class GPU:
+    name: str
+    memory_gb: float
+
+    @property
+    def peak_flops(self) -> float | None:
+        return next((p * 1e12 for key, p in GPU_PEAK_TFLOPS.items() if key in self.name), None)
+
+
+@lru_cache(maxsize=1)
+def detect_gpu() -> GPU | None:
+    """The first NVIDIA GPU, from nvidia-smi (no torch needed), or None."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip().splitlines()
+        name, memory = out[0].rsplit(",", 1)
+        return GPU(name.strip(), float(memory) / 1024)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
+    """{tensor name: (shape, dtype)} from a .safetensors header, without reading the weights."""
+    with open(path, "rb") as fh:
+        size = struct.unpack("<Q", fh.read(8))[0]
+        if size > 100 * 2**20 or size > Path(path).stat().st_size:
+            raise ValueError(f"{path} is not a .safetensors file")
+        header = json.loads(fh.read(size))
+    return {k: (v["shape"], v["dtype"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def _model_shapes(model: Path) -> dict[str, list[int]]:
+    files = [model] if model.is_file() else sorted(model.glob("*/*.safetensors"))
+    shapes = {}
+    for file in files:
+        prefix = "" if model.is_file() else file.parent.name + "."
+        shapes.update({prefix + k: v[0] for k, v in safetensors_shapes(file).items()})
+    return shapes
+
+
+@dataclass
+class ModelSize:
+    family: str
+    unet: int
+    text_encoders: int
+    vae: int
+    lora_linear: int  # sum of (in + out) over the layers a LoRA adapts (times rank = LoRA parameters)
+    lora_te: int
+
+
+def model_size(model: str | Path) -> ModelSize:
+    shapes = _model_shapes(Path(model))
+    keys = list(shapes)
+    family = ("sdxl" if any(k.startswith(("conditioner.", "text_encoder_2.")) for k in keys) else
+              "sd2" if any(k.startswith("cond_stage_model.model.") for k in keys) or
+              any("proj_in" in k and len(shapes[k]) == 2 for k in keys if "unet" in k) else "sd1")
+
+    def count(pred) -> int:
+        return sum(math.prod(s) for k, s in shapes.items() if pred(k))
+    unet = count(lambda k: k.startswith(("model.diffusion_model.", "unet.")))
+    vae = count(lambda k: k.startswith(("first_stage_model.", "vae.")))
+    te = count(lambda k: k.startswith(("cond_stage_model.", "conditioner.", "text_encoder")))
+    lora_unet = lora_te = 0
+    for key, shape in shapes.items():
+        if not key.endswith(".weight") or len(shape) not in (2, 4) or (len(shape) == 4 and shape[2:] != [1, 1]):
+            continue
+        in_unet = key.startswith(("model.diffusion_model.", "unet."))
+        if in_unet and ("transformer_blocks" in key or "proj_in" in key or "proj_out" in key):
+            lora_unet += shape[0] + shape[1]
+        elif not in_unet and "in_proj" in key:  # OpenCLIP's fused q/k/v: three adapters of [h, h]
+            lora_te += 2 * shape[0]
+        elif not in_unet and any(t in key for t in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
+                                                    "c_fc", "c_proj")):
+            lora_te += shape[0] + shape[1]
+    return ModelSize(family, unet, te, vae, lora_unet, lora_te)
+
+
+@dataclass
+class Estimate:
+    vram_gb: float
+    ram_gb: float
+    cache_disk_gb: float
+    seconds_per_epoch: float | None
+    gpu: GPU | None
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        epoch = f"{self.seconds_per_epoch / 60:.1f} min" if self.seconds_per_epoch else "n/a (no known GPU)"
+        where = f" on {self.gpu.name} ({self.gpu.memory_gb:.0f} GB)" if self.gpu else " (no NVIDIA GPU found)"
+        return (f"estimated peak GPU memory {self.vram_gb:.1f} GB{where}, system RAM {self.ram_gb:.1f} GB, "
+                f"cache disk {self.cache_disk_gb * 1024:.0f} MB, time per epoch {epoch}")
+
+
+def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int, resolution: tuple[int, int],
+             gpu: GPU | None) -> Estimate:
+    half = cfg.mixed_precision in ("fp16", "bf16")
+    weight_bytes = 2 if half else 4
+    train_te = not cfg.network_train_unet_only
+    te_cached = cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk
+    latents_cached = cfg.cache_latents or cfg.cache_latents_to_disk
+    frozen = size.unet * weight_bytes
+    if not (te_cached and not cfg.sample_prompts):
+        frozen += size.text_encoders * weight_bytes
+    if not (latents_cached and not cfg.sample_prompts):
+        vae_fp32 = not half or cfg.no_half_vae or (size.family == "sdxl" and cfg.mixed_precision == "fp16")
+        frozen += size.vae * (4 if vae_fp32 else 2)
+    lora_params = cfg.network_dim * (size.lora_linear + (size.lora_te if train_te else 0))
+    states = OPTIMIZER_STATE_COPIES.get(cfg.optimizer_type.lower(), 2)
+    lora_bytes = lora_params * 4 * (2 + states)  # weights, gradients and optimizer state, float32
+    latent_pixels = (resolution[0] // 8) * (resolution[1] // 8)
+    per_sample = ACTIVATION_BYTES_PER_LATENT_PIXEL[size.family] * latent_pixels * (1 if half else 2)
+    if cfg.gradient_checkpointing:
+        per_sample *= CHECKPOINTED_SHARE
+    activations = per_sample * cfg.train_batch_size
+    vram = (frozen + lora_bytes + activations) / GB + 0.8  # CUDA context and allocator slack
+
+    latent_bytes = 4 * latent_pixels * 4
+    entries = num_images * (2 if cfg.flip_aug else 1)
+    cache_in_memory = entries * latent_bytes if cfg.cache_latents and not cfg.cache_latents_to_disk else 0
+    ram = (size.unet + size.text_encoders + size.vae) * 4 / GB + cache_in_memory / GB + 2.0
+    disk = entries * latent_bytes if cfg.cache_latents_to_disk else 0
+    if cfg.cache_text_encoder_outputs_to_disk:
+        disk += num_images * 77 * 2048 * 4
+    seconds = None
+    if gpu is not None and gpu.peak_flops:
+        flops, native = STEP_FLOPS[size.family]
+        sample_flops = flops * (resolution[0] * resolution[1]) / native
+        if cfg.gradient_checkpointing:
+            sample_flops *= 1.35
+        seconds = steps_per_epoch * cfg.train_batch_size * cfg.gradient_accumulation_steps * sample_flops / (
+            gpu.peak_flops * ASSUMED_MFU)
+    result = Estimate(round(vram, 2), round(ram, 2), round(disk / GB, 6), seconds, gpu)
+    if gpu is not None and vram > gpu.memory_gb * 0.95:
+        result.warnings.append(_advice(cfg, vram, gpu, per_sample))
+    return result
+
+
+def _advice(cfg: Config, vram: float, gpu: GPU, per_sample: float) -> str:
+    tips = []
+    if not cfg.gradient_checkpointing:
+        tips.append(f"turn on gradient_checkpointing (about {per_sample * cfg.train_batch_size * 0.75 / GB:.1f} "
+                    "GB less)")
+    if cfg.train_batch_size > 1:
+        tips.append(f"lower train_batch_size from {cfg.train_batch_size} to 1 (about "
+                    f"{per_sample * (cfg.train_batch_size - 1) / GB:.1f} GB less)")
+    if not (cfg.cache_latents or cfg.cache_latents_to_disk):
+        tips.append("turn on cache_latents")
+    if cfg.mixed_precision == "no":
+        tips.append('use mixed_precision = "bf16"')
+    if cfg.optimizer_type.lower() == "adamw":
+        tips.append('use optimizer_type = "AdamW8bit"')
+    if not cfg.network_train_unet_only:
+        tips.append("train the U-Net only (network_train_unet_only) with cache_text_encoder_outputs")
+    return (f"this run needs about {vram:.1f} GB but {gpu.name} has {gpu.memory_gb:.0f} GB: "
+            + "; ".join(tips or ["lower the resolution"]))
+
+
+def resource_estimate(cfg: Config, data, steps_per_epoch: int, gpu: GPU | None) -> Estimate | None:
+    """The estimate for a checked config and its scanned dataset; None when the model cannot be sized."""
+    try:
+        size = model_size(cfg.pretrained_model_name_or_path)
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    return estimate(cfg, size, len(data.items), steps_per_epoch, data.datasets[0].resolution, gpu)
