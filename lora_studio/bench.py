@@ -77,7 +77,8 @@ def _cond(batch: dict, dtype) -> tuple[torch.Tensor, dict]:
 class OurLoop:
     """The engine's pieces: LoRANetwork on the frozen UNet, denoising_loss, the engine's optimizer choice."""
 
-    def __init__(self, unet, rank: int, precision: str, device, channels_last: bool, checkpointing: bool):
+    def __init__(self, unet, rank: int, precision: str, device, channels_last: bool, checkpointing: bool,
+                 compile_backend: str | None = None):
         from diffusers import DDPMScheduler
 
         from .config import build_config
@@ -95,6 +96,8 @@ class OurLoop:
         components = Components(SD1(), self.unet, None, [], [], dict(SD_SCHEDULER), "bench")
         self.network = LoRANetwork(components, rank, rank, train_unet=True, train_text_encoder=False)
         self.network.attach().to(device, torch.float32)
+        if compile_backend:
+            self.unet.compile(backend=compile_backend)
         cfg = build_config({"learning_rate": 1e-4})
         self.optimizer = build_optimizer(cfg, self.network.param_groups(1e-4, [1e-4]))
         self.scheduler = DDPMScheduler.from_config(SD_SCHEDULER)
@@ -210,8 +213,8 @@ def run(args: argparse.Namespace) -> dict:
     targets = lora_target_names(unet)
     batch = make_batch(unet, args.batch, resolution, device)
     ours = time_loop("lora-studio", OurLoop(unet, args.rank, args.precision, device, args.channels_last,
-                                             args.gradient_checkpointing), batch, args.steps, args.warmup,
-                     device, peak)
+                                             args.gradient_checkpointing, args.compile), batch, args.steps,
+                     args.warmup, device, peak)
     results = [ours]
     if reference_unet is not None:
         del unet
@@ -223,7 +226,7 @@ def run(args: argparse.Namespace) -> dict:
     report = {
         "model": ("tiny-" if args.tiny else "") + args.model, "resolution": resolution, "batch": args.batch,
         "rank": args.rank, "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing,
-        "channels_last": args.channels_last, "steps": args.steps, "warmup": args.warmup,
+        "channels_last": args.channels_last, "compile": args.compile, "steps": args.steps, "warmup": args.warmup,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "results": [asdict(r) for r in results],
     }

@@ -39,6 +39,8 @@ def _add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="torch.compile our loop's U-Net (backend: inductor by default)")
     parser.add_argument("--no-reference", action="store_true", help="time only our loop")
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
     parser.add_argument("--json", help="also write the report to this JSON file")

@@ -142,6 +142,8 @@ class Trainer:
                 raise UserError(f"xformers: cannot use xformers here ({exc}); remove xformers = true "
                                 "(PyTorch SDPA attention is used by default)") from None
         c.unet.to(self.device, self.weight_dtype)
+        if cfg.channels_last:
+            c.unet.to(memory_format=torch.channels_last)
         for te in c.text_encoders:
             te.to(self.device, self.weight_dtype)
         # The SDXL VAE overflows in fp16: keep it in float32 there (and whenever no_half_vae is set).
@@ -171,6 +173,8 @@ class Trainer:
         if cfg.network_weights:
             self.network.load_weights(cfg.network_weights)
         self.network.attach().to(self.device, torch.float32)
+        if cfg.torch_compile:  # after the LoRA hooks are in place, so the compiled graph includes them
+            c.unet.compile(backend=cfg.dynamo_backend)  # in place: the same module object everywhere
         self.network.train()
         if self.is_main:
             log.info("%s: %d U-Net and %d text-encoder modules, rank %d, alpha %s%s", net_args.describe(),
@@ -272,6 +276,8 @@ class Trainer:
         else:
             latents = self._encode_pixels(batch["pixels"])
         latents = latents.float()
+        if cfg.channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last)
         if self.te_cache is not None:
             cond = cached_condition(self.te_cache, batch["captions"], self.device)
         else:
