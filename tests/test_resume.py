@@ -154,3 +154,21 @@ def test_out_of_memory_advice_names_the_settings_with_their_numbers():
     calm = _oom_advice(build_config({"gradient_checkpointing": True, "cache_latents": True,
                                      "mixed_precision": "bf16", "optimizer_type": "AdamW8bit"}))
     assert "gradient_checkpointing" not in calm and "train_batch_size" not in calm
+
+
+def test_reading_the_loss_back_every_n_steps_reports_every_step_and_still_guards(setup, tmp_path):
+    settings = _settings(setup["model"], setup["data"], tmp_path / "out", save_state=False, save_every_n_steps=None,
+                         max_train_epochs=2, sync_every_n_steps=4)
+    run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)))
+    events = [json.loads(line) for line in (tmp_path / "out" / "run_events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["type"] == "step"] == list(range(1, 17))
+    assert events[-1]["type"] == "end" and events[-1]["status"] == "completed"
+    weights = load_file(str(tmp_path / "out" / "run.safetensors"))
+    assert all(bool(torch.isfinite(v.float()).all()) for v in weights.values())
+
+    diverging = _settings(setup["model"], setup["data"], tmp_path / "out2", learning_rate=10, save_state=False,
+                          save_every_n_steps=None, max_train_epochs=3, lr_warmup_steps=0, max_grad_norm=0,
+                          sync_every_n_steps=4)
+    proc = run_cli("train", "--config", str(write_config(tmp_path / "d.toml", diverging)), check=False)
+    assert proc.returncode == 2 and "training diverged" in proc.stderr, proc.stderr[-600:]
+    assert not (tmp_path / "out2" / "run.safetensors").exists()

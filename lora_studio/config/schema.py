@@ -171,6 +171,10 @@ SETTINGS: tuple[Setting, ...] = (
        choices=("no", "fp16", "bf16")),
     _s("gradient_checkpointing", BOOL, False, "Gradient checkpointing",
        "Recompute activations in the backward pass: much less VRAM, about 20% slower.", "training", advanced=True),
+    _s("sync_every_n_steps", INT, 1, "Read the loss every N steps",
+       "Bring the loss and the NaN check back to the CPU every N steps instead of every step, so the GPU never "
+       "waits in between. Steps with a non-finite loss then train on zeroed gradients instead of being skipped.",
+       "training", minimum=1, maximum=1000, advanced=True),
     _s("channels_last", BOOL, False, "Channels last",
        "Keep the U-Net's activations in channels-last memory layout: faster convolutions on NVIDIA tensor cores.",
        "training", advanced=True),

@@ -21,9 +21,11 @@ from ..config import Config
 
 GB = 1024**3
 # Activation bytes a training sample keeps per latent pixel in bf16, with SDPA, without gradient checkpointing
-# (SD1.5-512 batch 1 LoRA ~3.5 GB of activations; SDXL-1024 ~17 GB), and the share gradient checkpointing keeps.
+# (SD1.5-512 batch 1 LoRA ~3.5 GB of activations, in line with the ~7 GB peer reports; SDXL-1024 ~17 GB), and the
+# share gradient checkpointing keeps (SDXL-1024 LoRA with cached latents and TE outputs peaks at 4.4 GB with fp8
+# weights in sd-scripts #1057, which leaves ~1.7 GB of activations). Not yet calibrated on our own GPU runs.
 ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd1": 0.85e6, "sd2": 0.95e6, "sdxl": 1.05e6}
-CHECKPOINTED_SHARE = 0.25
+CHECKPOINTED_SHARE = 0.10
 # A LoRA step's FLOPs per sample at the family's native size (perf.md: rank 32, frozen base, cached latents).
 STEP_FLOPS = {"sd1": (1.738e12, 512 * 512), "sd2": (2.1e12, 768 * 768), "sdxl": (14.31e12, 1024 * 1024)}
 ASSUMED_MFU = 0.30

@@ -381,6 +381,49 @@ class Trainer:
                 group["initial_lr"] *= 0.5
         return step
 
+    def _finite_on_device(self, loss: torch.Tensor) -> torch.Tensor:
+        """One device boolean: the loss and every gradient are finite (no host sync)."""
+        flags = [torch.isfinite(loss).all()] + [torch.isfinite(p.grad).all() for p in self.params
+                                                if p.grad is not None]
+        return torch.stack(flags).all()
+
+    def _sanitize_gradients(self, ok: torch.Tensor) -> None:
+        """Zero the gradients of a non-finite step on the device, so the weights stay finite without a sync.
+        (With fp16 loss scaling the scaler already skips such steps and needs to see the infinities.)"""
+        if self.accelerator.scaler is not None:
+            return
+        scale = ok.to(torch.float32)
+        for p in self.params:
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                p.grad.mul_(scale.to(p.grad.dtype))
+
+    def _read_back(self, pending: list, bar, epoch: int, losses: list[float], started: float, bad_in_a_row: int,
+                   rollbacks: int) -> tuple[int, int]:
+        """Bring the buffered steps' losses and checks to the CPU in one transfer; report and guard them."""
+        if not pending:
+            return bad_in_a_row, rollbacks
+        values = torch.stack([v.float() for _, v, _ in pending]).cpu().tolist()
+        oks = torch.stack([o for _, _, o in pending]).cpu().tolist()
+        steps = [s for s, _, _ in pending]
+        pending.clear()
+        for step, value, ok in zip(steps, values, oks):
+            if ok:
+                bad_in_a_row = 0
+                losses.append(value)
+                self._report(bar, step, epoch, losses, started)
+                continue
+            bad_in_a_row += 1
+            log.warning("step %d: non-finite loss or gradients; trained on zeroed gradients (%d in a row)", step,
+                        bad_in_a_row)
+            if bad_in_a_row >= 3:
+                if self.cfg.nan_policy == "rollback" and self._snapshot is not None and rollbacks < 3:
+                    back_to = self._rollback()
+                    log.warning("rolled back to the weights of step %d with half the learning rate", back_to)
+                    return 0, rollbacks + 1
+                raise Diverged(step - 1, value, self.cfg)
+        return bad_in_a_row, rollbacks
+
     def _grads_finite(self) -> bool:
         grads = [p.grad for p in self.params if p.grad is not None]
         return all(bool(torch.isfinite(g).all()) for g in grads)
@@ -482,6 +525,7 @@ class Trainer:
         step, epoch, loss_history = self.start_step, self.start_epoch, []
         started, self._rate_from = time.time(), self.start_step
         stopped, bad_in_a_row, rollbacks = False, 0, 0
+        pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # steps not yet read back (sync_every_n_steps)
         state_every = cfg.save_state
         for epoch in range(self.start_epoch, self.total_epochs + 1):
             batches = shard_batches(self.data.plan_epoch(epoch), self.rank, self.world)
@@ -499,27 +543,40 @@ class Trainer:
                 if accumulated < cfg.gradient_accumulation_steps and index < len(batches) - 1:
                     continue
                 accumulated = 0
-                value = float(loss.detach()) * cfg.gradient_accumulation_steps
-                if not math.isfinite(value) or not self._grads_finite():
-                    self.optimizer.zero_grad(set_to_none=True)  # this step is dropped: the weights stay good
-                    bad_in_a_row += 1
-                    log.warning("step %d: non-finite %s; step skipped (%d in a row)", step + 1,
-                                "loss" if not math.isfinite(value) else "gradients", bad_in_a_row)
-                    if bad_in_a_row < 3:
-                        continue
-                    if cfg.nan_policy == "rollback" and self._snapshot is not None and rollbacks < 3:
-                        rollbacks += 1
-                        bad_in_a_row = 0
-                        back_to = self._rollback()
-                        log.warning("rolled back to the weights of step %d with half the learning rate (%s)",
-                                    back_to, ", ".join(f"{lr:.3g}" for lr in self.lr_scheduler.get_last_lr()))
-                        continue
-                    raise Diverged(step, value, cfg)
-                bad_in_a_row = 0
-                self._optimizer_step()
-                step += 1
-                loss_history.append(value)
-                self._report(bar, step, epoch, loss_history, started)
+                if cfg.sync_every_n_steps > 1:  # no host sync this step: check and read back later
+                    loss_value = loss.detach() * cfg.gradient_accumulation_steps
+                    ok = self._finite_on_device(loss_value)
+                    self._sanitize_gradients(ok)
+                    self._optimizer_step()
+                    step += 1
+                    pending.append((step, loss_value, ok))
+                    if (len(pending) >= cfg.sync_every_n_steps or step >= self.total_steps or step % 25 == 0
+                            or self._due(cfg.save_every_n_steps, step) or self._due(cfg.sample_every_n_steps, step)
+                            or index == len(batches) - 1):
+                        bad_in_a_row, rollbacks = self._read_back(pending, bar, epoch, loss_history, started,
+                                                                  bad_in_a_row, rollbacks)
+                else:
+                    value = float(loss.detach()) * cfg.gradient_accumulation_steps
+                    if not math.isfinite(value) or not self._grads_finite():
+                        self.optimizer.zero_grad(set_to_none=True)  # this step is dropped: the weights stay good
+                        bad_in_a_row += 1
+                        log.warning("step %d: non-finite %s; step skipped (%d in a row)", step + 1,
+                                    "loss" if not math.isfinite(value) else "gradients", bad_in_a_row)
+                        if bad_in_a_row < 3:
+                            continue
+                        if cfg.nan_policy == "rollback" and self._snapshot is not None and rollbacks < 3:
+                            rollbacks += 1
+                            bad_in_a_row = 0
+                            back_to = self._rollback()
+                            log.warning("rolled back to the weights of step %d with half the learning rate (%s)",
+                                        back_to, ", ".join(f"{lr:.3g}" for lr in self.lr_scheduler.get_last_lr()))
+                            continue
+                        raise Diverged(step, value, cfg)
+                    bad_in_a_row = 0
+                    self._optimizer_step()
+                    step += 1
+                    loss_history.append(value)
+                    self._report(bar, step, epoch, loss_history, started)
                 if step % 25 == 0:
                     self._take_snapshot(step)
                 if self._due(cfg.save_every_n_steps, step) and step < self.total_steps:
@@ -535,6 +592,8 @@ class Trainer:
                     break
             else:
                 self._end_position = (epoch + 1, 0)
+            bad_in_a_row, rollbacks = self._read_back(pending, bar, epoch, loss_history, started, bad_in_a_row,
+                                                      rollbacks)
             if stopped:
                 break
             last = step >= self.total_steps
