@@ -20,11 +20,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-# bf16/fp16 dense tensor peak (TFLOP/s) of GPUs by name; the CPU has none we can trust
-DEVICE_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.2,
-                      "RTX 3090": 71.0, "A10": 125.0, "T4": 65.0}
-
-
 @dataclass
 class Result:
     loop: str
@@ -38,8 +33,9 @@ class Result:
 def _device_peak(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak * 1e12 for key, peak in DEVICE_PEAK_TFLOPS.items() if key in name), None)
+    from .training.estimate import GPU
+
+    return GPU(torch.cuda.get_device_name(device), 0.0).peak_flops
 
 
 def build_unet(model: str, tiny: bool):

@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lora_studio.saving import model_hashes
+from lora_checks import a1111_compvis_name, assert_adapters_equal_file
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +81,7 @@ def test_loads_in_diffusers_with_every_key_matched_and_scale_alpha_over_rank(lor
             layer = re.search(r"layers\.(\d+)\.(.+)$", name)
             names[f"lora_te_text_model_encoder_layers_{layer[1]}_{layer[2].replace('.', '_')}"] = module
     assert sorted(names) == _stems(sd)  # no key unmatched, none extra
-    for stem, module in names.items():
-        down, up = sd[f"{stem}.lora_down.weight"].float(), sd[f"{stem}.lora_up.weight"].float()
-        assert torch.equal(module.lora_A["t"].weight.float().reshape(down.shape), down), stem
-        assert torch.equal(module.lora_B["t"].weight.float().reshape(up.shape), up), stem
-        assert module.scaling["t"] == pytest.approx(float(sd[f"{stem}.alpha"]) / down.shape[0])
+    assert_adapters_equal_file(names, sd, "t")
 
     # the math: base output + (alpha/r) * up(down(x)) is what the loaded pipeline computes
     stem = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
@@ -102,23 +99,6 @@ def test_loads_in_diffusers_with_every_key_matched_and_scale_alpha_over_rank(lor
         return pipe("lsdemo shape", num_inference_steps=2, height=64, width=64, generator=g, output_type="np").images
     off, on = image(0.0), image(1.0)
     assert abs(on - off).mean() > 1e-4
-
-
-def _a1111_compvis_name(stem):
-    """AUTOMATIC1111's diffusers->compvis conversion of an SD1 LoRA module name (re-derived from its rules)."""
-    m = re.match(r"lora_unet_down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", stem)
-    if m:
-        return f"diffusion_model_input_blocks_{1 + int(m[1]) * 3 + int(m[3])}_{1 if m[2] == 'attentions' else 0}_{m[4]}"
-    m = re.match(r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)", stem)
-    if m:
-        return f"diffusion_model_middle_block_{1 if m[1] == 'attentions' else int(m[2]) * 2}_{m[3]}"
-    m = re.match(r"lora_unet_up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", stem)
-    if m:
-        return f"diffusion_model_output_blocks_{int(m[1]) * 3 + int(m[3])}_{1 if m[2] == 'attentions' else 0}_{m[4]}"
-    m = re.match(r"lora_te_text_model_encoder_layers_(\d+)_(.+)", stem)
-    if m:
-        return f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}"
-    return None
 
 
 def test_stems_follow_a1111_and_comfyui_rules(lora, tiny_models):
@@ -139,5 +119,5 @@ def test_stems_follow_a1111_and_comfyui_rules(lora, tiny_models):
     comfy_te = re.compile(r"lora_te_text_model_encoder_layers_\d+_(mlp_fc1|mlp_fc2|self_attn_(q|k|v|out)_proj)$")
     for stem in _stems(sd):
         assert "." not in stem
-        assert _a1111_compvis_name(stem) in ldm_modules, stem
+        assert a1111_compvis_name(stem) in ldm_modules, stem
         assert stem in comfy_unet or comfy_te.match(stem), stem

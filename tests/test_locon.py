@@ -3,7 +3,6 @@ sd-scripts adapts them; the file loads in diffusers and is named as AUTOMATIC111
 
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import base_settings, run_cli, write_config
+from lora_checks import a1111_compvis_name
 
 
 @pytest.fixture(scope="module")
@@ -68,34 +68,6 @@ def test_locon_file_loads_in_diffusers_with_every_key_matched(locon_run):
     assert conv.scaling["c"] == pytest.approx(0.5)  # conv_alpha 1 / conv_dim 2
 
 
-_RESNET_SUFFIX = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
-                  "conv_shortcut": "skip_connection"}
-
-
-def _a1111_compvis_name(stem):
-    """AUTOMATIC1111's diffusers->compvis mapping for SD1 LoCon names (re-derived from its rules)."""
-    m = re.match(r"lora_unet_down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", stem)
-    if m:
-        suffix = _RESNET_SUFFIX.get(m[4], m[4]) if m[2] == "resnets" else m[4]
-        return f"diffusion_model_input_blocks_{1 + int(m[1]) * 3 + int(m[3])}_{1 if m[2] == 'attentions' else 0}_{suffix}"
-    m = re.match(r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)", stem)
-    if m:
-        suffix = _RESNET_SUFFIX.get(m[3], m[3]) if m[1] == "resnets" else m[3]
-        return f"diffusion_model_middle_block_{1 if m[1] == 'attentions' else int(m[2]) * 2}_{suffix}"
-    m = re.match(r"lora_unet_up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", stem)
-    if m:
-        suffix = _RESNET_SUFFIX.get(m[4], m[4]) if m[2] == "resnets" else m[4]
-        return f"diffusion_model_output_blocks_{int(m[1]) * 3 + int(m[3])}_{1 if m[2] == 'attentions' else 0}_{suffix}"
-    m = re.match(r"lora_unet_down_blocks_(\d+)_downsamplers_0_conv", stem)
-    if m:
-        return f"diffusion_model_input_blocks_{3 + int(m[1]) * 3}_0_op"
-    m = re.match(r"lora_unet_up_blocks_(\d+)_upsamplers_0_conv", stem)
-    if m:
-        return f"diffusion_model_output_blocks_{2 + int(m[1]) * 3}_{2 if int(m[1]) > 0 else 1}_conv"
-    m = re.match(r"lora_te_text_model_encoder_layers_(\d+)_(.+)", stem)
-    return f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}" if m else None
-
-
 def test_locon_stems_follow_a1111_and_comfyui_rules(locon_run):
     from lora_studio.models.loading import load_components
     from lora_studio.models.tiny import ldm_state_dict
@@ -106,7 +78,7 @@ def test_locon_stems_follow_a1111_and_comfyui_rules(locon_run):
                    for key in ldm_state_dict(c.unet, c.vae, c.text_encoders[0])}
     comfy_unet = {"lora_unet_" + n.replace(".", "_") for n, _ in c.unet.named_modules()}
     for stem in _stems(locon_run["sd"]):
-        assert _a1111_compvis_name(stem) in ldm_modules, stem
+        assert a1111_compvis_name(stem) in ldm_modules, stem
         if stem.startswith("lora_unet_"):
             assert stem in comfy_unet, stem
 

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import base_settings, run_cli, write_config
+from lora_checks import assert_adapters_equal_file
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +77,7 @@ def test_sdxl_file_loads_in_diffusers_with_every_key_matched(sdxl):
                 tail = re.search(r"layers\.(\d+)\.(.+)$", name)
                 loaded[f"{prefix}_text_model_encoder_layers_{tail[1]}_{tail[2].replace('.', '_')}"] = module
     assert sorted(loaded) == _stems(sd)  # no key unmatched, none extra
-    for stem, module in loaded.items():
-        down, up = sd[f"{stem}.lora_down.weight"].float(), sd[f"{stem}.lora_up.weight"].float()
-        assert torch.equal(module.lora_A["x"].weight.float().reshape(down.shape), down), stem
-        assert torch.equal(module.lora_B["x"].weight.float().reshape(up.shape), up), stem
-        assert module.scaling["x"] == pytest.approx(float(sd[f"{stem}.alpha"]) / down.shape[0])
+    assert_adapters_equal_file(loaded, sd, "x")
 
     def image(weight):
         pipe.set_adapters(["x"], [weight])

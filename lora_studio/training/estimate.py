@@ -176,24 +176,33 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
     return result
 
 
-def _advice(cfg: Config, vram: float, gpu: GPU, per_sample: float) -> str:
+def memory_tips(cfg: Config, per_sample: float | None = None) -> list[str]:
+    """What to change to use less GPU memory, most effective first; with ``per_sample`` (activation bytes of one
+    sample) the savings are given in GB. Used before a run (the estimate) and after an out-of-memory error."""
+    def saving(amount: float) -> str:
+        return f" (about {amount / GB:.1f} GB less)" if per_sample else ""
+    activations = (per_sample or 0) * cfg.train_batch_size
     tips = []
     if not cfg.gradient_checkpointing:
-        tips.append(f"turn on gradient_checkpointing (about {per_sample * cfg.train_batch_size * 0.75 / GB:.1f} "
-                    "GB less)")
+        tips.append(f"turn on gradient_checkpointing = true{saving(activations * (1 - CHECKPOINTED_SHARE))}")
     if cfg.train_batch_size > 1:
-        tips.append(f"lower train_batch_size from {cfg.train_batch_size} to 1 (about "
-                    f"{per_sample * (cfg.train_batch_size - 1) / GB:.1f} GB less)")
+        tips.append(f"lower train_batch_size (now {cfg.train_batch_size}); lower train_batch_size from "
+                    f"{cfg.train_batch_size} to 1{saving(activations - (per_sample or 0))}")
     if not (cfg.cache_latents or cfg.cache_latents_to_disk):
-        tips.append("turn on cache_latents")
+        tips.append("turn on cache_latents = true")
     if cfg.mixed_precision == "no":
-        tips.append('use mixed_precision = "bf16"')
+        tips.append('use mixed_precision = "bf16" (or "fp16")')
     if cfg.optimizer_type.lower() == "adamw":
         tips.append('use optimizer_type = "AdamW8bit"')
     if not cfg.network_train_unet_only:
         tips.append("train the U-Net only (network_train_unet_only) with cache_text_encoder_outputs")
+    tips.append(f"lower the resolution (now {cfg.resolution})")
+    return tips
+
+
+def _advice(cfg: Config, vram: float, gpu: GPU, per_sample: float) -> str:
     return (f"this run needs about {vram:.1f} GB but {gpu.name} has {gpu.memory_gb:.0f} GB: "
-            + "; ".join(tips or ["lower the resolution"]))
+            + "; ".join(memory_tips(cfg, per_sample)))
 
 
 def resource_estimate(cfg: Config, data, steps_per_epoch: int, gpu: GPU | None) -> Estimate | None:

@@ -34,7 +34,7 @@ from .metadata import RunMetadata, describe_optimizer
 from .optim import build_optimizer, build_scheduler
 from .outputs import epoch_file, output_paths, step_file
 from .plan import plan_steps
-from .estimate import GPU, resource_estimate
+from .estimate import GPU, memory_tips, resource_estimate
 from .sampling import generate, make_scheduler, read_prompt_file
 from .vae import encode_latents
 from .state import ResumeState, latest_state, rng_state, save_state
@@ -424,11 +424,6 @@ class Trainer:
                 raise Diverged(step - 1, value, self.cfg)
         return bad_in_a_row, rollbacks
 
-    def _grads_finite(self) -> bool:
-        grads = [p.grad for p in self.params if p.grad is not None]
-        return all(bool(torch.isfinite(g).all()) for g in grads)
-
-    # ------------------------------------------------------------------ outputs
     def _save(self, path: Path, epoch: int, step: int) -> Path:
         meta, spec = self.meta.for_save(epoch, step, time.time(), path.stem)
         save_lora(path, self.network.state_dict(), self.cfg.save_precision, meta, spec)
@@ -556,8 +551,10 @@ class Trainer:
                         bad_in_a_row, rollbacks = self._read_back(pending, bar, epoch, loss_history, started,
                                                                   bad_in_a_row, rollbacks)
                 else:
-                    value = float(loss.detach()) * cfg.gradient_accumulation_steps
-                    if not math.isfinite(value) or not self._grads_finite():
+                    loss_value = loss.detach() * cfg.gradient_accumulation_steps
+                    value, ok = torch.stack([loss_value.float().reshape(()),  # one host sync for both
+                                             self._finite_on_device(loss_value).float()]).tolist()
+                    if not ok:
                         self.optimizer.zero_grad(set_to_none=True)  # this step is dropped: the weights stay good
                         bad_in_a_row += 1
                         log.warning("step %d: non-finite %s; step skipped (%d in a row)", step + 1,
@@ -675,19 +672,7 @@ def _tensorboard_dir(cfg: Config) -> str | None:
 
 
 def _oom_advice(cfg: Config) -> str:
-    tips = []
-    if cfg.train_batch_size > 1:
-        tips.append(f"lower train_batch_size (now {cfg.train_batch_size})")
-    if not cfg.gradient_checkpointing:
-        tips.append("set gradient_checkpointing = true")
-    if not (cfg.cache_latents or cfg.cache_latents_to_disk):
-        tips.append("set cache_latents = true")
-    if cfg.mixed_precision == "no":
-        tips.append("use mixed_precision = \"bf16\" (or \"fp16\")")
-    if cfg.optimizer_type.lower() == "adamw":
-        tips.append("use optimizer_type = \"AdamW8bit\"")
-    tips.append(f"lower the resolution (now {cfg.resolution})")
-    return "the GPU ran out of memory. Try: " + "; ".join(tips)
+    return "the GPU ran out of memory. Try: " + "; ".join(memory_tips(cfg))
 
 
 def train(cfg: Config) -> Path:

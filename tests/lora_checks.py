@@ -1,0 +1,49 @@
+"""Checks shared by the compatibility tests: AUTOMATIC1111's SD1 naming rule (re-derived from its code, not
+imported) and "every loaded adapter equals the file and is scaled alpha/rank"."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+# A1111's suffix conversion inside ResNet blocks (diffusers name -> LDM name)
+_RESNET_SUFFIX = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
+                  "conv_shortcut": "skip_connection"}
+
+
+def _block(kind: str, rest: str) -> tuple[int, str]:
+    """(index inside the LDM block, suffix) of an attention or ResNet child."""
+    if kind == "attentions":
+        return 1, rest
+    return 0, _RESNET_SUFFIX.get(rest, rest)
+
+
+def a1111_compvis_name(stem: str) -> str | None:
+    """AUTOMATIC1111's diffusers->compvis conversion of an SD1 LoRA/LoCon module name."""
+    if m := re.match(r"lora_unet_down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", stem):
+        part, suffix = _block(m[2], m[4])
+        return f"diffusion_model_input_blocks_{1 + int(m[1]) * 3 + int(m[3])}_{part}_{suffix}"
+    if m := re.match(r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)", stem):
+        _, suffix = _block(m[1], m[3])
+        return f"diffusion_model_middle_block_{1 if m[1] == 'attentions' else int(m[2]) * 2}_{suffix}"
+    if m := re.match(r"lora_unet_up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", stem):
+        part, suffix = _block(m[2], m[4])
+        return f"diffusion_model_output_blocks_{int(m[1]) * 3 + int(m[3])}_{part}_{suffix}"
+    if m := re.match(r"lora_unet_down_blocks_(\d+)_downsamplers_0_conv", stem):
+        return f"diffusion_model_input_blocks_{3 + int(m[1]) * 3}_0_op"
+    if m := re.match(r"lora_unet_up_blocks_(\d+)_upsamplers_0_conv", stem):
+        return f"diffusion_model_output_blocks_{2 + int(m[1]) * 3}_{2 if int(m[1]) > 0 else 1}_conv"
+    if m := re.match(r"lora_te_text_model_encoder_layers_(\d+)_(.+)", stem):
+        return f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}"
+    return None
+
+
+def assert_adapters_equal_file(loaded: dict, sd: dict, adapter: str) -> None:
+    """Each peft module diffusers loaded (by our stem) holds the file's down/up weights, scaled alpha/rank."""
+    for stem, module in loaded.items():
+        down, up = sd[f"{stem}.lora_down.weight"].float(), sd[f"{stem}.lora_up.weight"].float()
+        assert torch.equal(module.lora_A[adapter].weight.float().reshape(down.shape), down), stem
+        assert torch.equal(module.lora_B[adapter].weight.float().reshape(up.shape), up), stem
+        assert module.scaling[adapter] == pytest.approx(float(sd[f"{stem}.alpha"]) / down.shape[0])
