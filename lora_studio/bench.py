@@ -38,17 +38,27 @@ def _device_peak(device: torch.device) -> float | None:
     return GPU(torch.cuda.get_device_name(device), 0.0).peak_flops
 
 
+def bench_models() -> dict[str, tuple[str, dict, dict]]:
+    """--model: (model family, its full-size UNet config, a tiny UNet config of the same topology)."""
+    from .models import tiny
+    from .models.sd1 import SD1_UNET
+    from .models.sdxl import SDXL_UNET
+
+    return {"sd15": ("sd1", SD1_UNET, tiny.TINY_UNET), "sdxl": ("sdxl", SDXL_UNET, tiny.TINY_SDXL_UNET)}
+
+
+def bench_family(model: str):
+    from .models.registry import BY_NAME
+
+    return BY_NAME[bench_models()[model][0]]
+
+
 def build_unet(model: str, tiny: bool):
     from diffusers import UNet2DConditionModel
 
-    from .models import family, tiny as tiny_models
-
-    if model == "sdxl":
-        config = tiny_models.TINY_SDXL_UNET if tiny else family.SDXL_UNET
-    else:
-        config = tiny_models.TINY_UNET if tiny else family.SD1_UNET
+    _, full, small = bench_models()[model]
     torch.manual_seed(0)
-    return UNet2DConditionModel.from_config(config)
+    return UNet2DConditionModel.from_config(small if tiny else full)
 
 
 def make_batch(unet, batch: int, resolution: int, device) -> dict:
@@ -71,49 +81,65 @@ def _cond(batch: dict, dtype) -> tuple[torch.Tensor, dict]:
 
 
 class OurLoop:
-    """The engine's pieces: LoRANetwork on the frozen UNet, denoising_loss, the engine's optimizer choice."""
+    """The engine's training step itself: the family's LoRA targets and loss in the accelerate-prepared
+    ``TrainingStep``, cached latents and text-encoder outputs, and the step guard's optimizer step."""
 
-    def __init__(self, unet, rank: int, precision: str, device, channels_last: bool, checkpointing: bool,
-                 compile_backend: str | None = None):
-        from diffusers import DDPMScheduler
+    def __init__(self, unet, family, rank: int, precision: str, device, channels_last: bool,
+                 checkpointing: bool, compile_backend: str | None = None):
+        from accelerate import Accelerator
 
         from .config import build_config
-        from .models.family import SD1, SD_SCHEDULER, Components
+        from .models.family import Components
+        from .models.stable_diffusion import SD_SCHEDULER
         from .network.lora import LoRANetwork
-        from .training.optim import build_optimizer
+        from .training.build import build_optimization
+        from .training.guard import StepGuard
+        from .training.precision import Precision
+        from .training.step import BatchLoss, TrainingStep
 
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-        self.unet = unet.to(device, self.dtype).requires_grad_(False)
+        cfg = build_config({"learning_rate": 1e-4, "network_dim": rank, "network_alpha": rank,
+                            "mixed_precision": precision, "channels_last": channels_last,
+                            "network_train_unet_only": True, "max_grad_norm": 0})
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+        self.unet = unet.to(device, dtype).requires_grad_(False)
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         if checkpointing:
             self.unet.enable_gradient_checkpointing()
             self.unet.train()
-        components = Components(SD1(), self.unet, None, [], [], dict(SD_SCHEDULER), "bench")
+        components = Components(family, self.unet, None, [], [], dict(SD_SCHEDULER), "bench")
         self.network = LoRANetwork(components, rank, rank, train_unet=True, train_text_encoder=False)
         self.network.attach().to(device, torch.float32)
         if compile_backend:
             self.unet.compile(backend=compile_backend)
-        cfg = build_config({"learning_rate": 1e-4})
-        self.optimizer = build_optimizer(cfg, self.network.param_groups(1e-4, [1e-4]))
-        self.scheduler = DDPMScheduler.from_config(SD_SCHEDULER)
-        self.device, self.precision, self.channels_last = device, precision, channels_last
+        groups, optimizer, scheduler = build_optimization(self.network, cfg, 1_000_000)
+        schedule = family.noise_schedule(components, False, False)
+        self.te_cache: dict = {}
+        loss = BatchLoss(components, schedule, cfg, device, Precision(precision, dtype), False, self.te_cache)
+        self.model = self.accelerator.prepare(TrainingStep(self.network, loss))
+        self.optimizer = self.accelerator.prepare(optimizer)
+        self.guard = StepGuard(self.accelerator, self.optimizer, scheduler, [p for g in groups for p in g["params"]],
+                               self.network, cfg)
+        self.steps = 0
+
+    def engine_batch(self, batch: dict) -> dict:
+        """The bench batch as the engine's data loader gives it: latents, captions of cached text-encoder outputs."""
+        captions = [f"caption {i}" for i in range(batch["latents"].shape[0])]
+        for i, caption in enumerate(captions):
+            self.te_cache[caption] = {k: batch[k][i] for k in ("encoder_hidden_states", "text_embeds") if k in batch}
+        engine = {"latents": batch["latents"], "captions": captions,
+                  "loss_weights": torch.ones(len(captions), device=batch["latents"].device)}
+        if "time_ids" in batch:
+            engine["time_ids"] = batch["time_ids"]
+        return engine
 
     def step(self, batch: dict) -> torch.Tensor:
-        from .training.loss import denoising_loss
-
-        latents = batch["latents"]
-        if self.channels_last:
-            latents = latents.contiguous(memory_format=torch.channels_last)
-        hidden, extra = _cond(batch, self.dtype)
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (latents.shape[0],), device=self.device)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision != "no"):
-            loss = denoising_loss(self.unet, self.scheduler, latents, {"encoder_hidden_states": hidden, **extra},
-                                  torch.ones(latents.shape[0], device=self.device), noise, t)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        with self.accelerator.accumulate(self.model):
+            loss = self.model(batch["engine"] if "engine" in batch else self.engine_batch(batch))
+            self.accelerator.backward(loss)
+            self.guard.judge([self.guard.optimizer_step(self.steps, loss, False)])
         return loss
 
 
@@ -124,7 +150,7 @@ class ReferenceLoop:
         from diffusers import DDPMScheduler
         from peft import LoraConfig
 
-        from .models.family import SD_SCHEDULER
+        from .models.stable_diffusion import SD_SCHEDULER
 
         self.unet = unet.to(device, torch.float32).requires_grad_(False)
         self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
@@ -195,21 +221,23 @@ def time_loop(name: str, loop, batch: dict, steps: int, warmup: int, device, pea
 
 def lora_target_names(unet) -> list[str]:
     """Module paths our network adapts, for the reference loop's peft config (same work in both loops)."""
-    from .network.lora import unet_targets
+    from .models.stable_diffusion import unet_targets
 
     return [path for path, _, _ in unet_targets(unet)]
 
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    resolution = args.resolution or (64 if args.tiny else (1024 if args.model == "sdxl" else 512))
+    family = bench_family(args.model)
+    resolution = args.resolution or (64 if args.tiny else round(family.estimate.native_pixels ** 0.5))
     peak = _device_peak(device)
     unet = build_unet(args.model, args.tiny)
     reference_unet = copy.deepcopy(unet) if not args.no_reference else None
     targets = lora_target_names(unet)
     batch = make_batch(unet, args.batch, resolution, device)
-    ours = time_loop("lora-studio", OurLoop(unet, args.rank, args.precision, device, args.channels_last,
-                                             args.gradient_checkpointing, args.compile), batch, args.steps,
+    our_loop = OurLoop(unet, family, args.rank, args.precision, device, args.channels_last,
+                       args.gradient_checkpointing, args.compile)
+    ours = time_loop("lora-studio", our_loop, {**batch, "engine": our_loop.engine_batch(batch)}, args.steps,
                      args.warmup, device, peak)
     results = [ours]
     if reference_unet is not None:

@@ -63,14 +63,30 @@ def run_cli(*args: str, timeout: int = 600, check: bool = True, cwd: Path | None
     return proc
 
 
-def accelerate_launch(config: Path, processes: int, timeout: int = 600) -> subprocess.CompletedProcess:
+def launch_argv(config: Path, processes: int, machines: int = 1, machine_rank: int = 0,
+                port: int | None = None) -> list[str]:
+    """``accelerate launch`` of the engine on the CPU (gloo): ``processes`` in all, over ``machines``."""
     exe = Path(sys.executable).with_name("accelerate")
-    args = [str(exe), "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    args = [str(exe), "launch", "--num_machines", str(machines), "--mixed_precision", "no", "--dynamo_backend", "no",
             "--num_cpu_threads_per_process", "1", "--num_processes", str(processes)]
     args += ["--multi_gpu"] if processes > 1 else ["--cpu"]
-    args += ["-m", "lora_studio.train", "--config", str(config)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    if machines > 1:
+        args += ["--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1", "--main_process_port",
+                 str(port)]
+    return args + ["-m", "lora_studio.train", "--config", str(config)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accelerate_launch(config: Path, processes: int, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(free_port())}
+    proc = subprocess.run(launch_argv(config, processes), capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"accelerate launch failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc

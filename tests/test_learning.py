@@ -30,7 +30,7 @@ def _eval_loss(components, data_dir) -> float:
         for _ in range(8):
             noise = torch.randn(latents.shape, generator=g)
             t = torch.randint(0, 1000, (len(latents),), generator=g)
-            total += float(denoising_loss(components.unet, scheduler, latents, cond, torch.ones(len(latents)),
+            total += float(denoising_loss(components, scheduler, latents, cond, torch.ones(len(latents)),
                                           noise, t))
     return total / 8
 

@@ -71,7 +71,7 @@ def test_the_log_and_metadata_say_diffusers_cannot_load_them(lyco_run):
 
 def test_lycoris_files_reload_into_our_network_with_identical_weights(lyco_run):
     from lora_studio.models.loading import load_components
-    from lora_studio.network.args import parse_network_args
+    from lora_studio.config.network_args import parse_network_args
     from lora_studio.network.lora import LoRANetwork
 
     components = load_components(str(lyco_run["model"]), None, False)

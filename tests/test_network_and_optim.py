@@ -10,7 +10,7 @@ from lora_studio.errors import UserError
 from lora_studio.models.loading import load_components
 from lora_studio.network.lora import LoRANetwork
 from lora_studio.training.optim import build_optimizer, build_scheduler, warmup_steps
-from lora_studio.training.trainer import _choose_precision
+from lora_studio.training.precision import choose_precision
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,26 @@ def test_schedulers(name):
 
 def test_fp16_on_cpu_falls_back_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING):
-        assert _choose_precision(build_config({"mixed_precision": "fp16"}), cuda=False) == "no"
+        assert choose_precision(build_config({"mixed_precision": "fp16"}), cuda=False) == "no"
     assert "fp16 needs an NVIDIA GPU" in caplog.text
-    assert _choose_precision(build_config({"mixed_precision": "bf16"}), cuda=False) == "bf16"
+    assert choose_precision(build_config({"mixed_precision": "bf16"}), cuda=False) == "bf16"
+
+
+def test_the_multiplier_scales_the_adapters_delta_as_a_strength(components):
+    """A strength as AUTOMATIC1111 and ComfyUI apply it: the multiplier on the LoRA's delta; 0 is the base model."""
+    net = LoRANetwork(components, 4, 2.0, train_text_encoder=False)
+    lora = net.adapters()[0]
+    base = lora._base[0]
+    x = torch.randn(3, base.in_channels, 4, 4) if isinstance(base, torch.nn.Conv2d) else torch.randn(3, base.in_features)
+    before = base(x)
+    torch.nn.init.normal_(lora.lora_up.weight)
+    net.attach()
+    try:
+        full = base(x)
+        net.set_multiplier(0.5)
+        half = base(x)
+        net.set_multiplier(0.0)
+        assert torch.equal(base(x), before)
+    finally:
+        net.detach_from_base()
+    assert not torch.allclose(full, before) and torch.allclose(half - before, 0.5 * (full - before), atol=1e-5)

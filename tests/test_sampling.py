@@ -25,7 +25,7 @@ def test_prompt_file_errors(tmp_path):
 
 
 def test_samplers_exist():
-    from lora_studio.models.family import SD_SCHEDULER
+    from lora_studio.models.stable_diffusion import SD_SCHEDULER
 
     for name in ["ddim", "pndm", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
                  "dpmsingle", "k_euler_a"]:

@@ -46,18 +46,21 @@ def test_a_model_type_mismatch_is_a_clear_error(sd2_models, tmp_path, dataset):
 def test_v_prediction_loss_targets_v(sd2_models):
     from diffusers import DDPMScheduler
 
-    from lora_studio.models.family import SD_SCHEDULER
+    from lora_studio.models.family import Components
+    from lora_studio.models.sd2 import SD2
+    from lora_studio.models.stable_diffusion import SD_SCHEDULER
     from lora_studio.training.loss import denoising_loss
 
     scheduler = DDPMScheduler.from_config({**SD_SCHEDULER, "prediction_type": "v_prediction",
                                            "rescale_betas_zero_snr": True})
     assert float(scheduler.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-12)  # zero terminal SNR
     unet = sd2_models["unet"]
+    model = Components(SD2(), unet, None, [], [], dict(SD_SCHEDULER), "test")
     latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     t = torch.tensor([10, 999])
     cond = {"encoder_hidden_states": torch.randn(2, 77, 64)}
     with torch.no_grad():
-        loss = denoising_loss(unet, scheduler, latents, cond, torch.ones(2), noise, t)
+        loss = denoising_loss(model, scheduler, latents, cond, torch.ones(2), noise, t)
         a = scheduler.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
         s = (1 - scheduler.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
         noisy = a * latents + s * noise
@@ -65,7 +68,7 @@ def test_v_prediction_loss_targets_v(sd2_models):
         pred = unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
     assert float(loss) == pytest.approx(float(((pred - v) ** 2).mean()), rel=1e-5)
     with torch.no_grad():
-        weighted = denoising_loss(unet, scheduler, latents, cond, torch.ones(2), noise, t, min_snr_gamma=5.0)
+        weighted = denoising_loss(model, scheduler, latents, cond, torch.ones(2), noise, t, min_snr_gamma=5.0)
     assert torch.isfinite(weighted)
 
 

@@ -130,8 +130,8 @@ def test_cached_text_encoder_outputs_give_the_same_loss(sdxl, tmp_path):
     with torch.no_grad():
         live = {**encode(captions), "time_ids": time_ids}
         cached = {**cached_condition(reread, captions, "cpu"), "time_ids": time_ids}
-        a = denoising_loss(c.unet, scheduler, latents, live, torch.ones(2), noise, t)
-        b = denoising_loss(c.unet, scheduler, latents, cached, torch.ones(2), noise, t)
+        a = denoising_loss(c, scheduler, latents, live, torch.ones(2), noise, t)
+        b = denoising_loss(c, scheduler, latents, cached, torch.ones(2), noise, t)
     assert float(a) == pytest.approx(float(b), rel=1e-6, abs=1e-7)
     assert set(cache[captions[0]]) == {"encoder_hidden_states", "text_embeds"}
 

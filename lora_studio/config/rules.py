@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError, UserError
 from . import Config
+from .network_args import parse_network_args
 
 _BAD_NAME_CHARS = '/\\:*?"<>|\x00\r\n'
 
@@ -23,8 +24,6 @@ def setting_problems(cfg: Config) -> dict[str, str]:
         problems["v_parameterization"] = "needs v2 = true (SD2.x 768-v models)"
     if not cfg.output_name or any(c in cfg.output_name for c in _BAD_NAME_CHARS) or cfg.output_name.strip() in (".", ".."):
         problems["output_name"] = f"'{cfg.output_name}' must be a plain file name (no / \\ : * ? \" < > |)"
-    from ..network.args import parse_network_args  # torch-free
-
     try:
         parse_network_args(cfg.network_args, cfg.network_module)
     except ConfigError as exc:

@@ -183,9 +183,16 @@ SETTINGS: tuple[Setting, ...] = (
        "training", advanced=True),
     _s("dynamo_backend", STR, "inductor", "Compile backend", "torch.compile backend used with Compile the U-Net.",
        "training", advanced=True, suggestions=("inductor", "cudagraphs", "eager", "aot_eager")),
-    _s("xformers", BOOL, False, "Use xformers", "Use xformers attention (needs the xformers package).", "training", advanced=True),
+    _s("xformers", BOOL, False, "Use xformers",
+       "U-Net attention through xformers (needs the xformers package). Without it the U-Net uses PyTorch's "
+       "scaled-dot-product attention (SDPA), which is as fast and needs nothing more.", "training", advanced=True),
     _s("sdpa", BOOL, False, "Use SDPA",
-       "Use PyTorch scaled-dot-product attention (the default attention already).", "training", advanced=True),
+       "U-Net attention through PyTorch scaled-dot-product attention. It is the default already; the switch is "
+       "kept for sd-scripts and Kohya_ss configs. xformers wins when both are set, as in sd-scripts.", "training",
+       advanced=True),
+    _s("mem_eff_attn", BOOL, False, "Memory efficient attention",
+       "sd-scripts' own memory-efficient attention. PyTorch SDPA does the same job (its memory-efficient and flash "
+       "kernels) and is used instead.", "training", advanced=True),
     _s("seed", INT, None, "Seed", "Random seed; the same seed and settings give the same LoRA.", "training",
        minimum=0, maximum=2**32 - 1),
     _s("noise_offset", FLOAT, 0.0, "Noise offset", "Adds offset noise so the LoRA can learn very dark or bright images "
@@ -252,7 +259,7 @@ UNSUPPORTED: dict[str, Any] = {
     "max_validation_steps": None, "scale_weight_norms": None, "no_metadata": False,
     "fused_backward_pass": False, "use_8bit_adam": False, "use_lion_optimizer": False, "lr_scheduler_type": "",
     "lr_scheduler_args": None, "lr_decay_steps": 0, "lr_scheduler_timescale": None, "lr_scheduler_min_lr_ratio": None,
-    "full_fp16": False, "full_bf16": False, "cpu_offload_checkpointing": False, "mem_eff_attn": False,
+    "full_fp16": False, "full_bf16": False, "cpu_offload_checkpointing": False,
     "ddp_timeout": None, "ddp_gradient_as_bucket_view": False,
     "ddp_static_graph": False, "noise_offset_random_strength": False, "adaptive_noise_scale": None,
     "multires_noise_iterations": None, "multires_noise_discount": 0.3, "ip_noise_gamma": None,

@@ -69,7 +69,8 @@ class EventsFollower:
             s.step, s.epoch = event["step"], event["epoch"]
             s.last_time = event.get("time")
             s.samples_per_s, s.eta_s, s.lr = event.get("samples_per_s"), event.get("eta_s"), event.get("lr")
-            s.losses.append((event["step"], event["loss"]))
+            if event.get("loss") is not None:  # null: a step the guard skipped (non-finite loss)
+                s.losses.append((event["step"], event["loss"]))
         elif kind == "sample":
             s.samples.append({k: event.get(k) for k in ("epoch", "step", "path", "prompt")})
         elif kind == "save":

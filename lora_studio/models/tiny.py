@@ -12,29 +12,22 @@ import torch
 from safetensors.torch import save_file
 
 from . import ldm_keys
-from .family import (
-    SD1_TEXT_ENCODER,
-    SD1_UNET,
-    SD1_VAE,
-    SD2_TEXT_ENCODER,
-    SD2_UNET,
-    SD_SCHEDULER,
-    SDXL_TEXT_ENCODER_2,
-    SDXL_UNET,
-    SDXL_VAE_SCALE,
-    sd2_attention_heads,
-)
+from .ldm_build import attention_heads_per_64_channels
+from .sd1 import SD1_TEXT_ENCODER, SD1_UNET
+from .sd2 import SD2_TEXT_ENCODER, SD2_UNET
+from .sdxl import SDXL_TEXT_ENCODER_2, SDXL_UNET, SDXL_VAE_SCALE
+from .stable_diffusion import SD_SCHEDULER, SD_VAE
 from .tokenizer import clip_tokenizer
 
 TINY_UNET = {**SD1_UNET, "block_out_channels": [32, 32, 64, 64], "cross_attention_dim": 64, "sample_size": 8}
-TINY_VAE = {**SD1_VAE, "block_out_channels": [32, 32, 32, 32], "sample_size": 64}
+TINY_VAE = {**SD_VAE, "block_out_channels": [32, 32, 32, 32], "sample_size": 64}
 TINY_TEXT_ENCODER = {**SD1_TEXT_ENCODER, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
                      "num_hidden_layers": 3, "projection_dim": 64}
 
 
 _TINY_CHANNELS = [32, 32, 64, 64]
 TINY_SD2_UNET = {**SD2_UNET, "block_out_channels": _TINY_CHANNELS, "cross_attention_dim": 64, "sample_size": 8,
-                 "attention_head_dim": sd2_attention_heads(_TINY_CHANNELS)}
+                 "attention_head_dim": attention_heads_per_64_channels(_TINY_CHANNELS)}
 TINY_SD2_TEXT_ENCODER = {**SD2_TEXT_ENCODER, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
                          "num_hidden_layers": 3, "projection_dim": 64}
 

@@ -15,13 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config.network_args import NetworkArgs
 from ..errors import UserError
-from ..models.family import TE_TARGETS, Components, _encoder_layers
-from .args import NetworkArgs
-
-UNET_TARGET_BLOCKS = ("Transformer2DModel",)
-# With LoCon (conv_dim), sd-scripts also adapts these blocks: their 3x3 convs at conv_dim, the rest at network_dim.
-UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+from ..models.family import Components
 
 
 class LoRAModule(nn.Module):
@@ -95,29 +91,6 @@ def _uses_lycoris(args: NetworkArgs | None) -> bool:
     return args is not None and (args.algo in ("loha", "lokr", "ia3") or args.dora_wd)
 
 
-def unet_targets(unet: nn.Module, locon: bool = False) -> list[tuple[str, nn.Module, bool]]:
-    """(path, module, is_3x3_conv) the UNet adapts: Linear layers and 1x1 convs inside the transformer blocks
-    (sd-scripts' default LoRA), and with ``locon`` every Linear/Conv2d of the ResNet, down- and upsample blocks."""
-    blocks = UNET_TARGET_BLOCKS + (UNET_CONV_BLOCKS if locon else ())
-    found = []
-    for block_name, block in unet.named_modules():
-        kind = type(block).__name__
-        if kind not in blocks:
-            continue
-        for child_name, child in block.named_modules():
-            is_1x1 = isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1)
-            is_conv = isinstance(child, nn.Conv2d) and not is_1x1
-            if isinstance(child, nn.Linear) or is_1x1 or (is_conv and kind in UNET_CONV_BLOCKS):
-                found.append((f"{block_name}.{child_name}", child, is_conv))
-    return found
-
-
-def text_encoder_targets(text_encoder: nn.Module) -> list[tuple[int, str, nn.Module]]:
-    """(layer index, child name, module) for q/k/v/out_proj and fc1/fc2 of every CLIP encoder layer."""
-    return [(i, child, layer.get_submodule(child)) for i, layer in enumerate(_encoder_layers(text_encoder))
-            for child in TE_TARGETS]
-
-
 class LoRANetwork(nn.Module):
     """All adapters of a run. Adapters are registered under their file stems."""
 
@@ -126,23 +99,17 @@ class LoRANetwork(nn.Module):
                  conv_alpha: float | None = None, args: NetworkArgs | None = None):
         super().__init__()
         self.args = args
-        family = components.family
         self.unet_stems: list[str] = []
         self.te_stems: list[list[str]] = [[] for _ in components.text_encoders]
-        if train_unet:
-            for path, module, is_conv in unet_targets(components.unet, locon=bool(conv_dim)):
-                stem = family.unet_lora_stem(path, components.unet.config)
-                if is_conv:
-                    self._add(stem, module, conv_dim, conv_alpha, dropout)
-                else:
-                    self._add(stem, module, rank, alpha, dropout)
-                self.unet_stems.append(stem)
-        if train_text_encoder:
-            for te_index, te in enumerate(components.text_encoders):
-                for layer, child, module in text_encoder_targets(te):
-                    stem = family.te_lora_stem(te_index, layer, child)
-                    self._add(stem, module, rank, alpha, dropout)
-                    self.te_stems[te_index].append(stem)
+        # The family says which modules get adapters and their names; with LoCon (conv_dim) its k x k convs too.
+        for target in components.family.adapter_targets(components, train_unet, train_text_encoder,
+                                                        locon=bool(conv_dim)):
+            if target.conv:
+                self._add(target.stem, target.module, conv_dim, conv_alpha, dropout)
+            else:
+                self._add(target.stem, target.module, rank, alpha, dropout)
+            (self.unet_stems if target.text_encoder is None else self.te_stems[target.text_encoder]).append(
+                target.stem)
 
     def _add(self, stem: str, module: nn.Module, rank: int, alpha, dropout) -> None:
         if stem in self._modules:

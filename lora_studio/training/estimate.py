@@ -9,7 +9,6 @@ the real numbers on the machine at hand.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import struct
 import subprocess
@@ -18,16 +17,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..config import Config
+from ..errors import UserError
+from ..models.family import ModelFamily
+from ..models.registry import BY_NAME, family_of_checkpoint, family_of_diffusers_folder
 
 GB = 1024**3
-# Activation bytes a training sample keeps per latent pixel in bf16, with SDPA, without gradient checkpointing
-# (SD1.5-512 batch 1 LoRA ~3.5 GB of activations, in line with the ~7 GB peer reports; SDXL-1024 ~17 GB), and the
-# share gradient checkpointing keeps (SDXL-1024 LoRA with cached latents and TE outputs peaks at 4.4 GB with fp8
-# weights in sd-scripts #1057, which leaves ~1.7 GB of activations). Not yet calibrated on our own GPU runs.
-ACTIVATION_BYTES_PER_LATENT_PIXEL = {"sd1": 0.85e6, "sd2": 0.95e6, "sdxl": 1.05e6}
+# Activation bytes per latent pixel and FLOPs per sample are each family's own (``ModelFamily.estimate``): SD1.5-512
+# batch 1 LoRA ~3.5 GB of activations, in line with the ~7 GB peer reports; SDXL-1024 ~17 GB. The share gradient
+# checkpointing keeps: SDXL-1024 LoRA with cached latents and TE outputs peaks at 4.4 GB with fp8 weights in
+# sd-scripts #1057, which leaves ~1.7 GB of activations. Not yet calibrated on our own GPU runs.
 CHECKPOINTED_SHARE = 0.10
-# A LoRA step's FLOPs per sample at the family's native size (perf.md: rank 32, frozen base, cached latents).
-STEP_FLOPS = {"sd1": (1.738e12, 512 * 512), "sd2": (2.1e12, 768 * 768), "sdxl": (14.31e12, 1024 * 1024)}
 ASSUMED_MFU = 0.30
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.2, "4080": 97.0,
                    "3090": 71.0, "3080": 59.5, "3060": 25.6, "A10": 125.0, "T4": 65.0}
@@ -81,39 +80,26 @@ def _model_shapes(model: Path) -> dict[str, list[int]]:
 
 @dataclass
 class ModelSize:
-    family: str
+    family: str  # the family's name
     unet: int
     text_encoders: int
     vae: int
     lora_linear: int  # sum of (in + out) over the layers a LoRA adapts (times rank = LoRA parameters)
     lora_te: int
 
+    @property
+    def recipe(self) -> ModelFamily:
+        return BY_NAME[self.family]
+
 
 def model_size(model: str | Path) -> ModelSize:
-    shapes = _model_shapes(Path(model))
-    keys = list(shapes)
-    family = ("sdxl" if any(k.startswith(("conditioner.", "text_encoder_2.")) for k in keys) else
-              "sd2" if any(k.startswith("cond_stage_model.model.") for k in keys) or
-              any("proj_in" in k and len(shapes[k]) == 2 for k in keys if "unet" in k) else "sd1")
-
-    def count(pred) -> int:
-        return sum(math.prod(s) for k, s in shapes.items() if pred(k))
-    unet = count(lambda k: k.startswith(("model.diffusion_model.", "unet.")))
-    vae = count(lambda k: k.startswith(("first_stage_model.", "vae.")))
-    te = count(lambda k: k.startswith(("cond_stage_model.", "conditioner.", "text_encoder")))
-    lora_unet = lora_te = 0
-    for key, shape in shapes.items():
-        if not key.endswith(".weight") or len(shape) not in (2, 4) or (len(shape) == 4 and shape[2:] != [1, 1]):
-            continue
-        in_unet = key.startswith(("model.diffusion_model.", "unet."))
-        if in_unet and ("transformer_blocks" in key or "proj_in" in key or "proj_out" in key):
-            lora_unet += shape[0] + shape[1]
-        elif not in_unet and "in_proj" in key:  # OpenCLIP's fused q/k/v: three adapters of [h, h]
-            lora_te += 2 * shape[0]
-        elif not in_unet and any(t in key for t in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
-                                                    "c_fc", "c_proj")):
-            lora_te += shape[0] + shape[1]
-    return ModelSize(family, unet, te, vae, lora_unet, lora_te)
+    """Parameter counts of a model file or folder from its headers; ValueError when its family is unknown."""
+    model = Path(model)
+    shapes = _model_shapes(model)
+    family = family_of_diffusers_folder(model)[0] if model.is_dir() else family_of_checkpoint(shapes)
+    if family is None:
+        raise ValueError(f"{model}: not a model of a known family")
+    return ModelSize(family.name, **family.parameter_counts(shapes))
 
 
 @dataclass
@@ -143,13 +129,14 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
     if not (te_cached and not cfg.sample_prompts):
         frozen += size.text_encoders * weight_bytes
     if not (latents_cached and not cfg.sample_prompts):
-        vae_fp32 = not half or cfg.no_half_vae or (size.family == "sdxl" and cfg.mixed_precision == "fp16")
+        vae_fp32 = size.recipe.vae_needs_float32(cfg.mixed_precision, cfg.no_half_vae)
         frozen += size.vae * (4 if vae_fp32 else 2)
     lora_params = cfg.network_dim * (size.lora_linear + (size.lora_te if train_te else 0))
     states = OPTIMIZER_STATE_COPIES.get(cfg.optimizer_type.lower(), 2)
     lora_bytes = lora_params * 4 * (2 + states)  # weights, gradients and optimizer state, float32
     latent_pixels = (resolution[0] // 8) * (resolution[1] // 8)
-    per_sample = ACTIVATION_BYTES_PER_LATENT_PIXEL[size.family] * latent_pixels * (1 if half else 2)
+    constants = size.recipe.estimate
+    per_sample = constants.activation_bytes_per_latent_pixel * latent_pixels * (1 if half else 2)
     if cfg.gradient_checkpointing:
         per_sample *= CHECKPOINTED_SHARE
     activations = per_sample * cfg.train_batch_size
@@ -161,11 +148,10 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
     ram = (size.unet + size.text_encoders + size.vae) * 4 / GB + cache_in_memory / GB + 2.0
     disk = entries * latent_bytes if cfg.cache_latents_to_disk else 0
     if cfg.cache_text_encoder_outputs_to_disk:
-        disk += num_images * 77 * 2048 * 4
+        disk += num_images * constants.te_cache_bytes_per_caption
     seconds = None
     if gpu is not None and gpu.peak_flops:
-        flops, native = STEP_FLOPS[size.family]
-        sample_flops = flops * (resolution[0] * resolution[1]) / native
+        sample_flops = constants.step_flops * (resolution[0] * resolution[1]) / constants.native_pixels
         if cfg.gradient_checkpointing:
             sample_flops *= 1.35
         seconds = steps_per_epoch * cfg.train_batch_size * cfg.gradient_accumulation_steps * sample_flops / (
@@ -209,6 +195,6 @@ def resource_estimate(cfg: Config, data, steps_per_epoch: int, gpu: GPU | None) 
     """The estimate for a checked config and its scanned dataset; None when the model cannot be sized."""
     try:
         size = model_size(cfg.pretrained_model_name_or_path)
-    except (OSError, ValueError, KeyError, struct.error):
+    except (OSError, ValueError, KeyError, struct.error, UserError):
         return None
     return estimate(cfg, size, len(data.items), steps_per_epoch, data.datasets[0].resolution, gpu)

@@ -2,11 +2,13 @@
 
 Events (one JSON object a line, each with ``type`` and ``time``):
   start   {total_steps, total_epochs, steps_per_epoch, num_images, output}
-  step    {step, epoch, loss, avg_loss, lr, samples_per_s, eta_s}
+  step    {step, epoch, loss, avg_loss, lr, samples_per_s, eta_s, [bad]}: loss is the mean over all processes;
+          bad is "loss" (loss then null) or "gradients" for a step the step guard counted as non-finite
   sample  {step, epoch, path, prompt}
   save    {step, epoch, path}
   log     {level, message}
-  end     {status: "completed" | "stopped", step, output}
+  end     {status: "completed" | "stopped", step, epoch, output, seconds}, or {status: "killed"} when a second
+          stop request (Ctrl+C twice, SIGTERM twice) ends the engine at once
   error   {message, kind}
 """
 

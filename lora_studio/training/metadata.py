@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..network.args import parse_network_args
+from ..config.network_args import parse_network_args
 from ..config import Config, parse_key_values
 from ..data.dataset import TrainingData
 from ..models.family import Components

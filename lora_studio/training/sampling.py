@@ -109,34 +109,17 @@ def make_scheduler(name: str, scheduler_config: dict):
 @torch.no_grad()
 def generate(components: Components, prompt: SamplePrompt, sampler: str, clip_skip: int, max_token_length: int,
              device, dtype, generator_seed: int):
-    """One PIL image for ``prompt`` with the network as currently attached."""
+    """One PIL image for ``prompt`` with the network as currently attached, through the family's pipeline."""
     family = components.family
-    scheduler = make_scheduler(prompt.sampler or sampler, components.scheduler_config)
+    pipe = family.pipeline(components, make_scheduler(prompt.sampler or sampler, components.scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
     cond = family.encode_prompt(components, [prompt.prompt], clip_skip, max_token_length, device)
     uncond = family.encode_prompt(components, [prompt.negative], clip_skip, max_token_length, device)
-    embeds = {"prompt_embeds": cond["encoder_hidden_states"].to(dtype),
-              "negative_prompt_embeds": uncond["encoder_hidden_states"].to(dtype)}
-    if family.name == "sdxl":
-        from diffusers import StableDiffusionXLPipeline
-
-        pipe = StableDiffusionXLPipeline(vae=components.vae, text_encoder=components.text_encoders[0],
-                                         text_encoder_2=components.text_encoders[1],
-                                         tokenizer=components.tokenizers[0], tokenizer_2=components.tokenizers[1],
-                                         unet=components.unet, scheduler=scheduler)
-        embeds.update(pooled_prompt_embeds=cond["text_embeds"].to(dtype),
-                      negative_pooled_prompt_embeds=uncond["text_embeds"].to(dtype))
-    else:
-        from diffusers import StableDiffusionPipeline
-
-        pipe = StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoders[0],
-                                       tokenizer=components.tokenizers[0], unet=components.unet, scheduler=scheduler,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
     seed = prompt.seed if prompt.seed is not None else generator_seed
     generator = torch.Generator(device="cpu").manual_seed(seed)
     scale = pipe.vae_scale_factor
     latents = torch.randn((1, components.unet.config.in_channels, prompt.height // scale, prompt.width // scale),
                           generator=generator).to(device, dtype)
-    image = pipe(**embeds, latents=latents, num_inference_steps=prompt.steps, guidance_scale=prompt.cfg_scale,
-                 height=prompt.height, width=prompt.width, output_type="pil").images[0]
-    return image
+    return pipe(**family.pipeline_prompt_kwargs(cond, uncond, dtype), latents=latents,
+                num_inference_steps=prompt.steps, guidance_scale=prompt.cfg_scale, height=prompt.height,
+                width=prompt.width, output_type="pil").images[0]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config.values import parse_key_values
 from ..errors import ConfigError
+from .values import parse_key_values
 
 LYCORIS_MODULE = "lycoris.kohya"
 ALGOS = ("lora", "locon", "loha", "lokr", "ia3")

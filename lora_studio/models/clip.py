@@ -1,0 +1,74 @@
+"""CLIP text encoders as the Stable Diffusion families use them: prompt encoding as sd-scripts does it, and the layers
+a LoRA adapts with their names in a LoRA file."""
+
+from __future__ import annotations
+
+import torch
+
+# Children of a CLIP encoder layer that get an adapter, with their names in a LoRA file. All four attention
+# projections are trained when the text encoder is (diffusers' own recipe drops q/k/v without out_proj).
+TE_TARGETS = {"self_attn.q_proj": "self_attn_q_proj", "self_attn.k_proj": "self_attn_k_proj",
+              "self_attn.v_proj": "self_attn_v_proj", "self_attn.out_proj": "self_attn_out_proj",
+              "mlp.fc1": "mlp_fc1", "mlp.fc2": "mlp_fc2"}
+
+
+def encoder_layers(text_encoder) -> torch.nn.ModuleList:
+    """The CLIP encoder's layer list, wherever the installed transformers version puts it."""
+    for name, module in text_encoder.named_modules():
+        if name.endswith("encoder.layers") and isinstance(module, torch.nn.ModuleList):
+            return module
+    raise RuntimeError("no encoder.layers in the text encoder")
+
+
+def adapted_layers(text_encoder, prefix: str) -> list[tuple[str, torch.nn.Module]]:
+    """(LoRA stem, module) for q/k/v/out_proj and fc1/fc2 of every encoder layer. The stems come from this fixed
+    table, never from ``named_modules()``: transformers 5 dropped the ``text_model.`` level those names had."""
+    return [(f"{prefix}_text_model_encoder_layers_{i}_{name}", layer.get_submodule(child))
+            for i, layer in enumerate(encoder_layers(text_encoder)) for child, name in TE_TARGETS.items()]
+
+
+def _final_layer_norm(text_encoder):
+    for name, module in text_encoder.named_modules():
+        if name.endswith("final_layer_norm"):
+            return module
+    raise RuntimeError("no final_layer_norm in the text encoder")
+
+
+def encode_with_clip(text_encoder, tokenizer, captions: list[str], clip_skip: int, max_token_length: int,
+                     device, final_norm: bool = True, pooled: bool = False):
+    """Hidden states of ``captions`` as sd-scripts computes them.
+
+    Captions longer than 75 tokens (max_token_length 150/225) are encoded in 75-token chunks, each framed by start
+    and end tokens, and joined keeping one start token at the front and one end token at the back. With ``pooled``,
+    also the projected pooled output of the first chunk (SDXL's second encoder), as sd-scripts takes it.
+    """
+    chunk = tokenizer.model_max_length  # 77
+    total = max_token_length + 2
+    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=total, return_tensors="pt").input_ids
+    ids = ids.to(device)
+    if total == chunk:
+        pieces = [ids]
+    else:
+        body = ids[:, 1:-1]
+        bos = ids[:, :1]
+        eos = torch.full_like(bos, tokenizer.eos_token_id)
+        # A chunk past the caption's end holds padding after its end token, as the tokenizer pads.
+        pieces = [torch.cat([bos, body[:, start:start + chunk - 2], eos], dim=1)
+                  for start in range(0, max_token_length, chunk - 2)]
+    states, pooled_out = [], None
+    for piece in pieces:
+        out = text_encoder(piece, output_hidden_states=clip_skip > 1, return_dict=True)
+        if clip_skip > 1:
+            hidden = out.hidden_states[-clip_skip]
+            if final_norm:
+                hidden = _final_layer_norm(text_encoder)(hidden)
+        else:
+            hidden = out.last_hidden_state
+        states.append(hidden)
+        if pooled and pooled_out is None:
+            pooled_out = out.text_embeds
+    if len(states) == 1:
+        joined = states[0]
+    else:
+        joined = torch.cat([states[0][:, :1]] + [s[:, 1:-1] for s in states] + [states[-1][:, -1:]], dim=1)
+    return (joined, pooled_out) if pooled else joined

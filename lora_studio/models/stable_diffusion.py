@@ -1,0 +1,203 @@
+"""The recipe SD1.x, SD2.x and SDXL share: a UNet2DConditionModel denoiser trained with DDPM noise, epsilon or v
+prediction, an AutoencoderKL and CLIP text encoders. Each family module fills in what differs (configs, prompt
+encoding, names in LoRA files, metadata ids, estimate constants)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .family import AdapterTarget, Components, ModelFamily
+
+SD_SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+}
+SD_VAE = {
+    "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+    "norm_num_groups": 32, "out_channels": 3, "sample_size": 512, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "scaling_factor": 0.18215,
+}
+
+# sd-scripts' default LoRA adapts the Linear layers and 1x1 convs inside the transformer blocks; with LoCon
+# (conv_dim) also every Linear/Conv2d of these blocks, their k x k convs at conv_dim.
+UNET_TARGET_BLOCKS = ("Transformer2DModel",)
+UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+
+# Checkpoint name prefixes, single-file and diffusers-folder, for the estimate's parameter counts.
+_UNET_KEYS = ("model.diffusion_model.", "unet.")
+_VAE_KEYS = ("first_stage_model.", "vae.")
+_TE_KEYS = ("cond_stage_model.", "conditioner.", "text_encoder")
+_TE_ADAPTED = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "c_fc", "c_proj")
+
+
+def unet_targets(unet, locon: bool = False) -> list[tuple[str, object, bool]]:
+    """(module path, module, is a k x k conv) of every UNet layer that gets an adapter."""
+    from torch import nn
+
+    blocks = UNET_TARGET_BLOCKS + (UNET_CONV_BLOCKS if locon else ())
+    found = []
+    for block_name, block in unet.named_modules():
+        kind = type(block).__name__
+        if kind not in blocks:
+            continue
+        for child_name, child in block.named_modules():
+            is_1x1 = isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1)
+            is_conv = isinstance(child, nn.Conv2d) and not is_1x1
+            if isinstance(child, nn.Linear) or is_1x1 or (is_conv and kind in UNET_CONV_BLOCKS):
+                found.append((f"{block_name}.{child_name}", child, is_conv))
+    return found
+
+
+class StableDiffusionFamily(ModelFamily):
+    te_prefixes: tuple[str, ...] = ("lora_te",)  # LoRA file prefix of each text encoder
+    tokenizer_pad = "<|endoftext|>"
+    modelspec_architecture = ""
+    vae_scale = 0.18215
+
+    # ---- loading
+    def check_flags(self, v2: bool, source: str) -> None:
+        from ..errors import UserError
+
+        if v2:
+            raise UserError(f"{source} is an {self.title} model but the config sets v2 = true; remove v2")
+
+    def load_diffusers(self, folder: Path, model_index: dict) -> Components:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        opts = {"local_files_only": True}
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **opts)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **opts)
+        text_encoders, tokenizers = self._diffusers_text_encoders(folder)
+        sched_file = folder / "scheduler" / "scheduler_config.json"
+        sched = dict(SD_SCHEDULER)
+        if sched_file.is_file():
+            import json
+
+            loaded = json.loads(sched_file.read_text())
+            sched.update({k: v for k, v in loaded.items() if k in SD_SCHEDULER})
+        return Components(self, unet, vae, text_encoders, tokenizers, sched, str(folder))
+
+    def _diffusers_text_encoders(self, folder: Path) -> tuple[list, list]:
+        from transformers import CLIPTextModel
+
+        te = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
+        return [te], [self._tokenizer(folder / "tokenizer", self.tokenizer_pad)]
+
+    @staticmethod
+    def _tokenizer(folder: Path, pad: str):
+        from transformers import CLIPTokenizer
+
+        from .tokenizer import clip_tokenizer
+
+        return CLIPTokenizer.from_pretrained(folder, local_files_only=True) if folder.is_dir() \
+            else clip_tokenizer(pad_token=pad)
+
+    def _components(self, unet, vae, text_encoders, tokenizers, source: str) -> Components:
+        return Components(self, unet, vae, text_encoders, tokenizers, dict(SD_SCHEDULER), source)
+
+    # ---- adapters
+    def unet_lora_stem(self, module_path: str, unet_config) -> str:
+        return "lora_unet_" + module_path.replace(".", "_")
+
+    def adapter_targets(self, components, train_unet, train_text_encoder, locon):
+        from .clip import adapted_layers
+
+        targets = []
+        if train_unet:
+            for path, module, is_conv in unet_targets(components.unet, locon):
+                targets.append(AdapterTarget(self.unet_lora_stem(path, components.unet.config), module, None,
+                                             is_conv))
+        if train_text_encoder:
+            for index, te in enumerate(components.text_encoders):
+                targets += [AdapterTarget(stem, module, index)
+                            for stem, module in adapted_layers(te, self.te_prefixes[index])]
+        return targets
+
+    # ---- noise, timesteps, prediction
+    def noise_schedule(self, components, v_parameterization, zero_terminal_snr):
+        from diffusers import DDPMScheduler
+
+        components.scheduler_config.update(prediction_type="v_prediction" if v_parameterization else "epsilon")
+        if zero_terminal_snr:
+            components.scheduler_config["rescale_betas_zero_snr"] = True
+        return DDPMScheduler.from_config(components.scheduler_config)
+
+    def sample_noise(self, latents, noise_offset, generator=None):
+        import torch
+
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        if noise_offset:
+            offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator,
+                                 device=latents.device, dtype=latents.dtype)
+            noise = noise + noise_offset * offset
+        return noise
+
+    def sample_timesteps(self, schedule, batch_size, device):
+        import torch
+
+        return torch.randint(0, schedule.config.num_train_timesteps, (batch_size,), device=device)
+
+    def prediction_and_target(self, components, schedule, latents, noise, timesteps, cond):
+        unet = components.unet
+        noisy = schedule.add_noise(latents, noise, timesteps)
+        dtype = unet.dtype
+        extra = {k: v for k, v in cond.items() if k != "encoder_hidden_states"}
+        pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                    return_dict=False, **({"added_cond_kwargs": extra} if extra else {}))[0]
+        if schedule.config.prediction_type == "v_prediction":
+            return pred, schedule.get_velocity(latents, noise, timesteps)
+        return pred, noise
+
+    def min_snr_weights(self, schedule, timesteps, gamma):
+        """Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR, or / (SNR + 1) for v-prediction."""
+        import torch
+
+        alphas_cumprod = schedule.alphas_cumprod.to(timesteps.device)[timesteps].float()
+        snr = alphas_cumprod / (1 - alphas_cumprod)
+        clipped = torch.clamp(snr, max=gamma)
+        if schedule.config.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return torch.where(snr > 0, clipped / snr.clamp(min=1e-12), torch.ones_like(snr))  # zero terminal SNR: 1
+
+    # ---- latents
+    def vae_scale_and_shift(self, vae):
+        return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+    def vae_needs_float32(self, precision, no_half_vae):
+        return precision == "no" or no_half_vae or (precision == "fp16" and self.estimate.vae_fp32_under_fp16)
+
+    # ---- sample images
+    def pipeline(self, components, scheduler):
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoders[0],
+                                       tokenizer=components.tokenizers[0], unet=components.unet, scheduler=scheduler,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    def pipeline_prompt_kwargs(self, cond, uncond, dtype):
+        return {"prompt_embeds": cond["encoder_hidden_states"].to(dtype),
+                "negative_prompt_embeds": uncond["encoder_hidden_states"].to(dtype)}
+
+    # ---- metadata
+    def architecture(self, v_parameterization):
+        return self.modelspec_architecture
+
+    # ---- estimate
+    def parameter_counts(self, shapes):
+        def count(prefixes) -> int:
+            return sum(math.prod(s) for k, s in shapes.items() if k.startswith(prefixes))
+        lora_unet = lora_te = 0
+        for key, shape in shapes.items():
+            if not key.endswith(".weight") or len(shape) not in (2, 4) or (len(shape) == 4 and shape[2:] != [1, 1]):
+                continue
+            in_unet = key.startswith(_UNET_KEYS)
+            if in_unet and ("transformer_blocks" in key or "proj_in" in key or "proj_out" in key):
+                lora_unet += shape[0] + shape[1]
+            elif not in_unet and "in_proj" in key:  # OpenCLIP's fused q/k/v: three adapters of [h, h]
+                lora_te += 2 * shape[0]
+            elif not in_unet and any(t in key for t in _TE_ADAPTED):
+                lora_te += shape[0] + shape[1]
+        return {"unet": count(_UNET_KEYS), "text_encoders": count(_TE_KEYS), "vae": count(_VAE_KEYS),
+                "lora_linear": lora_unet, "lora_te": lora_te}

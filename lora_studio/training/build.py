@@ -1,0 +1,160 @@
+"""What a run builds before its first step: the model on its device, the attention it uses, the network, the
+optimizer and its schedule, and the latent and text-encoder caches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..config.network_args import NetworkArgs, parse_network_args
+from ..data.latent_cache import build_latent_cache, vae_fingerprint
+from ..errors import UserError
+from ..models.family import Components
+from ..network.lora import LoRANetwork, ranks_in_file
+from .optim import build_optimizer, build_scheduler
+from .precision import Precision
+from .te_cache import build_te_cache, check_te_cache_allowed, te_fingerprint
+from .vae import encode_latents
+
+log = logging.getLogger("lora_studio")
+
+
+@dataclass(frozen=True)
+class Trained:
+    """Which parts of the model the run trains."""
+    unet: bool
+    text_encoder: bool
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Trained:
+        return cls(not cfg.network_train_text_encoder_only, not cfg.network_train_unet_only)
+
+
+def choose_attention(unet, cfg: Config) -> str:
+    """Set the U-Net's attention: xformers when asked for, else PyTorch SDPA (sd-scripts' sdpa, its mem_eff_attn,
+    and the default). Returns what is used, for the log."""
+    if cfg.xformers:
+        try:
+            unet.enable_xformers_memory_efficient_attention()
+        except Exception as exc:
+            raise UserError(f"xformers: cannot use xformers here ({exc}); remove xformers = true "
+                            "(PyTorch SDPA attention is used by default)") from None
+        return "xformers" + (" (sdpa is set too; xformers wins, as in sd-scripts)" if cfg.sdpa else "")
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0())
+    if cfg.mem_eff_attn:
+        return "PyTorch SDPA (mem_eff_attn is sd-scripts' own memory-efficient attention; SDPA does its job)"
+    return "PyTorch SDPA"
+
+
+def place_model(c: Components, cfg: Config, precision: Precision, device: torch.device, trained: Trained) -> str:
+    """Frozen weights in the training precision on the device (the VAE as the family needs it); returns the
+    attention used."""
+    attention = choose_attention(c.unet, cfg)
+    c.unet.to(device, precision.weight_dtype)
+    if cfg.channels_last:
+        c.unet.to(memory_format=torch.channels_last)
+    for te in c.text_encoders:
+        te.to(device, precision.weight_dtype)
+    vae_fp32 = c.family.vae_needs_float32(precision.mode, cfg.no_half_vae) or precision.cpu_loss_scaling
+    c.vae.to(device, torch.float32 if vae_fp32 else precision.weight_dtype)
+    if cfg.gradient_checkpointing:
+        c.unet.enable_gradient_checkpointing()
+        c.unet.train()
+        if trained.text_encoder:
+            for te in c.text_encoders:
+                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                te.train()
+    return attention
+
+
+def ranks_from_weights(cfg: Config) -> Config:
+    """dim_from_weights: the ranks of the network_weights file become this run's settings (metadata, saved
+    config)."""
+    rank, conv_dim = ranks_in_file(cfg.network_weights)
+    args = [a for a in (cfg.network_args or []) if not a.replace(" ", "").startswith("conv_dim=")]
+    log.info("dim_from_weights: rank %d%s from %s", rank, f", conv rank {conv_dim}" if conv_dim else "",
+             cfg.network_weights)
+    return cfg.replace(network_dim=rank, network_args=args + ([f"conv_dim={conv_dim}"] if conv_dim else []) or None)
+
+
+def build_network(c: Components, cfg: Config, net_args: NetworkArgs, trained: Trained, seed: int,
+                  device: torch.device) -> LoRANetwork:
+    torch.manual_seed(seed)  # identical initial adapters in every process
+    network = LoRANetwork(c, cfg.network_dim, cfg.network_alpha, trained.unet, trained.text_encoder,
+                          cfg.network_dropout, net_args.conv_dim, net_args.conv_alpha, net_args)
+    if cfg.network_weights:
+        network.load_weights(cfg.network_weights)
+    network.attach().to(device, torch.float32)
+    if cfg.torch_compile:  # after the LoRA hooks are in place, so the compiled graph includes them
+        c.unet.compile(backend=cfg.dynamo_backend)  # in place: the same module object everywhere
+    network.train()
+    return network
+
+
+def describe_network(network: LoRANetwork, cfg: Config) -> None:
+    net_args = parse_network_args(cfg.network_args, cfg.network_module)
+    log.info("%s: %d U-Net and %d text-encoder modules, rank %d, alpha %s%s", net_args.describe(),
+             len(network.unet_stems), sum(len(s) for s in network.te_stems), cfg.network_dim,
+             cfg.network_alpha or cfg.network_dim,
+             f"; conv rank {net_args.conv_dim}, alpha {net_args.conv_alpha}" if net_args.conv_dim else "")
+    if not net_args.diffusers_loads:
+        log.warning("%s files load in AUTOMATIC1111, Forge and ComfyUI; diffusers cannot load them",
+                    net_args.describe())
+
+
+def build_optimization(network: LoRANetwork, cfg: Config, total_steps: int):
+    """(param groups, optimizer, learning-rate schedule) with sd-scripts' per-part learning rates."""
+    unet_lr = cfg.unet_lr if cfg.unet_lr is not None else cfg.learning_rate
+    te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.learning_rate
+    groups = network.param_groups(unet_lr, te_lr if isinstance(te_lr, list) else [te_lr])
+    if not groups:
+        raise UserError("every learning rate is 0: nothing would be trained (check unet_lr / text_encoder_lr)")
+    optimizer = build_optimizer(cfg, groups)
+    return groups, optimizer, build_scheduler(cfg, optimizer, total_steps)
+
+
+def cache_latents(c: Components, data, cfg: Config, device: torch.device, seed: int, accelerator) -> dict:
+    """Latents of every image (and its flip). On disk, the first process of each machine writes the cache and the
+    others read it; machines share nothing but the settings."""
+    scale_shift = c.family.vae_scale_and_shift(c.vae)
+    vae_id = vae_fingerprint(c.vae) + f"|{scale_shift}"
+    generator = torch.Generator(device=device).manual_seed(seed)
+    fallback = Path(cfg.output_dir) / "latent_cache"
+
+    def encode(pixels):
+        return encode_latents(c.vae, pixels, device, generator, scale_shift)
+
+    to_disk = cfg.cache_latents_to_disk
+    if to_disk and accelerator.num_processes > 1:
+        if accelerator.is_local_main_process:
+            build_latent_cache(data, encode, vae_id, True, True, fallback)
+        accelerator.wait_for_everyone()
+        return build_latent_cache(data, encode, vae_id, True, False, fallback, show_progress=False)
+    return build_latent_cache(data, encode, vae_id, to_disk, True, fallback,
+                              show_progress=accelerator.is_main_process)
+
+
+def cache_text_encoder_outputs(c: Components, data, cfg: Config, trained: Trained, device: torch.device,
+                               precision: Precision, accelerator) -> dict:
+    check_te_cache_allowed(cfg, trained.text_encoder, data)
+    folders = {}
+    for i, item in enumerate(data.items):
+        folders.setdefault(data.caption_for(i, 0, (0,)), item.path.parent)
+    fingerprint = te_fingerprint(c.text_encoders, cfg.clip_skip, cfg.max_token_length) + c.family.name
+
+    def encode(captions):
+        with precision.autocast(device):
+            return c.family.encode_prompt(c, captions, cfg.clip_skip, cfg.max_token_length, device)
+
+    to_disk = cfg.cache_text_encoder_outputs_to_disk
+    if to_disk and accelerator.num_processes > 1:
+        if accelerator.is_local_main_process:
+            build_te_cache(folders, encode, fingerprint, True)
+        accelerator.wait_for_everyone()
+    return build_te_cache(folders, encode, fingerprint, to_disk, show_progress=accelerator.is_main_process)

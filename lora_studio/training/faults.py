@@ -1,0 +1,42 @@
+"""Faults the test suite injects into real runs, through environment variables that normal use never sets.
+
+They reach code that a CPU cannot reach otherwise: fp16 loss scaling (accelerate gives a GradScaler only on a GPU)
+and gradients that overflow on chosen steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+log = logging.getLogger("lora_studio")
+
+CPU_GRAD_SCALER = "LORA_STUDIO_TEST_CPU_GRAD_SCALER"  # "1": fp16 loss scaling on the CPU (computing in float32)
+OVERFLOW_STEPS = "LORA_STUDIO_TEST_OVERFLOW_STEPS"  # "1,2,3": these optimizer steps' gradients become inf
+
+
+def cpu_loss_scaling() -> bool:
+    return os.environ.get(CPU_GRAD_SCALER) == "1"
+
+
+def install_cpu_grad_scaler(accelerator) -> None:
+    """Give accelerate the GradScaler it would make for fp16 on a GPU, on the CPU. Call it after the model is
+    prepared (so its forward is not wrapped in fp16 autocast) and before the optimizer is."""
+    accelerator.scaler = torch.amp.GradScaler("cpu")
+    accelerator.native_amp = True
+    log.warning("test fault: fp16 loss scaling simulated on the CPU (initial scale %g)",
+                accelerator.scaler.get_scale())
+
+
+def overflow_steps() -> set[int]:
+    return {int(s) for s in os.environ.get(OVERFLOW_STEPS, "").split(",") if s.strip()}
+
+
+def overflow_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Make one gradient infinite, as an fp16 overflow in the backward pass does."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.view(-1)[0] = float("inf")
+            return

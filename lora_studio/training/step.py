@@ -1,0 +1,70 @@
+"""One batch's loss, as the forward of the module accelerate prepares.
+
+accelerate wraps the module that holds the trained parameters (DistributedDataParallel when there are several
+processes): running the loss through that module's forward is what lets it synchronise the gradients in the backward
+pass, skip the synchronisation while gradients accumulate, and find adapters that had no part in a loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..models.family import Components
+from .loss import denoising_loss
+from .precision import Precision
+from .te_cache import cached_condition
+from .vae import encode_latents
+
+
+class BatchLoss:
+    """The denoising loss of a batch from the data loader, with the family's conditioning, noise and target."""
+
+    def __init__(self, components: Components, schedule, cfg: Config, device: torch.device, precision: Precision,
+                 train_text_encoder: bool, te_cache: dict | None):
+        self.components, self.family, self.schedule = components, components.family, schedule
+        self.cfg, self.device, self.precision = cfg, device, precision
+        self.train_text_encoder, self.te_cache = train_text_encoder, te_cache
+
+    def latents(self, batch: dict) -> torch.Tensor:
+        if "latents" in batch:
+            latents = batch["latents"].to(self.device, non_blocking=True)
+        else:
+            vae = self.components.vae
+            latents = encode_latents(vae, batch["pixels"], self.device, None, self.family.vae_scale_and_shift(vae))
+        latents = latents.float()
+        if self.cfg.channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last)
+        return latents
+
+    def condition(self, batch: dict) -> dict:
+        if self.te_cache is not None:
+            cond = cached_condition(self.te_cache, batch["captions"], self.device)
+        else:
+            with torch.set_grad_enabled(self.train_text_encoder), self.precision.autocast(self.device):
+                cond = self.family.encode_prompt(self.components, batch["captions"], self.cfg.clip_skip,
+                                                 self.cfg.max_token_length, self.device)
+        return self.family.add_image_conditioning(cond, batch, self.device)
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        latents = self.latents(batch)
+        cond = self.condition(batch)
+        noise = self.family.sample_noise(latents, self.cfg.noise_offset)
+        timesteps = self.family.sample_timesteps(self.schedule, latents.shape[0], self.device)
+        with self.precision.autocast(self.device):
+            return denoising_loss(self.components, self.schedule, latents, cond, batch["loss_weights"], noise,
+                                  timesteps, self.cfg.min_snr_gamma)
+
+
+class TrainingStep(nn.Module):
+    """Holds the network (the only trained parameters); ``forward(batch)`` is the batch's loss. The frozen model is
+    reached through the loss function, not registered here, so accelerate never copies or broadcasts it."""
+
+    def __init__(self, network: nn.Module, loss: BatchLoss):
+        super().__init__()
+        self.network = network
+        self._loss = [loss]  # a list keeps it out of the module tree
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self._loss[0](batch)
