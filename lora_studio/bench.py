@@ -1,10 +1,12 @@
 """``lora-studio bench``: time LoRA training steps of our engine against a plain reference loop.
 
 Both loops train the same UNet (the real SD1.5 or SDXL config with random weights, or a tiny one with ``--tiny``)
-on the same random cached latents and text embeddings, in the same process. Ours: the engine's LoRA network and
-loss, frozen weights in the chosen precision, float32 LoRA weights. Reference: what diffusers' LoRA example does,
-a peft LoRA on the same modules, float32 master weights under autocast. Reported: median step time after warm-up,
-samples/s, peak memory, FLOPs per sample (``torch.utils.flop_counter``) and MFU where the device peak is known.
+on the same random cached latents and text embeddings, in the same process. Ours: the engine's own training step
+(the family's LoRA targets and loss in the accelerate-prepared step module, the step guard's optimizer step),
+frozen weights in the chosen precision, float32 LoRA weights. Reference: what diffusers' LoRA example does, a peft
+LoRA on the same modules, float32 master weights under autocast. The loops are warmed up one after the other, then
+stepped in turn, so a busy moment of the machine slows both alike. Reported: median step time, samples/s, peak
+memory, FLOPs per sample (``torch.utils.flop_counter``) and MFU where the device peak is known.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -198,25 +200,50 @@ def count_flops(loop, batch: dict) -> float:
     return counter.get_total_flops() / batch["latents"].shape[0]
 
 
-def time_loop(name: str, loop, batch: dict, steps: int, warmup: int, device, peak: float | None) -> Result:
+@dataclass
+class Timed:
+    name: str
+    loop: object
+    batch: dict
+    flops: float
+    peak_memory_mb: float
+    times: list[float] = field(default_factory=list)
+
+
+def warm_up(name: str, build, batch_for, warmup: int, device) -> Timed:
+    """Build a loop, run its warm-up steps and count its FLOPs. On a GPU its peak memory is what it allocated on top
+    of what was there before it was built (the other loop's)."""
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    loop = build()
+    batch = batch_for(loop)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
         loop.step(batch)
     flops = count_flops(loop, batch)
-    times = []
+    peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" \
+        else _peak_memory_mb(device)
+    return Timed(name, loop, batch, flops, peak)
+
+
+def time_steps(timed: list[Timed], steps: int, device) -> None:
+    """Step the loops in turn, so that a busy moment of the machine slows each of them alike."""
     for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        loss = loop.step(batch)
-        loss.item()  # the step is done when its result is on the host
-        times.append(time.perf_counter() - start)
-    step = statistics.median(times)
-    samples = batch["latents"].shape[0] / step
-    return Result(name, round(step * 1000, 3), round(samples, 3), round(_peak_memory_mb(device), 1),
-                  round(flops / 1e12, 6) if flops else None,
-                  round(samples * flops / peak, 4) if peak and flops else None)
+        for t in timed:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            loss = t.loop.step(t.batch)
+            loss.item()  # the step is done when its result is on the host
+            t.times.append(time.perf_counter() - start)
+
+
+def result(t: Timed, device_peak: float | None) -> Result:
+    step = statistics.median(t.times)
+    samples = t.batch["latents"].shape[0] / step
+    return Result(t.name, round(step * 1000, 3), round(samples, 3), round(t.peak_memory_mb, 1),
+                  round(t.flops / 1e12, 6) if t.flops else None,
+                  round(samples * t.flops / device_peak, 4) if device_peak and t.flops else None)
 
 
 def lora_target_names(unet) -> list[str]:
@@ -235,18 +262,15 @@ def run(args: argparse.Namespace) -> dict:
     reference_unet = copy.deepcopy(unet) if not args.no_reference else None
     targets = lora_target_names(unet)
     batch = make_batch(unet, args.batch, resolution, device)
-    our_loop = OurLoop(unet, family, args.rank, args.precision, device, args.channels_last,
-                       args.gradient_checkpointing, args.compile)
-    ours = time_loop("lora-studio", our_loop, {**batch, "engine": our_loop.engine_batch(batch)}, args.steps,
-                     args.warmup, device, peak)
-    results = [ours]
+    timed = [warm_up("lora-studio", lambda: OurLoop(unet, family, args.rank, args.precision, device,
+                                                     args.channels_last, args.gradient_checkpointing, args.compile),
+                     lambda loop: {**batch, "engine": loop.engine_batch(batch)}, args.warmup, device)]
     if reference_unet is not None:
-        del unet
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        results.append(time_loop("reference (diffusers+peft)", ReferenceLoop(reference_unet, args.rank,
-                                                                             args.precision, device, targets),
-                                 batch, args.steps, args.warmup, device, peak))
+        timed.append(warm_up("reference (diffusers+peft)", lambda: ReferenceLoop(reference_unet, args.rank,
+                                                                                 args.precision, device, targets),
+                             lambda loop: batch, args.warmup, device))
+    time_steps(timed, args.steps, device)
+    results = [result(t, peak) for t in timed]
     report = {
         "model": ("tiny-" if args.tiny else "") + args.model, "resolution": resolution, "batch": args.batch,
         "rank": args.rank, "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -32,46 +31,19 @@ from .build import (Trained, build_network, build_optimization, cache_latents, c
                     describe_network, place_model, ranks_from_weights)
 from .estimate import GPU, memory_tips, resource_estimate
 from .events import EventLog
-from .guard import Diverged, StepGuard, StepVerdict
+from .guard import Diverged, StepGuard
 from .metadata import RunMetadata, describe_optimizer
 from .outputs import epoch_file, output_paths, step_file
 from .plan import plan_steps
 from .precision import precision_for
 from .progress import Cadence, Progress
+from .report import Reporter
 from .sampling import generate, make_scheduler, read_prompt_file
 from .state import ResumeState, latest_state, rng_state, save_state
 from .step import BatchLoss, TrainingStep
+from .stop import StopRequest
 
 log = logging.getLogger("lora_studio")
-
-
-class StopRequest:
-    """Set by SIGINT/SIGTERM or by a ``<output_name>.stop`` file: finish the step, save, exit."""
-
-    def __init__(self, stop_file: Path):
-        self.stop_file = stop_file
-        self.requested = False
-
-    def install(self) -> None:
-        def handler(signum, frame):
-            if self.requested:  # second request: stop at once
-                raise KeyboardInterrupt
-            self.requested = True
-            log.warning("stop requested: saving after this step (press again to stop at once)")
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-
-    def poll(self) -> bool:
-        if not self.requested and self.stop_file.exists():
-            self.requested = True
-            try:
-                self.stop_file.unlink()
-            except OSError:
-                pass
-        return self.requested
 
 
 class Trainer:
@@ -248,8 +220,6 @@ class Trainer:
             self.events.close()
 
     def _loop(self, stop: StopRequest) -> Path:
-        from tqdm.auto import tqdm
-
         p = self.progress
         self.events.emit("start", total_steps=self.total_steps, total_epochs=self.total_epochs,
                          steps_per_epoch=self.updates_per_epoch, num_images=len(self.data.items),
@@ -261,10 +231,9 @@ class Trainer:
                      self.world, self.cfg.gradient_accumulation_steps)
         if self.cfg.sample_at_first:
             self._make_samples(0, 0)
-        self._bar = tqdm(total=self.total_steps, initial=p.step, desc="steps", disable=not self.is_main,
-                         dynamic_ncols=True)
-        self._losses: list[float] = []
-        self._started, self._rate_from = time.time(), p.step
+        samples_per_step = self.data.datasets[0].batch_size * self.world * self.cfg.gradient_accumulation_steps
+        self.reporter = Reporter(self.events, self.lr_scheduler, self.group_names, self.total_steps, p.step,
+                                 samples_per_step, enabled=self.is_main)
         for epoch in range(p.epoch, self.total_epochs + 1):
             p.epoch = epoch
             self._train_epoch(stop)
@@ -274,7 +243,7 @@ class Trainer:
             if self.cadence.finished(p.step):
                 break
             p.batch = 0
-        self._bar.close()
+        self.reporter.close()
         return self._finish()
 
     def _train_epoch(self, stop: StopRequest) -> None:
@@ -317,7 +286,7 @@ class Trainer:
 
     def _read_back(self, pending: list) -> None:
         for verdict in self.guard.judge(pending):
-            self._report(verdict)
+            self.reporter.step(verdict, self.progress.epoch)
             self.progress.stopped |= verdict.stop and not self.cadence.finished(verdict.step)
         pending.clear()
 
@@ -356,7 +325,7 @@ class Trainer:
         if self.is_main:
             status = "stopped" if p.stopped else "completed"
             self.events.emit("end", status=status, step=p.step, epoch=p.epoch, output=str(final),
-                             seconds=round(time.time() - self._started, 2))
+                             seconds=round(self.reporter.elapsed, 2))
             log.info("%s after %d steps: %s", status, p.step, final)
         self.accelerator.wait_for_everyone()
         return final
@@ -431,39 +400,6 @@ class Trainer:
             atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
             self.events.emit("sample", step=step, epoch=epoch, path=str(path), prompt=prompt.prompt)
         self.network.train()
-
-    # ------------------------------------------------------------------ reporting
-    def _report(self, verdict: StepVerdict) -> None:
-        if not self.is_main:
-            return
-        step, epoch = verdict.step, self.progress.epoch
-        if verdict.loss is not None:
-            self._losses.append(verdict.loss)
-        window = self._losses[-50:]
-        avg = sum(window) / len(window) if window else None
-        elapsed = time.time() - self._started
-        rate = (step - self._rate_from) / elapsed if elapsed > 0 else 0.0
-        samples_per_s = rate * self.data.datasets[0].batch_size * self.world * self.cfg.gradient_accumulation_steps
-        eta = (self.total_steps - step) / rate if rate > 0 else None
-        lrs = self.lr_scheduler.get_last_lr()
-        if verdict.loss is not None:
-            self._bar.set_postfix(loss=f"{verdict.loss:.4f}", avg=f"{avg:.4f}", epoch=epoch, refresh=False)
-        self._bar.update(1)
-        self.events.emit("step", step=step, epoch=epoch, loss=_rounded(verdict.loss), avg_loss=_rounded(avg),
-                         lr=lrs[0], samples_per_s=round(samples_per_s, 3),
-                         eta_s=round(eta, 1) if eta is not None else None,
-                         **({"bad": verdict.bad} if verdict.bad else {}))
-        if verdict.loss is None:
-            return
-        scalars = {"loss/current": verdict.loss, "loss/average": avg}
-        for name, lr in zip(self.group_names, lrs):
-            scalars[f"lr/{'unet' if name == 'unet' else name.replace('text_encoder', 'textencoder')}"] = lr
-        self.events.scalars(step, scalars)
-
-
-def _rounded(value: float | None) -> float | None:
-    return round(value, 6) if value is not None else None
-
 
 def _tensorboard_dir(cfg: Config) -> str | None:
     if not cfg.logging_dir:
