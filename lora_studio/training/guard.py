@@ -60,7 +60,6 @@ class StepVerdict:
     loss: float | None  # mean over processes; None when it was not finite
     bad: str | None  # "loss" or "gradients" when the step counts towards divergence
     stop: bool  # some process was asked to stop
-    rolled_back_to: int | None = None
 
 
 class StepGuard:
@@ -125,7 +124,7 @@ class StepGuard:
             return []
         rows = torch.stack([c.values for c in checks]).cpu().tolist()
         world = self.accelerator.num_processes
-        verdicts = []
+        verdicts, rolled_back = [], False
         for check, (loss_sum, bad_losses, bad_grads, stops) in zip(checks, rows):
             bad = "loss" if bad_losses else ("gradients" if bad_grads and not check.scaler_handled else None)
             verdict = StepVerdict(check.step, loss_sum / world if not bad_losses else None, bad, stops > 0)
@@ -133,6 +132,8 @@ class StepGuard:
             if check.scaler_handled:
                 log.info("step %d: fp16 gradients overflowed; the loss scale drops to %g and the step is skipped",
                          check.step, self.scaler.get_scale())
+            if rolled_back:  # taken from weights that are gone now: reported, not counted
+                continue
             if bad is None:
                 self.bad_in_a_row = 0
                 continue
@@ -140,13 +141,13 @@ class StepGuard:
             log.warning("step %d: non-finite %s; %s (%d in a row)", check.step, bad,
                         "trained on zeroed gradients" if self.deferred else "step skipped", self.bad_in_a_row)
             if self.bad_in_a_row >= BAD_STEPS_IN_A_ROW:
-                verdict.rolled_back_to = self._rollback_or_raise(check.step, bad)
-                break  # the steps after it were taken from weights that are gone now
+                self._rollback_or_raise(check.step, bad)
+                rolled_back = True
         return verdicts
 
-    def _rollback_or_raise(self, step: int, why: str) -> int:
+    def _rollback_or_raise(self, step: int, why: str) -> None:
         if self.cfg.nan_policy != "rollback" or self._snapshot is None or self.rollbacks >= MAX_ROLLBACKS:
-            raise Diverged(step, why if why == "loss" else "gradients", self.cfg)
+            raise Diverged(step, why, self.cfg)
         self.rollbacks += 1
         self.bad_in_a_row = 0
         back_to, weights, optim_state, sched_state = self._snapshot
@@ -160,7 +161,6 @@ class StepGuard:
                 group["initial_lr"] *= 0.5
         log.warning("rolled back to the weights of step %d with half the learning rate (%s)", back_to,
                     ", ".join(f"{lr:.3g}" for lr in self.lr_scheduler.get_last_lr()))
-        return back_to
 
     def take_snapshot(self, step: int) -> None:
         """An in-memory copy of the last good weights and optimizer, for nan_policy = "rollback"."""
