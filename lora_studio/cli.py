@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="listen on a non-loopback address WITHOUT a password (anyone on the network can read and "
                           "write files and start processes as you)")
     gui.add_argument("--allow-dir", action="append", default=None, metavar="FOLDER",
-                     help="a folder the GUI may read and write (repeat for more; default: your home folder). Paths "
-                          "typed in the page must lie inside one of them (and the state folder)")
+                     help="a folder the GUI may read and write (repeat for more). Paths typed in the page must then "
+                          "lie inside one of them (or the state folder). Default: any folder when the GUI listens on "
+                          "this computer only, your home folder when it listens on the network")
     gui.add_argument("--state-dir", default=os.environ.get("LORA_STUDIO_HOME", "~/.lora_studio"),
                      help="where runs, user presets and the demo are kept (default ~/.lora_studio)")
     return parser
@@ -128,6 +129,17 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_folders(host: str, allow_dir: list[str] | None):
+    """The folders paths typed in the GUI must lie in: the --allow-dir folders; without them, none on this computer
+    alone (loopback: the user's own files), and the home folder when the GUI listens on the network (a shared
+    machine, other people's browsers)."""
+    from pathlib import Path
+
+    if allow_dir:
+        return [Path(d) for d in allow_dir]
+    return None if _is_loopback(host) else [Path.home()]
+
+
 def _run_gui(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -147,8 +159,8 @@ def _run_gui(args: argparse.Namespace) -> int:
 
     print(f"LoRA Studio: open http://{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port} "
           "in your browser (Ctrl+C here closes the GUI; running trainings go on).", file=sys.stderr)
-    roots = [Path(d) for d in args.allow_dir] if args.allow_dir else None
-    serve(args.host, args.port, not args.no_browser, Path(args.state_dir), auth, roots)
+    serve(args.host, args.port, not args.no_browser, Path(args.state_dir), auth, allowed_folders(args.host,
+                                                                                                args.allow_dir))
     return 0
 
 

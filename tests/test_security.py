@@ -116,3 +116,26 @@ def test_dependency_floors_for_known_cves_are_pinned_and_installed():
     assert Version(floors["gradio"]) >= Version("6.16")  # CVE-2026-49119 and earlier path traversals
     assert Version(version("torch").split("+")[0]) >= Version("2.6")
     assert Version(version("gradio")) >= Version("6.16")
+
+
+def test_on_this_computer_any_path_is_accepted_and_on_the_network_only_the_allowed_folders(tmp_path, monkeypatch):
+    """Loopback (the default): the user's own machine, models may sit in another app's folder or on another drive.
+    Listening on the network: the home folder or the --allow-dir folders only (a shared machine)."""
+    from lora_studio.cli import allowed_folders
+    from lora_studio.gui.app import Workbench
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: home))
+    assert allowed_folders("127.0.0.1", None) is None and allowed_folders("localhost", None) is None
+    assert allowed_folders("0.0.0.0", None) == [home]
+    assert allowed_folders("127.0.0.1", [str(tmp_path / "only")]) == [tmp_path / "only"]
+
+    elsewhere = tmp_path / "stable-diffusion-webui" / "run.toml"  # outside the home folder
+    elsewhere.parent.mkdir()
+    elsewhere.write_text('network_dim = 12\n', encoding="utf-8")
+    local = Workbench(tmp_path / "state", allowed_roots=allowed_folders("127.0.0.1", None))
+    assert local.load_path(str(elsewhere))[-1] == f"Loaded {elsewhere}."
+    shared = Workbench(tmp_path / "state2", allowed_roots=allowed_folders("0.0.0.0", None))
+    message = shared.load_path(str(elsewhere))[-1]
+    assert message.startswith("❌ Not loaded") and "outside the folders this GUI may use" in message

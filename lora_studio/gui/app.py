@@ -89,8 +89,10 @@ class Workbench:
     def __init__(self, state_dir: Path, manager: RunManager | None = None, allowed_roots: list[Path] | None = None):
         self.state_dir = Path(state_dir).expanduser().resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        # Every path typed in the page must lie inside one of these (resolved, links followed).
-        self.roots = [Path(r).expanduser().resolve() for r in (allowed_roots or [Path.home()])] + [self.state_dir]
+        # With allowed_roots, every path typed in the page must lie inside one of them or the state folder (resolved,
+        # links followed); None: any path this user can reach (the GUI on this computer only).
+        self.roots = None if allowed_roots is None else \
+            [Path(r).expanduser().resolve() for r in allowed_roots] + [self.state_dir]
         self.user_presets = self.state_dir / "presets"
         self.manager = manager or RunManager(self.state_dir)
 
