@@ -95,6 +95,38 @@ def test_dataset_toml_typo_is_named(tmp_path):
         datasets_from_config(_cfg(dataset_config=str(toml)))
 
 
+def test_dataset_toml_mistakes_people_make_get_a_message_not_a_traceback(tmp_path):
+    from lora_studio.config import load_config
+
+    lone = tmp_path / "lone.toml"
+    lone.write_text("[[datasets.subsets]]\nimage_dir = '.'\nnum_repeats = 3\n")
+    with pytest.raises(ConfigError, match=r"\[\[datasets.subsets\]\] must follow a \[\[datasets\]\] line"):
+        datasets_from_config(_cfg(dataset_config=str(lone)))
+    good = tmp_path / "dataset.toml"
+    good.write_text("[general]\nshuffle_caption = true\n[[datasets]]\n  [[datasets.subsets]]\n  image_dir = '.'\n")
+    with pytest.raises(ConfigError, match=r"is a dataset config .*set dataset_config = .*dataset.toml"):
+        load_config(good)  # given to --config by mistake
+
+
+def test_a_relative_image_dir_is_read_from_the_working_folder_as_sd_scripts_does(tmp_path, monkeypatch, caplog):
+    work, configs = tmp_path / "work", tmp_path / "configs"
+    _img(work / "chars" / "1.png")
+    _img(configs / "chars" / "2.png")
+    _img(configs / "only_here" / "3.png")
+    toml = configs / "dataset.toml"
+    monkeypatch.chdir(work)
+    toml.write_text("[[datasets]]\nresolution = 64\n  [[datasets.subsets]]\n  image_dir = 'chars'\n")
+    with caplog.at_level("WARNING"):
+        (spec,) = datasets_from_config(_cfg(dataset_config=str(toml)))
+    assert spec.subsets[0].image_dir == work / "chars"  # the working folder wins, as in sd-scripts
+    assert "exists both in the working folder" in caplog.text and str(configs / "chars") in caplog.text
+    toml.write_text("[[datasets]]\nresolution = 64\n  [[datasets.subsets]]\n  image_dir = 'only_here'\n")
+    assert datasets_from_config(_cfg(dataset_config=str(toml)))[0].subsets[0].image_dir == configs / "only_here"
+    toml.write_text("[[datasets]]\nresolution = 64\n  [[datasets.subsets]]\n  image_dir = 'nowhere'\n")
+    with pytest.raises(UserError, match=f"image_dir not found: {work / 'nowhere'} or {configs / 'nowhere'}"):
+        datasets_from_config(_cfg(dataset_config=str(toml)))
+
+
 def test_images_read_as_people_see_them(tmp_path):
     # EXIF orientation 6 (rotate 90 CW): a 40x20 stored image is shown 20x40
     exif = Image.Exif()

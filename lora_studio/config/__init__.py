@@ -106,7 +106,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """TOML file (sections flattened) with ``overrides`` on top (command line > file > defaults)."""
-    raw = flatten_sections(read_toml(path)) if path else {}
+    data = read_toml(path) if path else {}
+    if isinstance(data.get("datasets"), (list, dict)):
+        raise ConfigError(f"{path} is a dataset config (sd-scripts' [[datasets]] / [[datasets.subsets]] TOML), not a "
+                          f"training config: set dataset_config = \"{path}\" in the training config (or pass "
+                          f"--dataset_config {path}) and give the training config to --config")
+    raw = flatten_sections(data)
     raw.update(overrides or {})
     return build_config(raw, source=str(path) if path else None)
 

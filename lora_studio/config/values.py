@@ -91,7 +91,15 @@ def split_items(text: str) -> list[str]:
         current.append(ch)
     if current:
         items.append("".join(current))
-    return items
+    return [_unquoted(item) for item in items]
+
+
+def _unquoted(item: str) -> str:
+    """An item written in quotes as on a command line (the Kohya_ss GUI saves '"weight_decay=0.1" "betas=0.9,0.99"')
+    is the text inside them."""
+    if len(item) >= 2 and item[0] == item[-1] and item[0] in "'\"":
+        return item[1:-1]
+    return item
 
 
 def _resolution(setting: S.Setting, value: Any) -> str:

@@ -8,6 +8,7 @@ its repeats, class tokens and caption options). Subset keys inherit from their d
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 from ..config import Config, read_toml
 from ..errors import ConfigError, UserError
 from .images import is_image_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -134,6 +137,24 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str, path: Path
         raise ConfigError(f"{path}: unknown key '{key}' in {where}.{hint}")
 
 
+def _image_dir(image_dir: Path, toml: Path, where: str) -> Path:
+    """A relative image_dir is relative to the working folder, as sd-scripts reads it; beside the dataset TOML is
+    looked at too (where people expect it), and a folder found in both places is named in a warning."""
+    if image_dir.is_absolute():
+        candidates = [image_dir]
+    else:
+        candidates = list(dict.fromkeys([Path.cwd() / image_dir, toml.parent / image_dir]))
+    found = [c for c in candidates if c.is_dir()]
+    if not found:
+        tried = " or ".join(str(c) for c in candidates)
+        raise UserError(f"{toml}: {where}: image_dir not found: {tried}")
+    if len(found) > 1 and found[0].resolve() != found[1].resolve():
+        log.warning("%s: %s: image_dir %s exists both in the working folder (%s, used, as sd-scripts does) and beside "
+                    "the dataset TOML (%s); write an absolute path to choose", toml, where, image_dir, found[0],
+                    found[1])
+    return found[0]
+
+
 def datasets_from_toml(path: str | Path, cfg: Config) -> list[DatasetSpec]:
     path = Path(path)
     data = read_toml(path)
@@ -141,6 +162,9 @@ def datasets_from_toml(path: str | Path, cfg: Config) -> list[DatasetSpec]:
     general = data.get("general", {})
     _check_keys(general, SUBSET_KEYS | DATASET_KEYS, "[general]", path)
     raw_datasets = data.get("datasets")
+    if isinstance(raw_datasets, dict):  # [[datasets.subsets]] with no [[datasets]] line above it
+        raise ConfigError(f"{path}: [[datasets.subsets]] must follow a [[datasets]] line (each dataset starts with "
+                          "[[datasets]], then its subsets)")
     if not raw_datasets:
         raise ConfigError(f"{path}: no [[datasets]] table; add one with at least one [[datasets.subsets]]")
     datasets = []
@@ -158,11 +182,7 @@ def datasets_from_toml(path: str | Path, cfg: Config) -> list[DatasetSpec]:
             values = {**s_inherited, **raw_subset}
             if "image_dir" not in values:
                 raise ConfigError(f"{path}: {s_where} needs image_dir")
-            image_dir = Path(values.pop("image_dir"))
-            if not image_dir.is_absolute():
-                image_dir = (path.parent / image_dir)
-            if not image_dir.is_dir():
-                raise UserError(f"{path}: {s_where}: image_dir not found: {image_dir}")
+            image_dir = _image_dir(Path(values.pop("image_dir")), path, s_where)
             subsets.append(SubsetSpec(image_dir=image_dir, **values))
         if not subsets:
             raise ConfigError(f"{path}: {where} has no [[datasets.subsets]]")
