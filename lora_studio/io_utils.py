@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -100,3 +102,13 @@ def atomic_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
+    """{tensor name: (shape, dtype)} from a .safetensors header, without reading the weights."""
+    with open(path, "rb") as fh:
+        size = struct.unpack("<Q", fh.read(8))[0]
+        if size > 100 * 2**20 or size > Path(path).stat().st_size:
+            raise ValueError(f"{path} is not a .safetensors file")
+        header = json.loads(fh.read(size))
+    return {k: (v["shape"], v["dtype"]) for k, v in header.items() if k != "__metadata__"}

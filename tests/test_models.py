@@ -66,3 +66,26 @@ def test_family_and_file_errors(tiny_models, tmp_path):
               str(tmp_path / "xl.safetensors"))
     with pytest.raises(UserError, match="incomplete SDXL checkpoint"):
         load_components(str(tmp_path / "xl.safetensors"), None, False)
+
+
+def test_a_family_we_do_not_train_is_named_at_the_check_and_at_the_start(tiny_models, tmp_path):
+    import json
+
+    from lora_studio.gui.form import check_form
+
+    flux = tmp_path / "flux1-dev.safetensors"
+    save_file({"model.diffusion_model.double_blocks.0.img_attn.qkv.weight": torch.zeros(2, 2),
+               "model.diffusion_model.single_blocks.0.linear1.weight": torch.zeros(2, 2)}, str(flux))
+    sd3 = tmp_path / "sd3.5-diffusers"
+    sd3.mkdir()
+    (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    for model, name in ((flux, "Flux"), (sd3, "SD3 / SD3.5")):
+        with pytest.raises(UserError, match=f"is a {name} model, which LoRA Studio does not train"):
+            load_components(str(model), None, False)
+        problems = check_form({"pretrained_model_name_or_path": str(model), "output_dir": str(tmp_path / "o"),
+                               "train_data_dir": str(tmp_path)}, scan_dataset=False).problems
+        assert f"is a {name} model" in problems["pretrained_model_name_or_path"]
+    problems = check_form({"pretrained_model_name_or_path": str(tiny_models["single"]), "v2": True,
+                           "output_dir": str(tmp_path / "o"), "train_data_dir": str(tmp_path)},
+                          scan_dataset=False).problems
+    assert "SD1.x model but the config sets v2" in problems["pretrained_model_name_or_path"]

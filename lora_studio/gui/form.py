@@ -18,6 +18,7 @@ from ..config.values import parse_value
 from ..data.dataset import TrainingData
 from ..data.sources import datasets_from_config
 from ..errors import ConfigError, UserError
+from ..models.registry import identify
 from ..training.outputs import output_paths
 from ..training.estimate import Estimate, detect_gpu, resource_estimate
 from ..training.plan import StepPlan, plan_steps
@@ -113,6 +114,12 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
         path = getattr(cfg, name)
         if path and not Path(path).expanduser().exists():
             check.problems[name] = f"not found: {path}"
+    model = cfg.pretrained_model_name_or_path
+    if model and "pretrained_model_name_or_path" not in check.problems:
+        try:
+            identify(model, cfg.v2)  # a Flux or SD3 model, or v2 that does not fit, said before a start
+        except UserError as exc:
+            check.problems["pretrained_model_name_or_path"] = str(exc)
     if cfg.resume and cfg.resume.strip().lower() != "latest" and not (Path(cfg.resume).expanduser() /
                                                                       "state.json").is_file():
         check.problems["resume"] = f"not a saved state folder (no state.json): {cfg.resume}"

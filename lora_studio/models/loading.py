@@ -67,7 +67,7 @@ def load_single_file(path: Path, v2: bool, allow_pickle: bool = False) -> Compon
             raise UserError(f"{setting}: cannot read {path} as a .safetensors file "
                             f"({exc}); is the download complete?") from None
         sd = None
-    family = checked_family(family_of_checkpoint(keys), str(path), v2)
+    family = checked_family(family_of_checkpoint(keys), str(path), v2, keys)
     if sd is None:
         sd = read_safetensors(path, setting)
     try:

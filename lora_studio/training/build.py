@@ -37,15 +37,17 @@ class Trained:
 def choose_attention(unet, cfg: Config) -> str:
     """Set the U-Net's attention: xformers when asked for, else PyTorch SDPA (sd-scripts' sdpa, its mem_eff_attn,
     and the default). Returns what is used, for the log."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
     if cfg.xformers:
         try:
             unet.enable_xformers_memory_efficient_attention()
-        except Exception as exc:
-            raise UserError(f"xformers: cannot use xformers here ({exc}); remove xformers = true "
-                            "(PyTorch SDPA attention is used by default)") from None
-        return "xformers" + (" (sdpa is set too; xformers wins, as in sd-scripts)" if cfg.sdpa else "")
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
+            return "xformers" + (" (sdpa is set too; xformers wins, as in sd-scripts)" if cfg.sdpa else "")
+        except Exception as exc:  # not installed, no wheel for this torch, or no GPU: SDPA does the same job
+            unet.set_attn_processor(AttnProcessor2_0())
+            log.warning("xformers = true but xformers cannot be used here (%s); training with PyTorch SDPA "
+                        "attention, which is as fast", str(exc).splitlines()[0][:160])
+            return "PyTorch SDPA (xformers unavailable)"
     unet.set_attn_processor(AttnProcessor2_0())
     if cfg.mem_eff_attn:
         return "PyTorch SDPA (mem_eff_attn is sd-scripts' own memory-efficient attention; SDPA does its job)"

@@ -8,7 +8,6 @@ the real numbers on the machine at hand.
 
 from __future__ import annotations
 
-import json
 import shutil
 import struct
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import UserError
+from ..io_utils import safetensors_shapes
 from ..models.family import ModelFamily
 from ..models.registry import BY_NAME, family_of_checkpoint, family_of_diffusers_folder
 
@@ -57,16 +57,6 @@ def detect_gpu() -> GPU | None:
         return GPU(name.strip(), float(memory) / 1024)
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
-
-
-def safetensors_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
-    """{tensor name: (shape, dtype)} from a .safetensors header, without reading the weights."""
-    with open(path, "rb") as fh:
-        size = struct.unpack("<Q", fh.read(8))[0]
-        if size > 100 * 2**20 or size > Path(path).stat().st_size:
-            raise ValueError(f"{path} is not a .safetensors file")
-        header = json.loads(fh.read(size))
-    return {k: (v["shape"], v["dtype"]) for k, v in header.items() if k != "__metadata__"}
 
 
 def _model_shapes(model: Path) -> dict[str, list[int]]:

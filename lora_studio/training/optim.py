@@ -20,19 +20,39 @@ def _import_class(dotted: str):
         raise UserError(f"optimizer_type: cannot import {dotted} ({exc})") from None
 
 
+# 8-bit optimizers (bitsandbytes) and the 32-bit optimizer that stands in where bitsandbytes cannot run.
+EIGHT_BIT = {"adamw8bit": ("AdamW8bit", "adamw"), "pagedadamw8bit": ("PagedAdamW8bit", "adamw"),
+             "lion8bit": ("Lion8bit", "lion"), "pagedlion8bit": ("PagedLion8bit", "lion")}
+
+
+def _eight_bit(name: str, bnb_class: str, stand_in: str):
+    """bitsandbytes' optimizer on a GPU, or on its CPU backend where that works; else the 32-bit optimizer, said
+    once (a preset made for a GPU still trains)."""
+    try:
+        import bitsandbytes as bnb
+
+        cls = getattr(bnb.optim, bnb_class)
+        if not torch.cuda.is_available():  # try the CPU backend on one parameter before trusting it
+            param = torch.nn.Parameter(torch.zeros(8))
+            param.grad = torch.ones(8)
+            cls([param], lr=1e-3).step()
+        return cls
+    except Exception as exc:
+        reason = "bitsandbytes is not installed" if isinstance(exc, ImportError) else \
+            f"bitsandbytes cannot run it here ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        logging.getLogger(__name__).warning("optimizer_type %s: %s; training with the 32-bit %s instead (more "
+                                            "memory for the optimizer state, the same training)", name, reason,
+                                            "AdamW" if stand_in == "adamw" else "Lion")
+        return optimizer_class(stand_in)
+
+
 def optimizer_class(name: str):
     """The optimizer class for ``optimizer_type`` (case-insensitive for the built-in names)."""
     key = name.lower()
     if key in ("", "adamw"):
         return torch.optim.AdamW
-    if key == "adamw8bit":
-        if not torch.cuda.is_available():
-            raise UserError("optimizer_type AdamW8bit needs an NVIDIA GPU (bitsandbytes); use AdamW on this machine")
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise UserError("optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit
+    if key in EIGHT_BIT:
+        return _eight_bit(name, *EIGHT_BIT[key])
     if key == "lion":
         from lion_pytorch import Lion
 
