@@ -36,6 +36,10 @@ if "%GPU%"=="1" (
   if not "%EXTRAS%"=="" set SPEC=.[%EXTRAS%]
 )
 %VPY% -m pip install --quiet -e "%SPEC%" || exit /b 1
+if "%GPU%"=="1" (
+  rem xformers only where a wheel is built for this torch; without it PyTorch SDPA attention is used.
+  %VPY% -m pip install --quiet xformers torch==%LORA_STUDIO_TORCH_VERSION% >nul 2>nul || echo No xformers wheel for torch %LORA_STUDIO_TORCH_VERSION%: PyTorch SDPA attention is used.
+)
 %VPY% -m pip install --quiet --no-deps open-clip-torch==3.3.0 || exit /b 1
 echo LoRA Studio is installed in %CD%\.venv
 endlocal

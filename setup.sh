@@ -53,6 +53,12 @@ if [[ $gpu == 1 && -n "$extras" ]]; then spec=".[cuda,$extras]"
 elif [[ $gpu == 1 ]]; then spec=".[cuda]"
 elif [[ -n "$extras" ]]; then spec=".[$extras]"; fi
 $VPY -m pip install --quiet -e "$spec"
+if [[ $gpu == 1 ]] && ! $VPY -c "import xformers" >/dev/null 2>&1; then
+  # xformers only where a wheel is built for this torch (pinning torch keeps pip from replacing it); without it the
+  # engine uses PyTorch SDPA attention, which is as fast.
+  $VPY -m pip install --quiet xformers "torch==${TORCH_VERSION}" >/dev/null 2>&1 ||
+    echo "No xformers wheel for torch ${TORCH_VERSION}: PyTorch SDPA attention is used."
+fi
 # Only the CLIP BPE vocabulary file is used from open-clip-torch; its own deps (torchvision, timm) are not needed.
 $VPY -m pip install --quiet --no-deps "open-clip-torch==3.3.0"
 echo "LoRA Studio is installed in $(pwd)/.venv"
