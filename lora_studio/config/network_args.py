@@ -1,6 +1,6 @@
 """``network_args`` as sd-scripts and Kohya_ss users write them, checked, never ignored.
 
-``networks.lora`` reads ``conv_dim``/``conv_alpha`` (LoCon). ``lycoris.kohya`` also reads ``algo`` (lora, locon,
+``networks.lora`` reads ``conv_dim``/``conv_alpha`` (LoCon) and ``rank_dropout``/``module_dropout``. ``lycoris.kohya`` also reads ``algo`` (lora, locon,
 loha, lokr, ia3), ``dora_wd`` (DoRA weight decomposition) and ``factor`` (LoKr), as the LyCORIS package does.
 """
 
@@ -13,9 +13,10 @@ from .values import parse_key_values
 
 LYCORIS_MODULE = "lycoris.kohya"
 ALGOS = ("lora", "locon", "loha", "lokr", "ia3")
-SUPPORTED = {"networks.lora": ("conv_dim", "conv_alpha"),
-             "lora_studio.lora": ("conv_dim", "conv_alpha"),
-             LYCORIS_MODULE: ("conv_dim", "conv_alpha", "algo", "dora_wd", "factor")}
+_DROPOUT = ("rank_dropout", "module_dropout")
+SUPPORTED = {"networks.lora": ("conv_dim", "conv_alpha") + _DROPOUT,
+             "lora_studio.lora": ("conv_dim", "conv_alpha") + _DROPOUT,
+             LYCORIS_MODULE: ("conv_dim", "conv_alpha", "algo", "dora_wd", "factor") + _DROPOUT}
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class NetworkArgs:
     algo: str = "lora"
     dora_wd: bool = False
     factor: int = -1
+    rank_dropout: float = 0.0  # each step, drop this share of each adapter's ranks (the rest scaled up)
+    module_dropout: float = 0.0  # each step, skip each adapter with this probability
 
     @property
     def diffusers_loads(self) -> bool:
@@ -71,4 +74,10 @@ def parse_network_args(items: list[str] | None, network_module: str = "networks.
     factor = values.get("factor", -1)
     if isinstance(factor, bool) or not isinstance(factor, int) or factor == 0 or factor < -1:
         raise _bad(f"factor must be -1 (automatic) or a whole number of 1 or more, got {factor!r}")
-    return NetworkArgs(conv_dim, float(conv_alpha), algo, bool(dora), factor)
+    dropouts = {}
+    for name in _DROPOUT:
+        value = values.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise _bad(f"{name} must be a number from 0 to below 1, got {value!r}")
+        dropouts[name] = float(value)
+    return NetworkArgs(conv_dim, float(conv_alpha), algo, bool(dora), factor, **dropouts)

@@ -28,8 +28,25 @@ def setting_problems(cfg: Config) -> dict[str, str]:
         parse_network_args(cfg.network_args, cfg.network_module)
     except ConfigError as exc:
         problems["network_args"] = str(exc).replace("setting 'network_args': ", "")
+    problems.update(_noise_problems(cfg))
     if cfg.dim_from_weights and not cfg.network_weights:
         problems["dim_from_weights"] = "needs LoRA network weights (the file to read the rank from)"
+    return problems
+
+
+def _noise_problems(cfg: Config) -> dict[str, str]:
+    """The noise options' own rules, as sd-scripts checks them."""
+    problems = {}
+    if cfg.adaptive_noise_scale and not cfg.noise_offset:
+        problems["adaptive_noise_scale"] = "needs Noise offset (it is added to it)"
+    if cfg.noise_offset_random_strength and not cfg.noise_offset:
+        problems["noise_offset_random_strength"] = "needs Noise offset"
+    if cfg.ip_noise_gamma_random_strength and not cfg.ip_noise_gamma:
+        problems["ip_noise_gamma_random_strength"] = "needs IP noise gamma"
+    low, high = cfg.min_timestep or 0, cfg.max_timestep or 1000
+    if low > high or low == high == 1000:
+        problems["max_timestep"] = (f"must be above Min timestep ({low}), or equal to it below 1000 for one fixed "
+                                    f"timestep; timesteps are drawn from [{low}, {high})")
     return problems
 
 

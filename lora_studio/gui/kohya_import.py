@@ -22,7 +22,8 @@ RENAMED = {"optimizer": "optimizer_type"}
 # In the Kohya_ss GUI a 0 in these fields means "not set" / "off".
 ZERO_IS_UNSET = {"max_train_epochs", "max_train_steps", "save_every_n_epochs", "save_every_n_steps",
                  "save_last_n_epochs", "sample_every_n_epochs", "sample_every_n_steps", "min_snr_gamma", "seed",
-                 "max_token_length"}
+                 "max_token_length", "adaptive_noise_scale", "multires_noise_iterations", "ip_noise_gamma",
+                 "scale_weight_norms", "min_timestep"}
 LORA_TYPES = {"Standard": "networks.lora", "Kohya LoCon": "networks.lora"}
 # Kohya_ss "LoRA type" -> LyCORIS algo (network_module = "lycoris.kohya")
 LYCORIS_TYPES = {"LyCORIS/LoCon": "locon", "LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr", "LyCORIS/iA3": "ia3"}

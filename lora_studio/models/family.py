@@ -100,17 +100,21 @@ class ModelFamily:
         """The training noise schedule; also makes sample images use the same prediction type and schedule."""
         raise NotImplementedError
 
-    def sample_noise(self, latents, noise_offset: float, generator=None):
+    def sample_noise(self, latents, recipe, generator=None):
+        """The noise of a batch; ``recipe`` is a ``noise.NoiseRecipe`` (offset, multires ... as sd-scripts)."""
         raise NotImplementedError
 
-    def sample_timesteps(self, schedule, batch_size: int, device):
+    def sample_timesteps(self, schedule, batch_size: int, device, recipe):
         raise NotImplementedError
 
-    def prediction_and_target(self, components: Components, schedule, latents, noise, timesteps, cond):
+    def prediction_and_target(self, components: Components, schedule, latents, noise, timesteps, cond, recipe):
         """(what the model predicts for the noised latents, what the loss compares it with)."""
         raise NotImplementedError
 
     def min_snr_weights(self, schedule, timesteps, gamma: float):
+        raise NotImplementedError
+
+    def debiased_weights(self, schedule, timesteps):
         raise NotImplementedError
 
     # ---- latents

@@ -124,24 +124,21 @@ class StableDiffusionFamily(ModelFamily):
             components.scheduler_config["rescale_betas_zero_snr"] = True
         return DDPMScheduler.from_config(components.scheduler_config)
 
-    def sample_noise(self, latents, noise_offset, generator=None):
-        import torch
+    def sample_noise(self, latents, recipe, generator=None):
+        from .noise import training_noise
 
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        if noise_offset:
-            offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator,
-                                 device=latents.device, dtype=latents.dtype)
-            noise = noise + noise_offset * offset
-        return noise
+        return training_noise(latents, recipe, generator)
 
-    def sample_timesteps(self, schedule, batch_size, device):
-        import torch
+    def sample_timesteps(self, schedule, batch_size, device, recipe):
+        from .noise import timesteps_in_range
 
-        return torch.randint(0, schedule.config.num_train_timesteps, (batch_size,), device=device)
+        return timesteps_in_range(schedule.config.num_train_timesteps, batch_size, device, recipe)
 
-    def prediction_and_target(self, components, schedule, latents, noise, timesteps, cond):
+    def prediction_and_target(self, components, schedule, latents, noise, timesteps, cond, recipe):
+        from .noise import input_noise
+
         unet = components.unet
-        noisy = schedule.add_noise(latents, noise, timesteps)
+        noisy = schedule.add_noise(latents, input_noise(noise, recipe), timesteps)
         dtype = unet.dtype
         extra = {k: v for k, v in cond.items() if k != "encoder_hidden_states"}
         pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
@@ -150,16 +147,29 @@ class StableDiffusionFamily(ModelFamily):
             return pred, schedule.get_velocity(latents, noise, timesteps)
         return pred, noise
 
+    def _snr(self, schedule, timesteps):
+        alphas_cumprod = schedule.alphas_cumprod.to(timesteps.device)[timesteps].float()
+        return alphas_cumprod / (1 - alphas_cumprod)
+
     def min_snr_weights(self, schedule, timesteps, gamma):
         """Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR, or / (SNR + 1) for v-prediction."""
         import torch
 
-        alphas_cumprod = schedule.alphas_cumprod.to(timesteps.device)[timesteps].float()
-        snr = alphas_cumprod / (1 - alphas_cumprod)
+        snr = self._snr(schedule, timesteps)
         clipped = torch.clamp(snr, max=gamma)
         if schedule.config.prediction_type == "v_prediction":
             return clipped / (snr + 1)
         return torch.where(snr > 0, clipped / snr.clamp(min=1e-12), torch.ones_like(snr))  # zero terminal SNR: 1
+
+    def debiased_weights(self, schedule, timesteps):
+        """sd-scripts' debiased estimation: 1 / sqrt(SNR), or 1 / (SNR + 1) for v-prediction, SNR capped at 1000
+        (timestep 0 has an infinite SNR)."""
+        import torch
+
+        snr = torch.clamp(self._snr(schedule, timesteps), max=1000.0)
+        if schedule.config.prediction_type == "v_prediction":
+            return 1 / (snr + 1)
+        return 1 / torch.sqrt(snr)
 
     # ---- latents
     def vae_scale_and_shift(self, vae):

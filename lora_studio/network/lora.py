@@ -21,7 +21,8 @@ from ..models.family import Components
 
 
 class LoRAModule(nn.Module):
-    def __init__(self, stem: str, base: nn.Module, rank: int, alpha: float | None, dropout: float = 0.0):
+    def __init__(self, stem: str, base: nn.Module, rank: int, alpha: float | None, dropout: float = 0.0,
+                 rank_dropout: float = 0.0, module_dropout: float = 0.0):
         super().__init__()
         self.stem = stem
         if isinstance(base, nn.Linear):
@@ -39,6 +40,7 @@ class LoRAModule(nn.Module):
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
         self.rank = rank
         self.dropout = dropout
+        self.rank_dropout, self.module_dropout = rank_dropout, module_dropout
         self.multiplier = 1.0
         self._base = [base]  # a list keeps the base module out of this module's parameters
         self._base_forward = None
@@ -46,6 +48,17 @@ class LoRAModule(nn.Module):
     @property
     def scale(self) -> float:
         return float(self.alpha) / self.rank
+
+    def delta_weight(self) -> torch.Tensor:
+        """The change this adapter makes to its base weight: up x down x alpha/rank (a k x k kernel for a conv)."""
+        down, up = self.lora_down.weight, self.lora_up.weight
+        if down.ndim == 2:
+            delta = up @ down
+        elif down.shape[2:] == (1, 1):
+            delta = (up.flatten(1) @ down.flatten(1))[:, :, None, None]
+        else:  # a k x k down conv, a 1x1 up: compose them into one kernel
+            delta = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+        return delta * self.scale
 
     def attach(self) -> None:
         base = self._base[0]
@@ -61,12 +74,23 @@ class LoRAModule(nn.Module):
         out = self._base_forward(x)
         if self.multiplier == 0:
             return out
+        if self.module_dropout and self.training and torch.rand(1) < self.module_dropout:
+            return out  # sd-scripts' module dropout: this adapter sits this step out
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(self.lora_down.weight.dtype)
         hidden = self.lora_down(x)
         if self.dropout and self.training:
             hidden = nn.functional.dropout(hidden, p=self.dropout)
-        return out + (self.lora_up(hidden) * (self.multiplier * self.scale)).to(out.dtype)
+        scale = self.scale
+        if self.rank_dropout and self.training:  # drop whole ranks per sample; the rest count 1 / (1 - p)
+            keep = torch.rand((hidden.shape[0], self.rank), device=hidden.device) > self.rank_dropout
+            if hidden.ndim == 3:  # [batch, tokens, rank]
+                keep = keep[:, None, :]
+            elif hidden.ndim == 4:  # [batch, rank, height, width]
+                keep = keep[:, :, None, None]
+            hidden = hidden * keep.to(hidden.dtype)
+            scale = scale / (1.0 - self.rank_dropout)
+        return out + (self.lora_up(hidden) * (self.multiplier * scale)).to(out.dtype)
 
 
 def lycoris_adapter(stem: str, base: nn.Module, rank: int, alpha: float | None, dropout: float,
@@ -77,7 +101,8 @@ def lycoris_adapter(stem: str, base: nn.Module, rank: int, alpha: float | None, 
     except ImportError:
         raise UserError("network_module lycoris.kohya needs the lycoris-lora package: pip install lycoris-lora "
                         "(setup.sh installs it)") from None
-    common = {"multiplier": 1.0, "lora_dim": rank, "alpha": alpha or rank, "dropout": dropout}
+    common = {"multiplier": 1.0, "lora_dim": rank, "alpha": alpha or rank, "dropout": dropout,
+              "rank_dropout": args.rank_dropout, "module_dropout": args.module_dropout}
     if args.algo == "loha":
         return LohaModule(stem, base, weight_decompose=args.dora_wd, **common)
     if args.algo == "lokr":
@@ -117,7 +142,9 @@ class LoRANetwork(nn.Module):
         if _uses_lycoris(self.args):
             self.add_module(stem, lycoris_adapter(stem, module, rank, alpha, dropout, self.args))
         else:
-            self.add_module(stem, LoRAModule(stem, module, rank, alpha, dropout))
+            args = self.args or NetworkArgs()
+            self.add_module(stem, LoRAModule(stem, module, rank, alpha, dropout, args.rank_dropout,
+                                             args.module_dropout))
 
     def adapters(self) -> list[nn.Module]:
         return list(self.children())
@@ -135,6 +162,25 @@ class LoRANetwork(nn.Module):
                 base = m.org_module[0]
                 base.forward = getattr(base, "_lycoris_original_forward", m.org_forward)
                 base._lycoris_wrappers = []
+
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """sd-scripts' scale_weight_norms: every LoRA adapter whose weight change (up x down x alpha/rank) has a
+        Frobenius norm above ``max_norm`` is scaled down to it, half of the factor on each of up and down.
+        Returns (adapters scaled, mean norm, largest norm) after scaling."""
+        scaled, norms = 0, []
+        for module in self.adapters():
+            if not isinstance(module, LoRAModule):
+                continue
+            norm = module.delta_weight().norm()
+            clamped = norm.clamp(min=max_norm / 2)  # as sd-scripts (it keeps a tiny norm from dividing by ~0)
+            ratio = clamped.clamp(max=max_norm) / clamped
+            if ratio < 1:
+                scaled += 1
+                module.lora_up.weight.mul_(ratio.sqrt())
+                module.lora_down.weight.mul_(ratio.sqrt())
+            norms.append(float(norm * ratio))
+        return scaled, (sum(norms) / len(norms) if norms else 0.0), max(norms, default=0.0)
 
     def set_multiplier(self, value: float) -> None:
         for m in self.adapters():

@@ -66,6 +66,13 @@ class RunMetadata:
             "ss_sd_model_hash": model_hash, "ss_new_sd_model_hash": new_model_hash,
             "ss_vae_name": Path(cfg.vae).name if cfg.vae else None, "ss_vae_hash": vae_hash,
             "ss_new_vae_hash": new_vae_hash, "ss_noise_offset": cfg.noise_offset or None,
+            "ss_noise_offset_random_strength": cfg.noise_offset_random_strength,
+            "ss_adaptive_noise_scale": cfg.adaptive_noise_scale,
+            "ss_multires_noise_iterations": cfg.multires_noise_iterations,
+            "ss_multires_noise_discount": cfg.multires_noise_discount, "ss_ip_noise_gamma": cfg.ip_noise_gamma,
+            "ss_ip_noise_gamma_random_strength": cfg.ip_noise_gamma_random_strength,
+            "ss_debiased_estimation": bool(cfg.debiased_estimation_loss),
+            "ss_scale_weight_norms": cfg.scale_weight_norms, "ss_zero_terminal_snr": bool(cfg.zero_terminal_snr),
             "ss_min_snr_gamma": cfg.min_snr_gamma, "ss_prior_loss_weight": cfg.prior_loss_weight,
             "ss_training_comment": cfg.training_comment, "ss_caption_dropout_rate": cfg.caption_dropout_rate,
             "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout_rate,
@@ -87,6 +94,8 @@ class RunMetadata:
         }
         if cfg.training_comment:
             self.modelspec["description"] = cfg.training_comment
+        if cfg.min_timestep is not None or cfg.max_timestep is not None:
+            self.modelspec["timestep_range"] = f"{cfg.min_timestep or 0},{cfg.max_timestep or 1000}"
         tokens = sorted({it.subset.class_tokens for it in data.items if it.subset.class_tokens
                          and not it.subset.is_reg})
         if tokens:

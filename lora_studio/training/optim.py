@@ -12,12 +12,12 @@ from ..config import Config, parse_key_values
 from ..errors import UserError
 
 
-def _import_class(dotted: str):
+def _import_class(dotted: str, setting: str = "optimizer_type"):
     module_name, _, class_name = dotted.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
-        raise UserError(f"optimizer_type: cannot import {dotted} ({exc})") from None
+        raise UserError(f"{setting}: cannot import {dotted} ({exc})") from None
 
 
 # 8-bit optimizers (bitsandbytes) and the 32-bit optimizer that stands in where bitsandbytes cannot run.
@@ -99,6 +99,8 @@ def warmup_steps(cfg: Config, total_steps: int) -> int:
 def build_scheduler(cfg: Config, optimizer, total_steps: int):
     from diffusers.optimization import get_scheduler
 
+    if cfg.lr_scheduler_type:
+        return _scheduler_by_type(cfg, optimizer)
     warmup = warmup_steps(cfg, total_steps)
     if warmup and cfg.lr_scheduler == "constant":
         # As in sd-scripts, 'constant' has no warm-up; say so rather than surprise.
@@ -106,3 +108,21 @@ def build_scheduler(cfg: Config, optimizer, total_steps: int):
             "lr_warmup_steps = %s is ignored by lr_scheduler \"constant\"; use \"constant_with_warmup\"", warmup)
     return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
                          num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power)
+
+
+def _scheduler_by_type(cfg: Config, optimizer):
+    """sd-scripts' lr_scheduler_type: a torch.optim.lr_scheduler class name, or a dotted path (package.Class),
+    made with lr_scheduler_args; it replaces lr_scheduler and its warm-up."""
+    name = cfg.lr_scheduler_type
+    cls = getattr(torch.optim.lr_scheduler, name, None) if "." not in name else _import_class(name, "lr_scheduler_type")
+    if not isinstance(cls, type):
+        raise UserError(f"lr_scheduler_type: no scheduler '{name}' in torch.optim.lr_scheduler (for another package "
+                        "give its dotted path, package.Class)")
+    kwargs = parse_key_values(cfg.lr_scheduler_args, "lr_scheduler_args")
+    if cfg.lr_warmup_steps:
+        logging.getLogger(__name__).warning("lr_warmup_steps is ignored with lr_scheduler_type %s (as in sd-scripts)",
+                                            name)
+    try:
+        return cls(optimizer, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"lr_scheduler_args: {cls.__name__} does not accept these arguments: {exc}") from None

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import Config
 from ..models.family import Components
+from ..models.noise import NoiseRecipe
 from .loss import denoising_loss
 from .precision import Precision
 from .te_cache import cached_condition
@@ -26,6 +27,7 @@ class BatchLoss:
         self.components, self.family, self.schedule = components, components.family, schedule
         self.cfg, self.device, self.precision = cfg, device, precision
         self.train_text_encoder, self.te_cache = train_text_encoder, te_cache
+        self.noise = noise_recipe(cfg)
 
     def latents(self, batch: dict) -> torch.Tensor:
         if "latents" in batch:
@@ -50,11 +52,17 @@ class BatchLoss:
     def __call__(self, batch: dict) -> torch.Tensor:
         latents = self.latents(batch)
         cond = self.condition(batch)
-        noise = self.family.sample_noise(latents, self.cfg.noise_offset)
-        timesteps = self.family.sample_timesteps(self.schedule, latents.shape[0], self.device)
+        noise = self.family.sample_noise(latents, self.noise)
+        timesteps = self.family.sample_timesteps(self.schedule, latents.shape[0], self.device, self.noise)
         with self.precision.autocast(self.device):
             return denoising_loss(self.components, self.schedule, latents, cond, batch["loss_weights"], noise,
-                                  timesteps, self.cfg.min_snr_gamma)
+                                  timesteps, self.cfg.min_snr_gamma, self.noise, self.cfg.debiased_estimation_loss)
+
+
+def noise_recipe(cfg: Config) -> NoiseRecipe:
+    return NoiseRecipe(cfg.noise_offset, cfg.noise_offset_random_strength, cfg.adaptive_noise_scale,
+                       cfg.multires_noise_iterations, cfg.multires_noise_discount, cfg.ip_noise_gamma,
+                       cfg.ip_noise_gamma_random_strength, cfg.min_timestep, cfg.max_timestep)
 
 
 class TrainingStep(nn.Module):

@@ -57,8 +57,10 @@ class Trainer:
         self.precision = precision_for(cfg, cuda)
         self.trained = Trained.from_config(cfg)
         # Text-encoder adapters past the layer a prompt is read from (clip_skip, SDXL's penultimate layer) get no
-        # gradient: DDP must look for such unused parameters when text encoders train.
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=self.trained.text_encoder, broadcast_buffers=False)
+        # gradient: DDP must look for such unused parameters when text encoders train, or adapters may sit a step out.
+        skips = parse_network_args(cfg.network_args, cfg.network_module).module_dropout > 0
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=self.trained.text_encoder or skips,
+                                            broadcast_buffers=False)
         self.accelerator = Accelerator(mixed_precision=self.precision.mode, cpu=not cuda, kwargs_handlers=[ddp],
                                        gradient_accumulation_steps=cfg.gradient_accumulation_steps)
         self.is_main = self.accelerator.is_main_process
@@ -265,6 +267,8 @@ class Trainer:
                 if p.step in self.overflow_steps:
                     faults.overflow_gradients(self.params)
                 pending.append(self.guard.optimizer_step(p.step, loss_sum / micro, stop.poll()))
+                if self.cfg.scale_weight_norms:
+                    self._scale_weight_norms(p.step)
             loss_sum, micro = None, 0
             if self.cadence.read_back(p.step, len(pending), p.batch == len(batches)):
                 self._read_back(pending)
@@ -273,6 +277,11 @@ class Trainer:
                 return
         self._read_back(pending)
         p.epoch_done = True
+
+    def _scale_weight_norms(self, step: int) -> None:
+        scaled, mean_norm, max_norm = self.network.apply_max_norm(self.cfg.scale_weight_norms)
+        self.events.scalars(step, {"max_norm/keys_scaled": scaled, "norm/avg_key_norm": mean_norm,
+                                   "max_norm/max_key_norm": max_norm})
 
     def _epoch_loader(self, batches):
         """The epoch's batches in accelerate's DataLoaderShard, so ``accumulate`` knows where the epoch ends."""
