@@ -85,7 +85,8 @@ def test_learning_rate_zeros_keep_the_kohya_meaning():
     assert te_off.settings["text_encoder_lr"] == 0.0
     assert "text_encoder_lr = 0: that part of the model is not trained" in te_off.report()
     assert convert({"epoch": 4, "max_train_epochs": 6}).settings["max_train_epochs"] == 6
-    assert convert({"epoch": 4, "max_train_epochs": ""}).settings["max_train_epochs"] == 4
+    # Max train steps 0: Kohya_ss computes the steps of `epoch` epochs from the image folder (not here: epochs)
+    assert convert({"epoch": 4, "max_train_epochs": "", "max_train_steps": 0}).settings["max_train_epochs"] == 4
     assert convert({"max_resolution": "768,512"}).settings["resolution"] == "768,512"
     assert convert({"xformers": "xformers"}).settings["xformers"] is True
     locon = convert({"LoRA_type": "Kohya LoCon", "conv_dim": 8, "conv_alpha": 4}).settings
@@ -105,3 +106,62 @@ def test_a_file_that_is_not_a_kohya_config_is_refused(tmp_path):
         read_kohya_json(bad)
     with pytest.raises(ConfigError, match="not found"):
         read_kohya_json(tmp_path / "missing.json")
+
+
+def test_the_run_length_is_the_one_kohya_trains(tmp_path):
+    """sd-scripts never reads `epoch`: Max train epoch wins, else Max train steps, else the Kohya_ss GUI computes the
+    steps from the image folder; a preset without Max train steps keeps the GUI's 1600."""
+    from lora_studio.demo import write_dataset
+
+    img = write_dataset(tmp_path / "data", count=7, repeats=3)  # 21 images with repeats
+    (img / "3_lsdemo shape" / "notes.txt").write_text("not an image")
+    steps = convert({"epoch": 100, "max_train_steps": 160, "max_train_epochs": ""})
+    assert steps.settings["max_train_steps"] == 160 and "max_train_epochs" not in steps.settings
+    assert "epoch = 100 is not used" in steps.report()
+    computed = convert({"epoch": 10, "max_train_steps": 0, "train_data_dir": str(img), "train_batch_size": 2,
+                        "gradient_accumulation_steps": 1})
+    assert computed.settings["max_train_steps"] == 105  # ceil(21 / 2 * 10)
+    with_reg = convert({"epoch": 10, "max_train_steps": 0, "train_data_dir": str(img), "train_batch_size": 2,
+                        "reg_data_dir": str(tmp_path)})
+    assert with_reg.settings["max_train_steps"] == 210  # x2 with regularisation images
+    preset = convert({"LoRA_type": "LyCORIS/LoKr", "epoch": 20})
+    assert preset.settings["max_train_steps"] == 1600 and "max_train_epochs" not in preset.settings
+    assert "Kohya_ss keeps its field's value, 1600 steps" in preset.report()
+
+
+def test_kohya_zeros_percentages_and_noise_types_become_what_kohya_passes():
+    full = convert({"lr_warmup": 100, "lr_warmup_steps": 0, "lr_scheduler": "cosine"}).settings
+    assert full["lr_warmup_steps"] == 1.0 and build_config(full).lr_warmup_steps == 1.0  # all the steps, not 1
+    from lora_studio.training.optim import warmup_steps
+
+    assert warmup_steps(build_config(full), 300) == 300
+    assert "lr_warmup_steps" not in convert({"lr_warmup": 10, "lr_scheduler": "constant"}).settings
+    assert convert({"max_grad_norm": 0}).settings["max_grad_norm"] == 1.0  # a GUI 0 is sd-scripts' default
+    assert convert({"caption_extension": ""}).settings["caption_extension"] == ".caption"
+    multires = convert({"noise_offset_type": "Multires", "noise_offset": 0.0357, "adaptive_noise_scale": 0.00357,
+                        "multires_noise_iterations": 8, "multires_noise_discount": 0.3})
+    assert multires.settings["multires_noise_iterations"] == 8 and "noise_offset" not in multires.settings
+    assert "noise_offset = 0.0357" in multires.report() and "only its noise keys" in multires.report()
+    original = convert({"noise_offset_type": "Original", "noise_offset": 0.05, "multires_noise_iterations": 6})
+    assert original.settings["noise_offset"] == 0.05 and "multires_noise_iterations" not in original.settings
+    xl = convert({"sdxl": True, "sdxl_no_half_vae": True, "sdxl_cache_text_encoder_outputs": True,
+                  "lora_network_weights": "C:/old.safetensors", "max_timestep": 1000}).settings
+    assert xl["no_half_vae"] and xl["cache_text_encoder_outputs"] and xl["network_weights"] == "C:/old.safetensors"
+    assert xl["max_timestep"] == 1000
+    drop = convert({"LoRA_type": "Standard", "rank_dropout": 0.1, "module_dropout": 0.05}).settings
+    assert drop["network_args"] == ["rank_dropout=0.1", "module_dropout=0.05"]
+    assert build_config(drop).network_args == ["rank_dropout=0.1", "module_dropout=0.05"]
+
+
+def test_the_report_has_four_parts_and_other_tabs_are_named():
+    report = convert({**KOHYA_GUI_JSON, "max_grad_norm": 0, "color_aug": True}).report()
+    parts = ["**Carried over as they are**", "**Set to what Kohya_ss trains:**", "**Not supported, left out:**",
+             "**Only for the Kohya_ss GUI**"]
+    assert all(p in report for p in parts) and [report.index(p) for p in parts] == sorted(report.index(p)
+                                                                                        for p in parts)
+    assert "max_grad_norm = 0 -> 1.0" in report
+    for data, kind in (({"token_string": "emi", "init_word": "girl", "num_vectors_per_token": 4}, "textual inversion"),
+                       ({"train_dir": "x", "image_folder": "y", "train_text_encoder": True}, "fine-tune"),
+                       ({"train_data_dir": "x", "learning_rate_te": 1e-5, "no_token_padding": False}, "DreamBooth")):
+        with pytest.raises(ConfigError, match=f"this is a Kohya_ss {kind} configuration, not a LoRA one"):
+            convert(data)

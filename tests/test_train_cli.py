@@ -208,3 +208,66 @@ def test_channels_last_and_a_compiled_unet_train(tiny_models, dataset, tmp_path)
     run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)))
     weights = load_file(str(tmp_path / "out" / "test_lora.safetensors"))
     assert len(weights) == 3 * 210 and all(bool(v.float().isfinite().all()) for v in weights.values())
+
+
+def test_a_toml_as_the_kohya_ss_gui_writes_it_trains(tiny_models, dataset, tmp_path):
+    """The flat TOML the Kohya_ss GUI saves with its defaults (its own keys epoch and noise_offset_type, max_timestep
+    = 1000, empty lists, wandb_run_name, a prompt file path with no sampling due, AdamW8bit, fp16) trains here."""
+    out = tmp_path / "out"
+    (tmp_path / "config.toml").write_text(f"""bucket_no_upscale = true
+bucket_reso_steps = 64
+cache_latents = true
+caption_extension = ".txt"
+clip_skip = 1
+dynamo_backend = "no"
+enable_bucket = true
+epoch = 1
+gradient_accumulation_steps = 1
+huber_c = 0.1
+huber_scale = 1.0
+huber_schedule = "snr"
+learning_rate = 0.0001
+logging_dir = "{tmp_path / 'log'}"
+loss_type = "l2"
+lr_scheduler = "cosine"
+lr_scheduler_args = []
+lr_scheduler_num_cycles = 1
+lr_scheduler_power = 1.0
+lr_warmup_steps = 0.1
+max_bucket_reso = 2048
+max_data_loader_n_workers = 0
+max_grad_norm = 1.0
+max_timestep = 1000
+max_token_length = 75
+max_train_steps = 3
+min_bucket_reso = 256
+mixed_precision = "fp16"
+network_alpha = 1
+network_args = []
+network_dim = 8
+network_module = "networks.lora"
+noise_offset_type = "Original"
+optimizer_args = []
+optimizer_type = "AdamW8bit"
+output_dir = "{out}"
+output_name = "kohya_gui"
+pretrained_model_name_or_path = "{tiny_models['single']}"
+prior_loss_weight = 1.0
+resolution = "64,64"
+sample_prompts = "{out / 'sample' / 'prompt.txt'}"
+sample_sampler = "euler_a"
+save_every_n_epochs = 1
+save_model_as = "safetensors"
+save_precision = "fp16"
+text_encoder_lr = [ 0.0001, 0.0001,]
+train_batch_size = 1
+train_data_dir = "{dataset}"
+unet_lr = 0.0001
+wandb_run_name = "kohya_gui"
+xformers = true
+""", encoding="utf-8")
+    proc = run_cli("train", "--config", str(tmp_path / "config.toml"))
+    assert (out / "kohya_gui.safetensors").is_file()
+    for said in ("'epoch'", "'noise_offset_type'", "'wandb_run_name'"):
+        assert said in proc.stderr  # named as ignored, not fatal
+    assert "training with PyTorch SDPA" in proc.stderr and "32-bit AdamW" in proc.stderr

@@ -210,3 +210,19 @@ def test_a_run_with_these_options_keeps_every_adapter_within_the_max_norm(tiny_m
         meta = fh.metadata()
     assert (meta["ss_scale_weight_norms"], meta["ss_multires_noise_iterations"], meta["ss_ip_noise_gamma"],
             meta["ss_debiased_estimation"]) == ("0.02", "4", "0.1", "True")
+
+
+def test_vae_batch_size_encodes_images_in_chunks_of_that_many(components):
+    from lora_studio.training.precision import Precision
+    from lora_studio.training.step import BatchLoss
+
+    calls = []
+    encode = components.vae.encode
+    components.vae.encode = lambda pixels: calls.append(len(pixels)) or encode(pixels)
+    try:
+        cfg = build_config({"vae_batch_size": 3})
+        loss = BatchLoss(components, None, cfg, torch.device("cpu"), Precision("no", torch.float32), False, None)
+        latents = loss.latents({"pixels": torch.rand(7, 3, 64, 64) * 2 - 1})
+    finally:
+        components.vae.encode = encode
+    assert calls == [3, 3, 1] and latents.shape == (7, 4, 8, 8)

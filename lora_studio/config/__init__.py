@@ -11,7 +11,7 @@ from typing import Any
 import tomli_w
 
 from ..errors import ConfigError
-from .schema import BY_NAME, IGNORED_GUI_KEYS, SETTINGS, UNSUPPORTED, Setting
+from .schema import BY_NAME, IGNORED_GUI_KEYS, INERT_WITHOUT, SETTINGS, UNSUPPORTED, Setting
 from .values import parse_key_values, parse_value
 
 __all__ = ["Config", "load_config", "SETTINGS", "Setting", "parse_key_values", "save_config", "dumps_config",
@@ -75,6 +75,8 @@ def build_config(raw: dict[str, Any], source: str | None = None) -> Config:
                 values[key] = parse_value(BY_NAME[key], value)
             except ConfigError as exc:
                 problems.append(str(exc))
+        elif key in INERT_WITHOUT and not raw.get(INERT_WITHOUT[key]):
+            log.info("setting '%s'%s does nothing without %s; ignored", key, where, INERT_WITHOUT[key])
         elif key in UNSUPPORTED:
             default = UNSUPPORTED[key]
             if value in (default, None, "", [], False) or value == default:
@@ -83,7 +85,8 @@ def build_config(raw: dict[str, Any], source: str | None = None) -> Config:
                 problems.append(f"setting '{key}' is an sd-scripts option that LoRA Studio does not support yet "
                                 f"(value {value!r}); remove it or set it to {default!r}")
         elif key in IGNORED_GUI_KEYS:
-            log.info("setting '%s'%s is written by the Kohya_ss GUI but read by no trainer; ignored", key, where)
+            log.info("setting '%s'%s is written by the Kohya_ss GUI for itself; sd-scripts does not read it either; "
+                     "ignored", key, where)
         else:
             problems.append(f"unknown setting '{key}'.{_closest(key)}")
     if problems:

@@ -105,6 +105,9 @@ SETTINGS: tuple[Setting, ...] = (
        "Encode every image with the VAE once, before training: faster steps, less VRAM.", "dataset"),
     _s("cache_latents_to_disk", BOOL, False, "Cache latents to disk",
        "Keep the latent cache on disk so the next run skips encoding (implies cache_latents).", "dataset"),
+    _s("vae_batch_size", INT, None, "VAE batch size",
+       "Images the VAE encodes at once when caching latents (and when encoding them each step): more is faster and "
+       "needs more memory (empty = 4).", "dataset", minimum=1, maximum=256, advanced=True),
     _s("cache_text_encoder_outputs", BOOL, False, "Cache text encoder outputs",
        "Encode every caption once before training (needs frozen text encoders and fixed captions): faster steps, "
        "less VRAM; the SDXL low-VRAM setting.", "dataset", advanced=True),
@@ -158,7 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
        "Arguments of LR scheduler type as key=value strings, e.g. T_max=100 eta_min=1e-6.", "optimizer",
        advanced=True),
     _s("lr_warmup_steps", INT_OR_RATIO, 0, "LR warmup steps",
-       "Steps of linear warm-up; a number below 1 is a fraction of the total steps.", "optimizer", minimum=0),
+       "Steps of linear warm-up; a number below 1 (or 1.0) is a fraction of the total steps.", "optimizer",
+       minimum=0),
     _s("lr_scheduler_num_cycles", INT, 1, "LR number of cycles", "Restarts of cosine_with_restarts.", "optimizer",
        minimum=1, maximum=1000, advanced=True),
     _s("lr_scheduler_power", FLOAT, 1.0, "LR power", "Power of the polynomial scheduler.", "optimizer", minimum=0.0,
@@ -261,6 +265,15 @@ SETTINGS: tuple[Setting, ...] = (
        "stop: end the run with advice and keep the last good file; rollback: go back to the last good weights "
        "with half the learning rate and continue (up to 3 times).", "training", choices=("stop", "rollback"),
        advanced=True),
+    _s("save_last_n_steps", INT, None, "Save last N steps",
+       "Keep only the step files (and states) of the last N steps: older ones are removed after each step save.",
+       "saving", minimum=1, maximum=10_000_000, advanced=True),
+    _s("save_last_n_steps_state", INT, None, "Save last N steps state",
+       "Keep the step states of the last N steps (default: Save last N steps).", "saving", minimum=1,
+       maximum=10_000_000, advanced=True),
+    _s("save_last_n_epochs_state", INT, None, "Save last N epochs state",
+       "Keep the states of the last N saved epochs (default: Save last N epochs).", "saving", minimum=1,
+       maximum=100_000, advanced=True),
     _s("save_last_n_epochs", INT, None, "Save last N epochs", "Keep only the last N intermediate epoch files.",
        "saving", minimum=1, maximum=100_000, advanced=True),
     # ---- samples ----
@@ -288,7 +301,7 @@ UNSUPPORTED: dict[str, Any] = {
     "secondary_separator": None, "enable_wildcard": False, "caption_prefix": None, "caption_suffix": None,
     "caption_dropout_every_n_epochs": 0, "token_warmup_min": 1, "token_warmup_step": 0, "weighted_captions": False,
     "resize_interpolation": None, "color_aug": False, "face_crop_aug_range": None, "random_crop": False,
-    "vae_batch_size": 1, "skip_cache_check": False, "persistent_data_loader_workers": False, "alpha_mask": False,
+"skip_cache_check": False, "persistent_data_loader_workers": False, "alpha_mask": False,
     "masked_loss": False, "conditioning_data_dir": None, "debug_dataset": False, "validation_split": 0.0,
     "validation_seed": None, "validate_every_n_steps": None, "validate_every_n_epochs": None,
     "max_validation_steps": None, "no_metadata": False,
@@ -298,7 +311,6 @@ UNSUPPORTED: dict[str, Any] = {
     "ddp_timeout": None, "ddp_gradient_as_bucket_view": False,
     "ddp_static_graph": False, "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": None,
     "loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "huber_scale": 1.0, "save_n_epoch_ratio": None,
-    "save_last_n_steps": None, "save_last_n_epochs_state": None, "save_last_n_steps_state": None,
     "initial_epoch": None,
     "initial_step": None, "skip_until_initial_step": False, "huggingface_repo_id": None, "log_with": None,
     "log_prefix": None, "log_tracker_name": None, "log_tracker_config": None, "wandb_run_name": None,
@@ -311,4 +323,7 @@ UNSUPPORTED: dict[str, Any] = {
 }
 
 # Keys the Kohya_ss GUI writes into its TOML that no sd-scripts script reads; they carry no meaning.
-IGNORED_GUI_KEYS = frozenset({"epoch"})
+IGNORED_GUI_KEYS = frozenset({"epoch", "noise_offset_type", "train_inpainting", "lowvram"})
+# sd-scripts settings that do nothing unless another one is set: accepted at any value while that one is not.
+INERT_WITHOUT = {"wandb_run_name": "log_with", "wandb_api_key": "log_with", "log_tracker_name": "log_with",
+                 "log_tracker_config": "log_with"}

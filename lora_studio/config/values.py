@@ -151,8 +151,11 @@ def parse_value(setting: S.Setting, value: Any) -> Any:
         else:
             result = _float(setting, value)
     elif kind == S.INT_OR_RATIO:
+        # A fraction of the total steps when below 1, or written as a decimal up to 1.0 (a TOML float, "1.0"), as
+        # sd-scripts reads it: 1.0 is all the steps, 1 is one step.
         number = _float(setting, value)
-        result = number if 0 < number < 1 else _int(setting, number)
+        decimal = isinstance(value, float) or (isinstance(value, str) and "." in value)
+        result = number if 0 < number < 1 or (decimal and number == 1.0) else _int(setting, number)
     else:  # pragma: no cover - a schema mistake
         raise AssertionError(kind)
 

@@ -1,14 +1,17 @@
 """Import a Kohya_ss GUI configuration (the flat JSON its "Save config" writes) as LoRA Studio settings.
 
-Kohya_ss's JSON uses its GUI's field names; most are sd-scripts names, some are not (``epoch``, ``optimizer``,
-``max_resolution``, ``lr_warmup`` in percent, ``LoRA_type``, ``xformers`` as "xformers"/"sdpa"/"none"). Empty values
-and the zeros that mean "off" in that GUI are left unset. Anything we cannot carry over is listed, never dropped
-silently.
+Every value becomes what the Kohya_ss GUI would pass to sd-scripts (its ``train_model``): ``epoch`` only fills in the
+step count, ``lr_warmup`` is a percentage, a JSON 0 often means "sd-scripts' default", the noise type picks which
+noise keys are passed, ``LoRA_type`` becomes a network module and its arguments. The report says, in four parts,
+what was carried over, what was set differently (and why), what is not supported, and what only the Kohya_ss GUI
+reads.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,30 +21,63 @@ from ..config.values import parse_value
 from ..errors import ConfigError
 
 # Kohya_ss GUI field -> our setting, where the names differ.
-RENAMED = {"optimizer": "optimizer_type"}
-# In the Kohya_ss GUI a 0 in these fields means "not set" / "off".
+RENAMED = {"optimizer": "optimizer_type", "lora_network_weights": "network_weights"}
+# Fields the Kohya_ss GUI passes only when not 0 (a 0 there means "off" or "sd-scripts' default").
 ZERO_IS_UNSET = {"max_train_epochs", "max_train_steps", "save_every_n_epochs", "save_every_n_steps",
                  "save_last_n_epochs", "sample_every_n_epochs", "sample_every_n_steps", "min_snr_gamma", "seed",
                  "max_token_length", "adaptive_noise_scale", "multires_noise_iterations", "ip_noise_gamma",
-                 "scale_weight_norms", "min_timestep"}
-LORA_TYPES = {"Standard": "networks.lora", "Kohya LoCon": "networks.lora"}
-# Kohya_ss "LoRA type" -> LyCORIS algo (network_module = "lycoris.kohya")
-LYCORIS_TYPES = {"LyCORIS/LoCon": "locon", "LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr", "LyCORIS/iA3": "ia3"}
+                 "scale_weight_norms", "min_timestep", "vae_batch_size", "save_last_n_steps",
+                 "save_last_n_steps_state", "save_last_n_epochs_state", "multires_noise_discount", "clip_skip",
+                 "min_bucket_reso"}
+# The keys handled by their own rule below.
+SPECIAL = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_args", "sample_prompts", "unet_lr",
+           "text_encoder_lr", "max_resolution", "sdxl", "additional_parameters", "epoch", "max_train_epochs",
+           "max_train_steps", "conv_dim", "conv_alpha", "dora_wd", "factor", "noise_offset_type", "noise_offset",
+           "adaptive_noise_scale", "noise_offset_random_strength", "multires_noise_iterations",
+           "multires_noise_discount", "max_grad_norm", "caption_extension", "sdxl_no_half_vae",
+           "sdxl_cache_text_encoder_outputs", "rank_dropout", "module_dropout", "use_wandb", "lr_scheduler",
+           "learning_rate", "flux1_checkbox", "sd3_checkbox"}
+# What only the Kohya_ss GUI reads: the accelerate launcher's fields and the GUI's own state.
+GUI_ONLY = {"num_cpu_threads_per_process", "num_processes", "num_machines", "multi_gpu", "gpu_ids",
+            "main_process_port", "extra_accelerate_launch_args", "dynamo_mode", "dynamo_use_fullgraph",
+            "dynamo_use_dynamic", "model_list", "save_as_bool", "stop_text_encoder_training",
+            "stop_text_encoder_training_pct", "no_token_padding", "conv_dims", "conv_alphas", "LyCORIS_preset",
+            "file_path", "save_as", "t5xxl_lr", "lowvram"}
+LYCORIS_TYPES = {"LyCORIS/LoCon": "locon", "LoCon": "locon", "LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr",
+                 "LyCORIS/iA3": "ia3"}
+# LyCORIS arguments the Kohya_ss GUI passes that LoRA Studio does not pass on yet (name in JSON -> in network_args)
+LYCORIS_ARGS = {"use_tucker": "use_tucker", "use_cp": "use_cp", "use_scalar": "use_scalar",
+                "train_norm": "train_norm", "decompose_both": "decompose_both",
+                "rank_dropout_scale": "rank_dropout_scale", "bypass_mode": "bypass_mode",
+                "constrain": "constraint", "rescaled": "rescaled", "train_on_input": "train_on_input"}
+BLOCK_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
+              "block_alphas", "conv_block_dims", "conv_block_alphas")
+GUI_DEFAULT_STEPS = 1600  # the Kohya_ss GUI's Max train steps field
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # what the Kohya_ss GUI counts when it computes steps
 
 
 @dataclass
 class KohyaImport:
     settings: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    carried: list[str] = field(default_factory=list)  # keys taken over as they are
+    notes: list[str] = field(default_factory=list)  # set differently, with why
+    unsupported: list[str] = field(default_factory=list)  # what it does, and that it was left out
+    ignored: list[str] = field(default_factory=list)  # only for the Kohya_ss GUI
     sample_prompt_text: str = ""  # the GUI keeps prompts as text; the caller writes them to a file
-    ignored: list[str] = field(default_factory=list)
 
     def report(self) -> str:
         lines = [f"Imported {len(self.settings)} setting(s) from the Kohya_ss configuration."]
-        lines += [f"- {n}" for n in self.notes]
+        if self.carried:
+            lines.append(f"**Carried over as they are** ({len(self.carried)}): {', '.join(sorted(self.carried))}")
+        if self.notes:
+            lines.append("**Set to what Kohya_ss trains:**")
+            lines += [f"- {n}" for n in self.notes]
+        if self.unsupported:
+            lines.append("**Not supported, left out:**")
+            lines += [f"- {n}" for n in self.unsupported]
         if self.ignored:
-            lines.append(f"- {len(self.ignored)} Kohya_ss GUI-only field(s) have no meaning for training here and "
-                         f"were skipped: {', '.join(sorted(self.ignored))}")
+            lines.append(f"**Only for the Kohya_ss GUI** (no meaning for training; {len(self.ignored)}): "
+                         f"{', '.join(sorted(self.ignored))}")
         return "\n".join(lines)
 
 
@@ -49,103 +85,287 @@ def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
-def _put(result: KohyaImport, name: str, value: Any, source_key: str) -> None:
+def _num(value: Any) -> float:
+    try:
+        return 0.0 if _empty(value) or isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _put(result: KohyaImport, name: str, value: Any, source_key: str, carried: bool = True) -> bool:
     if _empty(value):
-        return
-    if name in ZERO_IS_UNSET and not isinstance(value, bool) and value in (0, "0"):
-        return
+        return False
+    if name in ZERO_IS_UNSET and not isinstance(value, bool) and str(value).strip() in ("0", "0.0"):
+        return False
     try:
         result.settings[name] = parse_value(BY_NAME[name], value)
     except ConfigError as exc:
-        result.notes.append(f"{source_key} = {value!r} was not imported: {exc}")
+        result.unsupported.append(f"{source_key} = {value!r} was not imported: {exc}")
+        return False
+    if carried:
+        result.carried.append(source_key)
+    return True
+
+
+def config_kind(data: dict[str, Any]) -> str:
+    """Which Kohya_ss tab wrote this JSON: LoRA, textual inversion, fine-tune or DreamBooth."""
+    if "LoRA_type" in data:
+        return "LoRA"
+    if {"token_string", "init_word", "num_vectors_per_token"} & set(data):
+        return "textual inversion"
+    if {"train_dir", "image_folder", "use_latent_files", "dataset_repeats", "train_text_encoder", "sdxl_checkbox",
+            "caption_metadata_filename"} & set(data):
+        return "fine-tune"
+    if {"learning_rate_te", "learning_rate_te1", "no_token_padding"} & set(data) and "train_data_dir" in data \
+            and "network_dim" not in data:
+        return "DreamBooth"
+    return "LoRA"
 
 
 def convert(data: dict[str, Any]) -> KohyaImport:
+    kind = config_kind(data)
+    if kind != "LoRA":
+        raise ConfigError(f"this is a Kohya_ss {kind} configuration, not a LoRA one: LoRA Studio trains LoRA "
+                          "adapters; save the LoRA tab's configuration in Kohya_ss and import that")
     result = KohyaImport()
     data = dict(data)
-    special = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_args", "sample_prompts",
-               "unet_lr", "text_encoder_lr", "max_resolution", "sdxl", "additional_parameters", "epoch",
-               "conv_dim", "conv_alpha", "dora_wd", "factor"}
-
-    # "Max train epoch" overrides "Epoch" in the Kohya_ss GUI.
-    _put(result, "max_train_epochs", data.get("epoch"), "epoch")
-
-    lora_type = data.get("LoRA_type")
-    if not _empty(lora_type):
-        if lora_type in LORA_TYPES:
-            result.settings["network_module"] = LORA_TYPES[lora_type]
-            if lora_type == "Kohya LoCon" and not _empty(data.get("conv_dim")) and int(data["conv_dim"]) > 0:
-                conv_alpha = data.get("conv_alpha")
-                result.settings["network_args"] = [f"conv_dim={int(data['conv_dim'])}"] + (
-                    [f"conv_alpha={float(conv_alpha):g}"] if not _empty(conv_alpha) else [])
-        elif lora_type in LYCORIS_TYPES:
-            args = [f"algo={LYCORIS_TYPES[lora_type]}"]
-            if not _empty(data.get("conv_dim")) and int(data["conv_dim"]) > 0 and lora_type != "LyCORIS/iA3":
-                args += [f"conv_dim={int(data['conv_dim'])}", f"conv_alpha={float(data.get('conv_alpha') or 1):g}"]
-            if data.get("dora_wd"):
-                args.append("dora_wd=true")
-            if lora_type == "LyCORIS/LoKr" and not _empty(data.get("factor")) and int(data["factor"]) != -1:
-                args.append(f"factor={int(data['factor'])}")
-            result.settings["network_module"] = "lycoris.kohya"
-            result.settings["network_args"] = args
-        else:
-            result.notes.append(f"LoRA type '{lora_type}' is not supported; standard LoRA is used")
-
-    attention = data.get("xformers")
-    if attention in (True, "xformers"):
-        result.settings["xformers"] = True
-    elif attention == "sdpa":
-        result.settings["sdpa"] = True
-
-    if not _empty(data.get("max_resolution")):
-        sides = [p.strip() for p in str(data["max_resolution"]).split(",")]
-        _put(result, "resolution", sides[0] if len(set(sides)) == 1 else ",".join(sides), "max_resolution")
-
-    warmup_steps = data.get("lr_warmup_steps")
-    if not _empty(warmup_steps) and float(warmup_steps) > 0:
-        _put(result, "lr_warmup_steps", warmup_steps, "lr_warmup_steps")
-    elif not _empty(data.get("lr_warmup")) and float(data["lr_warmup"]) > 0:
-        _put(result, "lr_warmup_steps", float(data["lr_warmup"]) / 100.0, "lr_warmup")  # percent of the steps
-
-    if not _empty(data.get("optimizer_args")):
-        _put(result, "optimizer_args", str(data["optimizer_args"]), "optimizer_args")
-
-    # Kohya_ss: U-Net and TE learning rates of 0 both mean "use the learning rate"; one 0 beside a non-zero other
-    # means "do not train that part", which is what its users expect (kohya_ss #2615) and what 0 means here.
-    unet_lr, te_lr = data.get("unet_lr"), data.get("text_encoder_lr")
-    both_zero = all(_empty(v) or float(v) == 0 for v in (unet_lr, te_lr))
-    if not both_zero:
-        for key, value in (("unet_lr", unet_lr), ("text_encoder_lr", te_lr)):
-            if not _empty(value):
-                _put(result, key, value, key)
-                if float(value) == 0:
-                    result.notes.append(f"{key} = 0: that part of the model is not trained")
-
-    prompts = data.get("sample_prompts")
-    if not _empty(prompts):
-        result.sample_prompt_text = str(prompts)
-
-    if data.get("sdxl"):
-        result.notes.append("sdxl = true: the model family is detected from the checkpoint itself")
-    if not _empty(data.get("additional_parameters")):
-        result.notes.append(f"Additional parameters were not imported (set each as its own field): "
-                            f"{data['additional_parameters']}")
-
+    for other in ("flux1_checkbox", "sd3_checkbox"):
+        if data.get(other):
+            result.unsupported.append(f"{other} = true: this configuration trains a "
+                                      f"{'Flux' if 'flux' in other else 'SD3'} model, which LoRA Studio does not train "
+                                      "(it trains SD1.x, SD2.x and SDXL); its SD settings are imported")
+    _run_length(result, data)
+    _warmup(result, data)
+    _network(result, data)
+    _noise(result, data)
+    _learning_rates(result, data)
+    _renamed_and_defaults(result, data)
     for key, value in data.items():
-        if key in special:
+        if key in SPECIAL or key in LYCORIS_ARGS or key in BLOCK_ARGS or key in GUI_ONLY:
             continue
         name = RENAMED.get(key, key)
         if name in BY_NAME:
             _put(result, name, value, key)
         elif key in UNSUPPORTED:
             default = UNSUPPORTED[key]
-            if _empty(value) or value == default or value in (0, False):
+            if _empty(value) or value == default or value in (0, False, []):
                 continue
-            result.notes.append(f"{key} = {value!r} is an sd-scripts option LoRA Studio does not support yet; "
-                                "left out")
+            result.unsupported.append(f"{key} = {value!r} is an sd-scripts option LoRA Studio does not support yet")
         else:
             result.ignored.append(key)
     return result
+
+
+def _steps_from_folder(data: dict[str, Any], epochs: float) -> int | None:
+    """The Kohya_ss GUI's step count when Max train steps is 0: images x repeats of every <N>_name folder, per
+    batch and accumulation, times the epochs, doubled with a regularisation folder. None if the folder is not
+    here."""
+    folder = Path(str(data.get("train_data_dir") or ""))
+    if _empty(data.get("train_data_dir")) or not folder.is_dir():
+        return None
+    total = 0
+    for sub in folder.iterdir():
+        match = re.match(r"^(\d+)_", sub.name)
+        if sub.is_dir() and match:
+            total += int(match[1]) * sum(1 for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    batch = max(1, int(_num(data.get("train_batch_size")) or 1))
+    accumulation = max(1, int(_num(data.get("gradient_accumulation_steps")) or 1))
+    reg = 2 if not _empty(data.get("reg_data_dir")) else 1
+    return math.ceil(total / batch / accumulation * epochs * reg)
+
+
+def _run_length(result: KohyaImport, data: dict[str, Any]) -> None:
+    """As the Kohya_ss GUI decides it: Max train epoch wins; else Max train steps; else steps computed from the
+    image folder and ``epoch`` (sd-scripts never reads ``epoch``)."""
+    epochs, epoch = _num(data.get("max_train_epochs")), _num(data.get("epoch"))
+    if epochs > 0:
+        _put(result, "max_train_epochs", data["max_train_epochs"], "max_train_epochs")
+        return
+    if "max_train_steps" not in data:
+        result.settings["max_train_steps"] = GUI_DEFAULT_STEPS
+        result.notes.append(f"max_train_steps is not in the file: Kohya_ss keeps its field's value, "
+                            f"{GUI_DEFAULT_STEPS} steps by default, and does not use epoch = {data.get('epoch')!r}"
+                            if not _empty(data.get("epoch")) else
+                            f"max_train_steps is not in the file: {GUI_DEFAULT_STEPS}, the Kohya_ss GUI's default")
+        return
+    steps = _num(data.get("max_train_steps"))
+    if steps > 0:
+        _put(result, "max_train_steps", int(steps), "max_train_steps")
+        if epoch:
+            result.notes.append(f"epoch = {data['epoch']!r} is not used: Kohya_ss trains max_train_steps = "
+                                f"{int(steps)} steps when it is set")
+        return
+    if not _empty(data.get("dataset_config")):
+        result.settings["max_train_steps"] = GUI_DEFAULT_STEPS
+        result.notes.append(f"max_train_steps = 0 with a dataset config: sd-scripts trains its default "
+                            f"{GUI_DEFAULT_STEPS} steps (the Kohya_ss GUI does not compute them from epoch then)")
+        return
+    computed = _steps_from_folder(data, epoch or 1)
+    if computed:
+        result.settings["max_train_steps"] = computed
+        result.notes.append(f"max_train_steps = 0, epoch = {data.get('epoch')!r}: {computed} steps, as the "
+                            "Kohya_ss GUI computes them from the image folder (images x repeats / batch / "
+                            "accumulation x epochs, x2 with regularisation images)")
+    elif epoch:
+        result.settings["max_train_epochs"] = int(epoch)
+        result.notes.append(f"max_train_steps = 0, epoch = {data['epoch']!r}: Kohya_ss computes the steps of "
+                            f"{int(epoch)} epoch(s) from the image folder, which is not on this computer; "
+                            f"imported as max_train_epochs = {int(epoch)}")
+
+
+def _warmup(result: KohyaImport, data: dict[str, Any]) -> None:
+    if data.get("lr_scheduler") == "constant":
+        return  # the Kohya_ss GUI turns warm-up off for constant
+    steps, percent = _num(data.get("lr_warmup_steps")), _num(data.get("lr_warmup"))
+    if steps > 0:
+        _put(result, "lr_warmup_steps", int(steps), "lr_warmup_steps")
+        if percent:
+            result.notes.append(f"lr_warmup = {data['lr_warmup']!r}% is not used: lr_warmup_steps = {int(steps)} "
+                                "wins, as in the Kohya_ss GUI")
+    elif percent and not _empty(data.get("dataset_config")) and _num(data.get("max_train_steps")) > 0:
+        value = round(percent * _num(data["max_train_steps"]) / 100)
+        result.settings["lr_warmup_steps"] = value
+        result.notes.append(f"lr_warmup = {data['lr_warmup']!r}% of max_train_steps: lr_warmup_steps = {value}")
+    elif percent:
+        result.settings["lr_warmup_steps"] = parse_value(BY_NAME["lr_warmup_steps"], float(percent) / 100.0)
+        result.notes.append(f"lr_warmup = {data['lr_warmup']!r}% of the steps: lr_warmup_steps = "
+                            f"{float(percent) / 100.0:g} (a fraction of the total steps)")
+
+
+def _network(result: KohyaImport, data: dict[str, Any]) -> None:
+    lora_type = data.get("LoRA_type")
+    if _empty(lora_type):
+        return
+    dropouts = [f"{name}={_num(data[name]):g}" for name in ("rank_dropout", "module_dropout")
+                if _num(data.get(name)) > 0]
+    if lora_type in ("Standard", "Kohya LoCon"):
+        args = []
+        if lora_type == "Kohya LoCon" and _num(data.get("conv_dim")) > 0:
+            args += [f"conv_dim={int(_num(data['conv_dim']))}", f"conv_alpha={_num(data.get('conv_alpha')):g}"]
+        args += dropouts
+        result.settings["network_module"] = "networks.lora"
+        if args:
+            result.settings["network_args"] = args
+        blocks = [k for k in BLOCK_ARGS if not _empty(data.get(k))]
+        if blocks:
+            result.unsupported.append(f"{', '.join(blocks)}: block-wise learning rates and ranks are not supported "
+                                      "yet; every block trains with the same rank and learning rate")
+    elif lora_type in LYCORIS_TYPES:
+        algo = LYCORIS_TYPES[lora_type]
+        args = [f"algo={algo}"]
+        if _num(data.get("conv_dim")) > 0 and algo != "ia3":
+            args += [f"conv_dim={int(_num(data['conv_dim']))}", f"conv_alpha={_num(data.get('conv_alpha')) or 1:g}"]
+        if data.get("dora_wd") and algo != "ia3":
+            args.append("dora_wd=true")
+        if algo == "lokr" and _num(data.get("factor")) not in (0, -1):
+            args.append(f"factor={int(_num(data['factor']))}")
+        result.settings["network_module"] = "lycoris.kohya"
+        result.settings["network_args"] = args + (dropouts if algo != "ia3" else [])
+        passed = [f"{LYCORIS_ARGS[k]}={data[k]}" for k in LYCORIS_ARGS if data.get(k) not in (None, "", False, 0)]
+        if passed:
+            result.unsupported.append(f"LyCORIS arguments {' '.join(passed)} are not passed to LyCORIS yet; its "
+                                      "defaults are used")
+        if _num(data.get("network_dim")) >= 100000 or _num(data.get("conv_dim")) >= 100000:
+            result.unsupported.append("network_dim/conv_dim of 100000 or more (LyCORIS's full-matrix LoKr) is not "
+                                      "supported yet; set a rank")
+    else:
+        result.unsupported.append(f"LoRA type '{lora_type}' is not supported; standard LoRA is used")
+    result.carried.append("LoRA_type")
+
+
+def _noise(result: KohyaImport, data: dict[str, Any]) -> None:
+    """The Kohya_ss GUI passes the noise keys of its noise type only."""
+    multires = data.get("noise_offset_type") == "Multires"
+    mine = ("multires_noise_iterations", "multires_noise_discount") if multires else (
+        "noise_offset", "adaptive_noise_scale", "noise_offset_random_strength")
+    theirs = ("noise_offset", "adaptive_noise_scale", "noise_offset_random_strength") if multires else (
+        "multires_noise_iterations", "multires_noise_discount")
+    for key in mine:
+        if key == "noise_offset_random_strength":
+            if data.get(key):
+                _put(result, key, True, key)
+        else:
+            _put(result, key, data.get(key), key)
+    ignored = [f"{k} = {data[k]!r}" for k in theirs if data.get(k) not in (None, "", 0, False)]
+    if ignored:
+        result.notes.append(f"{', '.join(ignored)} not used: noise_offset_type is "
+                            f"{data.get('noise_offset_type', 'Original')!r}, and the Kohya_ss GUI passes only its "
+                            "noise keys")
+    if result.settings.get("adaptive_noise_scale") and not result.settings.get("noise_offset"):
+        result.notes.append("adaptive_noise_scale without noise_offset would stop sd-scripts with an error: left out")
+        result.settings.pop("adaptive_noise_scale")
+
+
+def _learning_rates(result: KohyaImport, data: dict[str, Any]) -> None:
+    """A zero U-Net or text-encoder learning rate beside a non-zero other means "train the other part only"; both
+    zero means both train at the learning rate (the Kohya_ss GUI then passes neither)."""
+    _put(result, "learning_rate", data.get("learning_rate"), "learning_rate")
+    unet, te = data.get("unet_lr"), data.get("text_encoder_lr")
+    if _num(unet) == 0 and _num(te) == 0:
+        return
+    for key, value in (("unet_lr", unet), ("text_encoder_lr", te)):
+        if not _empty(value):
+            _put(result, key, value, key)
+    if _num(te) == 0 and not _empty(te):
+        result.settings["network_train_unet_only"] = True
+        result.notes.append("text_encoder_lr = 0: that part of the model is not trained (network_train_unet_only, "
+                            "as the Kohya_ss GUI sets it)")
+    if _num(unet) == 0 and not _empty(unet):
+        result.settings["network_train_text_encoder_only"] = True
+        result.notes.append("unet_lr = 0: that part of the model is not trained (network_train_text_encoder_only, "
+                            "as the Kohya_ss GUI sets it)")
+
+
+def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
+    attention = data.get("xformers")
+    if attention in (True, "xformers"):
+        result.settings["xformers"] = True
+    elif attention == "sdpa":
+        result.settings["sdpa"] = True
+    if not _empty(data.get("max_resolution")):
+        sides = [p.strip() for p in str(data["max_resolution"]).split(",")]
+        _put(result, "resolution", sides[0] if len(set(sides)) == 1 else ",".join(sides), "max_resolution")
+    if not _empty(data.get("optimizer_args")):
+        _put(result, "optimizer_args", str(data["optimizer_args"]), "optimizer_args")
+    if "max_grad_norm" in data:
+        if _num(data["max_grad_norm"]) == 0:
+            result.settings["max_grad_norm"] = 1.0
+            result.notes.append("max_grad_norm = 0 -> 1.0: the Kohya_ss GUI does not pass a 0, so sd-scripts clips "
+                                "at its default 1.0")
+        else:
+            _put(result, "max_grad_norm", data["max_grad_norm"], "max_grad_norm")
+    if "caption_extension" in data:
+        if _empty(data["caption_extension"]):
+            result.settings["caption_extension"] = ".caption"
+            result.notes.append("caption_extension = '' -> '.caption': sd-scripts' default when the GUI passes none")
+        else:
+            _put(result, "caption_extension", data["caption_extension"], "caption_extension")
+    if data.get("sdxl"):
+        for key, name in (("sdxl_no_half_vae", "no_half_vae"),
+                          ("sdxl_cache_text_encoder_outputs", "cache_text_encoder_outputs")):
+            if data.get(key):
+                result.settings[name] = True
+                result.notes.append(f"{key} = true -> {name} = true (what the Kohya_ss GUI passes for SDXL)")
+    lr_scheduler = data.get("lr_scheduler")
+    if not _empty(lr_scheduler):
+        _put(result, "lr_scheduler", lr_scheduler, "lr_scheduler")
+    if not _empty(data.get("sample_prompts")):
+        result.sample_prompt_text = str(data["sample_prompts"])
+    if data.get("use_wandb") == "True":
+        result.unsupported.append("use_wandb = 'True' (log_with = wandb): logging to Weights & Biases is not "
+                                  "supported yet; TensorBoard logs go to logging_dir")
+    elif "use_wandb" in data:
+        result.ignored.append("use_wandb")
+    if data.get("sdxl"):
+        result.notes.append("sdxl = true: the model family is detected from the checkpoint itself")
+    if not _empty(data.get("additional_parameters")):
+        result.unsupported.append(f"Additional parameters were not imported (set each as its own field): "
+                                  f"{data['additional_parameters']}")
+    for key in GUI_ONLY & set(data):
+        result.ignored.append(key)
+    for key in ("sdxl", "flux1_checkbox", "sd3_checkbox", "epoch", "noise_offset_type"):
+        if key in data:
+            result.ignored.append(key)
 
 
 def read_kohya_json(path: str | Path) -> KohyaImport:
@@ -158,4 +378,7 @@ def read_kohya_json(path: str | Path) -> KohyaImport:
         raise ConfigError(f"{path} is not a Kohya_ss JSON configuration: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} is not a Kohya_ss JSON configuration (expected an object of settings)")
-    return convert(data)
+    try:
+        return convert(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

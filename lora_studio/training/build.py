@@ -21,6 +21,7 @@ from .te_cache import build_te_cache, check_te_cache_allowed, te_fingerprint
 from .vae import encode_latents
 
 log = logging.getLogger("lora_studio")
+DEFAULT_VAE_BATCH = 4  # images the VAE encodes at once unless vae_batch_size says otherwise
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,11 @@ class Trained:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Trained:
-        return cls(not cfg.network_train_text_encoder_only, not cfg.network_train_unet_only)
+        """A part whose own learning rate is 0 is not trained, and gets no adapters (as the Kohya_ss GUI decides)."""
+        te_lr = cfg.text_encoder_lr
+        te_off = te_lr is not None and all(lr == 0 for lr in (te_lr if isinstance(te_lr, list) else [te_lr]))
+        return cls(not cfg.network_train_text_encoder_only and cfg.unet_lr != 0,
+                   not cfg.network_train_unet_only and not te_off)
 
 
 def choose_attention(unet, cfg: Config) -> str:
@@ -132,13 +137,13 @@ def cache_latents(c: Components, data, cfg: Config, device: torch.device, seed: 
     def encode(pixels):
         return encode_latents(c.vae, pixels, device, generator, scale_shift)
 
-    to_disk = cfg.cache_latents_to_disk
+    to_disk, batch = cfg.cache_latents_to_disk, cfg.vae_batch_size or DEFAULT_VAE_BATCH
     if to_disk and accelerator.num_processes > 1:
         if accelerator.is_local_main_process:
-            build_latent_cache(data, encode, vae_id, True, True, fallback)
+            build_latent_cache(data, encode, vae_id, True, True, fallback, batch)
         accelerator.wait_for_everyone()
-        return build_latent_cache(data, encode, vae_id, True, False, fallback, show_progress=False)
-    return build_latent_cache(data, encode, vae_id, to_disk, True, fallback,
+        return build_latent_cache(data, encode, vae_id, True, False, fallback, batch, show_progress=False)
+    return build_latent_cache(data, encode, vae_id, to_disk, True, fallback, batch,
                               show_progress=accelerator.is_main_process)
 
 

@@ -93,7 +93,7 @@ def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimi
 
 def warmup_steps(cfg: Config, total_steps: int) -> int:
     value = cfg.lr_warmup_steps or 0
-    return int(math.ceil(value * total_steps)) if isinstance(value, float) and value < 1 else int(value)
+    return int(math.ceil(value * total_steps)) if isinstance(value, float) and value <= 1 else int(value)
 
 
 def build_scheduler(cfg: Config, optimizer, total_steps: int):

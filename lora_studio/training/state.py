@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import Config
-from ..config.schema import SETTINGS
+from ..config.schema import BY_NAME, SETTINGS
 from ..errors import UserError
 from ..io_utils import atomic_folder
 from .outputs import latest_state  # noqa: F401  (re-exported for the trainer)
@@ -28,6 +28,7 @@ STATE_VERSION = 1
 # Settings that may differ when resuming (they change what is written, not what is learned).
 MAY_CHANGE = {"output_dir", "output_name", "logging_dir", "training_comment", "save_model_as", "save_precision",
               "save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs", "sample_prompts",
+              "save_last_n_steps", "save_last_n_steps_state", "save_last_n_epochs_state",
               "sample_every_n_epochs", "sample_every_n_steps", "sample_sampler", "sample_at_first",
               "max_data_loader_n_workers", "resume", "save_state", "save_state_on_train_end", "nan_policy",
               "cache_latents", "train_data_dir", "reg_data_dir", "dataset_config",
@@ -143,8 +144,10 @@ class ResumeState:
         """Refuse a state that belongs to another run, saying what differs."""
         saved = self.doc["settings"]
         now = learned_settings(cfg)
-        changed = [f"{k} was {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(now)
-                   if _norm(saved.get(k)) != _norm(now.get(k))]
+        # a setting newer than the state counts as at its default there
+        then = {k: saved.get(k, BY_NAME[k].default) for k in now}
+        changed = [f"{k} was {then[k]!r}, now {now.get(k)!r}" for k in sorted(now)
+                   if _norm(then[k]) != _norm(now.get(k))]
         if changed:
             raise UserError(f"resume: {self.folder.name} was trained with other settings: " + "; ".join(changed[:6]))
         shapes = {k: list(v.shape) for k, v in network.state_dict().items()}

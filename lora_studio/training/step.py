@@ -33,8 +33,10 @@ class BatchLoss:
         if "latents" in batch:
             latents = batch["latents"].to(self.device, non_blocking=True)
         else:
-            vae = self.components.vae
-            latents = encode_latents(vae, batch["pixels"], self.device, None, self.family.vae_scale_and_shift(vae))
+            vae, pixels = self.components.vae, batch["pixels"]
+            chunk = self.cfg.vae_batch_size or len(pixels)  # vae_batch_size: encode in chunks of that many images
+            latents = torch.cat([encode_latents(vae, part, self.device, None, self.family.vae_scale_and_shift(vae))
+                                 for part in pixels.split(chunk)])
         latents = latents.float()
         if self.cfg.channels_last:
             latents = latents.contiguous(memory_format=torch.channels_last)

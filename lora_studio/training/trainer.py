@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..io_utils import atomic_write
 from ..models.loading import load_components
 from ..saving import save_lora
-from . import faults
+from . import faults, pruning
 from .build import (Trained, build_network, build_optimization, cache_latents, cache_text_encoder_outputs,
                     describe_network, place_model, ranks_from_weights)
 from .estimate import GPU, memory_tips, resource_estimate
@@ -82,8 +82,6 @@ class Trainer:
         set_seed(self.seed)
         if self.is_main:
             Path(self.cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            if self.cfg.sample_prompts:
-                self.paths["samples"].mkdir(exist_ok=True)
         self.resume = self._read_resume_state()
         if self.resume is not None:
             self.seed = self.resume.seed  # the same data order and noise as the interrupted run
@@ -101,8 +99,12 @@ class Trainer:
         if self.is_main:
             log.info("dataset:\n  %s", self.data.summary().replace("\n", "\n  "))
             self._log_estimate()
+        # as sd-scripts: the prompt file is read only when sample images are due at some point
+        wants_samples = cfg.sample_every_n_epochs or cfg.sample_every_n_steps or cfg.sample_at_first
         self.prompts = read_prompt_file(cfg.sample_prompts, self.data.datasets[0].resolution[0]) \
-            if cfg.sample_prompts else []
+            if cfg.sample_prompts and wants_samples else []
+        if self.prompts and self.is_main:
+            self.paths["samples"].mkdir(exist_ok=True)
         for prompt in self.prompts:  # an unknown sampler is an error now, not after an hour of training
             make_scheduler(prompt.sampler or cfg.sample_sampler, {})
         plan = plan_steps(self.data.batches_per_epoch, cfg, self.world)
@@ -308,6 +310,8 @@ class Trainer:
                 self._save(step_file(cfg, p.step), p.epoch, p.step)
             if self.cadence.state_with_saves:
                 self._save_state(step_file(cfg, p.step), p.epoch, p.step, p.batch)
+            if self.is_main:
+                pruning.after_step_save(cfg, p.step)
         if self.cadence.sample_at_step(p.step):
             self._make_samples(p.epoch, p.step)
 
@@ -316,9 +320,10 @@ class Trainer:
         if self.cadence.save_at_epoch_end(p.epoch, p.step):
             if self.is_main:
                 self._save(epoch_file(cfg, p.epoch), p.epoch, p.step)
-                self._prune_epoch_files(p.epoch)
             if self.cadence.state_with_saves:
                 self._save_state(epoch_file(cfg, p.epoch), p.epoch + 1, p.step, 0)
+            if self.is_main:
+                pruning.after_epoch_save(cfg, p.epoch)
         if self.cadence.sample_at_epoch_end(p.epoch, p.step):
             self._make_samples(p.epoch, p.step)
 
@@ -358,17 +363,6 @@ class Trainer:
         self.events.emit("save", step=step, epoch=epoch, path=str(path))
         log.info("saved %s", path)
         return path
-
-    def _prune_epoch_files(self, epoch: int) -> None:
-        keep = self.cfg.save_last_n_epochs
-        if not keep or not self.cfg.save_every_n_epochs:
-            return
-        old = epoch - keep * self.cfg.save_every_n_epochs
-        if old >= 1:
-            path = epoch_file(self.cfg, old)
-            if path.exists():
-                path.unlink()
-                log.info("removed %s (save_last_n_epochs = %d)", path.name, keep)
 
     def _save_state(self, checkpoint: Path, epoch: int, step: int, next_batch: int) -> None:
         """The state beside ``checkpoint`` (``<stem>-state``); every process takes part (RNG states are gathered)."""
