@@ -130,3 +130,40 @@ def test_the_multiplier_scales_the_adapters_delta_as_a_strength(components):
     finally:
         net.detach_from_base()
     assert not torch.allclose(full, before) and torch.allclose(half - before, 0.5 * (full - before), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, cls", [("DAdaptAdam", "DAdaptAdam"), ("DAdaptation", "DAdaptAdamPreprint"),
+                                       ("DAdaptLion", "DAdaptLion"), ("Prodigy", "Prodigy")])
+def test_learning_rate_free_optimizers_take_one_learning_rate_and_step(name, cls, caplog):
+    """Different U-Net and text-encoder rates would stop D-Adaptation and Prodigy at their first step; the first
+    group's rate is used for all, as sd-scripts says it is."""
+    a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+    with caplog.at_level(logging.WARNING):
+        opt = build_optimizer(build_config({"optimizer_type": name, "learning_rate": 1.0}),
+                              [{"params": [a], "lr": 1.0}, {"params": [b], "lr": 0.5}])
+    assert type(opt).__name__ == cls and [g["lr"] for g in opt.param_groups] == [1.0, 1.0]
+    assert "takes one learning rate for every part: 1 is used for all (was 1, 0.5)" in caplog.text
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    opt.step()
+    assert torch.all(a < 1) and torch.all(b < 1)
+
+
+def test_schedule_free_optimizers_swap_to_their_averaged_weights_for_use():
+    from lora_studio.training.optim import build_scheduler, is_schedule_free
+
+    p = torch.nn.Parameter(torch.ones(4))
+    cfg = build_config({"optimizer_type": "AdamWScheduleFree", "learning_rate": 0.1, "lr_scheduler": "cosine"})
+    opt = build_optimizer(cfg, [{"params": [p], "lr": 0.1}])
+    assert type(opt).__name__ == "AdamWScheduleFree" and is_schedule_free(opt)
+    scheduler = build_scheduler(cfg, opt, 100)  # it schedules itself: a constant scheduler, not cosine
+    opt.train()
+    for _ in range(3):
+        p.grad = torch.ones(4)
+        opt.step()
+        scheduler.step()
+        assert scheduler.get_last_lr() == [0.1]
+    trained = p.detach().clone()
+    opt.eval()  # the averaged weights a file gets
+    averaged = p.detach().clone()
+    opt.train()
+    assert not torch.allclose(trained, averaged) and torch.allclose(p, trained)

@@ -271,3 +271,18 @@ xformers = true
     for said in ("'epoch'", "'noise_offset_type'", "'wandb_run_name'"):
         assert said in proc.stderr  # named as ignored, not fatal
     assert "training with PyTorch SDPA" in proc.stderr and "32-bit AdamW" in proc.stderr
+
+
+@pytest.mark.parametrize("optimizer, extra", [("AdamWScheduleFree", {"save_every_n_steps": 2, "save_state": True}),
+                                              ("DAdaptAdam", {"learning_rate": 1.0, "text_encoder_lr": 0.5})])
+def test_learning_rate_free_and_schedule_free_optimizers_train_through_the_engine(tiny_models, dataset, tmp_path,
+                                                                                  optimizer, extra):
+    out = tmp_path / "out"
+    settings = base_settings(tiny_models["single"], dataset, out, optimizer_type=optimizer, max_train_steps=4,
+                             **extra)
+    proc = run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)))
+    weights = load_file(str(out / "test_lora.safetensors"))
+    assert any(v.any() for k, v in weights.items() if k.endswith("lora_up.weight"))  # it trained
+    assert all(bool(torch.isfinite(v.float()).all()) for v in weights.values())
+    if optimizer == "DAdaptAdam":
+        assert "takes one learning rate for every part" in proc.stderr

@@ -142,8 +142,11 @@ SETTINGS: tuple[Setting, ...] = (
        "network", minimum=0.0, maximum=1.0, advanced=True),
     # ---- optimizer and schedule ----
     _s("optimizer_type", STR, "AdamW", "Optimizer",
-       "AdamW, AdamW8bit, Lion, Prodigy, Adafactor, any torch.optim class, or a dotted path (package.Class).",
-       "optimizer", suggestions=("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGD")),
+       "AdamW, AdamW8bit, Lion, Prodigy, Adafactor, the D-Adaptation ones (DAdaptAdam, DAdaptLion, ...; learning "
+       "rate about 1.0), the schedule-free ones (AdamWScheduleFree, ...), any torch.optim class, or a dotted path "
+       "(package.Class).", "optimizer",
+       suggestions=("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGD", "DAdaptAdam", "DAdaptLion",
+                    "AdamWScheduleFree", "RAdamScheduleFree")),
     _s("optimizer_args", STR_LIST, None, "Optimizer extra arguments",
        "Extra optimizer arguments as key=value strings, e.g. weight_decay=0.01 betas=(0.9,0.99).", "optimizer"),
     _s("learning_rate", FLOAT, 1e-4, "Learning rate", "Learning rate of every adapter unless overridden below.",

@@ -46,6 +46,23 @@ def _eight_bit(name: str, bnb_class: str, stand_in: str):
         return optimizer_class(stand_in)
 
 
+# D-Adaptation (package dadaptation) and schedule-free (package schedulefree) optimizers by their sd-scripts names.
+LEARNING_RATE_FREE = {"dadaptation": "dadaptation.experimental.DAdaptAdamPreprint",
+                      "dadaptadampreprint": "dadaptation.experimental.DAdaptAdamPreprint",
+                      "dadaptadagrad": "dadaptation.DAdaptAdaGrad", "dadaptadam": "dadaptation.DAdaptAdam",
+                      "dadaptadan": "dadaptation.DAdaptAdan", "dadaptadanip": "dadaptation.experimental.DAdaptAdanIP",
+                      "dadaptlion": "dadaptation.DAdaptLion", "dadaptsgd": "dadaptation.DAdaptSGD"}
+SCHEDULE_FREE = {"adamwschedulefree": "schedulefree.AdamWScheduleFree",
+                 "radamschedulefree": "schedulefree.RAdamScheduleFree", "sgdschedulefree": "schedulefree.SGDScheduleFree"}
+
+
+def is_schedule_free(optimizer) -> bool:
+    """Schedule-free optimizers keep two sets of weights: train() between steps, eval() before the weights are
+    saved or used for samples (sd-scripts switches them so)."""
+    return callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None)) and \
+        "ScheduleFree" in type(getattr(optimizer, "optimizer", optimizer)).__name__
+
+
 def optimizer_class(name: str):
     """The optimizer class for ``optimizer_type`` (case-insensitive for the built-in names)."""
     key = name.lower()
@@ -53,6 +70,8 @@ def optimizer_class(name: str):
         return torch.optim.AdamW
     if key in EIGHT_BIT:
         return _eight_bit(name, *EIGHT_BIT[key])
+    if key in LEARNING_RATE_FREE or key in SCHEDULE_FREE:
+        return _import_class(LEARNING_RATE_FREE.get(key) or SCHEDULE_FREE[key])
     if key == "lion":
         from lion_pytorch import Lion
 
@@ -85,6 +104,8 @@ def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimi
     if cls is torch.optim.AdamW and torch.cuda.is_available() and "fused" not in kwargs and "foreach" not in kwargs:
         kwargs["fused"] = True
     groups = [{k: v for k, v in g.items() if k != "name"} for g in param_groups]
+    if cls.__module__.startswith(("dadaptation", "prodigyopt")):
+        groups = _one_learning_rate(cls.__name__, groups, cfg.learning_rate)
     try:
         return cls(groups, lr=cfg.learning_rate, **kwargs)
     except TypeError as exc:
@@ -101,6 +122,11 @@ def build_scheduler(cfg: Config, optimizer, total_steps: int):
 
     if cfg.lr_scheduler_type:
         return _scheduler_by_type(cfg, optimizer)
+    if is_schedule_free(optimizer):  # it schedules itself; warm-up is its own optimizer_args warmup_steps=N
+        if cfg.lr_warmup_steps:
+            logging.getLogger(__name__).warning("lr_warmup_steps is ignored with %s (as in sd-scripts); give "
+                                                "optimizer_args warmup_steps=N instead", type(optimizer).__name__)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     warmup = warmup_steps(cfg, total_steps)
     if warmup and cfg.lr_scheduler == "constant":
         # As in sd-scripts, 'constant' has no warm-up; say so rather than surprise.
@@ -126,3 +152,18 @@ def _scheduler_by_type(cfg: Config, optimizer):
         return cls(optimizer, **kwargs)
     except TypeError as exc:
         raise UserError(f"lr_scheduler_args: {cls.__name__} does not accept these arguments: {exc}") from None
+
+
+def _one_learning_rate(name: str, groups: list[dict], learning_rate: float) -> list[dict]:
+    """D-Adaptation and Prodigy find the step size themselves and take one learning rate (around 1.0) for all
+    parameter groups: different ones stop them at their first step, so the first group's is used for all (the one
+    sd-scripts says takes effect)."""
+    log = logging.getLogger(__name__)
+    rates = [g["lr"] for g in groups]
+    if len(set(rates)) > 1:
+        log.warning("optimizer_type %s takes one learning rate for every part: %g is used for all (was %s)", name,
+                    rates[0], ", ".join(f"{r:g}" for r in rates))
+    if (rates[0] if rates else learning_rate) <= 0.1:
+        log.warning("optimizer_type %s: the learning rate %g is low; D-Adaptation and Prodigy want about 1.0", name,
+                    rates[0] if rates else learning_rate)
+    return [{**g, "lr": rates[0]} for g in groups]

@@ -8,6 +8,7 @@ main machine writes files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -33,6 +34,7 @@ from .estimate import GPU, memory_tips, resource_estimate
 from .events import EventLog
 from .guard import Diverged, StepGuard
 from .metadata import RunMetadata, describe_optimizer
+from .optim import is_schedule_free
 from .outputs import epoch_file, output_paths, step_file
 from .plan import plan_steps
 from .precision import precision_for
@@ -92,6 +94,8 @@ class Trainer:
         set_seed(self.seed + self.rank)  # different noise in each process from here on
         self.progress = self._start_position()
         self.guard.take_snapshot(self.progress.step)
+        if is_schedule_free(self.optimizer):
+            self.optimizer.train()  # between steps; eval() while weights are saved or sampled
 
     def _setup_data(self) -> None:
         cfg = self.cfg
@@ -301,10 +305,28 @@ class Trainer:
             self.progress.stopped |= verdict.stop and not self.cadence.finished(verdict.step)
         pending.clear()
 
+    @contextlib.contextmanager
+    def _weights_in_use(self):
+        """A schedule-free optimizer's averaged weights, in every process, while they are saved or sampled."""
+        schedule_free = is_schedule_free(self.optimizer)
+        if schedule_free:
+            self.optimizer.eval()
+        try:
+            yield
+        finally:
+            if schedule_free:
+                self.optimizer.train()
+
     def _after_step(self) -> None:
-        p, cfg = self.progress, self.cfg
+        p = self.progress
         if self.cadence.snapshot(p.step):
             self.guard.take_snapshot(p.step)
+        if self.cadence.save_at_step(p.step) or self.cadence.sample_at_step(p.step):
+            with self._weights_in_use():
+                self._save_and_sample_at_step()
+
+    def _save_and_sample_at_step(self) -> None:
+        p, cfg = self.progress, self.cfg
         if self.cadence.save_at_step(p.step):
             if self.is_main:
                 self._save(step_file(cfg, p.step), p.epoch, p.step)
@@ -316,6 +338,10 @@ class Trainer:
             self._make_samples(p.epoch, p.step)
 
     def _end_epoch(self) -> None:
+        with self._weights_in_use():
+            self._save_and_sample_at_epoch_end()
+
+    def _save_and_sample_at_epoch_end(self) -> None:
         p, cfg = self.progress, self.cfg
         if self.cadence.save_at_epoch_end(p.epoch, p.step):
             if self.is_main:
@@ -331,11 +357,12 @@ class Trainer:
         p = self.progress
         self._check_processes_agree()
         final = self.paths["final"]
-        if self.is_main:
-            self._save(final, p.epoch, p.step)
-        if self.cadence.state_at_end:
-            next_epoch, next_batch = (p.epoch + 1, 0) if p.epoch_done else (p.epoch, p.batch)
-            self._save_state(final, next_epoch, p.step, next_batch)
+        with self._weights_in_use():
+            if self.is_main:
+                self._save(final, p.epoch, p.step)
+            if self.cadence.state_at_end:
+                next_epoch, next_batch = (p.epoch + 1, 0) if p.epoch_done else (p.epoch, p.batch)
+                self._save_state(final, next_epoch, p.step, next_batch)
         if self.is_main:
             status = "stopped" if p.stopped else "completed"
             self.events.emit("end", status=status, step=p.step, epoch=p.epoch, output=str(final),
