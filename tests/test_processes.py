@@ -116,22 +116,30 @@ def test_two_machines_on_loopback_train_the_same_weights_as_two_processes(two_pr
         assert torch.allclose(value.float(), two_processes["weights"][key].float(), atol=1e-6, rtol=0), key
 
 
-@pytest.mark.parametrize("sync_every", [1, 3])
-def test_a_nan_in_one_process_is_one_decision_for_all(two_processes, tmp_path, sync_every):
-    """One image's cached latent is NaN: the process that draws it has a non-finite loss; every process skips (or
-    zeroes) that step, nobody waits in a reduction the others left, and all end together."""
+CACHED = dict(cache_latents_to_disk=True, gradient_accumulation_steps=1)
+
+
+@pytest.fixture(scope="module")
+def poisoned_data(two_processes, tmp_path_factory):
+    """A copy of the images whose latent cache holds NaN for 004.png."""
     import shutil
 
-    data = tmp_path / "data"
-    shutil.copytree(two_processes["data"].parent, data)
-    cache = dict(cache_latents_to_disk=True, gradient_accumulation_steps=1)
-    warm = write_config(tmp_path / "warm.toml", _settings(two_processes["model"], data / "img", tmp_path / "warm",
-                                                         max_train_epochs=None, max_train_steps=1, **cache))
+    root = tmp_path_factory.mktemp("poisoned")
+    shutil.copytree(two_processes["data"].parent, root / "data")
+    warm = write_config(root / "warm.toml", _settings(two_processes["model"], root / "data" / "img", root / "warm",
+                                                     max_train_epochs=None, max_train_steps=1, **CACHED))
     run_cli("train", "--config", str(warm))
-    (poisoned,) = list(data.glob("img/*/.lora_studio_cache/004_*.safetensors"))
+    (poisoned,) = list(root.glob("data/img/*/.lora_studio_cache/004_*.safetensors"))
     latent = load_file(str(poisoned))["latent"]
     save_file({"latent": torch.full_like(latent, float("nan"))}, str(poisoned))
+    return root / "data"
 
+
+@pytest.mark.parametrize("sync_every", [1, 3])
+def test_a_nan_in_one_process_is_one_decision_for_all(two_processes, poisoned_data, tmp_path, sync_every):
+    """One image's cached latent is NaN: the process that draws it has a non-finite loss; every process skips (or
+    zeroes) that step, nobody waits in a reduction the others left, and all end together."""
+    data, cache = poisoned_data, CACHED
     out = tmp_path / "out"
     config = write_config(tmp_path / "run.toml", _settings(two_processes["model"], data / "img", out,
                                                            sync_every_n_steps=sync_every, **cache))

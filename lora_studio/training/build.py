@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..config.network_args import NetworkArgs, parse_network_args
+from ..config.network_args import NetworkArgs
 from ..data.latent_cache import build_latent_cache, vae_fingerprint
 from ..errors import UserError
 from ..models.family import Components
@@ -104,8 +104,7 @@ def build_network(c: Components, cfg: Config, net_args: NetworkArgs, trained: Tr
     return network
 
 
-def describe_network(network: LoRANetwork, cfg: Config) -> None:
-    net_args = parse_network_args(cfg.network_args, cfg.network_module)
+def describe_network(network: LoRANetwork, cfg: Config, net_args: NetworkArgs) -> None:
     log.info("%s: %d U-Net and %d text-encoder modules, rank %d, alpha %s%s", net_args.describe(),
              len(network.unet_stems), sum(len(s) for s in network.te_stems), cfg.network_dim,
              cfg.network_alpha or cfg.network_dim,
@@ -127,8 +126,8 @@ def build_optimization(network: LoRANetwork, cfg: Config, total_steps: int):
 
 
 def cache_latents(c: Components, data, cfg: Config, device: torch.device, seed: int, accelerator) -> dict:
-    """Latents of every image (and its flip). On disk, the first process of each machine writes the cache and the
-    others read it; machines share nothing but the settings."""
+    """Latents of every image (and its flip). On disk, the first process of each machine writes the cache beside
+    that machine's images and the others read it (machines sharing a disk write the same files, atomically)."""
     scale_shift = c.family.vae_scale_and_shift(c.vae)
     vae_id = vae_fingerprint(c.vae) + f"|{scale_shift}"
     generator = torch.Generator(device=device).manual_seed(seed)

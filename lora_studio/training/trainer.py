@@ -60,7 +60,8 @@ class Trainer:
         self.trained = Trained.from_config(cfg)
         # Text-encoder adapters past the layer a prompt is read from (clip_skip, SDXL's penultimate layer) get no
         # gradient: DDP must look for such unused parameters when text encoders train, or adapters may sit a step out.
-        skips = parse_network_args(cfg.network_args, cfg.network_module).module_dropout > 0
+        self.net_args = parse_network_args(cfg.network_args, cfg.network_module)
+        skips = self.net_args.module_dropout > 0
         ddp = DistributedDataParallelKwargs(find_unused_parameters=self.trained.text_encoder or skips,
                                             broadcast_buffers=False)
         self.accelerator = Accelerator(mixed_precision=self.precision.mode, cpu=not cuda, kwargs_handlers=[ddp],
@@ -125,10 +126,10 @@ class Trainer:
             log.info("%s model, attention: %s", c.family.title, attention)
         if cfg.dim_from_weights:
             self.cfg = cfg = ranks_from_weights(cfg)
-        self.network = build_network(c, cfg, parse_network_args(cfg.network_args, cfg.network_module), self.trained,
-                                     self.seed, self.device)
+            self.net_args = parse_network_args(cfg.network_args, cfg.network_module)  # with the file's conv rank
+        self.network = build_network(c, cfg, self.net_args, self.trained, self.seed, self.device)
         if self.is_main:
-            describe_network(self.network, cfg)
+            describe_network(self.network, cfg, self.net_args)
         self.latents = None
         if cfg.cache_latents or cfg.cache_latents_to_disk:
             self.latents = cache_latents(c, self.data, cfg, self.device, self.seed, self.accelerator)
