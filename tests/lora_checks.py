@@ -9,8 +9,8 @@ import pytest
 import torch
 
 # A1111's suffix conversion inside ResNet blocks (diffusers name -> LDM name)
-_RESNET_SUFFIX = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
-                  "conv_shortcut": "skip_connection"}
+_RESNET_SUFFIX = {"conv1": "in_layers_2", "conv2": "out_layers_3", "norm1": "in_layers_0", "norm2": "out_layers_0",
+                  "time_emb_proj": "emb_layers_1", "conv_shortcut": "skip_connection"}
 
 
 def _block(kind: str, rest: str) -> tuple[int, str]:
@@ -35,6 +35,10 @@ def a1111_compvis_name(stem: str) -> str | None:
         return f"diffusion_model_input_blocks_{3 + int(m[1]) * 3}_0_op"
     if m := re.match(r"lora_unet_up_blocks_(\d+)_upsamplers_0_conv", stem):
         return f"diffusion_model_output_blocks_{2 + int(m[1]) * 3}_{2 if int(m[1]) > 0 else 1}_conv"
+    if m := re.match(r"lora_unet_conv_(in|out)$", stem):
+        return "diffusion_model_input_blocks_0_0" if m[1] == "in" else "diffusion_model_out_2"
+    if m := re.match(r"lora_unet_time_embedding_linear_(\d+)$", stem):
+        return f"diffusion_model_time_embed_{int(m[1]) * 2 - 2}"
     if m := re.match(r"lora_te_text_model_encoder_layers_(\d+)_(.+)", stem):
         return f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}"
     return None

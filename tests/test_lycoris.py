@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import base_settings, run_cli, write_config
+from lora_checks import a1111_compvis_name
 
 # The weight names each loader's LyCORIS support reads (shared/reference/ecosystem.md, section 1.1)
 KEYS = {
@@ -49,10 +50,27 @@ def lyco_run(request, tiny_models, tmp_path_factory):
 
 
 def test_lycoris_files_have_the_keys_a1111_and_comfyui_read_on_our_module_names(lyco_run, trained_run):
+    """LyCORIS's default preset ("full"): our LoRA's layers, the ResNet and resampling blocks (k x k convs at
+    network_dim, as LyCORIS does without conv_dim), conv_in, conv_out and the time embedding, each named as
+    AUTOMATIC1111 and ComfyUI map them."""
+    from lora_studio.models.loading import load_components
+    from lora_studio.models.tiny import ldm_state_dict
+
     algo, sd = lyco_run["algo"], lyco_run["sd"]
     by_stem = _by_stem(sd)
     lora_stems = {k.split(".", 1)[0] for k in load_file(str(trained_run["file"]))}
-    assert set(by_stem) == lora_stems  # the same targets, named as the A1111/ComfyUI-checked LoRA stems
+    extra = set(by_stem) - lora_stems
+    assert lora_stems <= set(by_stem)
+    assert {"lora_unet_conv_in", "lora_unet_conv_out", "lora_unet_time_embedding_linear_1",
+            "lora_unet_down_blocks_0_resnets_0_conv1", "lora_unet_down_blocks_0_downsamplers_0_conv"} <= extra
+    assert all(s.startswith("lora_unet_") and "attentions" not in s for s in extra)
+    c = load_components(str(lyco_run["model"]), None, False)
+    ldm_modules = {key.rsplit(".", 1)[0].replace("model.diffusion_model.", "diffusion_model.")
+                   .replace("cond_stage_model.transformer.", "transformer.").replace(".", "_")
+                   for key in ldm_state_dict(c.unet, c.vae, c.text_encoders[0])}
+    comfy_unet = {"lora_unet_" + n.replace(".", "_") for n, _ in c.unet.named_modules()}
+    for stem in extra:
+        assert a1111_compvis_name(stem) in ldm_modules and stem in comfy_unet, stem
     for stem, keys in by_stem.items():
         if algo == "lokr":
             assert "alpha" in keys and all(any(p <= keys for p in pair) for pair in LOKR_PARTS), (stem, keys)
@@ -92,6 +110,6 @@ def test_lycoris_types_need_the_lycoris_module_and_a_known_algo(tiny_models, tmp
     settings = base_settings(tiny_models["folder"], dataset, tmp_path / "out", network_args=["algo=loha"])
     proc = run_cli("train", "--config", str(write_config(tmp_path / "a.toml", settings)), check=False)
     assert proc.returncode == 2 and 'network_module = "lycoris.kohya"' in proc.stderr
-    settings.update(network_module="lycoris.kohya", network_args=["algo=glora"])
+    settings.update(network_module="lycoris.kohya", network_args=["algo=lycoris"])
     proc = run_cli("train", "--config", str(write_config(tmp_path / "b.toml", settings)), check=False)
-    assert proc.returncode == 2 and "algo 'glora' is not supported" in proc.stderr
+    assert proc.returncode == 2 and "algo 'lycoris' is not supported" in proc.stderr

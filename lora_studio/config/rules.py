@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError, UserError
 from . import Config
-from .network_args import parse_network_args
+from .network_args import check_rank, parse_network_args
 
 _BAD_NAME_CHARS = '/\\:*?"<>|\x00\r\n'
 
@@ -25,9 +25,13 @@ def setting_problems(cfg: Config) -> dict[str, str]:
     if not cfg.output_name or any(c in cfg.output_name for c in _BAD_NAME_CHARS) or cfg.output_name.strip() in (".", ".."):
         problems["output_name"] = f"'{cfg.output_name}' must be a plain file name (no / \\ : * ? \" < > |)"
     try:
-        parse_network_args(cfg.network_args, cfg.network_module)
+        rank_problem = check_rank(cfg.network_dim, parse_network_args(cfg.network_args, cfg.network_module))
+        if rank_problem:
+            problems["network_dim"] = rank_problem
     except ConfigError as exc:
         problems["network_args"] = str(exc).replace("setting 'network_args': ", "")
+    if cfg.scale_weight_norms and cfg.network_module == "networks.dylora":
+        problems["scale_weight_norms"] = "sd-scripts' DyLoRA (networks.dylora) has no max-norm regularisation"
     problems.update(_noise_problems(cfg))
     if cfg.dim_from_weights and not cfg.network_weights:
         problems["dim_from_weights"] = "needs LoRA network weights (the file to read the rank from)"

@@ -121,17 +121,21 @@ SETTINGS: tuple[Setting, ...] = (
        minimum=0.0, maximum=100.0, advanced=True),
     # ---- network ----
     _s("network_module", STR, "networks.lora", "LoRA type",
-       "networks.lora: LoRA (LoCon with conv_dim in Network args). lycoris.kohya: the LyCORIS types, chosen with "
-       "algo=loha|lokr|ia3|locon in Network args (dora_wd=true for DoRA).", "network",
-       choices=("networks.lora", "lora_studio.lora", "lycoris.kohya")),
-    _s("network_dim", INT, 4, "Network Rank (Dimension)", "Rank of each adapter: capacity and file size.", "network",
-       minimum=1, maximum=1024),
+       "networks.lora: LoRA (LoCon with conv_dim in Network args). networks.lora_fa: LoRA-FA (only the up weights "
+       "train). networks.dylora: DyLoRA (unit=N in Network args). lycoris.kohya: the LyCORIS types, chosen with "
+       "algo=locon|loha|lokr|ia3|dylora|glora|diag-oft|boft|full in Network args (dora_wd=true for DoRA).",
+       "network", choices=("networks.lora", "lora_studio.lora", "networks.lora_fa", "networks.dylora",
+                           "lycoris.kohya")),
+    _s("network_dim", INT, 4, "Network Rank (Dimension)",
+       "Rank of each adapter: capacity and file size. 100000 with LyCORIS LoKr: a full-matrix LoKr.", "network",
+       minimum=1, maximum=100000),
     _s("network_alpha", FLOAT, 1.0, "Network Alpha",
        "Scales the adapter by alpha/rank; 0 means alpha = rank (scale 1).", "network", minimum=0.0, maximum=1024.0),
     _s("network_args", STR_LIST, None, "Network args",
        "Extra network options as key=value strings: conv_dim=4 conv_alpha=1 adds LoCon (the 3x3 convolutions of "
-       "the ResNet, down- and upsample blocks); with lycoris.kohya also algo=loha|lokr|ia3, dora_wd=true, "
-       "factor=N (LoKr).", "network", advanced=True),
+       "the ResNet, down- and upsample blocks); rank_dropout, module_dropout; with networks.dylora unit=N; with "
+       "lycoris.kohya also algo=..., preset=full|attn-mlp|..., dora_wd, factor (LoKr), use_tucker, use_scalar, "
+       "train_norm, decompose_both, bypass_mode, constraint, rescaled, rs_lora.", "network", advanced=True),
     _s("network_weights", PATH, None, "LoRA network weights", "Start from the weights of this LoRA file.", "network"),
     _s("dim_from_weights", BOOL, False, "DIM from weights",
        "Take the rank (and the LoCon conv rank) from the LoRA network weights file.", "network"),

@@ -20,11 +20,13 @@ def encoder_layers(text_encoder) -> torch.nn.ModuleList:
     raise RuntimeError("no encoder.layers in the text encoder")
 
 
-def adapted_layers(text_encoder, prefix: str) -> list[tuple[str, torch.nn.Module]]:
-    """(LoRA stem, module) for q/k/v/out_proj and fc1/fc2 of every encoder layer. The stems come from this fixed
-    table, never from ``named_modules()``: transformers 5 dropped the ``text_model.`` level those names had."""
+def adapted_layers(text_encoder, prefix: str, attention_only: bool = False) -> list[tuple[str, torch.nn.Module]]:
+    """(LoRA stem, module) for q/k/v/out_proj and fc1/fc2 (only the former with ``attention_only``) of every
+    encoder layer. The stems come from this fixed table, never from ``named_modules()``: transformers 5 dropped the
+    ``text_model.`` level those names had."""
     return [(f"{prefix}_text_model_encoder_layers_{i}_{name}", layer.get_submodule(child))
-            for i, layer in enumerate(encoder_layers(text_encoder)) for child, name in TE_TARGETS.items()]
+            for i, layer in enumerate(encoder_layers(text_encoder)) for child, name in TE_TARGETS.items()
+            if not attention_only or child.startswith("self_attn.")]
 
 
 def _final_layer_norm(text_encoder):

@@ -39,6 +39,20 @@ class AdapterTarget:
     module: Any
     text_encoder: int | None  # index of the text encoder it belongs to; None for the denoiser
     conv: bool = False  # a k x k convolution (LoCon's conv_dim / conv_alpha apply)
+    norm: bool = False  # a normalisation layer (LyCORIS train_norm: its scale and shift are trained)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Which layers get adapters, in words every family understands. The default is sd-scripts' LoRA; LoCon adds
+    the convolution blocks; LyCORIS presets choose other sets (``config.network_args.lycoris_targets``)."""
+    transformer: bool = True  # the denoiser's attention blocks: their linear and 1x1 layers
+    attention_only: bool = False  # of those (and of the text encoder), only the attention projections
+    conv_blocks: bool = False  # the denoiser's ResNet and resampling blocks: their linear and 1x1 layers
+    kxk_convs: bool = False  # ... and their k x k convolutions (conv_dim / conv_alpha)
+    stem: tuple[str, ...] = ()  # single layers outside the blocks: "conv_in", "conv_out", "time_embedding"
+    text_encoder: bool = True  # the text encoders' attention and MLP layers
+    norms: bool = False  # the normalisation layers inside the chosen denoiser blocks
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,7 @@ class ModelFamily:
 
     # ---- adapters
     def adapter_targets(self, components: Components, train_unet: bool, train_text_encoder: bool,
-                        locon: bool) -> list[AdapterTarget]:
+                        spec: TargetSpec) -> list[AdapterTarget]:
         raise NotImplementedError
 
     # ---- prompts and conditioning

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .family import AdapterTarget, Components, ModelFamily
+from .family import AdapterTarget, Components, ModelFamily, TargetSpec
 
 SD_SCHEDULER = {
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -32,21 +32,39 @@ _TE_KEYS = ("cond_stage_model.", "conditioner.", "text_encoder")
 _TE_ADAPTED = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "c_fc", "c_proj")
 
 
-def unet_targets(unet, locon: bool = False) -> list[tuple[str, object, bool]]:
-    """(module path, module, is a k x k conv) of every UNet layer that gets an adapter."""
+STEM_LAYERS = {"conv_in": ("conv_in",), "conv_out": ("conv_out",),
+               "time_embedding": ("time_embedding.linear_1", "time_embedding.linear_2")}
+
+
+def unet_targets(unet, spec: TargetSpec = TargetSpec()) -> list[tuple[str, object, str]]:
+    """(module path, module, kind) of every UNet layer that gets an adapter; kind is "linear" (a Linear or a 1x1
+    conv), "conv" (a k x k conv: conv_dim applies) or "norm" (LyCORIS train_norm)."""
     from torch import nn
 
-    blocks = UNET_TARGET_BLOCKS + (UNET_CONV_BLOCKS if locon else ())
+    blocks = (UNET_TARGET_BLOCKS if spec.transformer else ()) + (UNET_CONV_BLOCKS if spec.conv_blocks else ())
     found = []
     for block_name, block in unet.named_modules():
         kind = type(block).__name__
         if kind not in blocks:
             continue
         for child_name, child in block.named_modules():
+            if spec.attention_only and not any(f"{a}." in f"{child_name}." for a in ("attn1", "attn2")):
+                continue
             is_1x1 = isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1)
             is_conv = isinstance(child, nn.Conv2d) and not is_1x1
-            if isinstance(child, nn.Linear) or is_1x1 or (is_conv and kind in UNET_CONV_BLOCKS):
-                found.append((f"{block_name}.{child_name}", child, is_conv))
+            if isinstance(child, nn.Linear) or is_1x1:
+                found.append((f"{block_name}.{child_name}", child, "linear"))
+            elif is_conv and kind in UNET_CONV_BLOCKS and spec.kxk_convs:
+                found.append((f"{block_name}.{child_name}", child, "conv"))
+            elif spec.norms and isinstance(child, (nn.GroupNorm, nn.LayerNorm)):
+                found.append((f"{block_name}.{child_name}", child, "norm"))
+    for name in spec.stem:
+        for path in STEM_LAYERS[name]:
+            module = unet.get_submodule(path)
+            is_conv = isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1)
+            if is_conv and not spec.kxk_convs:
+                continue
+            found.append((path, module, "conv" if is_conv else "linear"))
     return found
 
 
@@ -101,18 +119,18 @@ class StableDiffusionFamily(ModelFamily):
     def unet_lora_stem(self, module_path: str, unet_config) -> str:
         return "lora_unet_" + module_path.replace(".", "_")
 
-    def adapter_targets(self, components, train_unet, train_text_encoder, locon):
+    def adapter_targets(self, components, train_unet, train_text_encoder, spec):
         from .clip import adapted_layers
 
         targets = []
         if train_unet:
-            for path, module, is_conv in unet_targets(components.unet, locon):
+            for path, module, kind in unet_targets(components.unet, spec):
                 targets.append(AdapterTarget(self.unet_lora_stem(path, components.unet.config), module, None,
-                                             is_conv))
-        if train_text_encoder:
+                                             conv=kind == "conv", norm=kind == "norm"))
+        if train_text_encoder and spec.text_encoder:
             for index, te in enumerate(components.text_encoders):
                 targets += [AdapterTarget(stem, module, index)
-                            for stem, module in adapted_layers(te, self.te_prefixes[index])]
+                            for stem, module in adapted_layers(te, self.te_prefixes[index], spec.attention_only)]
         return targets
 
     # ---- noise, timesteps, prediction

@@ -22,7 +22,7 @@ from ..models.family import Components
 
 class LoRAModule(nn.Module):
     def __init__(self, stem: str, base: nn.Module, rank: int, alpha: float | None, dropout: float = 0.0,
-                 rank_dropout: float = 0.0, module_dropout: float = 0.0):
+                 rank_dropout: float = 0.0, module_dropout: float = 0.0, frozen_down: bool = False):
         super().__init__()
         self.stem = stem
         if isinstance(base, nn.Linear):
@@ -34,7 +34,12 @@ class LoRAModule(nn.Module):
             self.lora_up = nn.Conv2d(rank, base.out_channels, 1, 1, bias=False)
         else:
             raise TypeError(f"{stem}: cannot adapt {type(base).__name__}")
-        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        if frozen_down:  # LoRA-FA: a random down projection (normal, as its paper and sd-scripts) that never trains
+            fan_in = self.lora_down.weight[0].numel()
+            nn.init.normal_(self.lora_down.weight, std=math.sqrt(2.0 / (fan_in + rank)))
+            self.lora_down.weight.requires_grad_(False)
+        else:
+            nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
         alpha = float(rank) if not alpha else float(alpha)  # kohya: alpha 0 or unset means alpha = rank
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
@@ -93,71 +98,177 @@ class LoRAModule(nn.Module):
         return out + (self.lora_up(hidden) * (self.multiplier * scale)).to(out.dtype)
 
 
+class DyLoRAModule(nn.Module):
+    """sd-scripts' DyLoRA (``networks.dylora``): every forward, one random group of ``unit`` ranks, starting at a
+    multiple of ``unit``, is trained while the others are held (no gradient, so the optimizer leaves them as they
+    are); the whole rank is applied, scaled by alpha/rank x sqrt(rank / (start + unit)). Outside training (sample
+    images) the whole rank applies at alpha/rank, as the saved file does. Saved as a plain LoRA, so the file can be
+    cut to any multiple of ``unit`` later and loads everywhere."""
+
+    def __init__(self, stem: str, base: nn.Module, rank: int, alpha: float | None, unit: int):
+        super().__init__()
+        self.stem, self.rank, self.unit = stem, rank, unit
+        self.is_conv = isinstance(base, nn.Conv2d)
+        self.kernel = base.kernel_size if self.is_conv else None
+        in_dim = base.in_channels if self.is_conv else base.in_features
+        out_dim = base.out_channels if self.is_conv else base.out_features
+        down_shape = (1, in_dim, *self.kernel) if self.is_conv else (1, in_dim)
+        up_shape = (out_dim, 1, 1, 1) if self.is_conv else (out_dim, 1)
+        # One parameter per rank, as sd-scripts keeps them: a rank not trained this step has no gradient at all.
+        self.down_ranks = nn.ParameterList([nn.Parameter(torch.empty(down_shape)) for _ in range(rank)])
+        self.up_ranks = nn.ParameterList([nn.Parameter(torch.zeros(up_shape)) for _ in range(rank)])
+        for p in self.down_ranks:
+            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        alpha = float(rank) if not alpha else float(alpha)
+        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
+        self.multiplier = 1.0
+        self._base = [base]
+        self._base_forward = None
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def _draw(self) -> int:
+        """The first rank trained this step (torch's random state, which a saved training state keeps)."""
+        start = int(torch.randint(0, self.rank, (1,)))
+        return start - start % self.unit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._base_forward(x)
+        if self.multiplier == 0:
+            return out
+        start = self._draw() if self.training else self.rank - self.unit
+        trained = range(start, start + self.unit) if self.training else range(self.rank)
+
+        def ranks(params):
+            return [p if i in trained else p.detach() for i, p in enumerate(params)]
+        down = torch.cat(ranks(self.down_ranks), dim=0)
+        up = torch.cat(ranks(self.up_ranks), dim=1)
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(down.dtype)
+        base = self._base[0]
+        if self.is_conv:
+            hidden = nn.functional.conv2d(x, down, stride=base.stride, padding=base.padding)
+            delta = nn.functional.conv2d(hidden, up)
+        else:
+            delta = nn.functional.linear(nn.functional.linear(x, down), up)
+        scale = self.scale * math.sqrt(self.rank / (start + self.unit))
+        return out + (delta * (self.multiplier * scale)).to(out.dtype)
+
+    attach = LoRAModule.attach
+    detach_from_base = LoRAModule.detach_from_base
+
+    def _file_weights(self) -> dict[str, torch.Tensor]:
+        return {"lora_down.weight": torch.cat(list(self.down_ranks), dim=0),
+                "lora_up.weight": torch.cat(list(self.up_ranks), dim=1)}
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        """The kohya file layout: ``lora_down.weight`` [rank, in(, k, k)], ``lora_up.weight`` [out, rank(, 1, 1)]."""
+        out = {} if destination is None else destination
+        for name, value in self._file_weights().items():
+            out[prefix + name] = value if keep_vars else value.detach()
+        out[prefix + "alpha"] = self.alpha if keep_vars else self.alpha.detach()
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        down, up = state_dict.pop(prefix + "lora_down.weight", None), state_dict.pop(prefix + "lora_up.weight", None)
+        if down is not None and up is not None:
+            for i in range(self.rank):
+                state_dict[f"{prefix}down_ranks.{i}"] = down[i:i + 1]
+                state_dict[f"{prefix}up_ranks.{i}"] = up[:, i:i + 1]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+LYCORIS_CLASSES = {"lora": "LoConModule", "locon": "LoConModule", "loha": "LohaModule", "lokr": "LokrModule",
+                   "ia3": "IA3Module", "dylora": "DyLoraModule", "glora": "GLoRAModule",
+                   "diag-oft": "DiagOFTModule", "boft": "ButterflyOFTModule", "full": "FullModule"}
+
+
 def lycoris_adapter(stem: str, base: nn.Module, rank: int, alpha: float | None, dropout: float,
-                    args: NetworkArgs) -> nn.Module:
-    """A LyCORIS module for ``args.algo`` (LoHa, LoKr, (IA)3, or LoRA with DoRA's weight decomposition)."""
+                    args: NetworkArgs, norm: bool = False) -> nn.Module:
+    """The LyCORIS module for ``args.algo`` (or for a normalisation layer with train_norm), with the arguments
+    ``lycoris.kohya`` passes it."""
     try:
-        from lycoris.modules import IA3Module, LohaModule, LokrModule, LoConModule
+        import lycoris.modules as modules
     except ImportError:
         raise UserError("network_module lycoris.kohya needs the lycoris-lora package: pip install lycoris-lora "
                         "(setup.sh installs it)") from None
-    common = {"multiplier": 1.0, "lora_dim": rank, "alpha": alpha or rank, "dropout": dropout,
-              "rank_dropout": args.rank_dropout, "module_dropout": args.module_dropout}
-    if args.algo == "loha":
-        return LohaModule(stem, base, weight_decompose=args.dora_wd, **common)
-    if args.algo == "lokr":
-        return LokrModule(stem, base, factor=args.factor, weight_decompose=args.dora_wd, **common)
-    if args.algo == "ia3":
-        return IA3Module(stem, base, **common)
-    return LoConModule(stem, base, weight_decompose=args.dora_wd, **common)
+    common = {"multiplier": 1.0, "rank_dropout": args.rank_dropout, "module_dropout": args.module_dropout}
+    if norm:
+        return modules.NormModule(stem, base, **common)
+    options = {"lora_dim": rank, "alpha": alpha or rank, "dropout": dropout, "use_tucker": args.flag("use_tucker"),
+               "use_scalar": args.flag("use_scalar"), "weight_decompose": args.dora_wd,
+               "wd_on_out": args.wd_on_output, "bypass_mode": args.flag("bypass_mode"),
+               "rs_lora": args.flag("rs_lora"), "factor": args.factor, "decompose_both": args.flag("decompose_both"),
+               "full_matrix": args.flag("full_matrix"), "block_size": args.unit, "constraint": args.constraint,
+               "rescaled": args.flag("rescaled")}
+    return getattr(modules, LYCORIS_CLASSES[args.algo])(stem, base, **common, **options)
 
 
 def _uses_lycoris(args: NetworkArgs | None) -> bool:
-    return args is not None and (args.algo in ("loha", "lokr", "ia3") or args.dora_wd)
+    """LyCORIS modules for its own algorithms and options; a plain LoRA/LoCon under lycoris.kohya is the same
+    math as ours (kohya LoRA keys), so it stays ours and loads in diffusers too."""
+    return args is not None and args.lycoris and (args.algo not in ("lora", "locon") or args.dora_wd or any(
+        args.flag(f) for f in ("use_tucker", "use_scalar", "bypass_mode", "rs_lora")))
 
 
 class LoRANetwork(nn.Module):
     """All adapters of a run. Adapters are registered under their file stems."""
 
     def __init__(self, components: Components, rank: int, alpha: float | None, train_unet: bool = True,
-                 train_text_encoder: bool = True, dropout: float = 0.0, conv_dim: int | None = None,
-                 conv_alpha: float | None = None, args: NetworkArgs | None = None):
+                 train_text_encoder: bool = True, dropout: float = 0.0, args: NetworkArgs | None = None):
         super().__init__()
         self.args = args
         self.unet_stems: list[str] = []
         self.te_stems: list[list[str]] = [[] for _ in components.text_encoders]
-        # The family says which modules get adapters and their names; with LoCon (conv_dim) its k x k convs too.
+        args = args or NetworkArgs()
+        conv_dim, conv_alpha = args.conv_dim, args.conv_alpha
+        if args.lycoris and not conv_dim:  # LyCORIS adapts k x k convolutions at network_dim / network_alpha
+            conv_dim, conv_alpha = rank, alpha
+        elif args.lycoris and conv_alpha is None:
+            conv_alpha = alpha
+        # The family says which modules get adapters and their names.
         for target in components.family.adapter_targets(components, train_unet, train_text_encoder,
-                                                        locon=bool(conv_dim)):
-            if target.conv:
+                                                        args.targets()):
+            if target.norm:
+                self._add(target.stem, target.module, rank, alpha, dropout, norm=True)
+            elif target.conv:
                 self._add(target.stem, target.module, conv_dim, conv_alpha, dropout)
             else:
                 self._add(target.stem, target.module, rank, alpha, dropout)
             (self.unet_stems if target.text_encoder is None else self.te_stems[target.text_encoder]).append(
                 target.stem)
 
-    def _add(self, stem: str, module: nn.Module, rank: int, alpha, dropout) -> None:
+    def _add(self, stem: str, module: nn.Module, rank: int, alpha, dropout, norm: bool = False) -> None:
         if stem in self._modules:
             raise RuntimeError(f"two modules map to the LoRA name {stem}")
-        if _uses_lycoris(self.args):
-            self.add_module(stem, lycoris_adapter(stem, module, rank, alpha, dropout, self.args))
+        args = self.args or NetworkArgs()
+        if norm or _uses_lycoris(args):
+            adapter = lycoris_adapter(stem, module, rank, alpha, dropout, args, norm)
+        elif args.module == "networks.dylora":
+            adapter = DyLoRAModule(stem, module, rank, alpha, args.unit)
         else:
-            args = self.args or NetworkArgs()
-            self.add_module(stem, LoRAModule(stem, module, rank, alpha, dropout, args.rank_dropout,
-                                             args.module_dropout))
+            adapter = LoRAModule(stem, module, rank, alpha, dropout, args.rank_dropout, args.module_dropout,
+                                 frozen_down=args.module == "networks.lora_fa")
+        self.add_module(stem, adapter)
 
     def adapters(self) -> list[nn.Module]:
         return list(self.children())
 
     def attach(self) -> LoRANetwork:
         for m in self.adapters():
-            m.attach() if isinstance(m, LoRAModule) else m.apply_to()
+            m.attach() if isinstance(m, OWN_MODULES) else m.apply_to()
         return self
 
     def detach_from_base(self) -> None:
         for m in self.adapters():
-            if isinstance(m, LoRAModule):
+            if isinstance(m, OWN_MODULES):
                 m.detach_from_base()
+            elif type(m).__name__ == "FullModule":  # it moved the base weight into itself: give it back
+                m.restore()
             else:  # LyCORIS: put the base module's own forward back
                 base = m.org_module[0]
                 base.forward = getattr(base, "_lycoris_original_forward", m.org_forward)
@@ -171,6 +282,11 @@ class LoRANetwork(nn.Module):
         scaled, norms = 0, []
         for module in self.adapters():
             if not isinstance(module, LoRAModule):
+                if hasattr(module, "apply_max_norm") and not isinstance(module, DyLoRAModule):
+                    done, norm = module.apply_max_norm(max_norm, None)  # LyCORIS's own, as lycoris.kohya does
+                    if done is not None:
+                        scaled += int(done)
+                        norms.append(float(norm))
                 continue
             norm = module.delta_weight().norm()
             clamped = norm.clamp(min=max_norm / 2)  # as sd-scripts (it keeps a tiny norm from dividing by ~0)
@@ -186,15 +302,17 @@ class LoRANetwork(nn.Module):
         for m in self.adapters():
             m.multiplier = value
 
+    def _trainable(self, stems: list[str]) -> list[nn.Parameter]:
+        return [p for s in stems for p in self._modules[s].parameters() if p.requires_grad]
+
     def param_groups(self, unet_lr: float, te_lrs: list[float]) -> list[dict]:
         groups = []
         if self.unet_stems:
-            groups.append({"params": [p for s in self.unet_stems for p in self._modules[s].parameters()],
-                           "lr": unet_lr, "name": "unet"})
+            groups.append({"params": self._trainable(self.unet_stems), "lr": unet_lr, "name": "unet"})
         for te_index, stems in enumerate(self.te_stems):
             if stems:
                 lr = te_lrs[min(te_index, len(te_lrs) - 1)]
-                groups.append({"params": [p for s in stems for p in self._modules[s].parameters()], "lr": lr,
+                groups.append({"params": self._trainable(stems), "lr": lr,
                                "name": f"text_encoder{te_index + 1 if len(self.te_stems) > 1 else ''}"})
         return [g for g in groups if g["lr"] > 0]
 
@@ -234,6 +352,9 @@ class LoRANetwork(nn.Module):
 
             logging.getLogger(__name__).warning("network_weights: %d module(s) in %s are not trained in this run "
                                                 "(e.g. %s)", len(ignored), path.name, ignored[0])
+
+
+OWN_MODULES = (LoRAModule, DyLoRAModule)
 
 
 def _rank_of(key: str, tensor: torch.Tensor) -> int:

@@ -94,7 +94,7 @@ def build_network(c: Components, cfg: Config, net_args: NetworkArgs, trained: Tr
                   device: torch.device) -> LoRANetwork:
     torch.manual_seed(seed)  # identical initial adapters in every process
     network = LoRANetwork(c, cfg.network_dim, cfg.network_alpha, trained.unet, trained.text_encoder,
-                          cfg.network_dropout, net_args.conv_dim, net_args.conv_alpha, net_args)
+                          cfg.network_dropout, net_args)
     if cfg.network_weights:
         network.load_weights(cfg.network_weights)
     network.attach().to(device, torch.float32)
@@ -109,6 +109,10 @@ def describe_network(network: LoRANetwork, cfg: Config, net_args: NetworkArgs) -
              len(network.unet_stems), sum(len(s) for s in network.te_stems), cfg.network_dim,
              cfg.network_alpha or cfg.network_dim,
              f"; conv rank {net_args.conv_dim}, alpha {net_args.conv_alpha}" if net_args.conv_dim else "")
+    if net_args.not_read:
+        log.warning("network_args %s: lycoris.kohya does not read %s; no effect, as when Kohya_ss passes %s",
+                    ", ".join(net_args.not_read), "them" if len(net_args.not_read) > 1 else "it",
+                    "them" if len(net_args.not_read) > 1 else "it")
     if not net_args.diffusers_loads:
         log.warning("%s files load in AUTOMATIC1111, Forge and ComfyUI; diffusers cannot load them",
                     net_args.describe())

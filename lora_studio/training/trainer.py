@@ -61,7 +61,8 @@ class Trainer:
         # Text-encoder adapters past the layer a prompt is read from (clip_skip, SDXL's penultimate layer) get no
         # gradient: DDP must look for such unused parameters when text encoders train, or adapters may sit a step out.
         self.net_args = parse_network_args(cfg.network_args, cfg.network_module)
-        skips = self.net_args.module_dropout > 0
+        # so must module dropout (an adapter sits a step out) and DyLoRA (the ranks not drawn this step)
+        skips = self.net_args.module_dropout > 0 or self.net_args.module == "networks.dylora"
         ddp = DistributedDataParallelKwargs(find_unused_parameters=self.trained.text_encoder or skips,
                                             broadcast_buffers=False)
         self.accelerator = Accelerator(mixed_precision=self.precision.mode, cpu=not cuda, kwargs_handlers=[ddp],
