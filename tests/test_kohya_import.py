@@ -68,10 +68,10 @@ def test_a_kohya_gui_config_becomes_the_same_training_settings(tmp_path):
 
 
 def test_unsupported_values_are_listed_not_dropped_silently():
-    result = convert({**KOHYA_GUI_JSON, "LoRA_type": "LyCORIS/GLoRA", "color_aug": True, "lr_scheduler": "adafactor",
+    result = convert({**KOHYA_GUI_JSON, "LoRA_type": "Flux1", "color_aug": True, "lr_scheduler": "adafactor",
                       "additional_parameters": "--foo 1"})
     report = result.report()
-    assert "LoRA type 'LyCORIS/GLoRA' is not supported" in report
+    assert "LoRA type 'Flux1' trains a Flux model, which LoRA Studio does not train" in report
     assert "color_aug = True" in report and "does not support yet" in report
     assert "lr_scheduler = 'adafactor' was not imported" in report
     assert "Additional parameters were not imported" in report
@@ -93,7 +93,9 @@ def test_learning_rate_zeros_keep_the_kohya_meaning():
     assert locon["network_args"] == ["conv_dim=8", "conv_alpha=4"]
     loha = convert({"LoRA_type": "LyCORIS/LoHa", "conv_dim": 4, "conv_alpha": 1, "dora_wd": True}).settings
     assert loha["network_module"] == "lycoris.kohya"
-    assert loha["network_args"] == ["algo=loha", "conv_dim=4", "conv_alpha=1", "dora_wd=true"]
+    assert loha["network_args"] == ["preset=full", "conv_dim=4", "conv_alpha=1", "use_tucker=False",
+                                    "rank_dropout=0.0", "bypass_mode=False", "dora_wd=True", "module_dropout=0.0",
+                                    "use_scalar=False", "rank_dropout_scale=False", "train_norm=False", "algo=loha"]
 
 
 def test_a_file_that_is_not_a_kohya_config_is_refused(tmp_path):

@@ -226,3 +226,31 @@ def test_vae_batch_size_encodes_images_in_chunks_of_that_many(components):
     finally:
         components.vae.encode = encode
     assert calls == [3, 3, 1] and latents.shape == (7, 4, 8, 8)
+
+
+@pytest.mark.parametrize("mode", ["fp16", "bf16"])
+def test_full_fp16_and_full_bf16_train_the_adapters_and_their_optimizer_state_in_half_precision(
+        tiny_models, dataset, tmp_path, monkeypatch, mode):
+    """sd-scripts casts the network to the mixed precision with full_fp16 / full_bf16; fp16 gradients are unscaled
+    by the GradScaler (reached on the CPU through the test GradScaler)."""
+    if mode == "fp16":
+        monkeypatch.setenv("LORA_STUDIO_TEST_CPU_GRAD_SCALER", "1")
+    out = tmp_path / "out"
+    settings = base_settings(tiny_models["folder"], dataset, out, mixed_precision=mode, max_train_steps=3,
+                             save_state_on_train_end=True, optimizer_type="Lion", learning_rate=1e-4,
+                             **{f"full_{mode}": True})
+    proc = run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)))
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[mode]
+    state = load_file(str(out / "test_lora-state" / "state.safetensors"))
+    adapters = {k: v for k, v in state.items() if k.startswith("network.") and k.endswith("weight")}
+    moments = {k: v for k, v in state.items() if k.startswith("optimizer.") and v.ndim >= 2}  # Lion's exp_avg
+    assert adapters and moments
+    assert {v.dtype for v in adapters.values()} == {dtype} and {v.dtype for v in moments.values()} == {dtype}
+    assert sum(v.numel() * v.element_size() for v in moments.values()) == \
+        sum(v.numel() * 4 for v in moments.values()) // 2  # half the optimizer memory of float32
+    final = load_file(str(out / "test_lora.safetensors"))
+    assert any(v.any() for k, v in final.items() if k.endswith("lora_up.weight"))  # it trained: no error, no skip
+    assert all(bool(torch.isfinite(v.float()).all()) for v in final.values())
+    assert "diverged" not in proc.stderr and "overflowed" not in proc.stderr
+    problems = setting_problems(build_config({**settings, "mixed_precision": "no"}))
+    assert problems[f"full_{mode}"] == f"needs Mixed precision {mode}, as in sd-scripts"

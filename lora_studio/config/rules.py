@@ -32,6 +32,9 @@ def setting_problems(cfg: Config) -> dict[str, str]:
         problems["network_args"] = str(exc).replace("setting 'network_args': ", "")
     if cfg.scale_weight_norms and cfg.network_module == "networks.dylora":
         problems["scale_weight_norms"] = "sd-scripts' DyLoRA (networks.dylora) has no max-norm regularisation"
+    for name, mode in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
+        if getattr(cfg, name) and cfg.mixed_precision != mode:
+            problems[name] = f"needs Mixed precision {mode}, as in sd-scripts"
     problems.update(_noise_problems(cfg))
     if cfg.dim_from_weights and not cfg.network_weights:
         problems["dim_from_weights"] = "needs LoRA network weights (the file to read the rank from)"

@@ -186,6 +186,12 @@ SETTINGS: tuple[Setting, ...] = (
     _s("mixed_precision", STR, "no", "Mixed precision",
        "Precision of the frozen model: bf16 (recommended on RTX 30xx and newer), fp16, or no (fp32).", "training",
        choices=("no", "fp16", "bf16")),
+    _s("full_fp16", BOOL, False, "Full fp16 training (experimental)",
+       "The LoRA weights, their gradients and the optimizer state in fp16 too (needs Mixed precision fp16): less "
+       "memory, less precise.", "training", advanced=True),
+    _s("full_bf16", BOOL, False, "Full bf16 training (experimental)",
+       "The LoRA weights, their gradients and the optimizer state in bf16 too (needs Mixed precision bf16): less "
+       "memory, less precise.", "training", advanced=True),
     _s("gradient_checkpointing", BOOL, False, "Gradient checkpointing",
        "Recompute activations in the backward pass: much less VRAM, about 20% slower.", "training", advanced=True),
     _s("sync_every_n_steps", INT, 1, "Read the loss every N steps",
@@ -314,7 +320,7 @@ UNSUPPORTED: dict[str, Any] = {
     "max_validation_steps": None, "no_metadata": False,
     "fused_backward_pass": False, "use_8bit_adam": False, "use_lion_optimizer": False,
     "lr_decay_steps": 0, "lr_scheduler_timescale": None, "lr_scheduler_min_lr_ratio": None,
-    "full_fp16": False, "full_bf16": False, "cpu_offload_checkpointing": False,
+"cpu_offload_checkpointing": False,
     "ddp_timeout": None, "ddp_gradient_as_bucket_view": False,
     "ddp_static_graph": False, "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": None,
     "loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "huber_scale": 1.0, "save_n_epoch_ratio": None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config.network_args import LYCORIS_NOT_READ, LYCORIS_PRESETS
 from ..config.schema import BY_NAME, UNSUPPORTED
 from ..config.values import parse_value
 from ..errors import ConfigError
@@ -36,20 +37,46 @@ SPECIAL = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_a
            "adaptive_noise_scale", "noise_offset_random_strength", "multires_noise_iterations",
            "multires_noise_discount", "max_grad_norm", "caption_extension", "sdxl_no_half_vae",
            "sdxl_cache_text_encoder_outputs", "rank_dropout", "module_dropout", "use_wandb", "lr_scheduler",
-           "learning_rate", "flux1_checkbox", "sd3_checkbox"}
+           "learning_rate", "flux1_checkbox", "sd3_checkbox", "LyCORIS_preset", "unit", "constrain"}
 # What only the Kohya_ss GUI reads: the accelerate launcher's fields and the GUI's own state.
 GUI_ONLY = {"num_cpu_threads_per_process", "num_processes", "num_machines", "multi_gpu", "gpu_ids",
             "main_process_port", "extra_accelerate_launch_args", "dynamo_mode", "dynamo_use_fullgraph",
             "dynamo_use_dynamic", "model_list", "save_as_bool", "stop_text_encoder_training",
-            "stop_text_encoder_training_pct", "no_token_padding", "conv_dims", "conv_alphas", "LyCORIS_preset",
+            "stop_text_encoder_training_pct", "no_token_padding", "conv_dims", "conv_alphas",
             "file_path", "save_as", "t5xxl_lr", "lowvram"}
+# LoRA_type -> network_module for sd-scripts' own networks
+KOHYA_TYPES = {"Standard": "networks.lora", "Kohya LoCon": "networks.lora", "LoRA-FA": "networks.lora_fa",
+               "Kohya DyLoRA": "networks.dylora"}
 LYCORIS_TYPES = {"LyCORIS/LoCon": "locon", "LoCon": "locon", "LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr",
-                 "LyCORIS/iA3": "ia3"}
-# LyCORIS arguments the Kohya_ss GUI passes that LoRA Studio does not pass on yet (name in JSON -> in network_args)
-LYCORIS_ARGS = {"use_tucker": "use_tucker", "use_cp": "use_cp", "use_scalar": "use_scalar",
-                "train_norm": "train_norm", "decompose_both": "decompose_both",
-                "rank_dropout_scale": "rank_dropout_scale", "bypass_mode": "bypass_mode",
-                "constrain": "constraint", "rescaled": "rescaled", "train_on_input": "train_on_input"}
+                 "LyCORIS/iA3": "ia3", "LyCORIS/DyLoRA": "dylora", "LyCORIS/GLoRA": "glora",
+                 "LyCORIS/BOFT": "boft", "LyCORIS/Diag-OFT": "diag-oft", "LyCORIS/Native Fine-Tuning": "full"}
+OTHER_FAMILY_TYPES = {"Flux1": "Flux", "Flux1 OFT": "Flux", "Anima": "Anima", "Lumina": "Lumina",
+                      "HunyuanImage-2.1": "HunyuanImage"}
+# The network_args the Kohya_ss GUI writes for each LyCORIS type, in its order (its LoRA_type templates)
+_LYCO_COMMON = ("preset", "conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "bypass_mode", "dora_wd",
+                "module_dropout", "use_scalar", "rank_dropout_scale", "train_norm")
+LYCORIS_FIELDS = {
+    "locon": _LYCO_COMMON, "loha": _LYCO_COMMON,
+    "lokr": ("preset", "conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "bypass_mode", "dora_wd",
+             "module_dropout", "factor", "use_cp", "use_scalar", "decompose_both", "rank_dropout_scale",
+             "train_norm"),
+    "ia3": ("preset", "conv_dim", "conv_alpha", "train_on_input"),
+    "dylora": ("preset", "conv_dim", "conv_alpha", "use_tucker", "block_size", "rank_dropout", "module_dropout",
+               "train_norm"),
+    "glora": ("preset", "conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "module_dropout",
+              "rank_dropout_scale", "train_norm"),
+    "boft": ("preset", "conv_dim", "conv_alpha", "module_dropout", "use_tucker", "rank_dropout",
+             "rank_dropout_scale", "train_norm"),
+    "diag-oft": ("preset", "conv_dim", "conv_alpha", "module_dropout", "use_tucker", "rank_dropout",
+                 "rank_dropout_scale", "constraint", "rescaled", "train_norm"),
+    "full": ("preset", "rank_dropout", "module_dropout", "rank_dropout_scale", "train_norm"),
+}
+# The Kohya_ss GUI's values for fields missing from an older JSON
+LYCORIS_DEFAULTS = {"conv_dim": 1, "conv_alpha": 1, "rank_dropout": 0.0, "module_dropout": 0.0, "factor": -1,
+                    "train_on_input": True}
+# The JSON's LyCORIS fields (everything the templates read from the JSON besides the shared ones)
+LYCORIS_ARGS = ("use_tucker", "use_cp", "use_scalar", "train_norm", "decompose_both", "rank_dropout_scale",
+                "bypass_mode", "rescaled", "train_on_input", "dora_wd", "factor")
 BLOCK_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
               "block_alphas", "conv_block_dims", "conv_block_alphas")
 GUI_DEFAULT_STEPS = 1600  # the Kohya_ss GUI's Max train steps field
@@ -232,44 +259,87 @@ def _warmup(result: KohyaImport, data: dict[str, Any]) -> None:
                             f"{float(percent) / 100.0:g} (a fraction of the total steps)")
 
 
+_WHOLE_ARGS = ("conv_dim", "factor", "block_size", "unit")
+
+
+def _kohya_value(name: str, value: Any) -> str:
+    """A value as the Kohya_ss GUI writes it into ``network_args``: Python's str (True/False, 0.1), whole numbers
+    for ranks, factor and unit."""
+    if name in _WHOLE_ARGS and not isinstance(value, bool):
+        return str(int(_num(value)))
+    return str(value)
+
+
+def _lycoris_args(data: dict[str, Any], algo: str) -> list[str]:
+    """The network_args the Kohya_ss GUI writes for a LyCORIS type: every listed field, zeros and False included."""
+    fields = LYCORIS_FIELDS[algo]
+    args = []
+    for name in fields:
+        if name == "preset":
+            args.append(f"preset={data.get('LyCORIS_preset') or 'full'}")
+        elif name == "constraint":
+            args.append(f"constraint={_kohya_value(name, data.get('constrain', 0.0) or 0.0)}")
+        elif name == "block_size":
+            args.append(f"block_size={_kohya_value(name, data.get('unit', 1) or 1)}")
+        else:
+            args.append(f"{name}={_kohya_value(name, data.get(name, LYCORIS_DEFAULTS.get(name, False)))}")
+    return args + [f"algo={algo}"]
+
+
 def _network(result: KohyaImport, data: dict[str, Any]) -> None:
     lora_type = data.get("LoRA_type")
     if _empty(lora_type):
         return
     dropouts = [f"{name}={_num(data[name]):g}" for name in ("rank_dropout", "module_dropout")
                 if _num(data.get(name)) > 0]
-    if lora_type in ("Standard", "Kohya LoCon"):
+    blocks = [k for k in BLOCK_ARGS if not _empty(data.get(k))]
+    if lora_type in KOHYA_TYPES:
+        module = KOHYA_TYPES[lora_type]
         args = []
-        if lora_type == "Kohya LoCon" and _num(data.get("conv_dim")) > 0:
-            args += [f"conv_dim={int(_num(data['conv_dim']))}", f"conv_alpha={_num(data.get('conv_alpha')):g}"]
-        args += dropouts
-        result.settings["network_module"] = "networks.lora"
-        if args:
-            result.settings["network_args"] = args
-        blocks = [k for k in BLOCK_ARGS if not _empty(data.get(k))]
+        if lora_type == "Kohya LoCon":
+            args += [f"conv_dim={int(_num(data.get('conv_dim')))}", f"conv_alpha={_num(data.get('conv_alpha')):g}"]
+        elif lora_type == "Kohya DyLoRA":
+            args += [f"{k}={_kohya_value(k, data[k])}" for k in ("conv_dim", "conv_alpha", "unit") if data.get(k)]
+            if dropouts:
+                result.notes.append(f"{', '.join(dropouts)}: the Kohya_ss GUI passes them, but sd-scripts' DyLoRA "
+                                    "does not read them: left out")
+            dropouts = []
+        result.settings["network_module"] = module
+        if args + dropouts:
+            result.settings["network_args"] = args + dropouts
         if blocks:
             result.unsupported.append(f"{', '.join(blocks)}: block-wise learning rates and ranks are not supported "
                                       "yet; every block trains with the same rank and learning rate")
     elif lora_type in LYCORIS_TYPES:
         algo = LYCORIS_TYPES[lora_type]
-        args = [f"algo={algo}"]
-        if _num(data.get("conv_dim")) > 0 and algo != "ia3":
-            args += [f"conv_dim={int(_num(data['conv_dim']))}", f"conv_alpha={_num(data.get('conv_alpha')) or 1:g}"]
-        if data.get("dora_wd") and algo != "ia3":
-            args.append("dora_wd=true")
-        if algo == "lokr" and _num(data.get("factor")) not in (0, -1):
-            args.append(f"factor={int(_num(data['factor']))}")
         result.settings["network_module"] = "lycoris.kohya"
-        result.settings["network_args"] = args + (dropouts if algo != "ia3" else [])
-        passed = [f"{LYCORIS_ARGS[k]}={data[k]}" for k in LYCORIS_ARGS if data.get(k) not in (None, "", False, 0)]
-        if passed:
-            result.unsupported.append(f"LyCORIS arguments {' '.join(passed)} are not passed to LyCORIS yet; its "
-                                      "defaults are used")
+        result.settings["network_args"] = _lycoris_args(data, algo)
+        preset = str(data.get("LyCORIS_preset") or "full")
+        if preset not in LYCORIS_PRESETS:
+            result.unsupported.append(f"LyCORIS_preset = {preset!r}: LyCORIS preset files are not read; the "
+                                      "built-in preset 'full' is used")
+            result.settings["network_args"] = [a if not a.startswith("preset=") else "preset=full"
+                                               for a in result.settings["network_args"]]
+        not_read = [k for k in LYCORIS_NOT_READ if k in LYCORIS_FIELDS[algo] and data.get(k)]
+        if not_read:
+            result.notes.append(f"{', '.join(not_read)} = true: passed as Kohya_ss passes it; LyCORIS "
+                                "(lycoris.kohya) does not read it, so it has no effect there or here")
+        if algo == "lokr" and str(data.get("decompose_both")) == "False" and _num(data.get("network_dim")) < 100000:
+            result.notes.append("decompose_both = false: LyCORIS reads the text 'False' it receives from Kohya_ss "
+                                "as on (a LyCORIS quirk); LoRA Studio trains it off, as the setting says")
         if _num(data.get("network_dim")) >= 100000 or _num(data.get("conv_dim")) >= 100000:
-            result.unsupported.append("network_dim/conv_dim of 100000 or more (LyCORIS's full-matrix LoKr) is not "
-                                      "supported yet; set a rank")
+            result.notes.append("network_dim/conv_dim of 100000 or more: a full-matrix LoKr, as LyCORIS reads it")
+    elif lora_type in OTHER_FAMILY_TYPES:
+        result.unsupported.append(f"LoRA type '{lora_type}' trains a {OTHER_FAMILY_TYPES[lora_type]} model, which "
+                                  "LoRA Studio does not train (it trains SD1.x, SD2.x and SDXL); standard LoRA is "
+                                  "used")
     else:
         result.unsupported.append(f"LoRA type '{lora_type}' is not supported; standard LoRA is used")
+    for key in ("LyCORIS_preset", "unit", "constrain") + LYCORIS_ARGS:
+        if key not in data:
+            continue
+        used = lora_type in LYCORIS_TYPES or (key == "unit" and lora_type == "Kohya DyLoRA")
+        (result.carried if used else result.ignored).append(key)
     result.carried.append("LoRA_type")
 
 

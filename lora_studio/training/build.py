@@ -91,13 +91,13 @@ def ranks_from_weights(cfg: Config) -> Config:
 
 
 def build_network(c: Components, cfg: Config, net_args: NetworkArgs, trained: Trained, seed: int,
-                  device: torch.device) -> LoRANetwork:
+                  device: torch.device, dtype: torch.dtype = torch.float32) -> LoRANetwork:
     torch.manual_seed(seed)  # identical initial adapters in every process
     network = LoRANetwork(c, cfg.network_dim, cfg.network_alpha, trained.unet, trained.text_encoder,
                           cfg.network_dropout, net_args)
     if cfg.network_weights:
         network.load_weights(cfg.network_weights)
-    network.attach().to(device, torch.float32)
+    network.attach().to(device, dtype)  # float32 unless full_fp16 / full_bf16
     if cfg.torch_compile:  # after the LoRA hooks are in place, so the compiled graph includes them
         c.unet.compile(backend=cfg.dynamo_backend)  # in place: the same module object everywhere
     network.train()

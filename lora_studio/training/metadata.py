@@ -52,7 +52,7 @@ class RunMetadata:
             "ss_lr_warmup_steps": cfg.lr_warmup_steps, "ss_optimizer": optimizer_desc, "ss_seed": seed,
             "ss_gradient_checkpointing": cfg.gradient_checkpointing,
             "ss_gradient_accumulation_steps": cfg.gradient_accumulation_steps, "ss_max_grad_norm": cfg.max_grad_norm,
-            "ss_mixed_precision": cfg.mixed_precision, "ss_full_fp16": False,
+            "ss_mixed_precision": cfg.mixed_precision, "ss_full_fp16": bool(cfg.full_fp16),
             "ss_network_module": cfg.network_module, "ss_network_dim": cfg.network_dim,
             "ss_network_alpha": cfg.network_alpha if cfg.network_alpha else cfg.network_dim,
             "ss_network_args": network_args or None, "ss_network_dropout": cfg.network_dropout,

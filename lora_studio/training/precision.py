@@ -20,6 +20,12 @@ class Precision:
     mode: str  # accelerate's mixed_precision: "no", "fp16" or "bf16"
     weight_dtype: torch.dtype  # frozen weights and autocast; adapters stay float32
     cpu_loss_scaling: bool = False  # the test suite's fp16 on a CPU: a GradScaler, float32 compute
+    adapter_dtype: torch.dtype = torch.float32  # the trained weights: fp16/bf16 with full_fp16/full_bf16
+
+    @property
+    def full_fp16(self) -> bool:
+        """sd-scripts' full_fp16: the adapters (and their gradients) in fp16, unscaled by the GradScaler."""
+        return self.adapter_dtype == torch.float16
 
     def autocast(self, device: torch.device):
         if self.weight_dtype == torch.float32:
@@ -37,7 +43,29 @@ def choose_precision(cfg: Config, cuda: bool) -> str:
 
 
 def precision_for(cfg: Config, cuda: bool) -> Precision:
+    """With full_fp16 / full_bf16 (sd-scripts' experimental options) the adapters train in that dtype too, as
+    sd-scripts casts the network: half the memory for their weights, gradients and optimizer state."""
     if cfg.mixed_precision == "fp16" and not cuda and faults.cpu_loss_scaling():
-        return Precision("fp16", torch.float32, cpu_loss_scaling=True)
+        return Precision("fp16", torch.float32, cpu_loss_scaling=True,
+                         adapter_dtype=torch.float16 if cfg.full_fp16 else torch.float32)
     mode = choose_precision(cfg, cuda)
-    return Precision(mode, {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode, torch.float32))
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode, torch.float32)
+    full = (cfg.full_fp16 and mode == "fp16") or (cfg.full_bf16 and mode == "bf16")
+    if (cfg.full_fp16 or cfg.full_bf16) and not full:
+        log.warning("%s needs mixed precision %s, which this machine does not run: the adapters train in fp32",
+                    "full_fp16" if cfg.full_fp16 else "full_bf16", "fp16" if cfg.full_fp16 else "bf16")
+    return Precision(mode, dtype, adapter_dtype=dtype if full else torch.float32)
+
+
+def unscale_fp16_gradients(accelerator) -> None:
+    """Let the GradScaler unscale fp16 gradients (PyTorch refuses them by default), as sd-scripts patches it for
+    full_fp16."""
+    scaler = accelerator.scaler
+    if scaler is None:
+        return
+    unscale = scaler._unscale_grads_
+
+    def allowing_fp16(optimizer, inv_scale, found_inf, allow_fp16):
+        return unscale(optimizer, inv_scale, found_inf, True)
+
+    scaler._unscale_grads_ = allowing_fp16

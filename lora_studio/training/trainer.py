@@ -37,7 +37,7 @@ from .metadata import RunMetadata, describe_optimizer
 from .optim import is_schedule_free
 from .outputs import epoch_file, output_paths, step_file
 from .plan import plan_steps
-from .precision import precision_for
+from .precision import precision_for, unscale_fp16_gradients
 from .progress import Cadence, Progress
 from .report import Reporter
 from .sampling import generate, make_scheduler, read_prompt_file
@@ -128,7 +128,8 @@ class Trainer:
         if cfg.dim_from_weights:
             self.cfg = cfg = ranks_from_weights(cfg)
             self.net_args = parse_network_args(cfg.network_args, cfg.network_module)  # with the file's conv rank
-        self.network = build_network(c, cfg, self.net_args, self.trained, self.seed, self.device)
+        self.network = build_network(c, cfg, self.net_args, self.trained, self.seed, self.device,
+                                     self.precision.adapter_dtype)
         if self.is_main:
             describe_network(self.network, cfg, self.net_args)
         self.latents = None
@@ -156,6 +157,13 @@ class Trainer:
         if self.precision.cpu_loss_scaling:
             faults.install_cpu_grad_scaler(self.accelerator)
         self.optimizer = self.accelerator.prepare(optimizer)
+        if self.precision.full_fp16:
+            unscale_fp16_gradients(self.accelerator)
+            eps = optimizer.defaults.get("eps")
+            if self.is_main and isinstance(eps, float) and eps < 6e-8:  # below fp16's smallest number
+                log.warning("full_fp16 with %s: its eps (%g) is 0 in fp16 and its second moments underflow, so a "
+                            "step can turn the weights to NaN (the step guard then stops the run); Lion, an 8-bit "
+                            "optimizer, Adafactor or full_bf16 train safely", type(optimizer).__name__, eps)
         self.guard = StepGuard(self.accelerator, self.optimizer, self.lr_scheduler, self.params, self.network, cfg)
         self.meta = RunMetadata(cfg, self.data, self.components, random.randint(0, 2**31 - 1), time.time(),
                                 self.total_steps, self.total_epochs, self.seed, self.world,
