@@ -53,9 +53,39 @@ def test_attached_adapter_adds_scaled_low_rank_update(components):
                                       ("Adafactor", "Adafactor"), ("SGD", "SGD"), ("torch.optim.RMSprop", "RMSprop")])
 def test_optimizers_by_name(name, cls):
     p = torch.nn.Parameter(torch.zeros(3))
-    cfg = build_config({"optimizer_type": name, "optimizer_args": ["weight_decay=0.01"] if cls != "Lion" else []})
+    args = ["weight_decay=0.01"] if cls != "Lion" else []
+    cfg = build_config({"optimizer_type": name, "optimizer_args": args + (["relative_step=False"] if
+                                                                          cls == "Adafactor" else [])})
     opt = build_optimizer(cfg, [{"params": [p], "lr": 1e-3, "name": "unet"}])
     assert type(opt).__name__ == cls and opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_adafactor_finds_its_own_step_size_with_the_adafactor_schedule_as_sd_scripts_sets_it_up(caplog):
+    """sd-scripts: Adafactor defaults to relative_step=True; the part learning rates are dropped and the adafactor
+    scheduler reports Adafactor's step: min(1e-2, 1/sqrt(step)) x max(1e-3, RMS(weights))."""
+    from transformers.optimization import AdafactorSchedule
+
+    from lora_studio.training.optim import build_scheduler
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(8, 8) * 0.5)
+    cfg = build_config({"optimizer_type": "Adafactor", "learning_rate": 1e-4, "unet_lr": 5e-4})
+    opt = build_optimizer(cfg, [{"params": [p], "lr": 5e-4, "name": "unet"}])
+    sched = build_scheduler(cfg, opt, 10)
+    assert isinstance(sched, AdafactorSchedule) and opt.defaults["relative_step"] and opt.defaults["lr"] is None
+    assert "unet_lr and text_encoder_lr are ignored" in caplog.text
+    rms = float(p.detach().pow(2).mean().sqrt())
+    p.grad = torch.randn(8, 8)
+    opt.step()
+    sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(1e-2 * rms, rel=1e-5)
+    for cfg_values, message in (({"optimizer_type": "AdamW", "lr_scheduler": "adafactor"}, "needs optimizer_type"),
+                                ({"optimizer_type": "Adafactor", "lr_scheduler": "adafactor",
+                                  "optimizer_args": ["relative_step=False"]}, "needs Adafactor's relative_step"),
+                                ({"optimizer_type": "Adafactor", "lr_warmup_steps": 5}, "takes no warm-up")):
+        cfg = build_config(cfg_values)
+        with pytest.raises(UserError, match=message):
+            build_scheduler(cfg, build_optimizer(cfg, [{"params": [p], "lr": 1e-3, "name": "unet"}]), 10)
 
 
 def test_optimizer_errors():

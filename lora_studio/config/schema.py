@@ -159,8 +159,11 @@ SETTINGS: tuple[Setting, ...] = (
        "optimizer", minimum=0.0, maximum=10.0),
     _s("text_encoder_lr", FLOAT_OR_LIST, None, "Text Encoder learning rate",
        "Learning rate of the text-encoder adapters (empty = Learning rate).", "optimizer", minimum=0.0, maximum=10.0),
-    _s("lr_scheduler", STR, "constant", "LR Scheduler", "How the learning rate changes over the run.", "optimizer",
-       choices=("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")),
+    _s("lr_scheduler", STR, "constant", "LR Scheduler",
+       "How the learning rate changes over the run (adafactor: Adafactor's own step size, with optimizer Adafactor).",
+       "optimizer",
+       choices=("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial",
+                "adafactor")),
     _s("lr_scheduler_type", STR, None, "LR scheduler type",
        "Any scheduler class instead of LR Scheduler: a torch.optim.lr_scheduler name (CosineAnnealingLR) or a dotted "
        "path (package.Class), with LR scheduler extra arguments.", "optimizer", advanced=True),

@@ -156,11 +156,13 @@ class StepGuard:
         self.lr_scheduler.load_state_dict(sched_state)
         self.lr_scheduler.base_lrs = [lr * 0.5 for lr in self.lr_scheduler.base_lrs]
         for group in self.optimizer.param_groups:
+            if group["lr"] is None:  # Adafactor with relative_step finds its step size itself
+                continue
             group["lr"] *= 0.5
             if "initial_lr" in group:
                 group["initial_lr"] *= 0.5
         log.warning("rolled back to the weights of step %d with half the learning rate (%s)", back_to,
-                    ", ".join(f"{lr:.3g}" for lr in self.lr_scheduler.get_last_lr()))
+                    ", ".join(f"{float(lr):.3g}" for lr in self.lr_scheduler.get_last_lr()))
 
     def take_snapshot(self, step: int) -> None:
         """An in-memory copy of the last good weights and optimizer, for nan_policy = "rollback"."""

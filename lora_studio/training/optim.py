@@ -96,20 +96,37 @@ def optimizer_class(name: str):
 def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimizer:
     cls = optimizer_class(cfg.optimizer_type)
     kwargs = parse_key_values(cfg.optimizer_args, "optimizer_args")
+    groups = [{k: v for k, v in g.items() if k != "name"} for g in param_groups]
+    lr = cfg.learning_rate
     if cls.__name__ == "Adafactor":
-        # A fixed learning rate unless the user asks for Adafactor's own relative step size.
-        kwargs.setdefault("relative_step", False)
-        kwargs.setdefault("scale_parameter", False)
-        kwargs.setdefault("warmup_init", False)
+        groups, lr = _adafactor_arguments(cfg, kwargs, groups)
     if cls is torch.optim.AdamW and torch.cuda.is_available() and "fused" not in kwargs and "foreach" not in kwargs:
         kwargs["fused"] = True
-    groups = [{k: v for k, v in g.items() if k != "name"} for g in param_groups]
     if cls.__module__.startswith(("dadaptation", "prodigyopt")):
         groups = _one_learning_rate(cls.__name__, groups, cfg.learning_rate)
     try:
-        return cls(groups, lr=cfg.learning_rate, **kwargs)
+        return cls(groups, lr=lr, **kwargs)
     except TypeError as exc:
         raise UserError(f"optimizer_args: {cls.__name__} does not accept these arguments: {exc}") from None
+
+
+def _adafactor_arguments(cfg: Config, kwargs: dict, groups: list[dict]) -> tuple[list[dict], float | None]:
+    """As sd-scripts sets Adafactor up: relative_step=True unless optimizer_args says otherwise (warmup_init=True
+    turns it on); with it, Adafactor computes its own step size, the learning rates per part are dropped and the
+    learning rate only starts the adafactor schedule."""
+    kwargs.setdefault("relative_step", True)
+    if kwargs.get("warmup_init"):
+        kwargs["relative_step"] = True
+    if not kwargs["relative_step"]:
+        return groups, cfg.learning_rate
+    if cfg.unet_lr is not None or cfg.text_encoder_lr is not None:
+        logging.getLogger(__name__).warning("Adafactor with relative_step: unet_lr and text_encoder_lr are ignored "
+                                            "(as in sd-scripts); it finds each step size itself")
+    return [{k: v for k, v in g.items() if k != "lr"} for g in groups], None
+
+
+def uses_adafactor_schedule(optimizer) -> bool:
+    return type(optimizer).__name__ == "Adafactor" and bool(optimizer.defaults.get("relative_step"))
 
 
 def warmup_steps(cfg: Config, total_steps: int) -> int:
@@ -122,6 +139,8 @@ def build_scheduler(cfg: Config, optimizer, total_steps: int):
 
     if cfg.lr_scheduler_type:
         return _scheduler_by_type(cfg, optimizer)
+    if cfg.lr_scheduler == "adafactor" or uses_adafactor_schedule(optimizer):
+        return _adafactor_schedule(cfg, optimizer, total_steps)
     if is_schedule_free(optimizer):  # it schedules itself; warm-up is its own optimizer_args warmup_steps=N
         if cfg.lr_warmup_steps:
             logging.getLogger(__name__).warning("lr_warmup_steps is ignored with %s (as in sd-scripts); give "
@@ -134,6 +153,26 @@ def build_scheduler(cfg: Config, optimizer, total_steps: int):
             "lr_warmup_steps = %s is ignored by lr_scheduler \"constant\"; use \"constant_with_warmup\"", warmup)
     return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
                          num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power)
+
+
+def _adafactor_schedule(cfg: Config, optimizer, total_steps: int):
+    """sd-scripts' adafactor scheduler: the step size Adafactor computes (relative_step), reported as the learning
+    rate; learning_rate is its initial value. Adafactor with relative_step always uses it, as in sd-scripts."""
+    from transformers.optimization import AdafactorSchedule
+
+    if type(optimizer).__name__ != "Adafactor":
+        raise UserError(f"lr_scheduler = \"adafactor\" needs optimizer_type = \"Adafactor\" (not "
+                        f"{type(optimizer).__name__}), as in sd-scripts")
+    if not uses_adafactor_schedule(optimizer):
+        raise UserError("lr_scheduler = \"adafactor\" needs Adafactor's relative_step=True (its default; remove "
+                        "relative_step=False from optimizer_args), or choose another lr_scheduler")
+    if warmup_steps(cfg, total_steps):
+        raise UserError("lr_scheduler adafactor (Adafactor with relative_step) takes no warm-up: set "
+                        "lr_warmup_steps = 0, as sd-scripts requires")
+    if cfg.lr_scheduler != "adafactor":
+        logging.getLogger(__name__).info("Adafactor with relative_step: its own schedule (adafactor) replaces "
+                                         "lr_scheduler %s, as in sd-scripts", cfg.lr_scheduler)
+    return AdafactorSchedule(optimizer, initial_lr=cfg.learning_rate)
 
 
 def _scheduler_by_type(cfg: Config, optimizer):
