@@ -117,6 +117,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max_data_loader_n_workers", INT, 0, "Max num workers for DataLoader",
        "Background processes that load images (0 = load in the training process).", "dataset", minimum=0,
        maximum=64, advanced=True),
+    _s("persistent_data_loader_workers", BOOL, False, "Persistent data loader",
+       "Keep the data loader's worker processes between epochs instead of starting them again each epoch (faster "
+       "epochs, more memory; needs Max num workers above 0).", "dataset", advanced=True),
     _s("prior_loss_weight", FLOAT, 1.0, "Prior loss weight", "Loss weight of regularisation images.", "dataset",
        minimum=0.0, maximum=100.0, advanced=True),
     # ---- network ----
@@ -317,7 +320,7 @@ UNSUPPORTED: dict[str, Any] = {
     "secondary_separator": None, "enable_wildcard": False, "caption_prefix": None, "caption_suffix": None,
     "caption_dropout_every_n_epochs": 0, "token_warmup_min": 1, "token_warmup_step": 0, "weighted_captions": False,
     "resize_interpolation": None, "color_aug": False, "face_crop_aug_range": None, "random_crop": False,
-"skip_cache_check": False, "persistent_data_loader_workers": False, "alpha_mask": False,
+    "skip_cache_check": False, "alpha_mask": False,
     "masked_loss": False, "conditioning_data_dir": None, "debug_dataset": False, "validation_split": 0.0,
     "validation_seed": None, "validate_every_n_steps": None, "validate_every_n_epochs": None,
     "max_validation_steps": None, "no_metadata": False,

@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
+
 import torch
 
-from .dataset import Entry, TrainingData
+from .dataset import Entry, TrainingData, shard_batches
 
 
 class EpochBatches(torch.utils.data.Dataset):
-    """The batches one process trains in one epoch, as a map-style dataset (a DataLoader worker loads each)."""
+    """The batches one process trains in the current epoch, as a map-style dataset (a DataLoader worker loads each).
 
-    def __init__(self, data: TrainingData, batches: list[list[Entry]], epoch: int, rank: int,
-                 latents: dict[Entry, torch.Tensor] | None, start: int = 0):
-        self.data, self.batches, self.epoch = data, batches, epoch
-        self.rank, self.latents, self.start = rank, latents, start  # start: batches already trained (resume)
+    The epoch and the first batch (after a resume) are shared with the loader's worker processes, which plan the
+    epoch's batches themselves (the plan is fixed by seed and epoch): so persistent workers
+    (``persistent_data_loader_workers``) serve every epoch without being started again."""
+
+    def __init__(self, data: TrainingData, rank: int, world: int, latents: dict[Entry, torch.Tensor] | None):
+        self.data, self.rank, self.world, self.latents = data, rank, world, latents
+        self._epoch = multiprocessing.RawValue("i", 0)
+        self._start = multiprocessing.RawValue("i", 0)  # batches of the epoch already trained (resume)
+        self._plan: tuple[int | None, list[list[Entry]]] = (None, [])
+
+    def use_epoch(self, epoch: int, start: int = 0) -> None:
+        """(Not named set_epoch: accelerate's loader calls a dataset's set_epoch with its own count.)"""
+        self._epoch.value, self._start.value = epoch, start
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    def batches(self) -> list[list[Entry]]:
+        epoch = self.epoch
+        if self._plan[0] != epoch:
+            self._plan = (epoch, shard_batches(self.data.plan_epoch(epoch), self.rank, self.world))
+        return self._plan[1]
 
     def __len__(self) -> int:
-        return len(self.batches) - self.start
+        return len(self.batches()) - self._start.value
 
     def __getitem__(self, position: int) -> dict:
-        index = position + self.start  # captions are keyed by the batch's place in the whole epoch
-        entries = self.batches[index]
+        index = position + self._start.value  # captions are keyed by the batch's place in the whole epoch
+        entries = self.batches()[index]
         batch = {
             "captions": [self.data.caption_for(i, self.epoch, (self.rank, index, k))
                          for k, (i, _) in enumerate(entries)],
@@ -32,3 +55,8 @@ class EpochBatches(torch.utils.data.Dataset):
         else:
             batch["pixels"] = torch.stack([torch.from_numpy(self.data.pixels(i, flip)) for i, flip in entries])
         return batch
+
+
+def worker_started(worker_id: int) -> None:
+    """A DataLoader worker's first act: say so (persistent workers start once per run, others once per epoch)."""
+    logging.getLogger("lora_studio").info("data loader worker %d started (process %d)", worker_id, os.getpid())

@@ -30,7 +30,8 @@ MAY_CHANGE = {"output_dir", "output_name", "logging_dir", "training_comment", "s
               "save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs", "sample_prompts",
               "save_last_n_steps", "save_last_n_steps_state", "save_last_n_epochs_state",
               "sample_every_n_epochs", "sample_every_n_steps", "sample_sampler", "sample_at_first",
-              "max_data_loader_n_workers", "resume", "save_state", "save_state_on_train_end", "nan_policy",
+              "max_data_loader_n_workers", "persistent_data_loader_workers", "resume", "save_state",
+              "save_state_on_train_end", "nan_policy",
               "cache_latents", "train_data_dir", "reg_data_dir", "dataset_config",
               "cache_latents_to_disk", "num_processes", "max_train_steps", "max_train_epochs"}
 

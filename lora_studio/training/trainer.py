@@ -21,7 +21,7 @@ from ..config import Config, save_config
 from ..config.network_args import parse_network_args
 from ..config.rules import check_settings
 from ..data.dataset import TrainingData, shard_batches
-from ..data.loader import EpochBatches
+from ..data.loader import EpochBatches, worker_started
 from ..data.sources import datasets_from_config
 from ..errors import UserError
 from ..io_utils import atomic_write
@@ -133,6 +133,10 @@ class Trainer:
         if self.is_main:
             describe_network(self.network, cfg, self.net_args)
         self.latents = None
+        self._batches = self._loader = None  # the data loader (one for the run with persistent workers)
+        if cfg.persistent_data_loader_workers and not cfg.max_data_loader_n_workers and self.is_main:
+            log.warning("persistent_data_loader_workers has no effect with max_data_loader_n_workers = 0 (the "
+                        "images load in the training process)")
         if cfg.cache_latents or cfg.cache_latents_to_disk:
             self.latents = cache_latents(c, self.data, cfg, self.device, self.seed, self.accelerator)
             if not self.prompts:
@@ -270,7 +274,7 @@ class Trainer:
         batches = shard_batches(self.data.plan_epoch(p.epoch), self.rank, self.world)
         pending, loss_sum, micro = [], None, 0
         p.epoch_done = False
-        for batch in self._epoch_loader(batches):
+        for batch in self._epoch_loader():
             with accelerator.accumulate(self.model):
                 loss = self.model(batch)
                 accelerator.backward(loss)
@@ -299,15 +303,22 @@ class Trainer:
         self.events.scalars(step, {"max_norm/keys_scaled": scaled, "norm/avg_key_norm": mean_norm,
                                    "max_norm/max_key_norm": max_norm})
 
-    def _epoch_loader(self, batches):
-        """The epoch's batches in accelerate's DataLoaderShard, so ``accumulate`` knows where the epoch ends."""
+    def _epoch_loader(self):
+        """The epoch's batches in accelerate's DataLoaderShard, so ``accumulate`` knows where the epoch ends. With
+        persistent_data_loader_workers one loader (and its workers) serves every epoch, as in sd-scripts."""
         from accelerate.data_loader import DataLoaderShard
 
-        p = self.progress
-        return DataLoaderShard(EpochBatches(self.data, batches, p.epoch, self.rank, self.latents, start=p.batch),
-                               batch_size=None, shuffle=False, num_workers=self.cfg.max_data_loader_n_workers,
-                               pin_memory=self.device.type == "cuda",
-                               generator=torch.Generator().manual_seed(p.epoch))  # keeps the global RNG untouched
+        p, workers = self.progress, self.cfg.max_data_loader_n_workers
+        if self._batches is None:
+            self._batches = EpochBatches(self.data, self.rank, self.world, self.latents)
+        self._batches.use_epoch(p.epoch, p.batch)
+        persistent = bool(self.cfg.persistent_data_loader_workers and workers)
+        if self._loader is None or not persistent:
+            self._loader = DataLoaderShard(self._batches, batch_size=None, shuffle=False, num_workers=workers,
+                                           persistent_workers=persistent, pin_memory=self.device.type == "cuda",
+                                           worker_init_fn=worker_started if workers else None,
+                                           generator=torch.Generator().manual_seed(p.epoch))  # global RNG untouched
+        return self._loader
 
     def _read_back(self, pending: list) -> None:
         for verdict in self.guard.judge(pending):
