@@ -49,7 +49,7 @@ def test_widget_kinds_follow_the_setting_kinds():
     assert "AdamW8bit" in optimizer.kwargs["choices"]
     dim = widget_spec(S.BY_NAME["network_dim"])
     assert dim.component == "number" and dim.kwargs["precision"] == 0 and dim.kwargs["value"] == 4
-    assert dim.kwargs["info"] == "1 to 1024 · default 4"
+    assert dim.kwargs["info"] == "1 to 100000 · default 4"
     assert widget_spec(S.BY_NAME["learning_rate"]).kwargs["precision"] is None
     seed = widget_spec(S.BY_NAME["seed"])  # optional numbers are text: a number box would show an empty value as 0
     assert seed.component == "textbox" and seed.kwargs["value"] == "" and "optional" in seed.kwargs["info"]
@@ -87,6 +87,9 @@ def test_each_changed_setting_survives_widget_save_and_load_zero_included(tmp_pa
     cfg = build_config(raw)
     path = save_config(cfg, tmp_path / "all.toml")
     loaded = load_config(path)
+    assert "wandb_api_key" not in path.read_text("utf-8")
+    assert loaded.wandb_api_key is None  # a secret is never written to a config file
+    loaded = build_config({**loaded.explicit(), "wandb_api_key": cfg.wandb_api_key})
     assert loaded.as_dict() == cfg.as_dict()
     assert form_values(loaded.as_dict()) == widget_values
     assert loaded.max_grad_norm == 0.0 and loaded.prior_loss_weight == 0.0 and loaded.network_alpha == 0.0

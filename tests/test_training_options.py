@@ -270,3 +270,39 @@ def test_persistent_data_loader_workers_start_once_and_train_the_same_batches(ti
     assert runs[False][0] == 3 and runs[True][0] == 1  # one start per epoch, or one for the run
     assert runs[False][1].keys() == runs[True][1].keys()
     assert all(torch.equal(runs[False][1][k], runs[True][1][k]) for k in runs[True][1])
+
+
+def test_log_with_wandb_records_the_run_offline_and_says_what_to_install_without_it(tiny_models, dataset, tmp_path,
+                                                                                    monkeypatch):
+    """sd-scripts' log_with = "wandb" (an offline run here: WANDB_MODE=offline): the run's scalars and settings go
+    to Weights & Biases under logging_dir, the API key never into a file; without the package, a clear message."""
+    import sys
+
+    from lora_studio.errors import UserError
+    from lora_studio.training.trackers import import_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    settings = base_settings(tiny_models["folder"], dataset, out, max_train_steps=3, log_with="all",
+                             logging_dir=str(logs), log_prefix="emi-", wandb_run_name="emi v1",
+                             log_tracker_name="lora-studio-test")
+    proc = run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)))
+    assert "logging to Weights & Biases: project lora-studio-test, run emi v1 (offline)" in proc.stderr
+    (run_dir,) = logs.glob("emi-*")  # sd-scripts' <logging_dir>/<log_prefix><time>, shared by both trackers
+    (record,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data = record.read_bytes()
+    for written in (b"loss/current", b"lr/unet", b"emi v1", b"lora-studio-test", b"network_dim"):
+        assert written in data, written
+    assert list(run_dir.glob("events.out.tfevents.*"))  # and TensorBoard's, with log_with = "all"
+    key_run = base_settings(tiny_models["folder"], dataset, tmp_path / "out2", max_train_steps=1, log_with="wandb",
+                            logging_dir=str(tmp_path / "logs2"), wandb_api_key="local-0123456789abcdef")
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    run_cli("train", "--config", str(write_config(tmp_path / "key.toml", key_run)))
+    assert (tmp_path / "out2" / "test_lora.safetensors").is_file()
+    for written in [*(tmp_path / "out2").rglob("*"), *(tmp_path / "logs2").rglob("*")]:
+        if written.is_file():
+            assert b"0123456789abcdef" not in written.read_bytes(), written
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed
+    with pytest.raises(UserError, match="needs the wandb package, which is not installed: run .venv/bin/pip"):
+        import_wandb()

@@ -11,7 +11,7 @@ from typing import Any
 import tomli_w
 
 from ..errors import ConfigError
-from .schema import BY_NAME, IGNORED_GUI_KEYS, INERT_WITHOUT, SETTINGS, UNSUPPORTED, Setting
+from .schema import BY_NAME, IGNORED_GUI_KEYS, SECRET_SETTINGS, SETTINGS, UNSUPPORTED, Setting
 from .values import parse_key_values, parse_value
 
 __all__ = ["Config", "load_config", "SETTINGS", "Setting", "parse_key_values", "save_config", "dumps_config",
@@ -75,8 +75,6 @@ def build_config(raw: dict[str, Any], source: str | None = None) -> Config:
                 values[key] = parse_value(BY_NAME[key], value)
             except ConfigError as exc:
                 problems.append(str(exc))
-        elif key in INERT_WITHOUT and not raw.get(INERT_WITHOUT[key]):
-            log.info("setting '%s'%s does nothing without %s; ignored", key, where, INERT_WITHOUT[key])
         elif key in UNSUPPORTED:
             default = UNSUPPORTED[key]
             if value in (default, None, "", [], False) or value == default:
@@ -125,9 +123,14 @@ def dumps_config(cfg: Config | dict[str, Any], only_explicit: bool = False) -> s
         cfg.as_dict() if isinstance(cfg, Config) else dict(cfg))
     grouped: dict[str, dict[str, Any]] = {}
     for setting in SETTINGS:
-        if setting.name in values and values[setting.name] is not None:
+        if setting.name in values and values[setting.name] is not None and setting.name not in SECRET_SETTINGS:
             grouped.setdefault(setting.group, {})[setting.name] = values[setting.name]
     return tomli_w.dumps(grouped)
+
+
+def secret_free(cfg: Config) -> dict[str, Any]:
+    """Every setting but the secrets (an API key), for records of the run that others may see."""
+    return {k: v for k, v in cfg.as_dict().items() if k not in SECRET_SETTINGS}
 
 
 def save_config(cfg: Config | dict[str, Any], path: str | Path, only_explicit: bool = False) -> Path:

@@ -35,6 +35,8 @@ def setting_problems(cfg: Config) -> dict[str, str]:
     for name, mode in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
         if getattr(cfg, name) and cfg.mixed_precision != mode:
             problems[name] = f"needs Mixed precision {mode}, as in sd-scripts"
+    if cfg.log_with in ("tensorboard", "all") and not cfg.logging_dir:
+        problems["logging_dir"] = f"log_with = {cfg.log_with} writes TensorBoard logs here: set a Logging folder"
     problems.update(_noise_problems(cfg))
     if cfg.dim_from_weights and not cfg.network_weights:
         problems["dim_from_weights"] = "needs LoRA network weights (the file to read the rank from)"

@@ -73,6 +73,21 @@ SETTINGS: tuple[Setting, ...] = (
        "File name of the LoRA without extension; also its name in A1111 (<lora:name:1>).", "folders"),
     _s("logging_dir", PATH, None, "Logging folder", "Write TensorBoard scalars here (leave empty for none).",
        "folders"),
+    _s("log_with", STR, None, "Log with",
+       "Where the scalars go: tensorboard (the Logging folder; the default when it is set), wandb (Weights & "
+       "Biases; pip install wandb; WANDB_MODE=offline for offline runs) or all.", "folders",
+       choices=("tensorboard", "wandb", "all"), advanced=True),
+    _s("log_prefix", STR, None, "Log prefix",
+       "Name of this run's folder in the Logging folder: the prefix, then the date and time.", "folders",
+       advanced=True),
+    _s("log_tracker_name", STR, None, "Log tracker name", "The W&B project (default network_train).", "folders",
+       advanced=True),
+    _s("log_tracker_config", PATH, None, "Log tracker config",
+       "A TOML file of the trackers' own settings ([wandb] name, tags, entity ...).", "folders", advanced=True),
+    _s("wandb_run_name", STR, None, "WANDB run name", "The W&B run's name.", "folders", advanced=True),
+    _s("wandb_api_key", STR, None, "WANDB API key",
+       "Log in to W&B with this key (or set WANDB_API_KEY). Never written to the saved config or the LoRA file.",
+       "folders", advanced=True),
     _s("training_comment", STR, None, "Training comment", "Free text stored in the LoRA's metadata.", "folders"),
     # ---- dataset ----
     _s("resolution", RESOLUTION, "512", "Max resolution", "Training resolution: \"512\" or \"width,height\".",
@@ -331,9 +346,7 @@ UNSUPPORTED: dict[str, Any] = {
     "ddp_static_graph": False, "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": None,
     "loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "huber_scale": 1.0, "save_n_epoch_ratio": None,
     "initial_epoch": None,
-    "initial_step": None, "skip_until_initial_step": False, "huggingface_repo_id": None, "log_with": None,
-    "log_prefix": None, "log_tracker_name": None, "log_tracker_config": None, "wandb_run_name": None,
-    "wandb_api_key": None, "log_config": False, "metadata_title": None, "metadata_author": None,
+    "initial_step": None, "skip_until_initial_step": False, "huggingface_repo_id": None, "log_config": False, "metadata_title": None, "metadata_author": None,
     "metadata_description": None, "metadata_license": None, "metadata_tags": None, "sample_every_n_epochs_ratio": None,
     "no_token_padding": False, "mem_eff_save": False, "console_log_level": None, "console_log_file": None,
     "console_log_simple": False, "output_config": False, "deepspeed": False, "zero_stage": 2,
@@ -343,6 +356,5 @@ UNSUPPORTED: dict[str, Any] = {
 
 # Keys the Kohya_ss GUI writes into its TOML that no sd-scripts script reads; they carry no meaning.
 IGNORED_GUI_KEYS = frozenset({"epoch", "noise_offset_type", "train_inpainting", "lowvram"})
-# sd-scripts settings that do nothing unless another one is set: accepted at any value while that one is not.
-INERT_WITHOUT = {"wandb_run_name": "log_with", "wandb_api_key": "log_with", "log_tracker_name": "log_with",
-                 "log_tracker_config": "log_with"}
+# Settings never written to a saved config, the metadata or a tracker's record of the run.
+SECRET_SETTINGS = frozenset({"wandb_api_key"})

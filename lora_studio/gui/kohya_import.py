@@ -421,11 +421,16 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
         _put(result, "lr_scheduler", lr_scheduler, "lr_scheduler")
     if not _empty(data.get("sample_prompts")):
         result.sample_prompt_text = str(data["sample_prompts"])
-    if data.get("use_wandb") == "True":
-        result.unsupported.append("use_wandb = 'True' (log_with = wandb): logging to Weights & Biases is not "
-                                  "supported yet; TensorBoard logs go to logging_dir")
+    if data.get("use_wandb") == "True" and _empty(data.get("log_with")):  # the GUI's old switch
+        result.settings["log_with"] = "wandb"
+        result.notes.append("use_wandb = 'True' -> log_with = 'wandb', as the Kohya_ss GUI converts it")
     elif "use_wandb" in data:
         result.ignored.append("use_wandb")
+    if (result.settings.get("log_with") or data.get("log_with")) in ("wandb", "all") and \
+            _empty(data.get("wandb_run_name")) and \
+            not _empty(data.get("output_name")):
+        result.settings["wandb_run_name"] = str(data["output_name"])
+        result.notes.append("wandb_run_name = '' -> the output name, as the Kohya_ss GUI passes it")
     if data.get("sdxl"):
         result.notes.append("sdxl = true: the model family is detected from the checkpoint itself")
     if not _empty(data.get("additional_parameters")):

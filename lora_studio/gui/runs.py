@@ -190,6 +190,8 @@ class RunManager:
         rec.events_offset = paths["events"].stat().st_size if paths["events"].exists() else 0
         rec.argv = engine_argv(cfg, config_path)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+        if cfg.wandb_api_key:  # never written to the config file: the engine gets it the way wandb reads it
+            env["WANDB_API_KEY"] = cfg.wandb_api_key
         env.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
         kwargs: dict = {}
         if sys.platform == "win32":

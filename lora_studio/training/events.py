@@ -4,7 +4,7 @@ Events (one JSON object a line, each with ``type`` and ``time``):
   start   {total_steps, total_epochs, steps_per_epoch, num_images, output}
   step    {step, epoch, loss, avg_loss, lr, samples_per_s, eta_s, [bad]}: loss is the mean over all processes;
           bad is "loss" (loss then null) or "gradients" for a step the step guard counted as non-finite
-  sample  {step, epoch, path, prompt}
+  sample  {step, epoch, path, prompt, index}
   save    {step, epoch, path}
   log     {level, message}
   end     {status: "completed" | "stopped", step, epoch, output, seconds}, or {status: "killed"} when a second
@@ -21,17 +21,15 @@ from typing import Any
 
 
 class EventLog:
-    def __init__(self, path: Path | None, logging_dir: str | None = None, enabled: bool = True):
+    """The events file, and the scalars (and sample images) for the trackers of ``log_with``."""
+
+    def __init__(self, path: Path | None, trackers=None, enabled: bool = True):
         self.path = path if enabled else None
         self._fh = None
-        self._tb = None
+        self._trackers = trackers if enabled else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("a", encoding="utf-8")
-        if enabled and logging_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=logging_dir)
 
     def emit(self, event_type: str, **fields: Any) -> None:
         if self._fh is None:
@@ -39,20 +37,20 @@ class EventLog:
         record = {"type": event_type, "time": round(time.time(), 3), **fields}
         self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._fh.flush()
+        if event_type == "sample" and self._trackers is not None:
+            self._trackers.image(fields["step"], fields["path"], fields.get("prompt", ""), fields.get("index", 0))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self._tb is not None:
-            for name, value in values.items():
-                self._tb.add_scalar(name, value, step)
+        if self._trackers is not None:
+            self._trackers.scalars(step, values)
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
-            self._tb = None
+        if self._trackers is not None:
+            self._trackers.close()
+            self._trackers = None
 
 
 def read_events(path: str | Path) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, save_config
+from ..config import Config, save_config, secret_free
 from ..config.network_args import parse_network_args
 from ..config.rules import check_settings
 from ..data.dataset import TrainingData, shard_batches
@@ -44,6 +44,7 @@ from .sampling import generate, make_scheduler, read_prompt_file
 from .state import ResumeState, latest_state, rng_state, save_state
 from .step import BatchLoss, TrainingStep
 from .stop import StopRequest
+from .trackers import Trackers, tracker_dir
 
 log = logging.getLogger("lora_studio")
 
@@ -215,7 +216,8 @@ class Trainer:
     # ------------------------------------------------------------------ run
     def run(self) -> Path:
         cfg = self.cfg
-        self.events = EventLog(self.paths["events"], _tensorboard_dir(cfg), enabled=self.is_main)
+        trackers = Trackers(cfg, tracker_dir(cfg), secret_free(cfg)) if self.is_main else None
+        self.events = EventLog(self.paths["events"], trackers, enabled=self.is_main)
         stop = StopRequest(self.paths["stop"])
         stop.install()
         try:
@@ -449,14 +451,8 @@ class Trainer:
                                  self.precision.weight_dtype, self.seed + i)
             path = self.paths["samples"] / f"{cfg.output_name}_e{epoch:06d}_s{step:08d}_{i:02d}.png"
             atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))
-            self.events.emit("sample", step=step, epoch=epoch, path=str(path), prompt=prompt.prompt)
+            self.events.emit("sample", step=step, epoch=epoch, path=str(path), prompt=prompt.prompt, index=i)
         self.network.train()
-
-def _tensorboard_dir(cfg: Config) -> str | None:
-    if not cfg.logging_dir:
-        return None
-    return os.path.join(cfg.logging_dir, f"{cfg.output_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-
 
 def _oom_advice(cfg: Config) -> str:
     return "the GPU ran out of memory. Try: " + "; ".join(memory_tips(cfg))

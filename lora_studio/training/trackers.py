@@ -1,0 +1,98 @@
+"""Where a run's scalars go besides the events file, as sd-scripts' ``log_with``: TensorBoard (``logging_dir``) and
+Weights & Biases (``wandb``; its offline mode, ``WANDB_MODE=offline``, works as well)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from ..config import Config
+from ..errors import UserError
+
+log = logging.getLogger("lora_studio")
+
+
+def tracker_dir(cfg: Config) -> str | None:
+    """This run's folder under logging_dir: ``<log_prefix><timestamp>`` as sd-scripts names it, or
+    ``<output_name>-<timestamp>`` without a prefix."""
+    if not cfg.logging_dir:
+        return None
+    prefix = cfg.log_prefix if cfg.log_prefix is not None else f"{cfg.output_name}-"
+    return os.path.join(cfg.logging_dir, prefix + time.strftime("%Y%m%d-%H%M%S"))
+
+
+def chosen(cfg: Config) -> set[str]:
+    """The trackers of ``log_with`` (sd-scripts: TensorBoard by default when logging_dir is set)."""
+    if cfg.log_with is None:
+        return {"tensorboard"} if cfg.logging_dir else set()
+    return {"tensorboard", "wandb"} if cfg.log_with == "all" else {cfg.log_with}
+
+
+def import_wandb():
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("log_with = \"wandb\" needs the wandb package, which is not installed: run "
+                        ".venv/bin/pip install wandb (Windows: .venv\\Scripts\\pip install wandb), or log with "
+                        "TensorBoard (log_with = \"tensorboard\" and a Logging folder)") from None
+    return wandb
+
+
+class Trackers:
+    def __init__(self, cfg: Config, run_dir: str | None, config_values: dict[str, Any]):
+        self._tb = self._wandb = None
+        kinds = chosen(cfg)
+        if "tensorboard" in kinds:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=run_dir)
+        if "wandb" in kinds:
+            wandb = import_wandb()
+            if run_dir:
+                os.makedirs(run_dir, exist_ok=True)
+            if cfg.wandb_api_key:
+                wandb.login(key=cfg.wandb_api_key)
+            init = {"wandb": {"name": cfg.wandb_run_name}} if cfg.wandb_run_name else {}
+            if cfg.log_tracker_config:
+                init = _read_tracker_config(cfg.log_tracker_config)
+            self._wandb = wandb.init(project=cfg.log_tracker_name or "network_train", config=config_values,
+                                     dir=run_dir, **init.get("wandb", {}))
+            log.info("logging to Weights & Biases: project %s, run %s%s", self._wandb.project, self._wandb.name,
+                     " (offline)" if self._wandb.settings.mode == "offline" else "")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self._tb is not None:
+            for name, value in values.items():
+                self._tb.add_scalar(name, value, step)
+        if self._wandb is not None:
+            self._wandb.log(values, step=step)
+
+    def image(self, step: int, path: str, caption: str, index: int) -> None:
+        if self._wandb is not None:  # sd-scripts sends sample images to W&B as sample_<n>
+            import wandb
+
+            self._wandb.log({f"sample_{index}": wandb.Image(path, caption=caption)}, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _read_tracker_config(path: str) -> dict:
+    """sd-scripts' log_tracker_config: a TOML of each tracker's init arguments ([wandb] name = ..., tags = ...)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise UserError(f"log_tracker_config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"log_tracker_config: {path} is not valid TOML: {exc}") from None
