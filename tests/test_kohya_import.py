@@ -73,7 +73,7 @@ def test_unsupported_values_are_listed_not_dropped_silently():
     report = result.report()
     assert "LoRA type 'Flux1' trains a Flux model, which LoRA Studio does not train" in report
     assert "color_aug = True" in report and "does not support yet" in report
-    assert "Additional parameters were not imported" in report
+    assert "Additional parameters: --foo is not an sd-scripts training option: not imported" in report
     assert result.settings["lr_scheduler"] == "adafactor"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import ConfigError, UserError
 from . import Config
 from .network_args import check_rank, parse_network_args
+from .optimizers import optimizer_problem
 
 _BAD_NAME_CHARS = '/\\:*?"<>|\x00\r\n'
 
@@ -35,6 +36,9 @@ def setting_problems(cfg: Config) -> dict[str, str]:
     for name, mode in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
         if getattr(cfg, name) and cfg.mixed_precision != mode:
             problems[name] = f"needs Mixed precision {mode}, as in sd-scripts"
+    optimizer = optimizer_problem(cfg.optimizer_type or "")
+    if optimizer:
+        problems["optimizer_type"] = optimizer
     if cfg.log_with in ("tensorboard", "all") and not cfg.logging_dir:
         problems["logging_dir"] = f"log_with = {cfg.log_with} writes TensorBoard logs here: set a Logging folder"
     problems.update(_noise_problems(cfg))

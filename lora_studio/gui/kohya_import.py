@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.network_args import LYCORIS_NOT_READ, LYCORIS_PRESETS
+from ..config.optimizers import optimizer_problem
 from ..config.schema import BY_NAME, UNSUPPORTED
 from ..config.values import parse_value
 from ..errors import ConfigError
@@ -180,7 +181,19 @@ def convert(data: dict[str, Any]) -> KohyaImport:
             result.unsupported.append(f"{key} = {value!r} is an sd-scripts option LoRA Studio does not support yet")
         else:
             result.ignored.append(key)
+    _check_optimizer(result)
     return result
+
+
+def _check_optimizer(result: KohyaImport) -> None:
+    """An optimizer this machine cannot run is named now, not when training starts; AdamW stands in."""
+    name = result.settings.get("optimizer_type")
+    problem = optimizer_problem(name) if name else None
+    if problem:
+        result.settings.pop("optimizer_type")
+        result.settings.pop("optimizer_args", None)
+        result.unsupported.append(f"optimizer = {name!r}: {problem}; AdamW (with its default arguments) is used "
+                                  "until you install it and choose it again")
 
 
 def _steps_from_folder(data: dict[str, Any], epochs: float) -> int | None:
@@ -434,13 +447,58 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
     if data.get("sdxl"):
         result.notes.append("sdxl = true: the model family is detected from the checkpoint itself")
     if not _empty(data.get("additional_parameters")):
-        result.unsupported.append(f"Additional parameters were not imported (set each as its own field): "
-                                  f"{data['additional_parameters']}")
+        _additional_parameters(result, str(data["additional_parameters"]))
     for key in GUI_ONLY & set(data):
         result.ignored.append(key)
     for key in ("sdxl", "flux1_checkbox", "sd3_checkbox", "epoch", "noise_offset_type"):
         if key in data:
             result.ignored.append(key)
+
+
+def _additional_parameters(result: KohyaImport, text: str) -> None:
+    """The Kohya_ss GUI appends "Additional parameters" to sd-scripts' command line, where they win over the
+    fields: ``--name=value``, ``--name value ...`` or ``--flag``, each imported as that setting."""
+    import shlex
+
+    from ..config.schema import BOOL, STR_LIST
+
+    try:
+        tokens = shlex.split(text)
+    except ValueError as exc:
+        result.unsupported.append(f"Additional parameters {text!r} were not imported: {exc}")
+        return
+    options: list[tuple[str, list[str]]] = []
+    for token in tokens:
+        if token.startswith("--"):
+            name, eq, value = token[2:].partition("=")
+            options.append((name.replace("-", "_"), [value] if eq else []))
+        elif options:
+            options[-1][1].append(token)
+        else:
+            result.unsupported.append(f"Additional parameters: {token!r} is not an --option: not imported")
+    for name, values in options:
+        setting = BY_NAME.get(RENAMED.get(name, name))
+        if setting is None:
+            where = "an sd-scripts option LoRA Studio does not support yet" if name in UNSUPPORTED else \
+                "not an sd-scripts training option"
+            result.unsupported.append(f"Additional parameters: --{name} is {where}: not imported")
+            continue
+        if setting.kind == BOOL and not values:
+            value: Any = True
+        elif setting.kind == STR_LIST:
+            value = values
+        elif len(values) == 1:
+            value = values[0]
+        else:
+            result.unsupported.append(f"Additional parameters: --{name} needs one value, got {values!r}: not "
+                                      "imported")
+            continue
+        before = result.settings.get(setting.name)
+        if _put(result, setting.name, value, f"--{name}", carried=False):
+            result.notes.append(f"Additional parameters: --{name}{' ' + ' '.join(values) if values else ''} -> "
+                                f"{setting.name} = {result.settings[setting.name]!r}"
+                                + (f" (instead of {before!r}: it wins, as on sd-scripts' command line)"
+                                   if before is not None and before != result.settings[setting.name] else ""))
 
 
 def read_kohya_json(path: str | Path) -> KohyaImport:

@@ -9,6 +9,7 @@ import math
 import torch
 
 from ..config import Config, parse_key_values
+from ..config.optimizers import EIGHT_BIT, LEARNING_RATE_FREE, SCHEDULE_FREE, optimizer_problem
 from ..errors import UserError
 
 
@@ -20,11 +21,6 @@ def _import_class(dotted: str, setting: str = "optimizer_type"):
         raise UserError(f"{setting}: cannot import {dotted} ({exc})") from None
 
 
-# 8-bit optimizers (bitsandbytes) and the 32-bit optimizer that stands in where bitsandbytes cannot run.
-EIGHT_BIT = {"adamw8bit": ("AdamW8bit", "adamw"), "pagedadamw8bit": ("PagedAdamW8bit", "adamw"),
-             "lion8bit": ("Lion8bit", "lion"), "pagedlion8bit": ("PagedLion8bit", "lion")}
-
-
 def _eight_bit(name: str, bnb_class: str, stand_in: str):
     """bitsandbytes' optimizer on a GPU, or on its CPU backend where that works; else the 32-bit optimizer, said
     once (a preset made for a GPU still trains)."""
@@ -32,6 +28,8 @@ def _eight_bit(name: str, bnb_class: str, stand_in: str):
         import bitsandbytes as bnb
 
         cls = getattr(bnb.optim, bnb_class)
+        if bnb_class == "SGD8bit":  # sd-scripts' SGDNesterov8bit
+            cls = _nesterov(cls)
         if not torch.cuda.is_available():  # try the CPU backend on one parameter before trusting it
             param = torch.nn.Parameter(torch.zeros(8))
             param.grad = torch.ones(8)
@@ -42,18 +40,8 @@ def _eight_bit(name: str, bnb_class: str, stand_in: str):
             f"bitsandbytes cannot run it here ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
         logging.getLogger(__name__).warning("optimizer_type %s: %s; training with the 32-bit %s instead (more "
                                             "memory for the optimizer state, the same training)", name, reason,
-                                            "AdamW" if stand_in == "adamw" else "Lion")
+                                            {"adamw": "AdamW", "lion": "Lion", "sgdnesterov": "SGDNesterov"}[stand_in])
         return optimizer_class(stand_in)
-
-
-# D-Adaptation (package dadaptation) and schedule-free (package schedulefree) optimizers by their sd-scripts names.
-LEARNING_RATE_FREE = {"dadaptation": "dadaptation.experimental.DAdaptAdamPreprint",
-                      "dadaptadampreprint": "dadaptation.experimental.DAdaptAdamPreprint",
-                      "dadaptadagrad": "dadaptation.DAdaptAdaGrad", "dadaptadam": "dadaptation.DAdaptAdam",
-                      "dadaptadan": "dadaptation.DAdaptAdan", "dadaptadanip": "dadaptation.experimental.DAdaptAdanIP",
-                      "dadaptlion": "dadaptation.DAdaptLion", "dadaptsgd": "dadaptation.DAdaptSGD"}
-SCHEDULE_FREE = {"adamwschedulefree": "schedulefree.AdamWScheduleFree",
-                 "radamschedulefree": "schedulefree.RAdamScheduleFree", "sgdschedulefree": "schedulefree.SGDScheduleFree"}
 
 
 def is_schedule_free(optimizer) -> bool:
@@ -72,6 +60,8 @@ def optimizer_class(name: str):
         return _eight_bit(name, *EIGHT_BIT[key])
     if key in LEARNING_RATE_FREE or key in SCHEDULE_FREE:
         return _import_class(LEARNING_RATE_FREE.get(key) or SCHEDULE_FREE[key])
+    if key == "sgdnesterov":
+        return _sgd_nesterov
     if key == "lion":
         from lion_pytorch import Lion
 
@@ -89,8 +79,20 @@ def optimizer_class(name: str):
     for attr in dir(torch.optim):
         if attr.lower() == key and isinstance(getattr(torch.optim, attr), type):
             return getattr(torch.optim, attr)
-    raise UserError(f"optimizer_type: unknown optimizer '{name}'. Use AdamW, AdamW8bit, Lion, Prodigy, Adafactor, a "
-                    "torch.optim class name (e.g. SGD) or a dotted path (package.Class)")
+    raise UserError(f"optimizer_type: {optimizer_problem(name)}")
+
+
+def _nesterov(cls):
+    def make(params, **kwargs):
+        kwargs.setdefault("momentum", 0.9)
+        return cls(params, nesterov=True, **kwargs)
+    return make
+
+
+def _sgd_nesterov(params, **kwargs):
+    """sd-scripts' SGDNesterov: SGD with Nesterov momentum, 0.9 unless optimizer_args sets it."""
+    kwargs.setdefault("momentum", 0.9)
+    return torch.optim.SGD(params, nesterov=True, **kwargs)
 
 
 def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimizer:
