@@ -51,6 +51,7 @@ KOHYA_TYPES = {"Standard": "networks.lora", "Kohya LoCon": "networks.lora", "LoR
 LYCORIS_TYPES = {"LyCORIS/LoCon": "locon", "LoCon": "locon", "LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr",
                  "LyCORIS/iA3": "ia3", "LyCORIS/DyLoRA": "dylora", "LyCORIS/GLoRA": "glora",
                  "LyCORIS/BOFT": "boft", "LyCORIS/Diag-OFT": "diag-oft", "LyCORIS/Native Fine-Tuning": "full"}
+NATIVE_LYCORIS_TYPES = {"Kohya LoHa": "loha", "Kohya LoKr": "lokr"}
 OTHER_FAMILY_TYPES = {"Flux1": "Flux", "Flux1 OFT": "Flux", "Anima": "Anima", "Lumina": "Lumina",
                       "HunyuanImage-2.1": "HunyuanImage"}
 # The network_args the Kohya_ss GUI writes for each LyCORIS type, in its order (its LoRA_type templates)
@@ -342,6 +343,20 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
                                 "as on (a LyCORIS quirk); LoRA Studio trains it off, as the setting says")
         if _num(data.get("network_dim")) >= 100000 or _num(data.get("conv_dim")) >= 100000:
             result.notes.append("network_dim/conv_dim of 100000 or more: a full-matrix LoKr, as LyCORIS reads it")
+    elif lora_type in NATIVE_LYCORIS_TYPES:  # sd-scripts' own LoHa / LoKr (networks.loha / networks.lokr)
+        algo = NATIVE_LYCORIS_TYPES[lora_type]
+        args = [f"algo={algo}"]
+        if _num(data.get("conv_dim")) > 0:
+            args += [f"conv_dim={int(_num(data['conv_dim']))}", f"conv_alpha={data.get('conv_alpha', 1)}"]
+        if data.get("use_tucker"):
+            args.append("use_tucker=True")
+        if algo == "lokr" and _num(data.get("factor")) not in (0, -1):
+            args.append(f"factor={int(_num(data['factor']))}")
+        result.settings["network_module"] = "lycoris.kohya"
+        result.settings["network_args"] = args + dropouts + ["preset=attn-mlp" if not args[1:2] else "preset=full"]
+        result.notes.append(f"LoRA type '{lora_type}' (sd-scripts' own {algo}, networks.{algo}): trained with "
+                            f"LyCORIS's {algo}, which writes the same hada_*/lokr_* weights AUTOMATIC1111 and ComfyUI "
+                            "read")
     elif lora_type in OTHER_FAMILY_TYPES:
         result.unsupported.append(f"LoRA type '{lora_type}' trains a {OTHER_FAMILY_TYPES[lora_type]} model, which "
                                   "LoRA Studio does not train (it trains SD1.x, SD2.x and SDXL); standard LoRA is "
