@@ -48,9 +48,18 @@ def to_metadata(values: dict[str, Any]) -> dict[str, str]:
 
 
 def lora_tensors(state_dict: dict[str, torch.Tensor], precision: str) -> dict[str, torch.Tensor]:
+    """The tensors in the save precision; (IA)3's integer on_input flag stays an integer, and a scalar the save
+    precision cannot hold (a full-matrix LoKr's alpha of 100000 is inf in fp16) stays float32."""
     dtype = SAVE_DTYPES[precision]
-    return {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-            for k, v in state_dict.items()}  # (IA)3's integer on_input flag stays an integer
+
+    def cast(value: torch.Tensor) -> torch.Tensor:
+        if not value.is_floating_point():
+            return value
+        out = value.to(dtype)
+        if value.ndim == 0 and bool(torch.isfinite(value)) and not bool(torch.isfinite(out)):
+            return value.to(torch.float32)
+        return out
+    return {k: cast(v.detach().to("cpu")).contiguous() for k, v in state_dict.items()}
 
 
 def save_lora(path: str | Path, state_dict: dict[str, torch.Tensor], precision: str, metadata: dict[str, Any],

@@ -10,6 +10,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from conftest import cli_path
 from gui_helpers import ARTIFACTS, CHROMIUM_ARGS, chromium_path, field, open_tab, running_gui, set_field
+from lora_studio.config.schema import BY_NAME
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -64,7 +65,7 @@ def test_every_tab_shows_its_kohya_labels_and_help_on_hover(page):
     open_tab(page, "LoRA", "Parameters", "Basic")
     block = page.locator("#setting-network_dim")
     block.hover()
-    expect(block).to_have_attribute("title", "Rank of each adapter: capacity and file size.")
+    expect(block).to_have_attribute("title", BY_NAME["network_dim"].help)
     expect(page.get_by_role("button", name="Stop training").first).to_be_visible()
 
 

@@ -10,32 +10,7 @@ from lora_studio.config import build_config
 from lora_studio.errors import ConfigError
 from lora_studio.gui.kohya_import import convert, read_kohya_json
 
-# Shaped like what the Kohya_ss GUI (v24/v25) writes with "Save config": its GUI field names, "" for unset, zeros
-# that mean "off", and plenty of fields that only the GUI reads.
-KOHYA_GUI_JSON = {
-    "LoRA_type": "Standard", "adaptive_noise_scale": 0, "additional_parameters": "", "bucket_no_upscale": True,
-    "bucket_reso_steps": 64, "cache_latents": True, "cache_latents_to_disk": False, "caption_dropout_every_n_epochs": 0,
-    "caption_dropout_rate": 0.05, "caption_extension": ".txt", "clip_skip": 2, "color_aug": False, "conv_alpha": 1,
-    "conv_dim": 1, "enable_bucket": True, "epoch": 10, "flip_aug": False, "full_fp16": False,
-    "gradient_accumulation_steps": 1, "gradient_checkpointing": True, "keep_tokens": "0", "learning_rate": 0.0001,
-    "logging_dir": "C:/lora/emi/log", "lr_scheduler": "cosine", "lr_scheduler_num_cycles": "", "lr_warmup": 10,
-    "lr_warmup_steps": 0, "max_bucket_reso": 2048, "max_data_loader_n_workers": "0", "max_resolution": "512,512",
-    "max_token_length": "75", "max_train_epochs": "", "max_train_steps": 0, "mem_eff_attn": False,
-    "min_bucket_reso": 256, "min_snr_gamma": 5, "mixed_precision": "bf16", "network_alpha": 8, "network_dim": 16,
-    "noise_offset": 0, "noise_offset_type": "Original", "num_cpu_threads_per_process": 2, "optimizer": "AdamW8bit",
-    "optimizer_args": "weight_decay=0.01 betas=(0.9, 0.99)", "output_dir": "C:/lora/emi/model",
-    "output_name": "emi_v1", "persistent_data_loader_workers": False,
-    "pretrained_model_name_or_path": "C:/models/v1-5-pruned-emaonly.safetensors", "prior_loss_weight": 1.0,
-    "random_crop": False, "reg_data_dir": "", "resume": "", "sample_every_n_epochs": 1, "sample_every_n_steps": 0,
-    "sample_prompts": "emi, 1girl, smile --n lowres --w 512 --h 512 --d 1 --s 20 --l 7", "sample_sampler": "euler_a",
-    "save_every_n_epochs": 2, "save_every_n_steps": 0, "save_last_n_steps": 0, "save_model_as": "safetensors",
-    "save_precision": "fp16", "save_state": False, "scale_v_pred_loss_like_noise_pred": False, "sdxl": False,
-    "seed": "", "shuffle_caption": True, "stop_text_encoder_training": 0, "text_encoder_lr": 5e-05,
-    "train_batch_size": 2, "train_data_dir": "C:/lora/emi/img", "training_comment": "", "unet_lr": 0.0001,
-    "use_wandb": False, "v2": False, "v_parameterization": False, "vae": "", "wandb_api_key": "",
-    "weighted_captions": False, "xformers": "sdpa", "dataset_config": "", "network_dropout": 0,
-}
-
+from kohya_shapes import KOHYA_GUI_JSON
 
 def test_a_kohya_gui_config_becomes_the_same_training_settings(tmp_path):
     path = tmp_path / "emi.json"

@@ -266,7 +266,8 @@ def test_persistent_data_loader_workers_start_once_and_train_the_same_batches(ti
                                  max_data_loader_n_workers=1, persistent_data_loader_workers=persistent)
         settings.pop("max_train_steps")
         proc = run_cli("train", "--config", str(write_config(tmp_path / f"run{int(persistent)}.toml", settings)))
-        runs[persistent] = (proc.stderr.count("data loader worker 0 started"), load_file(str(out / "test_lora.safetensors")))
+        runs[persistent] = (proc.stderr.count("data loader worker 0 started"),
+                            load_file(str(out / "test_lora.safetensors")))
     assert runs[False][0] == 3 and runs[True][0] == 1  # one start per epoch, or one for the run
     assert runs[False][1].keys() == runs[True][1].keys()
     assert all(torch.equal(runs[False][1][k], runs[True][1][k]) for k in runs[True][1])

@@ -172,10 +172,14 @@ def parse_network_args(items: list[str] | None, network_module: str = "networks.
     block_size = _whole(values, "block_size", 4, 1) if "block_size" in values else None
     if algo == "dylora":
         unit = block_size or 4  # LyCORIS's DyLoRA: block_size, default 4
-    return NetworkArgs(conv_dim, None if conv_alpha is None else float(conv_alpha), algo, dora, factor, **dropouts, module=network_module,
-                       unit=unit, preset=preset, constraint=float(constraint), flags=frozenset(flags),
+    args = NetworkArgs(conv_dim, None if conv_alpha is None else float(conv_alpha), algo, dora, factor, **dropouts,
+                       module=network_module, unit=unit, preset=preset, constraint=float(constraint), flags=frozenset(flags),
                        wd_on_output=_truthy(values.get("wd_on_output", True)),
                        not_read=tuple(n for n in LYCORIS_NOT_READ if n in values))
+    problem = lycoris_rank_problem("conv_dim", conv_dim, args) if conv_dim else None
+    if problem:
+        raise _bad(problem)
+    return args
 
 
 def check_rank(network_dim: int, args: NetworkArgs) -> str | None:
@@ -186,4 +190,16 @@ def check_rank(network_dim: int, args: NetworkArgs) -> str | None:
                 f"(network_module = \"{LYCORIS_MODULE}\", algo=lokr)")
     if args.module == "networks.dylora" and network_dim % args.unit:
         return f"DyLoRA needs a rank that is a multiple of unit ({args.unit}), got {network_dim}"
+    return lycoris_rank_problem("network_dim", network_dim, args)
+
+
+def lycoris_rank_problem(name: str, rank: int, args: NetworkArgs) -> str | None:
+    """What LyCORIS's own modules would stop on, said before the run: a DyLoRA rank not a multiple of its
+    block_size, a BOFT rank (its butterfly factor) below 2."""
+    if not args.lycoris:
+        return None
+    if args.algo == "dylora" and rank % args.unit:
+        return f"LyCORIS DyLoRA needs {name} to be a multiple of block_size ({args.unit}), got {rank}"
+    if args.algo == "boft" and rank < 2:
+        return f"LyCORIS BOFT cannot factor a layer by {name} = {rank} (its butterfly factor): use 2 or more"
     return None

@@ -17,7 +17,8 @@ LEARNING_RATE_FREE = {"dadaptation": "dadaptation.experimental.DAdaptAdamPreprin
                       "dadaptadan": "dadaptation.DAdaptAdan", "dadaptadanip": "dadaptation.experimental.DAdaptAdanIP",
                       "dadaptlion": "dadaptation.DAdaptLion", "dadaptsgd": "dadaptation.DAdaptSGD"}
 SCHEDULE_FREE = {"adamwschedulefree": "schedulefree.AdamWScheduleFree",
-                 "radamschedulefree": "schedulefree.RAdamScheduleFree", "sgdschedulefree": "schedulefree.SGDScheduleFree"}
+                 "radamschedulefree": "schedulefree.RAdamScheduleFree",
+                 "sgdschedulefree": "schedulefree.SGDScheduleFree"}
 # Other names sd-scripts knows, with the package each needs (None: torch itself)
 NAMED = {"": None, "adamw": None, "sgdnesterov": None, "lion": "lion_pytorch", "prodigy": "prodigyopt",
          "adafactor": "transformers"}

@@ -328,6 +328,14 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
         algo = LYCORIS_TYPES[lora_type]
         result.settings["network_module"] = "lycoris.kohya"
         result.settings["network_args"] = _lycoris_args(data, algo)
+        conv, unit = int(_num(data.get("conv_dim", 1))), max(1, int(_num(data.get("unit", 1))))
+        if (algo == "boft" and 0 < conv < 2) or (algo == "dylora" and conv % unit):
+            result.settings["network_args"] = [a for a in result.settings["network_args"]
+                                               if not a.startswith(("conv_dim=", "conv_alpha="))]
+            why = "its butterfly factor must be 2 or more" if algo == "boft" else f"not a multiple of the unit {unit}"
+            result.notes.append(f"conv_dim = {conv} is not passed: LyCORIS's {lora_type.split('/')[-1]} cannot "
+                                f"use it ({why}; sd-scripts stops there), so the convolutions use network_dim, as "
+                                "LyCORIS does without conv_dim")
         preset = str(data.get("LyCORIS_preset") or "full")
         if preset not in LYCORIS_PRESETS:
             result.unsupported.append(f"LyCORIS_preset = {preset!r}: LyCORIS preset files are not read; the "
@@ -438,6 +446,11 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
             result.notes.append("caption_extension = '' -> '.caption': sd-scripts' default when the GUI passes none")
         else:
             _put(result, "caption_extension", data["caption_extension"], "caption_extension")
+    if data.get("sdxl") and data.get("sdxl_cache_text_encoder_outputs") and (
+            data.get("shuffle_caption") or _num(data.get("caption_dropout_rate")) > 0):
+        result.notes.append("sdxl_cache_text_encoder_outputs with shuffle_caption or caption_dropout_rate: cached "
+                            "outputs need fixed captions, so sd-scripts stops, and so does LoRA Studio, saying "
+                            "which to turn off")
     if data.get("sdxl"):
         for key, name in (("sdxl_no_half_vae", "no_half_vae"),
                           ("sdxl_cache_text_encoder_outputs", "cache_text_encoder_outputs")):

@@ -205,7 +205,24 @@ def lycoris_adapter(stem: str, base: nn.Module, rank: int, alpha: float | None, 
                "rs_lora": args.flag("rs_lora"), "factor": args.factor, "decompose_both": args.flag("decompose_both"),
                "full_matrix": args.flag("full_matrix"), "block_size": args.unit, "constraint": args.constraint,
                "rescaled": args.flag("rescaled")}
-    return getattr(modules, LYCORIS_CLASSES[args.algo])(stem, base, **common, **options)
+    try:
+        module = getattr(modules, LYCORIS_CLASSES[args.algo])(stem, base, **common, **options)
+    except (ValueError, AssertionError) as exc:  # LyCORIS refuses this layer's shape with this rank
+        raise UserError(f"network_args algo={args.algo}: LyCORIS cannot adapt {stem} ({type(base).__name__}, "
+                        f"weight {tuple(base.weight.shape)}) with rank {rank}: {exc}") from None
+    if args.algo == "dylora":
+        _draw_ranks_with_torch(module)
+    return module
+
+
+def _draw_ranks_with_torch(module) -> None:
+    """LyCORIS's DyLoRA draws its block with Python's random; gradient checkpointing replays torch's random state
+    when it recomputes a block, not Python's, so the recomputed forward would train another block (and torch stops
+    on the changed shapes). The same draw (a uniform block) from torch's generator."""
+    def random_rank_weight():
+        block = int(torch.randint(0, module.block_count, (1,)))
+        return module.get_weight(block * module.block_size)
+    module.get_random_rank_weight = random_rank_weight
 
 
 def _uses_lycoris(args: NetworkArgs | None) -> bool:

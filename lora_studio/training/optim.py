@@ -160,8 +160,6 @@ def build_scheduler(cfg: Config, optimizer, total_steps: int):
 def _adafactor_schedule(cfg: Config, optimizer, total_steps: int):
     """sd-scripts' adafactor scheduler: the step size Adafactor computes (relative_step), reported as the learning
     rate; learning_rate is its initial value. Adafactor with relative_step always uses it, as in sd-scripts."""
-    from transformers.optimization import AdafactorSchedule
-
     if type(optimizer).__name__ != "Adafactor":
         raise UserError(f"lr_scheduler = \"adafactor\" needs optimizer_type = \"Adafactor\" (not "
                         f"{type(optimizer).__name__}), as in sd-scripts")
@@ -174,7 +172,28 @@ def _adafactor_schedule(cfg: Config, optimizer, total_steps: int):
     if cfg.lr_scheduler != "adafactor":
         logging.getLogger(__name__).info("Adafactor with relative_step: its own schedule (adafactor) replaces "
                                          "lr_scheduler %s, as in sd-scripts", cfg.lr_scheduler)
-    return AdafactorSchedule(optimizer, initial_lr=cfg.learning_rate)
+    return _adafactor_schedule_class()(optimizer, initial_lr=cfg.learning_rate)
+
+
+def _adafactor_schedule_class():
+    from transformers.optimization import AdafactorSchedule
+
+    class PerGroupAdafactorSchedule(AdafactorSchedule):
+        """transformers' AdafactorSchedule with one learning rate for every group: it reads each group's first
+        parameter, and a group whose first parameter had no gradient this step (a DyLoRA rank not drawn) made it
+        return fewer rates than groups. Here a group's step size comes from a parameter that has Adafactor state,
+        else its last rate stands."""
+
+        def get_lr(self):
+            optimizer = self.optimizer
+            last = getattr(self, "_last_lr", None) or self.base_lrs
+            rates = []
+            for group, before in zip(optimizer.param_groups, last):
+                param = next((p for p in group["params"] if p.grad is not None and optimizer.state.get(p)), None)
+                rates.append(optimizer._get_lr(group, optimizer.state[param]) if param is not None else before)
+            return rates
+
+    return PerGroupAdafactorSchedule
 
 
 def _scheduler_by_type(cfg: Config, optimizer):
