@@ -77,16 +77,17 @@ CORPUS = {
         _lycoris("LyCORIS/LoCon", conv_dim=4, conv_alpha=2, dora_wd=True, rank_dropout=0.1),
         {"network_module": "lycoris.kohya",
          "network_args": ["preset=full", "conv_dim=4", "conv_alpha=2", "use_tucker=False", "rank_dropout=0.1",
-                          "bypass_mode=False", "dora_wd=True", "module_dropout=0", "use_scalar=False",
-                          "rank_dropout_scale=False", "train_norm=False", "algo=locon"]}),
+                          "bypass_mode=False", "dora_wd=True", "module_dropout=0", "use_tucker=False",
+                          "use_scalar=False",
+                          "rank_dropout_scale=False", "algo=locon", "train_norm=False"]}),
     "lycoris-loha-multires": (
         _lycoris("LyCORIS/LoHa", conv_dim=4, conv_alpha=1, use_tucker=True, use_scalar=True,
                  noise_offset_type="Multires", noise_offset=0.0357, multires_noise_iterations=8,
                  multires_noise_discount=0.2, scale_weight_norms=1, optimizer="AdamW"),
         {"network_module": "lycoris.kohya",
          "network_args": ["preset=full", "conv_dim=4", "conv_alpha=1", "use_tucker=True", "rank_dropout=0",
-                          "bypass_mode=False", "dora_wd=False", "module_dropout=0", "use_scalar=True",
-                          "rank_dropout_scale=False", "train_norm=False", "algo=loha"],
+                          "bypass_mode=False", "dora_wd=False", "module_dropout=0", "use_tucker=True",
+                          "use_scalar=True", "rank_dropout_scale=False", "algo=loha", "train_norm=False"],
          "multires_noise_iterations": 8, "multires_noise_discount": 0.2, "scale_weight_norms": 1.0}),
     "lycoris-lokr-full-matrix": (
         _lycoris("LyCORIS/LoKr", network_dim=100000, network_alpha=1, conv_dim=100000, conv_alpha=1, factor=4,
@@ -97,8 +98,8 @@ CORPUS = {
         {"network_module": "lycoris.kohya", "network_dim": 100000,
          "network_args": ["preset=full", "conv_dim=100000", "conv_alpha=1", "use_tucker=False", "rank_dropout=0",
                           "bypass_mode=False", "dora_wd=False", "module_dropout=0", "factor=4", "use_cp=True",
-                          "use_scalar=False", "decompose_both=True", "rank_dropout_scale=True", "train_norm=True",
-                          "algo=lokr"],
+                          "use_scalar=False", "decompose_both=True", "rank_dropout_scale=True", "algo=lokr",
+                          "train_norm=True"],
          "optimizer_args": ["weight_decay=0.1", "betas=0.9,0.99"], "max_train_steps": 113,
          "save_every_n_steps": 29}),
     "lycoris-ia3-prodigy": (
@@ -112,30 +113,30 @@ CORPUS = {
         _lycoris("LyCORIS/DyLoRA", unit=2),
         {"network_module": "lycoris.kohya",  # conv_dim 1 is not a multiple of the unit: LyCORIS would stop
          "network_args": ["preset=full", "use_tucker=False", "block_size=2", "rank_dropout=0", "module_dropout=0",
-                          "train_norm=False", "algo=dylora"]}),
+                          "algo=dylora", "train_norm=False"]}),
     "lycoris-glora": (
         _lycoris("LyCORIS/GLoRA", LyCORIS_preset="attn-mlp"),
         {"network_module": "lycoris.kohya",
          "network_args": ["preset=attn-mlp", "conv_dim=1", "conv_alpha=1", "use_tucker=False", "rank_dropout=0",
-                          "module_dropout=0", "rank_dropout_scale=False", "train_norm=False", "algo=glora"]}),
+                          "module_dropout=0", "rank_dropout_scale=False", "algo=glora", "train_norm=False"]}),
     "lycoris-boft": (
         _lycoris("LyCORIS/BOFT", train_norm=True),
         {"network_module": "lycoris.kohya",  # conv_dim 1 cannot be a butterfly factor: LyCORIS would stop
          "network_args": ["preset=full", "module_dropout=0", "use_tucker=False", "rank_dropout=0",
-                          "rank_dropout_scale=False", "train_norm=True", "algo=boft"]}),
+                          "rank_dropout_scale=False", "algo=boft", "train_norm=True"]}),
     "lycoris-diag-oft": (
         _lycoris("LyCORIS/Diag-OFT", constrain=0.0001, rescaled=True, optimizer="AdamW8bit"),
         {"network_module": "lycoris.kohya",
          "network_args": ["preset=full", "conv_dim=1", "conv_alpha=1", "module_dropout=0", "use_tucker=False",
                           "rank_dropout=0", "rank_dropout_scale=False", "constraint=0.0001", "rescaled=True",
-                          "train_norm=False", "algo=diag-oft"],
+                          "algo=diag-oft", "train_norm=False"],
          "optimizer_type": "AdamW8bit"}),
     "lycoris-native-fine-tuning": (
         _lycoris("LyCORIS/Native Fine-Tuning", LyCORIS_preset="attn-only", learning_rate=1e-5, unet_lr=1e-5,
                  text_encoder_lr=5e-6),
         {"network_module": "lycoris.kohya",
          "network_args": ["preset=attn-only", "rank_dropout=0", "module_dropout=0", "rank_dropout_scale=False",
-                          "train_norm=False", "algo=full"],
+                          "algo=full", "train_norm=False"],
          "unet_lr": 1e-5, "text_encoder_lr": 5e-6}),
 }
 

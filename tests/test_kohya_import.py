@@ -67,9 +67,11 @@ def test_learning_rate_zeros_keep_the_kohya_meaning():
     assert locon["network_args"] == ["conv_dim=8", "conv_alpha=4"]
     loha = convert({"LoRA_type": "LyCORIS/LoHa", "conv_dim": 4, "conv_alpha": 1, "dora_wd": True}).settings
     assert loha["network_module"] == "lycoris.kohya"
+    # the Kohya_ss GUI's LoHa template, in its order (use_tucker twice), the GUI's defaults for what is missing
     assert loha["network_args"] == ["preset=full", "conv_dim=4", "conv_alpha=1", "use_tucker=False",
-                                    "rank_dropout=0.0", "bypass_mode=False", "dora_wd=True", "module_dropout=0.0",
-                                    "use_scalar=False", "rank_dropout_scale=False", "train_norm=False", "algo=loha"]
+                                    "rank_dropout=0", "bypass_mode=False", "dora_wd=True", "module_dropout=0.0",
+                                    "use_tucker=False", "use_scalar=False", "rank_dropout_scale=False", "algo=loha",
+                                    "train_norm=False"]
 
 
 def test_a_file_that_is_not_a_kohya_config_is_refused(tmp_path):
@@ -141,3 +143,20 @@ def test_the_report_has_four_parts_and_other_tabs_are_named():
                        ({"train_data_dir": "x", "learning_rate_te": 1e-5, "no_token_padding": False}, "DreamBooth")):
         with pytest.raises(ConfigError, match=f"this is a Kohya_ss {kind} configuration, not a LoRA one"):
             convert(data)
+
+
+def test_a_preset_without_a_field_trains_with_the_kohya_gui_default_for_it():
+    """Kohya_ss presets leave out most fields (its preset tool strips paths and samples; old presets are sparse):
+    loaded into the Kohya_ss GUI, those fields keep the GUI's values, which are not sd-scripts' defaults."""
+    sparse = convert({"LoRA_type": "LyCORIS/iA3", "optimizer": "Prodigy", "learning_rate": 1.0,
+                      "network_dim": 4, "bucket_reso_steps": 1})
+    s = sparse.settings
+    assert s["mixed_precision"] == "fp16" and s["xformers"] is True and s["cache_latents"] is True
+    assert s["enable_bucket"] is True and s["bucket_no_upscale"] is True and s["max_bucket_reso"] == 2048
+    assert s["caption_extension"] == ".txt" and s["lr_scheduler"] == "cosine" and s["save_every_n_epochs"] == 1
+    assert s["network_args"][:4] == ["preset=full", "conv_dim=1", "conv_alpha=1", "train_on_input=True"]
+    report = sparse.report()
+    assert "Kohya_ss GUI's own defaults apply" in report and "mixed_precision = 'fp16'" in report
+    assert "mixed_precision" not in sparse.carried  # not in the file: said as a default, not as carried over
+    assert s["bucket_reso_steps"] == 64 and "bucket_reso_steps = 1 -> 64: sd-scripts requires a multiple of 64" in report
+    assert convert({"sdxl": True, "bucket_reso_steps": 8}).settings["bucket_reso_steps"] == 32

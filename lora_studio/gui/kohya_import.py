@@ -38,7 +38,8 @@ SPECIAL = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_a
            "adaptive_noise_scale", "noise_offset_random_strength", "multires_noise_iterations",
            "multires_noise_discount", "max_grad_norm", "caption_extension", "sdxl_no_half_vae",
            "sdxl_cache_text_encoder_outputs", "rank_dropout", "module_dropout", "use_wandb", "lr_scheduler",
-           "learning_rate", "flux1_checkbox", "sd3_checkbox", "LyCORIS_preset", "unit", "constrain"}
+           "learning_rate", "flux1_checkbox", "sd3_checkbox", "LyCORIS_preset", "unit", "constrain",
+           "bucket_reso_steps"}
 # What only the Kohya_ss GUI reads: the accelerate launcher's fields and the GUI's own state.
 GUI_ONLY = {"num_cpu_threads_per_process", "num_processes", "num_machines", "multi_gpu", "gpu_ids",
             "main_process_port", "extra_accelerate_launch_args", "dynamo_mode", "dynamo_use_fullgraph",
@@ -56,26 +57,51 @@ OTHER_FAMILY_TYPES = {"Flux1": "Flux", "Flux1 OFT": "Flux", "Anima": "Anima", "L
                       "HunyuanImage-2.1": "HunyuanImage"}
 # The network_args the Kohya_ss GUI writes for each LyCORIS type, in its order (its LoRA_type templates)
 _LYCO_COMMON = ("preset", "conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "bypass_mode", "dora_wd",
-                "module_dropout", "use_scalar", "rank_dropout_scale", "train_norm")
+                "module_dropout", "use_tucker", "use_scalar", "rank_dropout_scale", "algo", "train_norm")
 LYCORIS_FIELDS = {
     "locon": _LYCO_COMMON, "loha": _LYCO_COMMON,
     "lokr": ("preset", "conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "bypass_mode", "dora_wd",
-             "module_dropout", "factor", "use_cp", "use_scalar", "decompose_both", "rank_dropout_scale",
+             "module_dropout", "factor", "use_cp", "use_scalar", "decompose_both", "rank_dropout_scale", "algo",
              "train_norm"),
-    "ia3": ("preset", "conv_dim", "conv_alpha", "train_on_input"),
+    "ia3": ("preset", "conv_dim", "conv_alpha", "train_on_input", "algo"),
     "dylora": ("preset", "conv_dim", "conv_alpha", "use_tucker", "block_size", "rank_dropout", "module_dropout",
-               "train_norm"),
+               "algo", "train_norm"),
     "glora": ("preset", "conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "module_dropout",
-              "rank_dropout_scale", "train_norm"),
+              "rank_dropout_scale", "algo", "train_norm"),
     "boft": ("preset", "conv_dim", "conv_alpha", "module_dropout", "use_tucker", "rank_dropout",
-             "rank_dropout_scale", "train_norm"),
+             "rank_dropout_scale", "algo", "train_norm"),
     "diag-oft": ("preset", "conv_dim", "conv_alpha", "module_dropout", "use_tucker", "rank_dropout",
-                 "rank_dropout_scale", "constraint", "rescaled", "train_norm"),
-    "full": ("preset", "rank_dropout", "module_dropout", "rank_dropout_scale", "train_norm"),
+                 "rank_dropout_scale", "constraint", "rescaled", "algo", "train_norm"),
+    "full": ("preset", "rank_dropout", "module_dropout", "rank_dropout_scale", "algo", "train_norm"),
 }
-# The Kohya_ss GUI's values for fields missing from an older JSON
-LYCORIS_DEFAULTS = {"conv_dim": 1, "conv_alpha": 1, "rank_dropout": 0.0, "module_dropout": 0.0, "factor": -1,
-                    "train_on_input": True}
+# The Kohya_ss GUI's own defaults (its LoRA tab, as a fresh GUI shows it) for the training fields: a preset (or an
+# older JSON) without a field trains with these in Kohya_ss. The run length (epoch, max_train_*) has its own rule.
+KOHYA_GUI_DEFAULTS = {
+    "LoRA_type": "Standard", "v2": False, "v_parameterization": False, "sdxl": False, "save_precision": "fp16",
+    "max_resolution": "512,512", "learning_rate": 0.0001, "unet_lr": 0.0001, "text_encoder_lr": 0.0001,
+    "lr_scheduler": "cosine", "lr_warmup": 10, "lr_warmup_steps": 0, "lr_scheduler_num_cycles": 1,
+    "lr_scheduler_power": 1.0, "train_batch_size": 1, "save_every_n_epochs": 1, "seed": 0, "cache_latents": True,
+    "cache_latents_to_disk": False, "caption_extension": ".txt", "enable_bucket": True, "min_bucket_reso": 256,
+    "max_bucket_reso": 2048, "bucket_reso_steps": 64, "bucket_no_upscale": True, "optimizer": "AdamW8bit",
+    "optimizer_args": "", "lr_scheduler_args": "", "lr_scheduler_type": "", "max_grad_norm": 1.0,
+    "mixed_precision": "fp16", "gradient_checkpointing": False, "full_fp16": False, "full_bf16": False,
+    "xformers": "xformers", "mem_eff_attn": False, "shuffle_caption": False, "keep_tokens": 0, "prior_loss_weight": 1.0,
+    "flip_aug": False, "clip_skip": 1, "gradient_accumulation_steps": 1, "max_token_length": 75,
+    "max_data_loader_n_workers": 0, "persistent_data_loader_workers": False, "caption_dropout_rate": 0,
+    "noise_offset_type": "Original", "noise_offset": 0, "noise_offset_random_strength": False,
+    "adaptive_noise_scale": 0, "multires_noise_iterations": 0, "multires_noise_discount": 0.3, "ip_noise_gamma": 0,
+    "ip_noise_gamma_random_strength": False, "vae_batch_size": 0, "min_snr_gamma": 0, "save_every_n_steps": 0,
+    "save_last_n_steps": 0, "save_last_n_steps_state": 0, "save_last_n_epochs": 0, "save_last_n_epochs_state": 0,
+    "min_timestep": 0, "max_timestep": 1000, "debiased_estimation_loss": False,
+    "sdxl_cache_text_encoder_outputs": False, "sdxl_no_half_vae": False, "network_dim": 8, "network_alpha": 1,
+    "dim_from_weights": False, "network_dropout": 0, "scale_weight_norms": 0, "sample_every_n_steps": 0,
+    "sample_every_n_epochs": 0, "sample_sampler": "euler_a",
+    # the LyCORIS fields
+    "LyCORIS_preset": "full", "conv_dim": 1, "conv_alpha": 1, "factor": -1, "bypass_mode": False, "dora_wd": False,
+    "use_cp": False, "use_tucker": False, "use_scalar": False, "rank_dropout_scale": False, "constrain": 0.0,
+    "rescaled": False, "train_norm": False, "decompose_both": False, "train_on_input": True, "unit": 1,
+    "rank_dropout": 0, "module_dropout": 0.0,
+}
 # The JSON's LyCORIS fields (everything the templates read from the JSON besides the shared ones)
 LYCORIS_ARGS = ("use_tucker", "use_cp", "use_scalar", "train_norm", "decompose_both", "rank_dropout_scale",
                 "bypass_mode", "rescaled", "train_on_input", "dora_wd", "factor")
@@ -157,7 +183,8 @@ def convert(data: dict[str, Any]) -> KohyaImport:
         raise ConfigError(f"this is a Kohya_ss {kind} configuration, not a LoRA one: LoRA Studio trains LoRA "
                           "adapters; save the LoRA tab's configuration in Kohya_ss and import that")
     result = KohyaImport()
-    data = dict(data)
+    filled = {k: v for k, v in KOHYA_GUI_DEFAULTS.items() if k not in data}
+    data = {**filled, **data}
     for other in ("flux1_checkbox", "sd3_checkbox"):
         if data.get(other):
             result.unsupported.append(f"{other} = true: this configuration trains a "
@@ -183,7 +210,18 @@ def convert(data: dict[str, Any]) -> KohyaImport:
         else:
             result.ignored.append(key)
     _check_optimizer(result)
+    _say_filled(result, filled)
     return result
+
+
+def _say_filled(result: KohyaImport, filled: dict[str, Any]) -> None:
+    """The fields the file lacks trained with the Kohya_ss GUI's defaults: say which, apart from what was read."""
+    used = [k for k in result.carried if k in filled]
+    result.carried = [k for k in result.carried if k not in filled]
+    result.ignored = [k for k in result.ignored if k not in filled]
+    if used:
+        result.notes.append("Not in the file, so the Kohya_ss GUI's own defaults apply (as when this preset is "
+                            "loaded into a fresh Kohya_ss): " + ", ".join(f"{k} = {filled[k]!r}" for k in used))
 
 
 def _check_optimizer(result: KohyaImport) -> None:
@@ -289,15 +327,17 @@ def _lycoris_args(data: dict[str, Any], algo: str) -> list[str]:
     fields = LYCORIS_FIELDS[algo]
     args = []
     for name in fields:
-        if name == "preset":
+        if name == "algo":
+            args.append(f"algo={algo}")
+        elif name == "preset":
             args.append(f"preset={data.get('LyCORIS_preset') or 'full'}")
         elif name == "constraint":
             args.append(f"constraint={_kohya_value(name, data.get('constrain', 0.0) or 0.0)}")
         elif name == "block_size":
             args.append(f"block_size={_kohya_value(name, data.get('unit', 1) or 1)}")
         else:
-            args.append(f"{name}={_kohya_value(name, data.get(name, LYCORIS_DEFAULTS.get(name, False)))}")
-    return args + [f"algo={algo}"]
+            args.append(f"{name}={_kohya_value(name, data.get(name, KOHYA_GUI_DEFAULTS.get(name, False)))}")
+    return args
 
 
 def _network(result: KohyaImport, data: dict[str, Any]) -> None:
@@ -392,7 +432,8 @@ def _noise(result: KohyaImport, data: dict[str, Any]) -> None:
                 _put(result, key, True, key)
         else:
             _put(result, key, data.get(key), key)
-    ignored = [f"{k} = {data[k]!r}" for k in theirs if data.get(k) not in (None, "", 0, False)]
+    ignored = [f"{k} = {data[k]!r}" for k in theirs if data.get(k) not in (None, "", 0, False)
+               and not (k == "multires_noise_discount" and not data.get("multires_noise_iterations"))]
     if ignored:
         result.notes.append(f"{', '.join(ignored)} not used: noise_offset_type is "
                             f"{data.get('noise_offset_type', 'Original')!r}, and the Kohya_ss GUI passes only its "
@@ -433,6 +474,15 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
         _put(result, "resolution", sides[0] if len(set(sides)) == 1 else ",".join(sides), "max_resolution")
     if not _empty(data.get("optimizer_args")):
         _put(result, "optimizer_args", str(data["optimizer_args"]), "optimizer_args")
+    steps = _num(data.get("bucket_reso_steps"))
+    least = 32 if data.get("sdxl") else 64  # what sd-scripts' SDXL / SD LoRA scripts require
+    if steps and steps % least:
+        result.settings["bucket_reso_steps"] = least
+        result.notes.append(f"bucket_reso_steps = {data['bucket_reso_steps']!r} -> {least}: sd-scripts requires a "
+                            f"multiple of {least} for {'SDXL' if data.get('sdxl') else 'SD1.x/2.x'} and stops "
+                            "otherwise")
+    elif steps:
+        _put(result, "bucket_reso_steps", data["bucket_reso_steps"], "bucket_reso_steps")
     if "max_grad_norm" in data:
         if _num(data["max_grad_norm"]) == 0:
             result.settings["max_grad_norm"] = 1.0

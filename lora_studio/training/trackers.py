@@ -54,7 +54,8 @@ class Trackers:
                 os.makedirs(run_dir, exist_ok=True)
             if cfg.wandb_api_key:
                 wandb.login(key=cfg.wandb_api_key)
-            init = {"wandb": {"name": cfg.wandb_run_name}} if cfg.wandb_run_name else {}
+            # the run's name: wandb_run_name, else the output name (what the Kohya_ss GUI passes)
+            init = {"wandb": {"name": cfg.wandb_run_name or cfg.output_name}}
             if cfg.log_tracker_config:
                 init = _read_tracker_config(cfg.log_tracker_config)
             self._wandb = wandb.init(project=cfg.log_tracker_name or "network_train", config=config_values,
