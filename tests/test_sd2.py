@@ -49,7 +49,7 @@ def test_v_prediction_loss_targets_v(sd2_models):
     from lora_studio.models.family import Components
     from lora_studio.models.sd2 import SD2
     from lora_studio.models.stable_diffusion import SD_SCHEDULER
-    from lora_studio.training.loss import denoising_loss
+    from lora_studio.training.loss import LossOptions, denoising_loss
 
     scheduler = DDPMScheduler.from_config({**SD_SCHEDULER, "prediction_type": "v_prediction",
                                            "rescale_betas_zero_snr": True})
@@ -68,7 +68,8 @@ def test_v_prediction_loss_targets_v(sd2_models):
         pred = unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
     assert float(loss) == pytest.approx(float(((pred - v) ** 2).mean()), rel=1e-5)
     with torch.no_grad():
-        weighted = denoising_loss(model, scheduler, latents, cond, torch.ones(2), noise, t, min_snr_gamma=5.0)
+        weighted = denoising_loss(model, scheduler, latents, cond, torch.ones(2), noise, t,
+                                      LossOptions(min_snr_gamma=5.0))
     assert torch.isfinite(weighted)
 
 

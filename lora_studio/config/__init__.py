@@ -11,7 +11,8 @@ from typing import Any
 import tomli_w
 
 from ..errors import ConfigError
-from .schema import BY_NAME, IGNORED_GUI_KEYS, SECRET_SETTINGS, SETTINGS, UNSUPPORTED, Setting
+from .schema import (BY_NAME, IGNORED_GUI_KEYS, NETWORK_ARGS_ONLY, SECRET_SETTINGS, SETTINGS, UNSUPPORTED,
+                     Setting)
 from .values import parse_key_values, parse_value
 
 __all__ = ["Config", "load_config", "SETTINGS", "Setting", "parse_key_values", "save_config", "dumps_config",
@@ -75,6 +76,9 @@ def build_config(raw: dict[str, Any], source: str | None = None) -> Config:
                 values[key] = parse_value(BY_NAME[key], value)
             except ConfigError as exc:
                 problems.append(str(exc))
+        elif key in NETWORK_ARGS_ONLY and value not in (None, 0, "", False):
+            problems.append(f"setting '{key}'{where}: sd-scripts reads LoRA+ ratios from network_args only (as a "
+                            f"top-level key it does nothing there): write \"{key}={value}\" in network_args")
         elif key in UNSUPPORTED:
             default = UNSUPPORTED[key]
             if value in (default, None, "", [], False) or value == default:

@@ -11,11 +11,12 @@ Each network module reads the arguments its sd-scripts (or LyCORIS) namesake rea
   ``full_matrix``, as ``lycoris.kohya.create_network`` reads them. ``network_dim`` (or ``conv_dim``) of 100000 or
   more is a full-matrix LoKr, as in LyCORIS. Kohya_ss also passes ``rank_dropout_scale`` and ``train_on_input``,
   which ``lycoris.kohya`` does not read: accepted, and said to have no effect.
+- All of them: LoRA+ (``loraplus_lr_ratio``, ``loraplus_unet_lr_ratio``, ``loraplus_text_encoder_lr_ratio``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
 from ..models.family import TargetSpec
@@ -28,13 +29,14 @@ ALGOS = ("lora", "locon", "loha", "lokr", "ia3", "dylora", "glora", "diag-oft", 
 FULL_MATRIX_DIM = 100000  # a rank this large means "no factorisation" to LyCORIS's LoKr
 MAX_RANK = 1024  # above it only as a full-matrix LoKr
 _DROPOUT = ("rank_dropout", "module_dropout")
-_LORA_ARGS = ("conv_dim", "conv_alpha") + _DROPOUT
+LORAPLUS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+_LORA_ARGS = ("conv_dim", "conv_alpha") + _DROPOUT + LORAPLUS
 LYCORIS_FLAGS = ("use_tucker", "use_scalar", "train_norm", "decompose_both", "bypass_mode", "rescaled", "rs_lora",
                  "full_matrix")
 LYCORIS_NOT_READ = ("rank_dropout_scale", "train_on_input")  # Kohya_ss passes them; lycoris.kohya reads neither
 _TUCKER_ALIASES = ("use_cp", "use_conv_cp")
 SUPPORTED = {**{m: _LORA_ARGS for m in LORA_MODULES + ("networks.lora_fa",)},
-             "networks.dylora": ("conv_dim", "conv_alpha", "unit"),
+             "networks.dylora": ("conv_dim", "conv_alpha", "unit") + LORAPLUS,
              LYCORIS_MODULE: _LORA_ARGS + ("algo", "dora_wd", "factor", "preset", "constraint", "block_size",
                                            "wd_on_output", "disable_conv_cp", "dropout")
              + LYCORIS_FLAGS + _TUCKER_ALIASES + LYCORIS_NOT_READ}
@@ -71,6 +73,8 @@ class NetworkArgs:
     flags: frozenset[str] = field(default_factory=frozenset)  # the LYCORIS_FLAGS that are on
     wd_on_output: bool = True
     not_read: tuple[str, ...] = ()  # arguments given that the module does not read (LYCORIS_NOT_READ)
+    loraplus_unet: float | None = None  # LoRA+: the up weights' learning rate x this (U-Net)
+    loraplus_text_encoder: float | None = None  # (text encoders)
 
     @property
     def lycoris(self) -> bool:
@@ -176,6 +180,15 @@ def parse_network_args(items: list[str] | None, network_module: str = "networks.
                        module=network_module, unit=unit, preset=preset, constraint=float(constraint), flags=frozenset(flags),
                        wd_on_output=_truthy(values.get("wd_on_output", True)),
                        not_read=tuple(n for n in LYCORIS_NOT_READ if n in values))
+    ratios = {}
+    for name in LORAPLUS:
+        value = values.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise _bad(f"{name} must be a number above 0 (LoRA+: 16 is the paper's value), got {value!r}")
+        ratios[name] = None if value is None else float(value)
+    # sd-scripts: the part's own ratio, else loraplus_lr_ratio
+    args = replace(args, loraplus_unet=ratios["loraplus_unet_lr_ratio"] or ratios["loraplus_lr_ratio"],
+                   loraplus_text_encoder=ratios["loraplus_text_encoder_lr_ratio"] or ratios["loraplus_lr_ratio"])
     problem = lycoris_rank_problem("conv_dim", conv_dim, args) if conv_dim else None
     if problem:
         raise _bad(problem)

@@ -21,8 +21,6 @@ def setting_problems(cfg: Config) -> dict[str, str]:
     if cfg.network_train_unet_only and cfg.network_train_text_encoder_only:
         problems["network_train_text_encoder_only"] = ("both 'Train U-Net only' and 'Train Text Encoder only' are set: "
                                                        "nothing to train")
-    if cfg.v_parameterization and not cfg.v2:
-        problems["v_parameterization"] = "needs v2 = true (SD2.x 768-v models)"
     if not cfg.output_name or any(c in cfg.output_name for c in _BAD_NAME_CHARS) or cfg.output_name.strip() in (".", ".."):
         problems["output_name"] = f"'{cfg.output_name}' must be a plain file name (no / \\ : * ? \" < > |)"
     try:

@@ -52,7 +52,8 @@ SETTINGS: tuple[Setting, ...] = (
        "itself).", "model", advanced=True),
     _s("v2", BOOL, False, "v2", "The base model is Stable Diffusion 2.x.", "model"),
     _s("v_parameterization", BOOL, False, "v_parameterization",
-       "The base model predicts v (SD2.x 768-v models). Needs v2.", "model"),
+       "The base model predicts v: SD2.x 768-v models (with v2) and v-prediction SDXL models (NoobAI-XL v-pred and "
+       "its merges); usually with Zero terminal SNR.", "model"),
     _s("clip_skip", INT, 1, "Clip skip", "Use the output of the N-th last text-encoder layer (2 for anime models).",
        "model", minimum=1, maximum=12, advanced=True),
     _s("max_token_length", INT, 75, "Max Token Length",
@@ -270,6 +271,23 @@ SETTINGS: tuple[Setting, ...] = (
        "Max-norm regularisation: after each step, scale down every adapter whose weight change (up x down x "
        "alpha/rank) has a norm above this (1 is typical; empty = off).", "training", minimum=0.0, maximum=100.0,
        advanced=True),
+    _s("loss_type", STR, "l2", "Loss type",
+       "How the prediction's error becomes the loss: l2 (squared, the usual), l1, huber or smooth_l1 (squared near "
+       "0, linear beyond Huber C: less pulled by outliers).", "training", choices=("l2", "l1", "huber", "smooth_l1"),
+       advanced=True),
+    _s("huber_schedule", STR, "snr", "Huber schedule",
+       "Huber C per timestep: snr (from the noise level), exponential (from 1 down to Huber C) or constant.",
+       "training", choices=("constant", "exponential", "snr"), advanced=True),
+    _s("huber_c", FLOAT, 0.1, "Huber C", "The Huber loss threshold (huber and smooth_l1).", "training",
+       minimum=0.0001, maximum=10.0, advanced=True),
+    _s("huber_scale", FLOAT, 1.0, "Huber scale", "Multiplies Huber C (constant and exponential schedules).",
+       "training", minimum=0.0001, maximum=100.0, advanced=True),
+    _s("scale_v_pred_loss_like_noise_pred", BOOL, False, "Scale v-prediction loss",
+       "v-prediction: scale the loss by SNR / (SNR + 1) so it weighs timesteps like an epsilon model's loss.",
+       "training", advanced=True),
+    _s("v_pred_like_loss", FLOAT, None, "V Pred like loss",
+       "Add this share of a v-prediction-like loss (the loss divided by SNR / (SNR + 1)); empty = off.", "training",
+       minimum=0.0, maximum=10.0, advanced=True),
     _s("zero_terminal_snr", BOOL, False, "Zero terminal SNR",
        "Rescale the noise schedule so the last timestep is pure noise (for v-prediction models).", "training",
        advanced=True),
@@ -343,8 +361,7 @@ UNSUPPORTED: dict[str, Any] = {
     "lr_decay_steps": 0, "lr_scheduler_timescale": None, "lr_scheduler_min_lr_ratio": None,
 "cpu_offload_checkpointing": False,
     "ddp_timeout": None, "ddp_gradient_as_bucket_view": False,
-    "ddp_static_graph": False, "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": None,
-    "loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "huber_scale": 1.0, "save_n_epoch_ratio": None,
+    "ddp_static_graph": False, "save_n_epoch_ratio": None,
     "initial_epoch": None,
     "initial_step": None, "skip_until_initial_step": False, "huggingface_repo_id": None, "log_config": False, "metadata_title": None, "metadata_author": None,
     "metadata_description": None, "metadata_license": None, "metadata_tags": None, "sample_every_n_epochs_ratio": None,
@@ -356,5 +373,8 @@ UNSUPPORTED: dict[str, Any] = {
 
 # Keys the Kohya_ss GUI writes into its TOML that no sd-scripts script reads; they carry no meaning.
 IGNORED_GUI_KEYS = frozenset({"epoch", "noise_offset_type", "train_inpainting", "lowvram"})
+# sd-scripts reads these only inside network_args (Kohya_ss v25.0-25.2 wrote them as top-level keys, where they did
+# nothing): a top-level value is refused with the fix, a top-level default is accepted.
+NETWORK_ARGS_ONLY = frozenset({"loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"})
 # Settings never written to a saved config, the metadata or a tracker's record of the run.
 SECRET_SETTINGS = frozenset({"wandb_api_key"})

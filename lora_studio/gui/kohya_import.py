@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.network_args import LYCORIS_NOT_READ, LYCORIS_PRESETS
+from ..config.network_args import LORAPLUS, LYCORIS_NOT_READ, LYCORIS_PRESETS
 from ..config.optimizers import optimizer_problem
 from ..config.schema import BY_NAME, UNSUPPORTED
 from ..config.values import parse_value
@@ -30,7 +30,7 @@ ZERO_IS_UNSET = {"max_train_epochs", "max_train_steps", "save_every_n_epochs", "
                  "max_token_length", "adaptive_noise_scale", "multires_noise_iterations", "ip_noise_gamma",
                  "scale_weight_norms", "min_timestep", "vae_batch_size", "save_last_n_steps",
                  "save_last_n_steps_state", "save_last_n_epochs_state", "multires_noise_discount", "clip_skip",
-                 "min_bucket_reso"}
+                 "min_bucket_reso", "v_pred_like_loss"}
 # The keys handled by their own rule below.
 SPECIAL = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_args", "sample_prompts", "unet_lr",
            "text_encoder_lr", "max_resolution", "sdxl", "additional_parameters", "epoch", "max_train_epochs",
@@ -39,7 +39,7 @@ SPECIAL = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_a
            "multires_noise_discount", "max_grad_norm", "caption_extension", "sdxl_no_half_vae",
            "sdxl_cache_text_encoder_outputs", "rank_dropout", "module_dropout", "use_wandb", "lr_scheduler",
            "learning_rate", "flux1_checkbox", "sd3_checkbox", "LyCORIS_preset", "unit", "constrain",
-           "bucket_reso_steps"}
+           "bucket_reso_steps", "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"}
 # What only the Kohya_ss GUI reads: the accelerate launcher's fields and the GUI's own state.
 GUI_ONLY = {"num_cpu_threads_per_process", "num_processes", "num_machines", "multi_gpu", "gpu_ids",
             "main_process_port", "extra_accelerate_launch_args", "dynamo_mode", "dynamo_use_fullgraph",
@@ -411,6 +411,10 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
                                   "used")
     else:
         result.unsupported.append(f"LoRA type '{lora_type}' is not supported; standard LoRA is used")
+    plus = [f"{k}={_kohya_value(k, data[k])}" for k in LORAPLUS if _num(data.get(k)) > 0]
+    if plus and "network_module" in result.settings:  # the Kohya_ss GUI appends them to every type's network_args
+        result.settings["network_args"] = result.settings.get("network_args", []) + plus
+        result.carried += [k for k in LORAPLUS if _num(data.get(k)) > 0]
     for key in ("LyCORIS_preset", "unit", "constrain") + LYCORIS_ARGS:
         if key not in data:
             continue

@@ -128,6 +128,14 @@ class ModelFamily:
     def min_snr_weights(self, schedule, timesteps, gamma: float):
         raise NotImplementedError
 
+    def snr_scale(self, schedule, timesteps):
+        """SNR / (SNR + 1) per timestep (scale_v_pred_loss_like_noise_pred, v_pred_like_loss)."""
+        raise NotImplementedError
+
+    def huber_thresholds(self, schedule, timesteps, c: float, kind: str, scale: float):
+        """The Huber loss threshold per image for huber_schedule ``kind`` (constant, exponential, snr)."""
+        raise NotImplementedError
+
     def debiased_weights(self, schedule, timesteps):
         raise NotImplementedError
 

@@ -27,6 +27,7 @@ class SD1(StableDiffusionFamily):
     title = "SD1.x"
     base_model_version = "sd_v1"
     modelspec_architecture = "stable-diffusion-v1/lora"
+    v_prediction_models = False
     # SD1.5-512 batch 1 LoRA keeps ~3.5 GB of activations in bf16; a LoRA step is 1.74 TFLOP a sample (perf.md).
     estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.85e6, step_flops=1.738e12,
                                  native_pixels=512 * 512, te_cache_bytes_per_caption=77 * 768 * 4)

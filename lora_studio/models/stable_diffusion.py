@@ -71,6 +71,7 @@ def unet_targets(unet, spec: TargetSpec = TargetSpec()) -> list[tuple[str, objec
 class StableDiffusionFamily(ModelFamily):
     te_prefixes: tuple[str, ...] = ("lora_te",)  # LoRA file prefix of each text encoder
     tokenizer_pad = "<|endoftext|>"
+    v_prediction_models = True  # v-prediction bases of this family exist (SD2.x 768-v, SDXL v-pred)
     modelspec_architecture = ""
     vae_scale = 0.18215
 
@@ -137,6 +138,12 @@ class StableDiffusionFamily(ModelFamily):
     def noise_schedule(self, components, v_parameterization, zero_terminal_snr):
         from diffusers import DDPMScheduler
 
+        if v_parameterization and not self.v_prediction_models:
+            import logging
+
+            logging.getLogger("lora_studio").warning(
+                "v_parameterization with an %s model: no %s base predicts v (sd-scripts warns the same); train with it "
+                "only if yours does", self.title, self.title)
         components.scheduler_config.update(prediction_type="v_prediction" if v_parameterization else "epsilon")
         if zero_terminal_snr:
             components.scheduler_config["rescale_betas_zero_snr"] = True
@@ -178,6 +185,32 @@ class StableDiffusionFamily(ModelFamily):
         if schedule.config.prediction_type == "v_prediction":
             return clipped / (snr + 1)
         return torch.where(snr > 0, clipped / snr.clamp(min=1e-12), torch.ones_like(snr))  # zero terminal SNR: 1
+
+    def snr_scale(self, schedule, timesteps):
+        """SNR / (SNR + 1), SNR capped at 1000: sd-scripts' scale for scale_v_pred_loss_like_noise_pred (the loss
+        times it) and v_pred_like_loss (the loss divided by it, times the weight, added)."""
+        import torch
+
+        snr = torch.clamp(self._snr(schedule, timesteps), max=1000.0)
+        return snr / (snr + 1)
+
+    def huber_thresholds(self, schedule, timesteps, c, kind, scale):
+        """sd-scripts' Huber threshold for each image's timestep t: constant c x scale; exponential
+        exp(-alpha t) x scale with alpha = -ln(c) / T (c at the last timestep, 1 at the first); snr
+        (1 - c) / (1 + sigma)^2 + c with sigma = sqrt((1 - alpha_bar) / alpha_bar) (huber_scale not used, as in
+        sd-scripts)."""
+        import math
+
+        import torch
+
+        if kind == "constant":
+            return torch.full((len(timesteps),), c * scale, device=timesteps.device)
+        if kind == "exponential":
+            alpha = -math.log(c) / schedule.config.num_train_timesteps
+            return torch.exp(-alpha * timesteps.float()) * scale
+        alpha_bar = schedule.alphas_cumprod.to(timesteps.device)[timesteps].float()
+        sigmas = ((1.0 - alpha_bar) / alpha_bar) ** 0.5
+        return (1 - c) / (1 + sigmas) ** 2 + c
 
     def debiased_weights(self, schedule, timesteps):
         """sd-scripts' debiased estimation: 1 / sqrt(SNR), or 1 / (SNR + 1) for v-prediction, SNR capped at 1000

@@ -319,19 +319,29 @@ class LoRANetwork(nn.Module):
         for m in self.adapters():
             m.multiplier = value
 
-    def _trainable(self, stems: list[str]) -> list[nn.Parameter]:
-        return [p for s in stems for p in self._modules[s].parameters() if p.requires_grad]
+    def _trainable(self, stems: list[str], up: bool | None = None) -> list[nn.Parameter]:
+        """The trained parameters of these adapters; with ``up``, only the up weights (True) or all others."""
+        return [p for s in stems for name, p in self._modules[s].named_parameters() if p.requires_grad
+                and (up is None or up == _is_up(name))]
 
     def param_groups(self, unet_lr: float, te_lrs: list[float]) -> list[dict]:
-        groups = []
-        if self.unet_stems:
-            groups.append({"params": self._trainable(self.unet_stems), "lr": unet_lr, "name": "unet"})
+        """One group per part (U-Net, each text encoder); with LoRA+ each part's up weights in a group of their own at
+        the part's learning rate x its ratio, as sd-scripts groups them."""
+        args = self.args or NetworkArgs()
+        parts = [("unet", self.unet_stems, unet_lr, args.loraplus_unet)]
         for te_index, stems in enumerate(self.te_stems):
-            if stems:
-                lr = te_lrs[min(te_index, len(te_lrs) - 1)]
-                groups.append({"params": self._trainable(stems), "lr": lr,
-                               "name": f"text_encoder{te_index + 1 if len(self.te_stems) > 1 else ''}"})
-        return [g for g in groups if g["lr"] > 0]
+            name = f"text_encoder{te_index + 1 if len(self.te_stems) > 1 else ''}"
+            parts.append((name, stems, te_lrs[min(te_index, len(te_lrs) - 1)], args.loraplus_text_encoder))
+        groups = []
+        for name, stems, lr, ratio in parts:
+            if not stems or lr <= 0:
+                continue
+            if ratio is None:
+                groups.append({"params": self._trainable(stems), "lr": lr, "name": name})
+                continue
+            groups.append({"params": self._trainable(stems, up=False), "lr": lr, "name": name})
+            groups.append({"params": self._trainable(stems, up=True), "lr": lr * ratio, "name": f"{name}_plus"})
+        return [g for g in groups if g["params"]]
 
     def load_weights(self, path: str | Path) -> None:
         """Continue from a LoRA file: every adapter must be in it with the same rank; alpha comes from the file."""
@@ -372,6 +382,12 @@ class LoRANetwork(nn.Module):
 
 
 OWN_MODULES = (LoRAModule, DyLoRAModule)
+
+
+def _is_up(parameter_name: str) -> bool:
+    """An up (B) weight, the one LoRA+ trains faster: ``lora_up`` as sd-scripts and LyCORIS name it (DyLoRA's
+    per-rank up weights too)."""
+    return "lora_up" in parameter_name or parameter_name.startswith("up_ranks.")
 
 
 def _rank_of(key: str, tensor: torch.Tensor) -> int:

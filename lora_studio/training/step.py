@@ -13,7 +13,7 @@ from torch import nn
 from ..config import Config
 from ..models.family import Components
 from ..models.noise import NoiseRecipe
-from .loss import denoising_loss
+from .loss import LossOptions, denoising_loss
 from .precision import Precision
 from .te_cache import cached_condition
 from .vae import encode_latents
@@ -28,6 +28,7 @@ class BatchLoss:
         self.cfg, self.device, self.precision = cfg, device, precision
         self.train_text_encoder, self.te_cache = train_text_encoder, te_cache
         self.noise = noise_recipe(cfg)
+        self.loss_options = LossOptions.from_config(cfg)
 
     def latents(self, batch: dict) -> torch.Tensor:
         if "latents" in batch:
@@ -58,7 +59,7 @@ class BatchLoss:
         timesteps = self.family.sample_timesteps(self.schedule, latents.shape[0], self.device, self.noise)
         with self.precision.autocast(self.device):
             return denoising_loss(self.components, self.schedule, latents, cond, batch["loss_weights"], noise,
-                                  timesteps, self.cfg.min_snr_gamma, self.noise, self.cfg.debiased_estimation_loss)
+                                  timesteps, self.loss_options, self.noise)
 
 
 def noise_recipe(cfg: Config) -> NoiseRecipe:
