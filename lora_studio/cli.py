@@ -111,10 +111,27 @@ def _setup_logging() -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config_file")}
+    if str(overrides.get("output_config", "")).lower() in ("true", "1"):
+        return _output_config(args.config_file, {k: v for k, v in overrides.items() if k != "output_config"})
     cfg = load_config(args.config_file, overrides)
     from .training.trainer import train
 
     train(cfg)
+    return 0
+
+
+def _output_config(path: str | None, settings: dict) -> int:
+    """sd-scripts' --output_config: the settings given on the command line written to --config (a new file)."""
+    from pathlib import Path
+
+    from .config import build_config, save_config
+
+    if not path:
+        raise UserError("--output_config writes the settings to the --config file: give --config NEW.toml")
+    if Path(path).exists():
+        raise UserError(f"--output_config: {path} already exists; it is not overwritten (give a new file name)")
+    save_config(build_config(settings).explicit(), path)
+    print(f"wrote {path}")
     return 0
 
 

@@ -27,7 +27,8 @@ from .outputs import latest_state  # noqa: F401  (re-exported for the trainer)
 STATE_VERSION = 1
 # Settings that may differ when resuming (they change what is written, not what is learned).
 MAY_CHANGE = {"output_dir", "output_name", "logging_dir", "training_comment", "save_model_as", "save_precision",
-              "save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs", "sample_prompts",
+              "save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs", "sample_prompts", "save_n_epoch_ratio",
+              "output_config",
               "save_last_n_steps", "save_last_n_steps_state", "save_last_n_epochs_state",
               "sample_every_n_epochs", "sample_every_n_steps", "sample_sampler", "sample_at_first",
               "max_data_loader_n_workers", "persistent_data_loader_workers", "resume", "save_state",

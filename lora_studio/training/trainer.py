@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -117,6 +118,12 @@ class Trainer:
         plan = plan_steps(self.data.batches_per_epoch, cfg, self.world)
         self.updates_per_epoch, self.total_steps, self.total_epochs = (plan.steps_per_epoch, plan.total_steps,
                                                                        plan.total_epochs)
+        if cfg.save_n_epoch_ratio:  # sd-scripts: about this many epoch files over the run
+            every = math.floor(self.total_epochs / cfg.save_n_epoch_ratio) or 1
+            if self.is_main:
+                log.info("save_n_epoch_ratio %d: a LoRA file every %d epoch(s) of %d", cfg.save_n_epoch_ratio, every,
+                         self.total_epochs)
+            self.cfg = cfg = cfg.replace(save_every_n_epochs=every)
         self.cadence = Cadence(cfg, self.total_steps)
 
     def _setup_model(self) -> None:
