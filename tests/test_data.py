@@ -1,5 +1,7 @@
 """Data: folder convention, dataset TOML, images read as people see them, captions, buckets, latent cache."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -164,13 +166,17 @@ def test_caption_encodings(tmp_path):
 def test_caption_shuffle_keeps_tokens_and_drops():
     import random
 
+    from lora_studio.data.sources import SubsetSpec
+
+    def rules(**kw):
+        return SubsetSpec(image_dir=Path("."), **kw)
     rng = random.Random(0)
     cap = "emi, red hair, smile, outdoors, hat"
-    seen = {vary_caption(cap, rng, True, 1, 0.0, 0.0) for _ in range(50)}
+    seen = {vary_caption(cap, rng, rules(shuffle_caption=True, keep_tokens=1)) for _ in range(50)}
     assert len(seen) > 5 and all(s.startswith("emi, ") for s in seen)
     assert all(sorted(s.split(", ")) == sorted(cap.split(", ")) for s in seen)
-    assert vary_caption(cap, rng, False, 0, 1.0, 0.0) == ""
-    assert vary_caption(cap, rng, False, 2, 0.0, 1.0) == "emi, red hair"
+    assert vary_caption(cap, rng, rules(caption_dropout_rate=1.0)) == ""
+    assert vary_caption(cap, rng, rules(keep_tokens=2, caption_tag_dropout_rate=1.0)) == "emi, red hair"
 
 
 def test_buckets():
@@ -220,3 +226,39 @@ def test_latent_cache_is_keyed_by_image_bucket_and_vae(tmp_path):
     _img(folder / "a.png", color=(90, 90, 90))
     changed = cache()
     assert len(calls) == 4 and not torch.equal(changed[(0, False)], first[(0, False)])  # changed image
+
+
+def test_caption_options_change_the_caption_as_sd_scripts_documents():
+    """caption_prefix/suffix, caption_separator, keep_tokens_separator, secondary_separator, enable_wildcard and
+    caption_dropout_every_n_epochs, with fixed seeds."""
+    import random as _random
+
+    from lora_studio.data.captions import vary_caption
+    from lora_studio.data.sources import SubsetSpec
+
+    def rules(**kw):
+        return SubsetSpec(image_dir=Path("."), **kw)
+
+    def many(caption, r, n=200, epoch=1, lines=None):
+        return [vary_caption(caption, _random.Random(i), r, epoch, lines) for i in range(n)]
+
+    assert vary_caption("emi, smile", _random.Random(0), rules(caption_prefix="lsdemo,", caption_suffix="best")) == \
+        "lsdemo, emi, smile best"
+    # tags between the marks are shuffled; before the first and after the second they stay
+    out = many("emi, 1girl ||| smile, red eyes, hat ||| masterpiece", rules(shuffle_caption=True,
+                                                                          keep_tokens_separator="|||"))
+    assert all(o.startswith("emi, 1girl, ") and o.endswith(", masterpiece") for o in out)
+    assert {tuple(sorted(o.split(", ")[2:5])) for o in out} == {("hat", "red eyes", "smile")}
+    assert len(set(out)) == 6  # every order of the three middle tags
+    # another separator; a secondary separator keeps "long hair;;;blue eyes" together, then becomes the separator
+    out = many("a|b|c", rules(shuffle_caption=True, caption_separator="|"))
+    assert all(sorted(o.split(", ")) == ["a", "b", "c"] for o in out) and len(set(out)) == 6
+    out = many("a, b, c, long hair;;;blue eyes", rules(shuffle_caption=True, secondary_separator=";;;"))
+    assert all(sorted(o.split(", ")) == ["a", "b", "c", "long hair,blue eyes"] for o in out)
+    # wildcards: {a|b} picks one; {{ }} are literal; several lines give one of them
+    picks = set(many("{red|blue} disc, {{x}}", rules(enable_wildcard=True)))
+    assert picks == {"red disc, {x}", "blue disc, {x}"}
+    assert set(many("first", rules(enable_wildcard=True), lines=["first", "second"])) == {"first", "second"}
+    assert set(many("first", rules(), lines=["first", "second"])) == {"first"}  # only with enable_wildcard
+    every = rules(caption_dropout_every_n_epochs=2)
+    assert many("emi", every, 5, epoch=2) == [""] * 5 and many("emi", every, 5, epoch=3) == ["emi"] * 5

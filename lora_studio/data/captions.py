@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 _BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 
 
-def read_caption(path: Path) -> str:
-    """Text of a caption file: UTF-8 (with or without BOM), UTF-16 with BOM, Shift-JIS (cp932) or cp1252."""
+def read_caption_lines(path: Path) -> list[str]:
+    """The non-empty lines of a caption file: UTF-8 (with or without BOM), UTF-16 with BOM, Shift-JIS (cp932) or
+    cp1252. sd-scripts trains on the first, or on a random one with enable_wildcard."""
     data = path.read_bytes()
     for bom, encoding in _BOMS:
         if data.startswith(bom):
@@ -24,25 +26,61 @@ def read_caption(path: Path) -> str:
                 continue
         else:
             text = data.decode("utf-8", errors="replace")
-    # Multi-line captions: sd-scripts uses the first non-empty line.
-    lines = [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
+    return [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
+
+
+def read_caption(path: Path) -> str:
+    lines = read_caption_lines(path)
     return lines[0] if lines else ""
 
 
-def vary_caption(caption: str, rng: random.Random, shuffle: bool, keep_tokens: int, dropout_rate: float,
-                 tag_dropout_rate: float) -> str:
-    """One training-time version of ``caption``: maybe dropped whole, tags maybe dropped and shuffled.
+def _wildcards(caption: str, rng: random.Random) -> str:
+    """sd-scripts' enable_wildcard: each {a|b|c} becomes one of its choices; {{ and }} are literal braces."""
+    open_mark, close_mark = "\u2985", "\u2986"
+    while open_mark in caption or close_mark in caption:
+        open_mark, close_mark = open_mark + "\u2985", close_mark + "\u2986"
+    caption = caption.replace("{{", open_mark).replace("}}", close_mark)
+    caption = re.sub(r"\{([^}]+)\}", lambda m: rng.choice(m.group(1).split("|")), caption)
+    return caption.replace(open_mark, "{").replace(close_mark, "}")
 
-    The first ``keep_tokens`` comma-separated tags always stay first.
-    """
-    if dropout_rate > 0 and rng.random() < dropout_rate:
+
+def vary_caption(caption: str, rng: random.Random, rules, epoch: int = 1, lines: list[str] | None = None) -> str:
+    """One training-time version of ``caption`` as sd-scripts' process_caption makes it, with the subset's
+    ``rules``: caption_prefix / caption_suffix; dropped whole (caption_dropout_rate, or every
+    caption_dropout_every_n_epochs-th epoch); with enable_wildcard a random line of the file and {a|b} choices;
+    then, when shuffling or dropping tags, the tags (split at caption_separator) after the first keep_tokens (or
+    between the keep_tokens_separator marks: "fixed ||| shuffled ||| fixed at the end") shuffled and dropped; last,
+    secondary_separator becomes caption_separator (tags joined by it move as one)."""
+    if lines and rules.enable_wildcard:
+        caption = rng.choice(lines)
+    if rules.caption_prefix:
+        caption = f"{rules.caption_prefix} {caption}"
+    if rules.caption_suffix:
+        caption = f"{caption} {rules.caption_suffix}"
+    every = rules.caption_dropout_every_n_epochs
+    if (rules.caption_dropout_rate > 0 and rng.random() < rules.caption_dropout_rate) or (every and epoch % every == 0):
         return ""
-    if not (shuffle or tag_dropout_rate > 0):
-        return caption
-    tags = [t.strip() for t in caption.split(",") if t.strip()]
-    fixed, rest = tags[:keep_tokens], tags[keep_tokens:]
-    if tag_dropout_rate > 0:
-        rest = [t for t in rest if rng.random() >= tag_dropout_rate]
-    if shuffle:
-        rng.shuffle(rest)
-    return ", ".join(fixed + rest)
+    if rules.enable_wildcard:
+        caption = _wildcards(caption, rng)
+    separator = rules.caption_separator
+    if rules.shuffle_caption or rules.caption_tag_dropout_rate > 0:
+        marker = rules.keep_tokens_separator
+        suffix: list[str] = []
+        if marker and marker in caption:
+            fixed_part, flex_part = caption.split(marker, 1)
+            if marker in flex_part:
+                flex_part, suffix_part = flex_part.split(marker, 1)
+                suffix = [t.strip() for t in suffix_part.split(separator) if t.strip()]
+            fixed = [t.strip() for t in fixed_part.split(separator) if t.strip()]
+            flex = [t.strip() for t in flex_part.split(separator) if t.strip()]
+        else:
+            tags = [t.strip() for t in caption.strip().split(separator)]
+            fixed, flex = tags[:rules.keep_tokens], tags[rules.keep_tokens:]
+        if rules.shuffle_caption:
+            rng.shuffle(flex)
+        if rules.caption_tag_dropout_rate > 0:
+            flex = [t for t in flex if rng.random() >= rules.caption_tag_dropout_rate]
+        caption = ", ".join(fixed + flex + suffix)
+    if rules.secondary_separator:
+        caption = caption.replace(rules.secondary_separator, separator)
+    return caption

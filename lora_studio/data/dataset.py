@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import UserError
 from .buckets import bucket_resolutions, choose_bucket, fit_to_bucket, resized_and_crop
-from .captions import read_caption, vary_caption
+from .captions import read_caption_lines, vary_caption
 from .images import UnreadableImage, is_image_file, load_rgb
 from .sources import DatasetSpec, SubsetSpec
 
@@ -30,6 +30,7 @@ class ImageItem:
     bucket: tuple[int, int]
     has_caption_file: bool
     size: tuple[int, int] = (0, 0)  # (width, height) of the image file
+    caption_lines: list[str] | None = None  # every line of the caption file, for enable_wildcard
 
 
 # One entry of a batch: (item index, flipped?)
@@ -88,12 +89,12 @@ class TrainingData:
                 continue
             caption_path = path.with_suffix(subset.caption_extension)
             has_caption = caption_path.is_file()
-            caption = read_caption(caption_path) if has_caption else ""
-            if not caption:
-                caption = subset.class_tokens or ""
+            lines = read_caption_lines(caption_path) if has_caption else []
+            caption = lines[0] if lines else subset.class_tokens or ""
             bucket = choose_bucket(size, spec.resolution, spec.enable_bucket, buckets, spec.bucket_reso_steps,
                                    spec.bucket_no_upscale)
-            self.items.append(ImageItem(path, caption, subset, d_index, bucket, has_caption, size))
+            self.items.append(ImageItem(path, caption, subset, d_index, bucket, has_caption, size,
+                                        lines if subset.enable_wildcard and len(lines) > 1 else None))
 
     # ---- numbers the user sees ----
     @property
@@ -162,8 +163,7 @@ class TrainingData:
         it = self.items[item_index]
         s = it.subset
         rng = random.Random(hash((self.seed, epoch, position, item_index)) & 0xFFFFFFFF)
-        return vary_caption(it.caption, rng, s.shuffle_caption, s.keep_tokens, s.caption_dropout_rate,
-                            s.caption_tag_dropout_rate)
+        return vary_caption(it.caption, rng, s, epoch, it.caption_lines)
 
     def size_conditioning(self, item_index: int) -> list[int]:
         """SDXL's (original h, w, crop top, left, target h, w) for an image: the crop is in resized pixels, as the

@@ -33,6 +33,13 @@ class SubsetSpec:
     caption_dropout_rate: float = 0.0
     caption_tag_dropout_rate: float = 0.0
     flip_aug: bool = False
+    caption_prefix: str | None = None
+    caption_suffix: str | None = None
+    caption_separator: str = ","
+    keep_tokens_separator: str = ""
+    secondary_separator: str | None = None
+    enable_wildcard: bool = False
+    caption_dropout_every_n_epochs: int = 0
 
 
 @dataclass
@@ -48,15 +55,15 @@ class DatasetSpec:
 
 
 SUBSET_KEYS = {f.name for f in fields(SubsetSpec)}
+# sd-scripts' caption options: top-level settings that are also subset keys of a dataset TOML
+CAPTION_SETTINGS = ("caption_prefix", "caption_suffix", "caption_separator", "keep_tokens_separator",
+                    "secondary_separator", "enable_wildcard", "caption_dropout_every_n_epochs")
 DATASET_KEYS = {"resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                 "bucket_reso_steps", "bucket_no_upscale"}
 # sd-scripts dataset keys we do not implement: accepted at their default, an error otherwise.
 UNSUPPORTED_DATASET_KEYS = {"metadata_file": None, "cache_info": False, "alpha_mask": False, "color_aug": False,
-                            "random_crop": False, "face_crop_aug_range": None, "caption_prefix": None,
-                            "caption_suffix": None, "token_warmup_min": 1, "token_warmup_step": 0,
-                            "caption_dropout_every_n_epochs": 0, "keep_tokens_separator": "",
-                            "secondary_separator": None, "enable_wildcard": False, "caption_separator": ",",
-                            "network_multiplier": 1.0, "resize_interpolation": None, "validation_split": 0.0,
+                            "random_crop": False, "face_crop_aug_range": None, "token_warmup_min": 1,
+                            "token_warmup_step": 0, "network_multiplier": 1.0, "resize_interpolation": None, "validation_split": 0.0,
                             "validation_seed": None, "conditioning_data_dir": None, "custom_attributes": None}
 
 _FOLDER_RE = re.compile(r"^(\d+)_(.*)$")
@@ -70,7 +77,8 @@ def parse_resolution(text: str) -> tuple[int, int]:
 def _subset_defaults(cfg: Config) -> dict[str, Any]:
     return {"caption_extension": cfg.caption_extension, "shuffle_caption": cfg.shuffle_caption,
             "keep_tokens": cfg.keep_tokens, "caption_dropout_rate": cfg.caption_dropout_rate,
-            "caption_tag_dropout_rate": cfg.caption_tag_dropout_rate, "flip_aug": cfg.flip_aug}
+            "caption_tag_dropout_rate": cfg.caption_tag_dropout_rate, "flip_aug": cfg.flip_aug,
+            **{name: getattr(cfg, name) for name in CAPTION_SETTINGS}}
 
 
 def _dataset_defaults(cfg: Config) -> dict[str, Any]:
