@@ -11,12 +11,14 @@ Each network module reads the arguments its sd-scripts (or LyCORIS) namesake rea
   ``full_matrix``, as ``lycoris.kohya.create_network`` reads them. ``network_dim`` (or ``conv_dim``) of 100000 or
   more is a full-matrix LoKr, as in LyCORIS. Kohya_ss also passes ``rank_dropout_scale`` and ``train_on_input``,
   which ``lycoris.kohya`` does not read: accepted, and said to have no effect.
+- ``networks.lora`` and ``networks.lora_fa`` also read the block-wise arguments (``network.blocks``).
 - All of them: LoRA+ (``loraplus_lr_ratio``, ``loraplus_unet_lr_ratio``, ``loraplus_text_encoder_lr_ratio``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..errors import ConfigError
 from ..models.family import TargetSpec
@@ -35,7 +37,9 @@ LYCORIS_FLAGS = ("use_tucker", "use_scalar", "train_norm", "decompose_both", "by
                  "full_matrix")
 LYCORIS_NOT_READ = ("rank_dropout_scale", "train_on_input")  # Kohya_ss passes them; lycoris.kohya reads neither
 _TUCKER_ALIASES = ("use_cp", "use_conv_cp")
-SUPPORTED = {**{m: _LORA_ARGS for m in LORA_MODULES + ("networks.lora_fa",)},
+BLOCK_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
+              "block_alphas", "conv_block_dims", "conv_block_alphas")
+SUPPORTED = {**{m: _LORA_ARGS + BLOCK_ARGS for m in LORA_MODULES + ("networks.lora_fa",)},
              "networks.dylora": ("conv_dim", "conv_alpha", "unit") + LORAPLUS,
              LYCORIS_MODULE: _LORA_ARGS + ("algo", "dora_wd", "factor", "preset", "constraint", "block_size",
                                            "wd_on_output", "disable_conv_cp", "dropout")
@@ -75,6 +79,7 @@ class NetworkArgs:
     not_read: tuple[str, ...] = ()  # arguments given that the module does not read (LYCORIS_NOT_READ)
     loraplus_unet: float | None = None  # LoRA+: the up weights' learning rate x this (U-Net)
     loraplus_text_encoder: float | None = None  # (text encoders)
+    blocks: tuple[tuple[str, Any], ...] = ()  # the block-wise LoRA arguments as given (network.blocks reads them)
 
     @property
     def lycoris(self) -> bool:
@@ -93,7 +98,8 @@ class NetworkArgs:
         """The layers that get adapters: sd-scripts' LoRA (+ LoCon blocks with conv_dim), or a LyCORIS preset
         (LyCORIS adapts k x k convolutions at network_dim when conv_dim is not given)."""
         if not self.lycoris:
-            return TargetSpec(conv_blocks=bool(self.conv_dim), kxk_convs=bool(self.conv_dim))
+            convs = bool(self.conv_dim) or any(name == "conv_block_dims" for name, _ in self.blocks)
+            return TargetSpec(conv_blocks=convs, kxk_convs=convs)
         spec = LYCORIS_PRESETS[self.preset]
         return TargetSpec(**{**spec.__dict__, "norms": self.flag("train_norm")})
 
@@ -187,7 +193,8 @@ def parse_network_args(items: list[str] | None, network_module: str = "networks.
             raise _bad(f"{name} must be a number above 0 (LoRA+: 16 is the paper's value), got {value!r}")
         ratios[name] = None if value is None else float(value)
     # sd-scripts: the part's own ratio, else loraplus_lr_ratio
-    args = replace(args, loraplus_unet=ratios["loraplus_unet_lr_ratio"] or ratios["loraplus_lr_ratio"],
+    args = replace(args, blocks=tuple((k, values[k]) for k in BLOCK_ARGS if k in values),
+                   loraplus_unet=ratios["loraplus_unet_lr_ratio"] or ratios["loraplus_lr_ratio"],
                    loraplus_text_encoder=ratios["loraplus_text_encoder_lr_ratio"] or ratios["loraplus_lr_ratio"])
     problem = lycoris_rank_problem("conv_dim", conv_dim, args) if conv_dim else None
     if problem:

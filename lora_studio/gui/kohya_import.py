@@ -359,11 +359,14 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
                                     "does not read them: left out")
             dropouts = []
         result.settings["network_module"] = module
-        if args + dropouts:
-            result.settings["network_args"] = args + dropouts
-        if blocks:
-            result.unsupported.append(f"{', '.join(blocks)}: block-wise learning rates and ranks are not supported "
-                                      "yet; every block trains with the same rank and learning rate")
+        block_args = [f"{k}={str(data[k]).strip()}" for k in blocks]
+        if lora_type == "Kohya DyLoRA" and block_args:
+            result.notes.append(f"{', '.join(blocks)}: the Kohya_ss GUI passes them, but sd-scripts' DyLoRA does not "
+                                "read them: left out")
+            block_args = []
+        if args + dropouts + block_args:
+            result.settings["network_args"] = args + dropouts + block_args
+        result.carried += blocks if block_args else []
     elif lora_type in LYCORIS_TYPES:
         algo = LYCORIS_TYPES[lora_type]
         result.settings["network_module"] = "lycoris.kohya"

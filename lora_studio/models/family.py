@@ -99,6 +99,14 @@ class ModelFamily:
                         spec: TargetSpec) -> list[AdapterTarget]:
         raise NotImplementedError
 
+    def lora_blocks(self):
+        """The block layout of block-wise LoRA (``network.blocks.BlockLayout``), or None if the family has none."""
+        return None
+
+    def lora_block_index(self, stem: str) -> int:
+        """sd-scripts' block number of a U-Net LoRA name (-1: in no block)."""
+        return -1
+
     # ---- prompts and conditioning
     def encode_prompt(self, components: Components, captions: list[str], clip_skip: int, max_token_length: int,
                       device) -> dict:

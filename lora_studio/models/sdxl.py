@@ -75,6 +75,22 @@ class SDXL(StableDiffusionFamily):
         ldm = unet_key(module_path + ".weight", unet_config.layers_per_block, up_attn).removesuffix(".weight")
         return "lora_unet_" + ldm.replace(".", "_")
 
+    def lora_blocks(self):
+        from ..network.blocks import BlockLayout
+
+        return BlockLayout(per_side=9, middle=3, total=23, ends=True)
+
+    def lora_block_index(self, stem):
+        """sd-scripts' SDXL numbering of SGM names: input_blocks_N -> 1 + N, middle_block_N -> 10 + N,
+        output_blocks_N -> 13 + N; the embeddings 0 and out 22."""
+        name = stem.removeprefix("lora_unet_")
+        for prefix, base in (("input_blocks_", 1), ("middle_block_", 10), ("output_blocks_", 13)):
+            if name.startswith(prefix):
+                return base + int(name[len(prefix):].split("_")[0])
+        if name.startswith(("time_embed_", "label_emb_")):
+            return 0
+        return 22 if name.startswith("out_") else -1
+
     def encode_prompt(self, components, captions, clip_skip, max_token_length, device):
         """Penultimate hidden states of both encoders side by side, and the second one's pooled projection."""
         import torch

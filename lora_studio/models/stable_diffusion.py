@@ -5,6 +5,7 @@ encoding, names in LoRA files, metadata ids, estimate constants)."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from .family import AdapterTarget, Components, ModelFamily, TargetSpec
@@ -32,6 +33,7 @@ _TE_KEYS = ("cond_stage_model.", "conditioner.", "text_encoder")
 _TE_ADAPTED = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "c_fc", "c_proj")
 
 
+_UPDOWN = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|attentions)_(\d+)_")
 STEM_LAYERS = {"conv_in": ("conv_in",), "conv_out": ("conv_out",),
                "time_embedding": ("time_embedding.linear_1", "time_embedding.linear_2")}
 
@@ -133,6 +135,21 @@ class StableDiffusionFamily(ModelFamily):
                 targets += [AdapterTarget(stem, module, index)
                             for stem, module in adapted_layers(te, self.te_prefixes[index], spec.attention_only)]
         return targets
+
+    def lora_blocks(self):
+        from ..network.blocks import BlockLayout
+
+        return BlockLayout(per_side=12, middle=1, total=25, ends=False)
+
+    def lora_block_index(self, stem):
+        """sd-scripts' numbering of the diffusers-named SD1.x/2.x U-Net: down_blocks_i_(resnets|attentions)_j ->
+        1 + 3i + j (downsamplers: 1 + 3i + 2), the middle block 12, up_blocks_i_... -> 13 + 3i + j."""
+        match = _UPDOWN.search(stem)
+        if match:
+            side, i, kind, j = match.groups()
+            index = 3 * int(i) + (2 if kind in ("upsamplers", "downsamplers") else int(j))
+            return 1 + index if side == "down" else 13 + index
+        return 12 if "mid_block_" in stem else -1
 
     # ---- noise, timesteps, prediction
     def noise_schedule(self, components, v_parameterization, zero_terminal_snr):

@@ -247,15 +247,20 @@ class LoRANetwork(nn.Module):
             conv_dim, conv_alpha = rank, alpha
         elif args.lycoris and conv_alpha is None:
             conv_alpha = alpha
-        # The family says which modules get adapters and their names.
-        for target in components.family.adapter_targets(components, train_unet, train_text_encoder,
-                                                        args.targets()):
-            if target.norm:
-                self._add(target.stem, target.module, rank, alpha, dropout, norm=True)
-            elif target.conv:
-                self._add(target.stem, target.module, conv_dim, conv_alpha, dropout)
+        family = components.family
+        self.blocks = _block_plan(family, args, rank, alpha, conv_dim, conv_alpha)
+        self.block_of: dict[str, int] = {}
+        # The family says which modules get adapters and their names (and, block-wise, each one's block).
+        for target in family.adapter_targets(components, train_unet, train_text_encoder, args.targets()):
+            block = family.lora_block_index(target.stem) if target.text_encoder is None else -1
+            if self.blocks is not None and target.text_encoder is None and not target.norm:
+                this_rank, this_alpha = self.blocks.rank(block, target.conv, rank, alpha, conv_dim, conv_alpha)
             else:
-                self._add(target.stem, target.module, rank, alpha, dropout)
+                this_rank, this_alpha = (conv_dim, conv_alpha) if target.conv else (rank, alpha)
+            if not this_rank:  # block-wise rank 0: this block is not adapted (the file simply lacks it)
+                continue
+            self._add(target.stem, target.module, this_rank, this_alpha, dropout, norm=target.norm)
+            self.block_of[target.stem] = block
             (self.unet_stems if target.text_encoder is None else self.te_stems[target.text_encoder]).append(
                 target.stem)
 
@@ -329,6 +334,12 @@ class LoRANetwork(nn.Module):
         the part's learning rate x its ratio, as sd-scripts groups them."""
         args = self.args or NetworkArgs()
         parts = [("unet", self.unet_stems, unet_lr, args.loraplus_unet)]
+        if self.blocks is not None and self.blocks.lr_weights is not None:  # sd-scripts: a group per U-Net block
+            by_block: dict[int, list[str]] = {}
+            for stem in self.unet_stems:
+                by_block.setdefault(self.block_of[stem], []).append(stem)
+            parts = [(f"unet_block{b}", stems, unet_lr * self.blocks.lr_weight(b), args.loraplus_unet)
+                     for b, stems in sorted(by_block.items())]
         for te_index, stems in enumerate(self.te_stems):
             name = f"text_encoder{te_index + 1 if len(self.te_stems) > 1 else ''}"
             parts.append((name, stems, te_lrs[min(te_index, len(te_lrs) - 1)], args.loraplus_text_encoder))
@@ -382,6 +393,19 @@ class LoRANetwork(nn.Module):
 
 
 OWN_MODULES = (LoRAModule, DyLoRAModule)
+
+
+def _block_plan(family, args: NetworkArgs, rank, alpha, conv_dim, conv_alpha):
+    """Block-wise ranks and learning-rate weights from network_args, for this family's blocks (or None)."""
+    if not args.blocks:
+        return None
+    from .blocks import block_plan
+
+    layout = family.lora_blocks()
+    if layout is None:
+        raise UserError(f"network_args {', '.join(k for k, _ in args.blocks)}: block-wise LoRA is not defined for "
+                        f"{family.title} models")
+    return block_plan(dict(args.blocks), layout, rank, alpha, conv_dim, conv_alpha)
 
 
 def _is_up(parameter_name: str) -> bool:
