@@ -84,3 +84,12 @@ def test_warmup_ratio_and_steps():
     assert build_config({"resolution": "512,768"}).resolution == "512,768"
     with pytest.raises(ConfigError, match="resolution"):
         build_config({"resolution": "512x768"})
+
+
+def test_the_kohya_gui_s_hugging_face_keys_load_at_their_defaults():
+    """The Kohya_ss GUI can write sd-scripts' upload keys into its TOML: accepted at their defaults, named when set."""
+    build_config({"async_upload": False, "huggingface_token": "", "huggingface_repo_type": "",
+                  "huggingface_path_in_repo": "", "huggingface_repo_visibility": "",
+                  "save_state_to_huggingface": False, "resume_from_huggingface": False})
+    with pytest.raises(ConfigError, match="'async_upload' is an sd-scripts option that LoRA Studio does not support"):
+        build_config({"async_upload": True})
