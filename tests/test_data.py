@@ -262,3 +262,39 @@ def test_caption_options_change_the_caption_as_sd_scripts_documents():
     assert set(many("first", rules(), lines=["first", "second"])) == {"first"}  # only with enable_wildcard
     every = rules(caption_dropout_every_n_epochs=2)
     assert many("emi", every, 5, epoch=2) == [""] * 5 and many("emi", every, 5, epoch=3) == ["emi"] * 5
+
+
+def test_token_warmup_grows_the_caption_over_the_steps(tmp_path):
+    """sd-scripts' token warm-up: floor(step x (tags - min) / warmup_steps) + min tags (after keep_tokens) until
+    token_warmup_step; a value below 1 is that share of the run's steps. The loader counts optimizer steps."""
+    import random as _random
+
+    from lora_studio.data.captions import vary_caption
+    from lora_studio.data.loader import EpochBatches
+    from lora_studio.data.sources import SubsetSpec
+
+    caption = "emi, a, b, c, d, e"
+    rules = SubsetSpec(image_dir=Path("."), keep_tokens=1, token_warmup_min=1, token_warmup_step=10)
+
+    def tags(step, total=0, r=rules):
+        return len(vary_caption(caption, _random.Random(0), r, 1, None, step, total).split(", "))
+    assert [tags(s) for s in (0, 2, 5, 9, 10, 50)] == [2, 2, 4, 5, 6, 6]  # emi + floor(s * 4 / 10) + 1 tags
+    share = SubsetSpec(image_dir=Path("."), keep_tokens=1, token_warmup_step=0.5)
+    assert tags(0, 40, share) == 2 and tags(10, 40, share) == 4 and tags(20, 40, share) == 6  # over 20 steps
+    assert vary_caption(caption, _random.Random(0), share, 1, None, 0, 40).startswith("emi, a")  # kept in order
+
+    from lora_studio.demo import write_dataset
+    images = write_dataset(tmp_path / "data", count=4, repeats=1)
+    (images / "1_lsdemo shape" / "000.txt").write_text("x, a, b, c, d, e, f, g, h, i, j", encoding="utf-8")
+    cfg = build_config({"train_data_dir": str(images), "resolution": "64", "output_dir": "o",
+                        "pretrained_model_name_or_path": "m", "token_warmup_step": 8, "train_batch_size": 1})
+    data = TrainingData(datasets_from_config(cfg), 1.0, 0)
+    loader = EpochBatches(data, 0, 1, None, steps_per_epoch=4, accumulation=1, total_steps=12)
+    lengths = {}
+    for epoch in (1, 3):
+        loader.use_epoch(epoch)
+        for position in range(len(loader)):
+            batch = loader[position]
+            lengths.update({(epoch, position): len(c.split(", ")) for c in batch["captions"] if c.startswith("x")})
+    assert min(v for (e, _), v in lengths.items() if e == 1) < 11 and all(v == 11 for (e, _), v in lengths.items()
+                                                                         if e == 3)

@@ -127,6 +127,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("caption_suffix", STR, None, "Caption suffix", "Put after every caption.", "dataset", advanced=True),
     _s("caption_dropout_every_n_epochs", INT, 0, "Dropout caption every n epochs",
        "Train without captions every N-th epoch (0 = never).", "dataset", minimum=0, maximum=10000, advanced=True),
+    _s("token_warmup_step", FLOAT, 0.0, "Token warmup step",
+       "Captions grow from Token warmup min tags to all of them over this many steps (below 1: this share of the "
+       "run); 0 = off.", "dataset", minimum=0.0, maximum=1e7, advanced=True),
+    _s("token_warmup_min", INT, 1, "Token warmup min", "Tags a caption starts with during the token warm-up.",
+       "dataset", minimum=1, maximum=1000, advanced=True),
     _s("caption_dropout_rate", FLOAT, 0.0, "Rate of caption dropout",
        "Probability of training an image with an empty caption.", "dataset", minimum=0.0, maximum=1.0, advanced=True),
     _s("caption_tag_dropout_rate", FLOAT, 0.0, "Rate of caption tag dropout",
@@ -371,7 +376,7 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 UNSUPPORTED: dict[str, Any] = {
     "in_json": None, "dataset_repeats": 1, "tokenizer_cache_dir": None, "lowram": False, "highvram": False,
     "fp8_base": False, "fp8_base_unet": False, "base_weights": None,
-    "base_weights_multiplier": None, "token_warmup_min": 1, "token_warmup_step": 0, "weighted_captions": False,
+    "base_weights_multiplier": None, "weighted_captions": False,
     "resize_interpolation": None, "color_aug": False, "face_crop_aug_range": None, "random_crop": False,
     "skip_cache_check": False, "alpha_mask": False,
     "masked_loss": False, "conditioning_data_dir": None, "debug_dataset": False, "validation_split": 0.0,

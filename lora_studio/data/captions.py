@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from pathlib import Path
@@ -44,13 +45,15 @@ def _wildcards(caption: str, rng: random.Random) -> str:
     return caption.replace(open_mark, "{").replace(close_mark, "}")
 
 
-def vary_caption(caption: str, rng: random.Random, rules, epoch: int = 1, lines: list[str] | None = None) -> str:
+def vary_caption(caption: str, rng: random.Random, rules, epoch: int = 1, lines: list[str] | None = None,
+                 step: int = 0, total_steps: int = 0) -> str:
     """One training-time version of ``caption`` as sd-scripts' process_caption makes it, with the subset's
     ``rules``: caption_prefix / caption_suffix; dropped whole (caption_dropout_rate, or every
     caption_dropout_every_n_epochs-th epoch); with enable_wildcard a random line of the file and {a|b} choices;
     then, when shuffling or dropping tags, the tags (split at caption_separator) after the first keep_tokens (or
-    between the keep_tokens_separator marks: "fixed ||| shuffled ||| fixed at the end") shuffled and dropped; last,
-    secondary_separator becomes caption_separator (tags joined by it move as one)."""
+    between the keep_tokens_separator marks: "fixed ||| shuffled ||| fixed at the end") cut to the token warm-up's
+    length at this ``step``, shuffled and dropped; last, secondary_separator becomes caption_separator (tags joined
+    by it move as one)."""
     if lines and rules.enable_wildcard:
         caption = rng.choice(lines)
     if rules.caption_prefix:
@@ -63,7 +66,10 @@ def vary_caption(caption: str, rng: random.Random, rules, epoch: int = 1, lines:
     if rules.enable_wildcard:
         caption = _wildcards(caption, rng)
     separator = rules.caption_separator
-    if rules.shuffle_caption or rules.caption_tag_dropout_rate > 0:
+    warmup = rules.token_warmup_step
+    if 0 < warmup < 1:  # a share of the run's steps
+        warmup = math.floor(warmup * total_steps)
+    if rules.shuffle_caption or rules.caption_tag_dropout_rate > 0 or warmup > 0:
         marker = rules.keep_tokens_separator
         suffix: list[str] = []
         if marker and marker in caption:
@@ -76,6 +82,8 @@ def vary_caption(caption: str, rng: random.Random, rules, epoch: int = 1, lines:
         else:
             tags = [t.strip() for t in caption.strip().split(separator)]
             fixed, flex = tags[:rules.keep_tokens], tags[rules.keep_tokens:]
+        if warmup and step < warmup:  # token warm-up: token_warmup_min tags at first, all of them at the end
+            flex = flex[:math.floor(step * (len(flex) - rules.token_warmup_min) / warmup) + rules.token_warmup_min]
         if rules.shuffle_caption:
             rng.shuffle(flex)
         if rules.caption_tag_dropout_rate > 0:

@@ -159,11 +159,13 @@ class TrainingData:
         rng.shuffle(batches)
         return batches
 
-    def caption_for(self, item_index: int, epoch: int, position: tuple[int, ...]) -> str:
+    def caption_for(self, item_index: int, epoch: int, position: tuple[int, ...], step: int = 0,
+                    total_steps: int = 0) -> str:
+        """The caption this image trains with at this place of the run (``step``: the optimizer step it is in)."""
         it = self.items[item_index]
         s = it.subset
         rng = random.Random(hash((self.seed, epoch, position, item_index)) & 0xFFFFFFFF)
-        return vary_caption(it.caption, rng, s, epoch, it.caption_lines)
+        return vary_caption(it.caption, rng, s, epoch, it.caption_lines, step, total_steps)
 
     def size_conditioning(self, item_index: int) -> list[int]:
         """SDXL's (original h, w, crop top, left, target h, w) for an image: the crop is in resized pixels, as the

@@ -18,8 +18,11 @@ class EpochBatches(torch.utils.data.Dataset):
     epoch's batches themselves (the plan is fixed by seed and epoch): so persistent workers
     (``persistent_data_loader_workers``) serve every epoch without being started again."""
 
-    def __init__(self, data: TrainingData, rank: int, world: int, latents: dict[Entry, torch.Tensor] | None):
+    def __init__(self, data: TrainingData, rank: int, world: int, latents: dict[Entry, torch.Tensor] | None,
+                 steps_per_epoch: int = 1, accumulation: int = 1, total_steps: int = 0):
         self.data, self.rank, self.world, self.latents = data, rank, world, latents
+        # where a batch falls in the run (caption token warm-up counts optimizer steps)
+        self.steps_per_epoch, self.accumulation, self.total_steps = steps_per_epoch, accumulation, total_steps
         self._epoch = multiprocessing.RawValue("i", 0)
         self._start = multiprocessing.RawValue("i", 0)  # batches of the epoch already trained (resume)
         self._plan: tuple[int | None, list[list[Entry]]] = (None, [])
@@ -44,8 +47,9 @@ class EpochBatches(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> dict:
         index = position + self._start.value  # captions are keyed by the batch's place in the whole epoch
         entries = self.batches()[index]
+        step = (self.epoch - 1) * self.steps_per_epoch + index // self.accumulation
         batch = {
-            "captions": [self.data.caption_for(i, self.epoch, (self.rank, index, k))
+            "captions": [self.data.caption_for(i, self.epoch, (self.rank, index, k), step, self.total_steps)
                          for k, (i, _) in enumerate(entries)],
             "loss_weights": torch.tensor([self.data.loss_weight(i) for i, _ in entries], dtype=torch.float32),
             "time_ids": torch.tensor([self.data.size_conditioning(i) for i, _ in entries], dtype=torch.float32),

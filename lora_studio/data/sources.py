@@ -40,6 +40,8 @@ class SubsetSpec:
     secondary_separator: str | None = None
     enable_wildcard: bool = False
     caption_dropout_every_n_epochs: int = 0
+    token_warmup_min: int = 1
+    token_warmup_step: float = 0
 
 
 @dataclass
@@ -57,13 +59,13 @@ class DatasetSpec:
 SUBSET_KEYS = {f.name for f in fields(SubsetSpec)}
 # sd-scripts' caption options: top-level settings that are also subset keys of a dataset TOML
 CAPTION_SETTINGS = ("caption_prefix", "caption_suffix", "caption_separator", "keep_tokens_separator",
-                    "secondary_separator", "enable_wildcard", "caption_dropout_every_n_epochs")
+                    "secondary_separator", "enable_wildcard", "caption_dropout_every_n_epochs", "token_warmup_min",
+                    "token_warmup_step")
 DATASET_KEYS = {"resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                 "bucket_reso_steps", "bucket_no_upscale"}
 # sd-scripts dataset keys we do not implement: accepted at their default, an error otherwise.
 UNSUPPORTED_DATASET_KEYS = {"metadata_file": None, "cache_info": False, "alpha_mask": False, "color_aug": False,
-                            "random_crop": False, "face_crop_aug_range": None, "token_warmup_min": 1,
-                            "token_warmup_step": 0, "network_multiplier": 1.0, "resize_interpolation": None, "validation_split": 0.0,
+                            "random_crop": False, "face_crop_aug_range": None, "network_multiplier": 1.0, "resize_interpolation": None, "validation_split": 0.0,
                             "validation_seed": None, "conditioning_data_dir": None, "custom_attributes": None}
 
 _FOLDER_RE = re.compile(r"^(\d+)_(.*)$")

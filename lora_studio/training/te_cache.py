@@ -27,7 +27,7 @@ def check_te_cache_allowed(cfg: Config, train_te: bool, data) -> None:
         raise UserError("cache_text_encoder_outputs needs frozen text encoders: set network_train_unet_only = true "
                         "(or text_encoder_lr = 0)")
     varying = [name for name in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
-                                 "caption_dropout_every_n_epochs", "enable_wildcard")
+                                 "caption_dropout_every_n_epochs", "enable_wildcard", "token_warmup_step")
                if any(getattr(s, name) for d in data.datasets for s in d.subsets)]
     if varying:
         raise UserError(f"cache_text_encoder_outputs needs fixed captions; turn off {', '.join(varying)}")

@@ -319,7 +319,8 @@ class Trainer:
 
         p, workers = self.progress, self.cfg.max_data_loader_n_workers
         if self._batches is None:
-            self._batches = EpochBatches(self.data, self.rank, self.world, self.latents)
+            self._batches = EpochBatches(self.data, self.rank, self.world, self.latents, self.updates_per_epoch,
+                                         self.cfg.gradient_accumulation_steps, self.total_steps)
         self._batches.use_epoch(p.epoch, p.batch)
         persistent = bool(self.cfg.persistent_data_loader_workers and workers)
         if self._loader is None or not persistent:
