@@ -38,9 +38,8 @@ def optimizer_problem(name: str) -> str | None:
     key = name.lower()
     if key in EIGHT_BIT:
         return None
-    package = NAMED.get(key) if key in NAMED else (LEARNING_RATE_FREE.get(key) or SCHEDULE_FREE.get(key) or "")
     if key in NAMED or key in LEARNING_RATE_FREE or key in SCHEDULE_FREE:
-        package = (package or "").split(".")[0]
+        package = NAMED.get(key) or (LEARNING_RATE_FREE.get(key) or SCHEDULE_FREE.get(key) or "").split(".")[0]
         if package and not _installed(package):
             return f"{name} needs the {package} package: pip install {PIP_NAMES.get(package, package)}"
         return None

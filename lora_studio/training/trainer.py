@@ -21,7 +21,7 @@ import torch
 from ..config import Config, save_config, secret_free
 from ..config.network_args import parse_network_args
 from ..config.rules import check_settings
-from ..data.dataset import TrainingData, shard_batches
+from ..data.dataset import TrainingData
 from ..data.loader import EpochBatches, worker_started
 from ..data.sources import datasets_from_config
 from ..errors import UserError
@@ -280,10 +280,11 @@ class Trainer:
     def _train_epoch(self, stop: StopRequest) -> None:
         """Train this process's batches of ``progress.epoch`` from ``progress.batch`` on."""
         p, accelerator = self.progress, self.accelerator
-        batches = shard_batches(self.data.plan_epoch(p.epoch), self.rank, self.world)
+        loader = self._epoch_loader()
+        epoch_batches = len(self._batches.batches())  # the epoch's plan, made once (the loader's dataset keeps it)
         pending, loss_sum, micro = [], None, 0
         p.epoch_done = False
-        for batch in self._epoch_loader():
+        for batch in loader:
             with accelerator.accumulate(self.model):
                 loss = self.model(batch)
                 accelerator.backward(loss)
@@ -299,7 +300,7 @@ class Trainer:
                 if self.cfg.scale_weight_norms:
                     self._scale_weight_norms(p.step)
             loss_sum, micro = None, 0
-            if self.cadence.read_back(p.step, len(pending), p.batch == len(batches)):
+            if self.cadence.read_back(p.step, len(pending), p.batch == epoch_batches):
                 self._read_back(pending)
             self._after_step()
             if p.stopped or self.cadence.finished(p.step):
