@@ -36,17 +36,46 @@ def _final_layer_norm(text_encoder):
     raise RuntimeError("no final_layer_norm in the text encoder")
 
 
+def weighted_token_ids(tokenizer, captions: list[str], total: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ids, weights) of ``captions`` with A1111 emphasis (weighted_captions), both [batch, total], laid out as the
+    tokenizer pads: start token, the caption's tokens (each emphasis part tokenized on its own, as sd-scripts does),
+    end token, padding; every token outside the caption weighs 1. ``weights`` is None when every token weighs 1."""
+    from ..data.prompt_weights import parse_emphasis, token_weights
+
+    parsed = [parse_emphasis(caption) for caption in captions]
+    texts = [text for parts in parsed for text, _ in parts]
+    tokenized = [ids[1:-1] for ids in tokenizer(texts, verbose=False).input_ids]
+    rows, weight_rows, start = [], [], 0
+    for parts in parsed:
+        ids, weights = token_weights(parts, tokenized[start:start + len(parts)], total - 2)
+        start += len(parts)
+        fill = total - 2 - len(ids)
+        rows.append([tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id] + [tokenizer.pad_token_id] * fill)
+        weight_rows.append([1.0] + weights + [1.0] * (fill + 1))
+    plain = all(w == 1.0 for row in weight_rows for w in row)
+    return torch.tensor(rows), None if plain else torch.tensor(weight_rows)
+
+
 def encode_with_clip(text_encoder, tokenizer, captions: list[str], clip_skip: int, max_token_length: int,
-                     device, final_norm: bool = True, pooled: bool = False):
+                     device, final_norm: bool = True, pooled: bool = False, weighted: bool = False):
     """Hidden states of ``captions`` as sd-scripts computes them.
 
     Captions longer than 75 tokens (max_token_length 150/225) are encoded in 75-token chunks, each framed by start
     and end tokens, and joined keeping one start token at the front and one end token at the back. With ``pooled``,
     also the projected pooled output of the first chunk (SDXL's second encoder), as sd-scripts takes it.
+
+    With ``weighted`` (weighted_captions), captions use A1111 emphasis: the hidden state of each caption token is
+    multiplied by its weight, with no rescaling afterwards (sd-scripts' training does none); the pooled output is not
+    weighted. A caption without emphasis encodes exactly as without ``weighted``.
     """
     chunk = tokenizer.model_max_length  # 77
     total = max_token_length + 2
-    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=total, return_tensors="pt").input_ids
+    weights = None
+    if weighted:
+        ids, weights = weighted_token_ids(tokenizer, captions, total)
+    else:
+        ids = tokenizer(captions, padding="max_length", truncation=True, max_length=total,
+                        return_tensors="pt").input_ids
     ids = ids.to(device)
     if total == chunk:
         pieces = [ids]
@@ -73,4 +102,6 @@ def encode_with_clip(text_encoder, tokenizer, captions: list[str], clip_skip: in
         joined = states[0]
     else:
         joined = torch.cat([states[0][:, :1]] + [s[:, 1:-1] for s in states] + [states[-1][:, -1:]], dim=1)
+    if weights is not None:  # the joined states have the ids' layout: one weight a position
+        joined = joined * weights.to(joined.device).unsqueeze(-1)
     return (joined, pooled_out) if pooled else joined

@@ -109,8 +109,9 @@ class ModelFamily:
 
     # ---- prompts and conditioning
     def encode_prompt(self, components: Components, captions: list[str], clip_skip: int, max_token_length: int,
-                      device) -> dict:
-        """The text conditioning of ``captions`` as a dict of batched tensors (cacheable per caption)."""
+                      device, weighted: bool = False) -> dict:
+        """The text conditioning of ``captions`` as a dict of batched tensors (cacheable per caption). ``weighted``
+        (weighted_captions): the captions use A1111 emphasis, ``(word:1.2)``, weighting their tokens."""
         raise NotImplementedError
 
     def add_image_conditioning(self, cond: dict, batch: dict, device) -> dict:

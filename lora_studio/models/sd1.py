@@ -47,9 +47,9 @@ class SD1(StableDiffusionFamily):
         te = ldm_build.build_clip_text_encoder(sd, ldm_keys.TE_PREFIX, SD1_TEXT_ENCODER, source)
         return self._components(unet, vae, [te], [clip_tokenizer(pad_token=self.tokenizer_pad)], source)
 
-    def encode_prompt(self, components, captions, clip_skip, max_token_length, device):
+    def encode_prompt(self, components, captions, clip_skip, max_token_length, device, weighted=False):
         from .clip import encode_with_clip
 
         hidden = encode_with_clip(components.text_encoders[0], components.tokenizers[0], captions, clip_skip,
-                                  max_token_length, device)
+                                  max_token_length, device, weighted=weighted)
         return {"encoder_hidden_states": hidden}

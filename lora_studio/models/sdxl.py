@@ -91,17 +91,19 @@ class SDXL(StableDiffusionFamily):
             return 0
         return 22 if name.startswith("out_") else -1
 
-    def encode_prompt(self, components, captions, clip_skip, max_token_length, device):
-        """Penultimate hidden states of both encoders side by side, and the second one's pooled projection."""
+    def encode_prompt(self, components, captions, clip_skip, max_token_length, device, weighted=False):
+        """Penultimate hidden states of both encoders side by side, and the second one's pooled projection (never
+        weighted by the captions' emphasis, as in sd-scripts)."""
         import torch
 
         from .clip import encode_with_clip
 
         te1, te2 = components.text_encoders
         tok1, tok2 = components.tokenizers
-        hidden1 = encode_with_clip(te1, tok1, captions, 2, max_token_length, device, final_norm=False)
+        hidden1 = encode_with_clip(te1, tok1, captions, 2, max_token_length, device, final_norm=False,
+                                   weighted=weighted)
         hidden2, pooled = encode_with_clip(te2, tok2, captions, 2, max_token_length, device, final_norm=False,
-                                           pooled=True)
+                                           pooled=True, weighted=weighted)
         return {"encoder_hidden_states": torch.cat([hidden1, hidden2.to(hidden1.dtype)], dim=-1),
                 "text_embeds": pooled}
 

@@ -33,8 +33,10 @@ def check_te_cache_allowed(cfg: Config, train_te: bool, data) -> None:
         raise UserError(f"cache_text_encoder_outputs needs fixed captions; turn off {', '.join(varying)}")
 
 
-def te_fingerprint(text_encoders, clip_skip: int, max_token_length: int) -> str:
-    digest = hashlib.sha256(f"{clip_skip}|{max_token_length}".encode())
+def te_fingerprint(text_encoders, clip_skip: int, max_token_length: int, weighted: bool = False) -> str:
+    """What the cached outputs depend on besides the caption; weighted_captions (emphasis read, not literal text)
+    counts only when on, so an older cache stays valid."""
+    digest = hashlib.sha256(f"{clip_skip}|{max_token_length}{'|weighted' if weighted else ''}".encode())
     for te in text_encoders:
         for name, tensor in sorted(te.state_dict().items()):
             digest.update(name.encode())
