@@ -46,6 +46,9 @@ def test_memory_follows_the_settings_and_a_small_gpu_gets_advice():
     assert "lower train_batch_size from 4 to 1" in small.warnings[0] and "RTX 3060 has 8 GB" in small.warnings[0]
     cached = estimate(build_config({**base, "cache_latents_to_disk": True}), _size(), 40, 10, (512, 512), None)
     assert cached.cache_disk_gb == pytest.approx(40 * 4 * 64 * 64 * 4 / 1024**3, rel=1e-3)
+    redrawn = estimate(build_config({**base, "cache_latents_to_disk": True, "random_crop": True}), _size(), 40, 10,
+                       (512, 512), None)  # random_crop turns the latent cache off: no disk, the VAE in memory
+    assert redrawn.cache_disk_gb == 0 and redrawn.vram_gb > cached.vram_gb
 
 
 def test_the_run_logs_its_estimate(tiny_models, dataset, tmp_path):

@@ -34,6 +34,10 @@ def setting_problems(cfg: Config) -> dict[str, str]:
     for name, mode in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
         if getattr(cfg, name) and cfg.mixed_precision != mode:
             problems[name] = f"needs Mixed precision {mode}, as in sd-scripts"
+    for name in ("fp8_base", "fp8_base_unet"):
+        if getattr(cfg, name) and cfg.mixed_precision == "no":
+            problems[name] = ("stores the frozen weights in float8 and computes them in the mixed precision: it needs "
+                              "mixed_precision \"bf16\" or \"fp16\" (mixed_precision is \"no\"), as in sd-scripts")
     optimizer = optimizer_problem(cfg.optimizer_type or "")
     if optimizer:
         problems["optimizer_type"] = optimizer

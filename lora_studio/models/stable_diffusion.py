@@ -177,11 +177,12 @@ class StableDiffusionFamily(ModelFamily):
         return timesteps_in_range(schedule.config.num_train_timesteps, batch_size, device, recipe)
 
     def prediction_and_target(self, components, schedule, latents, noise, timesteps, cond, recipe):
+        from .fp8 import compute_dtype
         from .noise import input_noise
 
         unet = components.unet
         noisy = schedule.add_noise(latents, input_noise(noise, recipe), timesteps)
-        dtype = unet.dtype
+        dtype = compute_dtype(unet)  # the mixed precision, also when fp8_base stores the weights in float8
         extra = {k: v for k, v in cond.items() if k != "encoder_hidden_states"}
         pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
                     return_dict=False, **({"added_cond_kwargs": extra} if extra else {}))[0]

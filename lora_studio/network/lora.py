@@ -18,6 +18,7 @@ from torch import nn
 from ..config.network_args import NetworkArgs
 from ..errors import UserError
 from ..models.family import Components
+from ..models.fp8 import is_fp8
 
 
 class LoRAModule(nn.Module):
@@ -205,6 +206,12 @@ def lycoris_adapter(stem: str, base: nn.Module, rank: int, alpha: float | None, 
                "rs_lora": args.flag("rs_lora"), "factor": args.factor, "decompose_both": args.flag("decompose_both"),
                "full_matrix": args.flag("full_matrix"), "block_size": args.unit, "constraint": args.constraint,
                "rescaled": args.flag("rescaled")}
+    if is_fp8(base):  # fp8_base: the float8 weight is only read through the layer's own (upcasting) forward
+        if args.dora_wd or args.algo in ("full", "ia3"):
+            raise UserError(f"fp8_base: LyCORIS {'DoRA (dora_wd)' if args.dora_wd else 'algo=' + args.algo} works on "
+                            "each layer's base weight, which fp8_base stores in float8; turn fp8_base and "
+                            "fp8_base_unet off for it")
+        options["bypass_mode"] = True  # W x + dW x, as LyCORIS runs quantised layers; the same file
     try:
         module = getattr(modules, LYCORIS_CLASSES[args.algo])(stem, base, **common, **options)
     except (ValueError, AssertionError) as exc:  # LyCORIS refuses this layer's shape with this rank

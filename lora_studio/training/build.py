@@ -3,6 +3,7 @@ optimizer and its schedule, and the latent and text-encoder caches."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from ..config.network_args import NetworkArgs
 from ..data.latent_cache import build_latent_cache, vae_fingerprint
 from ..errors import UserError
 from ..models.family import Components
+from ..models.fp8 import fp8_problem, store_fp8
 from ..network.lora import LoRANetwork, ranks_in_file
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
@@ -59,6 +61,29 @@ def choose_attention(unet, cfg: Config) -> str:
     return "PyTorch SDPA"
 
 
+@contextlib.contextmanager
+def low_ram_loading(cfg: Config, device: torch.device, is_main: bool = True):
+    """sd-scripts' lowram: a single-file checkpoint's modules are built on the GPU, so its weights never sit in
+    system RAM in float32 (only the file's own tensors pass through it). Also says, once, that highvram changes
+    nothing here."""
+    if cfg.highvram and is_main:
+        log.info("highvram: no effect; sd-scripts empties the CUDA cache while caching latents unless it is set, "
+                 "LoRA Studio never does, so every run already works this way")
+    why_not = None
+    if cfg.lowram and device.type != "cuda":
+        why_not = "no effect without a GPU (the model is built in system RAM, where it trains)"
+    elif cfg.lowram and not Path(cfg.pretrained_model_name_or_path).expanduser().is_file():
+        why_not = ("no effect with a diffusers folder: from_pretrained already reads its weights straight into the "
+                   "model, with no second copy in system RAM")
+    if why_not and is_main:
+        log.info("lowram: %s", why_not)
+    if not cfg.lowram or why_not:
+        yield
+        return
+    with torch.device(device):
+        yield
+
+
 def place_model(c: Components, cfg: Config, precision: Precision, device: torch.device, trained: Trained) -> str:
     """Frozen weights in the training precision on the device (the VAE as the family needs it); returns the
     attention used."""
@@ -70,6 +95,7 @@ def place_model(c: Components, cfg: Config, precision: Precision, device: torch.
         te.to(device, precision.weight_dtype)
     vae_fp32 = c.family.vae_needs_float32(precision.mode, cfg.no_half_vae) or precision.cpu_loss_scaling
     c.vae.to(device, torch.float32 if vae_fp32 else precision.weight_dtype)
+    store_frozen_fp8(c, precision, device)
     if cfg.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()
         c.unet.train()
@@ -78,6 +104,25 @@ def place_model(c: Components, cfg: Config, precision: Precision, device: torch.
                 te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                 te.train()
     return attention
+
+
+def store_frozen_fp8(c: Components, precision: Precision, device: torch.device) -> None:
+    """fp8_base / fp8_base_unet: the U-Net's (and the text encoders') Linear and Conv2d weights in float8, computed
+    in the training precision; before the adapters wrap those layers."""
+    parts = ([("U-Net", c.unet)] if precision.fp8_unet else []) + \
+        ([("text encoder", te) for te in c.text_encoders] if precision.fp8_text_encoders else [])
+    if not parts:
+        return
+    problem = fp8_problem(device)
+    if problem:
+        raise UserError(f"fp8_base: {problem}; turn fp8_base and fp8_base_unet off")
+    layers = saved = 0
+    for _, model in parts:
+        n, b = store_fp8(model, precision.weight_dtype)
+        layers, saved = layers + n, saved + b
+    log.info("fp8_base: %d Linear/Conv weights of the %s stored in float8 (%.2f GB less), computed in %s", layers,
+             " and ".join(dict.fromkeys(name + "s" if name == "text encoder" else name for name, _ in parts)),
+             saved / 2**30, str(precision.weight_dtype).replace("torch.", ""))
 
 
 def ranks_from_weights(cfg: Config) -> Config:
@@ -156,11 +201,13 @@ def cache_text_encoder_outputs(c: Components, data, cfg: Config, trained: Traine
     folders = {}
     for i, item in enumerate(data.items):
         folders.setdefault(data.caption_for(i, 0, (0,)), item.path.parent)
-    fingerprint = te_fingerprint(c.text_encoders, cfg.clip_skip, cfg.max_token_length) + c.family.name
+    fingerprint = te_fingerprint(c.text_encoders, cfg.clip_skip, cfg.max_token_length,
+                                 cfg.weighted_captions) + c.family.name
 
     def encode(captions):
         with precision.autocast(device):
-            return c.family.encode_prompt(c, captions, cfg.clip_skip, cfg.max_token_length, device)
+            return c.family.encode_prompt(c, captions, cfg.clip_skip, cfg.max_token_length, device,
+                                          weighted=cfg.weighted_captions)
 
     to_disk = cfg.cache_text_encoder_outputs_to_disk
     if to_disk and accelerator.num_processes > 1:

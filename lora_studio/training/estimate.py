@@ -114,10 +114,14 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
     weight_bytes = 2 if half else 4
     train_te = not cfg.network_train_unet_only
     te_cached = cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk
-    latents_cached = cfg.cache_latents or cfg.cache_latents_to_disk
-    frozen = size.unet * weight_bytes
+    # color_aug / random_crop redraw each image, so the run turns latent caching off
+    latents_cached = (cfg.cache_latents or cfg.cache_latents_to_disk) and not (cfg.color_aug or cfg.random_crop)
+    # fp8_base / fp8_base_unet: the Linear/Conv weights (nearly all of them) in float8, 1 byte each
+    unet_bytes = 1 if half and (cfg.fp8_base or cfg.fp8_base_unet) else weight_bytes
+    te_bytes = 1 if half and cfg.fp8_base and not cfg.fp8_base_unet else weight_bytes
+    frozen = size.unet * unet_bytes
     if not (te_cached and not cfg.sample_prompts):
-        frozen += size.text_encoders * weight_bytes
+        frozen += size.text_encoders * te_bytes
     if not (latents_cached and not cfg.sample_prompts):
         vae_fp32 = size.recipe.vae_needs_float32(cfg.mixed_precision, cfg.no_half_vae)
         frozen += size.vae * (4 if vae_fp32 else 2)
@@ -131,12 +135,17 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
         per_sample *= CHECKPOINTED_SHARE
     activations = per_sample * cfg.train_batch_size
     vram = (frozen + lora_bytes + activations) / GB + 0.8  # CUDA context and allocator slack
+    all_params = size.unet + size.text_encoders + size.vae
+    lowram = cfg.lowram and gpu is not None and Path(cfg.pretrained_model_name_or_path or "").expanduser().is_file()
+    if lowram:  # a single-file model is built on the GPU in float32 before it is cast
+        vram = max(vram, all_params * 4 / GB + 0.8)
 
     latent_bytes = 4 * latent_pixels * 4
     entries = num_images * (2 if cfg.flip_aug else 1)
-    cache_in_memory = entries * latent_bytes if cfg.cache_latents and not cfg.cache_latents_to_disk else 0
-    ram = (size.unet + size.text_encoders + size.vae) * 4 / GB + cache_in_memory / GB + 2.0
-    disk = entries * latent_bytes if cfg.cache_latents_to_disk else 0
+    cache_in_memory = entries * latent_bytes if latents_cached and not cfg.cache_latents_to_disk else 0
+    # the model is built in float32 in system RAM; with lowram only the file's tensors (half precision, mostly) are
+    ram = all_params * (2 if lowram else 4) / GB + cache_in_memory / GB + 2.0
+    disk = entries * latent_bytes if latents_cached and cfg.cache_latents_to_disk else 0
     if cfg.cache_text_encoder_outputs_to_disk:
         disk += num_images * constants.te_cache_bytes_per_caption
     seconds = None
@@ -164,10 +173,16 @@ def memory_tips(cfg: Config, per_sample: float | None = None) -> list[str]:
     if cfg.train_batch_size > 1:
         tips.append(f"lower train_batch_size (now {cfg.train_batch_size}); lower train_batch_size from "
                     f"{cfg.train_batch_size} to 1{saving(activations - (per_sample or 0))}")
-    if not (cfg.cache_latents or cfg.cache_latents_to_disk):
+    if cfg.color_aug or cfg.random_crop:
+        tips.append("turn off color_aug and random_crop, then cache_latents = true")
+    elif not (cfg.cache_latents or cfg.cache_latents_to_disk):
         tips.append("turn on cache_latents = true")
     if cfg.mixed_precision == "no":
         tips.append('use mixed_precision = "bf16" (or "fp16")')
+    if not (cfg.fp8_base or cfg.fp8_base_unet):
+        tips.append("store the frozen weights in float8: fp8_base = true (with mixed precision)")
+    if cfg.lowram:
+        tips.append("turn lowram off (it builds the model on the GPU in float32 before casting it)")
     if cfg.optimizer_type.lower() == "adamw":
         tips.append('use optimizer_type = "AdamW8bit"')
     if not cfg.network_train_unet_only:

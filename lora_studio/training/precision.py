@@ -21,6 +21,8 @@ class Precision:
     weight_dtype: torch.dtype  # frozen weights and autocast; adapters stay float32
     cpu_loss_scaling: bool = False  # the test suite's fp16 on a CPU: a GradScaler, float32 compute
     adapter_dtype: torch.dtype = torch.float32  # the trained weights: fp16/bf16 with full_fp16/full_bf16
+    fp8_unet: bool = False  # fp8_base / fp8_base_unet: the U-Net's Linear/Conv weights stored in float8
+    fp8_text_encoders: bool = False  # fp8_base without fp8_base_unet: the text encoders' too
 
     @property
     def full_fp16(self) -> bool:
@@ -45,16 +47,18 @@ def choose_precision(cfg: Config, cuda: bool) -> str:
 def precision_for(cfg: Config, cuda: bool) -> Precision:
     """With full_fp16 / full_bf16 (sd-scripts' experimental options) the adapters train in that dtype too, as
     sd-scripts casts the network: half the memory for their weights, gradients and optimizer state."""
+    fp8 = {"fp8_unet": bool(cfg.fp8_base or cfg.fp8_base_unet),
+           "fp8_text_encoders": bool(cfg.fp8_base and not cfg.fp8_base_unet)}  # as sd-scripts splits them
     if cfg.mixed_precision == "fp16" and not cuda and faults.cpu_loss_scaling():
         return Precision("fp16", torch.float32, cpu_loss_scaling=True,
-                         adapter_dtype=torch.float16 if cfg.full_fp16 else torch.float32)
+                         adapter_dtype=torch.float16 if cfg.full_fp16 else torch.float32, **fp8)
     mode = choose_precision(cfg, cuda)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode, torch.float32)
     full = (cfg.full_fp16 and mode == "fp16") or (cfg.full_bf16 and mode == "bf16")
     if (cfg.full_fp16 or cfg.full_bf16) and not full:
         log.warning("%s needs mixed precision %s, which this machine does not run: the adapters train in fp32",
                     "full_fp16" if cfg.full_fp16 else "full_bf16", "fp16" if cfg.full_fp16 else "bf16")
-    return Precision(mode, dtype, adapter_dtype=dtype if full else torch.float32)
+    return Precision(mode, dtype, adapter_dtype=dtype if full else torch.float32, **fp8)
 
 
 def unscale_fp16_gradients(accelerator) -> None:
