@@ -49,9 +49,9 @@ def test_wrong_type_and_range_are_named():
 
 
 def test_unsupported_sd_scripts_key():
-    build_config({"lowram": False, "color_aug": False})  # at their defaults they change nothing
-    with pytest.raises(ConfigError, match="'color_aug' is an sd-scripts option that LoRA Studio does not support"):
-        build_config({"color_aug": True})
+    build_config({"debug_dataset": False, "face_crop_aug_range": None})  # at their defaults they change nothing
+    with pytest.raises(ConfigError, match="'debug_dataset' is an sd-scripts option that LoRA Studio does not support"):
+        build_config({"debug_dataset": True})
 
 
 def test_zero_and_false_survive_save_and_load(tmp_path):

@@ -43,11 +43,14 @@ def test_a_kohya_gui_config_becomes_the_same_training_settings(tmp_path):
 
 
 def test_unsupported_values_are_listed_not_dropped_silently():
-    result = convert({**KOHYA_GUI_JSON, "LoRA_type": "Flux1", "color_aug": True, "lr_scheduler": "adafactor",
-                      "additional_parameters": "--foo 1"})
+    result = convert({**KOHYA_GUI_JSON, "LoRA_type": "Flux1", "huggingface_repo_id": "me/lora",
+                      "lr_scheduler": "adafactor", "additional_parameters": "--foo 1", "color_aug": True,
+                      "masked_loss": True})
     report = result.report()
     assert "LoRA type 'Flux1' trains a Flux model, which LoRA Studio does not train" in report
-    assert "color_aug = True" in report and "does not support yet" in report
+    assert "huggingface_repo_id = 'me/lora'" in report and "does not support yet" in report
+    assert result.settings["color_aug"] is True and result.settings["masked_loss"] is True
+    assert "masked_loss = true: set the Mask folder (conditioning_data_dir" in report
     assert "Additional parameters: --foo is not an sd-scripts training option: not imported" in report
     assert result.settings["lr_scheduler"] == "adafactor"
 
@@ -132,7 +135,7 @@ def test_kohya_zeros_percentages_and_noise_types_become_what_kohya_passes():
 
 
 def test_the_report_has_four_parts_and_other_tabs_are_named():
-    report = convert({**KOHYA_GUI_JSON, "max_grad_norm": 0, "color_aug": True}).report()
+    report = convert({**KOHYA_GUI_JSON, "max_grad_norm": 0, "huggingface_repo_id": "me/lora"}).report()
     parts = ["**Carried over as they are**", "**Set to what Kohya_ss trains:**", "**Not supported, left out:**",
              "**Only for the Kohya_ss GUI**"]
     assert all(p in report for p in parts) and [report.index(p) for p in parts] == sorted(report.index(p)

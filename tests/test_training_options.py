@@ -290,7 +290,7 @@ def test_log_with_wandb_records_the_run_offline_and_says_what_to_install_without
     out, logs = tmp_path / "out", tmp_path / "logs"
     settings = base_settings(tiny_models["folder"], dataset, out, max_train_steps=3, log_with="all",
                              logging_dir=str(logs), log_prefix="emi-", wandb_run_name="emi v1",
-                             log_tracker_name="lora-studio-test")
+                             log_tracker_name="lora-studio-test", log_config=True)
     proc = run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)))
     assert "logging to Weights & Biases: project lora-studio-test, run emi v1 (offline)" in proc.stderr
     (run_dir,) = logs.glob("emi-*")  # sd-scripts' <logging_dir>/<log_prefix><time>, shared by both trackers
@@ -298,12 +298,15 @@ def test_log_with_wandb_records_the_run_offline_and_says_what_to_install_without
     data = record.read_bytes()
     for written in (b"loss/current", b"lr/unet", b"emi v1", b"lora-studio-test", b"network_dim"):
         assert written in data, written
+    assert str(dataset).encode() not in data  # log_config leaves out where the user's files are, as sd-scripts
     assert list(run_dir.glob("events.out.tfevents.*"))  # and TensorBoard's, with log_with = "all"
     key_run = base_settings(tiny_models["folder"], dataset, tmp_path / "out2", max_train_steps=1, log_with="wandb",
                             logging_dir=str(tmp_path / "logs2"), wandb_api_key="local-0123456789abcdef")
     monkeypatch.setenv("WANDB_API_KEY", "")
     run_cli("train", "--config", str(write_config(tmp_path / "key.toml", key_run)))
     assert (tmp_path / "out2" / "test_lora.safetensors").is_file()
+    (quiet,) = (tmp_path / "logs2").glob("*/wandb/offline-run-*/run-*.wandb")
+    assert b"network_dim" not in quiet.read_bytes()  # no settings sent without log_config
     for written in [*(tmp_path / "out2").rglob("*"), *(tmp_path / "logs2").rglob("*")]:
         if written.is_file():
             assert b"0123456789abcdef" not in written.read_bytes(), written

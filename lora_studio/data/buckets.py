@@ -49,9 +49,11 @@ def resized_and_crop(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[tu
     return (new_w, new_h), ((new_w - bw) // 2, (new_h - bh) // 2)
 
 
-def fit_to_bucket(img: Image.Image, bucket: tuple[int, int]) -> Image.Image:
-    """Resize so the image covers the bucket, then crop the centre to exactly the bucket size."""
-    (new_w, new_h), (left, top) = resized_and_crop(img.size, bucket)
+def fit_to_bucket(img: Image.Image, bucket: tuple[int, int], origin: tuple[int, int] | None = None) -> Image.Image:
+    """Resize so the image covers the bucket, then crop exactly the bucket size: at ``origin`` (left, top), or the
+    centre."""
+    (new_w, new_h), centre = resized_and_crop(img.size, bucket)
+    left, top = origin if origin is not None else centre
     if (new_w, new_h) != img.size:
         shrink = new_w < img.size[0]
         img = img.resize((new_w, new_h), Image.Resampling.LANCZOS if shrink else Image.Resampling.BICUBIC)

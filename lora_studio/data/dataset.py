@@ -15,10 +15,15 @@ import numpy as np
 from ..errors import UserError
 from .buckets import bucket_resolutions, choose_bucket, fit_to_bucket, resized_and_crop
 from .captions import read_caption_lines, vary_caption
-from .images import UnreadableImage, is_image_file, load_rgb
+from ..io_utils import file_sha256
+from .augment import color_aug, random_crop_origin
+from .images import UnreadableImage, is_image_file, load_alpha, load_mask, load_rgb
+from .metadata_file import metadata_captions
 from .sources import DatasetSpec, SubsetSpec
 
 log = logging.getLogger(__name__)
+
+LATENT_SCALE = 8  # pixels per latent pixel, each side (the VAE of every Stable Diffusion family)
 
 
 @dataclass
@@ -31,6 +36,11 @@ class ImageItem:
     has_caption_file: bool
     size: tuple[int, int] = (0, 0)  # (width, height) of the image file
     caption_lines: list[str] | None = None  # every line of the caption file, for enable_wildcard
+    mask_path: Path | None = None  # its mask image in the subset's conditioning_data_dir (masked_loss)
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 # One entry of a batch: (item index, flipped?)
@@ -46,12 +56,15 @@ class TrainingData:
         self.seed = seed
         self.items: list[ImageItem] = []
         self.skipped: list[tuple[Path, str]] = []
+        self._mask_folders: dict[Path, dict[str, Path]] = {}
+        self._masks_claimed: set[Path] = set()
         for d_index, spec in enumerate(datasets):
             self._check_dataset(spec)
             buckets = bucket_resolutions(spec.resolution, spec.min_bucket_reso, spec.max_bucket_reso,
                                          spec.bucket_reso_steps) if spec.enable_bucket else []
             for subset in spec.subsets:
                 self._scan_subset(subset, spec, d_index, buckets)
+        self._check_unused_masks()
         if not any(not it.subset.is_reg for it in self.items):
             where = ", ".join(str(s.image_dir) for d in datasets for s in d.subsets if not s.is_reg)
             raise UserError(f"no usable training images found in {where or 'the dataset'} "
@@ -70,6 +83,33 @@ class TrainingData:
                             f"({spec.max_bucket_reso})")
 
     def _scan_subset(self, subset: SubsetSpec, spec: DatasetSpec, d_index: int, buckets) -> None:
+        if subset.metadata_file is not None:
+            found = metadata_captions(subset.metadata_file, subset.image_dir, subset.caption_separator,
+                                      subset.enable_wildcard)
+        else:
+            found = [(path, None) for path in self._image_files(subset)]
+        masks = self._mask_files(subset, [path for path, _ in found])
+        for path, lines in found:
+            try:
+                size = load_rgb(path).size
+            except UnreadableImage as exc:
+                self.skipped.append((path, str(exc)))
+                log.warning("skipping unreadable image %s (%s)", path, exc)
+                continue
+            has_caption = lines is not None
+            if lines is None:
+                caption_path = path.with_suffix(subset.caption_extension)
+                has_caption = caption_path.is_file()
+                lines = read_caption_lines(caption_path) if has_caption else []
+            caption = lines[0] if lines else subset.class_tokens or ""
+            bucket = choose_bucket(size, spec.resolution, spec.enable_bucket, buckets, spec.bucket_reso_steps,
+                                   spec.bucket_no_upscale)
+            self.items.append(ImageItem(path, caption, subset, d_index, bucket, has_caption, size,
+                                        lines if subset.enable_wildcard and len(lines) > 1 else None,
+                                        masks.get(path)))
+
+    @staticmethod
+    def _image_files(subset: SubsetSpec) -> list[Path]:
         files = sorted((p for p in subset.image_dir.iterdir() if is_image_file(p)), key=lambda p: p.name)
         if not files:
             log.warning("no images in %s", subset.image_dir)
@@ -80,21 +120,31 @@ class TrainingData:
             if len(same) > 1:  # both train; the user may not expect one caption for two pictures
                 log.warning("%s share the caption %s%s in %s", " and ".join(p.name for p in same), stem,
                             subset.caption_extension, subset.image_dir)
-        for path in files:
-            try:
-                size = load_rgb(path).size
-            except UnreadableImage as exc:
-                self.skipped.append((path, str(exc)))
-                log.warning("skipping unreadable image %s (%s)", path, exc)
-                continue
-            caption_path = path.with_suffix(subset.caption_extension)
-            has_caption = caption_path.is_file()
-            lines = read_caption_lines(caption_path) if has_caption else []
-            caption = lines[0] if lines else subset.class_tokens or ""
-            bucket = choose_bucket(size, spec.resolution, spec.enable_bucket, buckets, spec.bucket_reso_steps,
-                                   spec.bucket_no_upscale)
-            self.items.append(ImageItem(path, caption, subset, d_index, bucket, has_caption, size,
-                                        lines if subset.enable_wildcard and len(lines) > 1 else None))
+        return files
+
+    def _mask_files(self, subset: SubsetSpec, images: list[Path]) -> dict[Path, Path]:
+        """Each image's mask in the subset's conditioning_data_dir (same name, any image extension). As sd-scripts,
+        every image needs one."""
+        if subset.conditioning_data_dir is None:
+            return {}
+        folder = subset.conditioning_data_dir
+        by_stem = {p.stem: p for p in sorted(folder.iterdir(), key=lambda p: p.name) if is_image_file(p)}
+        self._mask_folders[folder] = by_stem
+        self._masks_claimed.update(by_stem[image.stem] for image in images if image.stem in by_stem)
+        missing = [image.name for image in images if image.stem not in by_stem]
+        if missing:
+            raise UserError(f"conditioning_data_dir {folder}: no mask for {len(missing)} image(s) of "
+                            f"{subset.image_dir}: {_listed(missing)} (a mask has its image's name, any image "
+                            "extension)")
+        return {image: by_stem[image.stem] for image in images}
+
+    def _check_unused_masks(self) -> None:
+        """A mask no image uses is named too, as sd-scripts does: a misspelt name would train that image unmasked."""
+        extra = sorted(str(p) for masks in self._mask_folders.values() for p in masks.values()
+                       if p not in self._masks_claimed)
+        if extra:
+            raise UserError(f"{len(extra)} mask(s) in conditioning_data_dir without a training image of the same "
+                            f"name: {_listed(extra)}")
 
     # ---- numbers the user sees ----
     @property
@@ -118,7 +168,7 @@ class TrainingData:
         for it in self.items:
             for tag in (t.strip() for t in it.caption.split(",")):
                 if tag:
-                    freq[it.subset.image_dir.name][tag] += 1
+                    freq[it.subset.name][tag] += 1
         return {k: dict(v) for k, v in freq.items()}
 
     def summary(self) -> str:
@@ -167,24 +217,85 @@ class TrainingData:
         rng = random.Random(hash((self.seed, epoch, position, item_index)) & 0xFFFFFFFF)
         return vary_caption(it.caption, rng, s, epoch, it.caption_lines, step, total_steps)
 
-    def size_conditioning(self, item_index: int) -> list[int]:
-        """SDXL's (original h, w, crop top, left, target h, w) for an image: the crop is in resized pixels, as the
-        UNet saw such crops in pre-training."""
+    # ---- one draw of an image ----
+    def draw_rng(self, item_index: int, epoch: int, position: tuple[int, ...]) -> random.Random | None:
+        """The randomness of one draw of an image (random_crop, color_aug), or None when its subset has neither."""
+        s = self.items[item_index].subset
+        if not (s.random_crop or s.color_aug):
+            return None
+        return random.Random(hash((self.seed, epoch, position, item_index, 1)) & 0xFFFFFFFF)
+
+    def crop_origin(self, item_index: int, rng: random.Random | None = None) -> tuple[int, int]:
+        """(left, top) of the image's bucket-sized crop in the resized image: its centre, or a random place with
+        random_crop."""
         it = self.items[item_index]
-        _, (left, top) = resized_and_crop(it.size, it.bucket)
+        if rng is not None and it.subset.random_crop:
+            return random_crop_origin(it.size, it.bucket, rng)
+        return resized_and_crop(it.size, it.bucket)[1]
+
+    def size_conditioning(self, item_index: int, flip: bool = False, origin: tuple[int, int] | None = None) -> list[int]:
+        """SDXL's (original h, w, crop top, left, target h, w) for an image: the crop is in resized pixels, as the
+        UNet saw such crops in pre-training (a flipped image's crop is mirrored, a random crop's is where it was)."""
+        it = self.items[item_index]
+        (new_w, _), centre = resized_and_crop(it.size, it.bucket)
+        left, top = origin if origin is not None else centre
+        if flip:
+            left = new_w - left - it.bucket[0]
         return [it.size[1], it.size[0], top, left, it.bucket[1], it.bucket[0]]
 
     def loss_weight(self, item_index: int) -> float:
         return self.prior_loss_weight if self.items[item_index].subset.is_reg else 1.0
 
-    def pixels(self, item_index: int, flip: bool) -> np.ndarray:
-        """The image in its bucket as a float32 [3, H, W] array in [-1, 1]."""
+    def pixels(self, item_index: int, flip: bool, origin: tuple[int, int] | None = None,
+               rng: random.Random | None = None) -> np.ndarray:
+        """The image in its bucket as a float32 [3, H, W] array in [-1, 1] (cropped at ``origin``; color_aug drawn
+        from ``rng``), in sd-scripts' order: crop, colour, flip."""
         it = self.items[item_index]
-        img = fit_to_bucket(load_rgb(it.path), it.bucket)
-        arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+        rgb = np.asarray(fit_to_bucket(load_rgb(it.path), it.bucket, origin))
+        if rng is not None and it.subset.color_aug:
+            rgb = color_aug(rgb, rng)
+        arr = rgb.astype(np.float32) / 127.5 - 1.0
         if flip:
             arr = arr[:, ::-1]
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    # ---- loss masks (masked_loss, alpha_mask) ----
+    def mask_source(self, item_index: int) -> str | None:
+        """What an image's loss mask comes from: its mask file (masked_loss), its transparency (alpha_mask), or
+        nothing (the whole image trains)."""
+        it = self.items[item_index]
+        if it.mask_path is not None:
+            return f"mask file {file_sha256(it.mask_path)}"
+        return "alpha" if it.subset.alpha_mask else None
+
+    def redrawn_folders(self) -> list[str]:
+        """Folders whose images change each time they are drawn (color_aug, random_crop): no latent cache for them."""
+        return sorted({str(it.path.parent) for it in self.items if it.subset.color_aug or it.subset.random_crop})
+
+    @property
+    def uses_masks(self) -> bool:
+        return any(it.mask_path is not None or it.subset.alpha_mask for it in self.items)
+
+    def mask(self, item_index: int, flip: bool, origin: tuple[int, int] | None = None) -> np.ndarray:
+        """The image's loss mask in [0, 1] at the latents' size ([H/8, W/8], float32): put in the bucket exactly as
+        the image is (resize, crop, flip), then averaged over each latent pixel's 8x8 pixels (what sd-scripts' "area"
+        interpolation to the loss's size does). All ones when the image has no mask."""
+        it = self.items[item_index]
+        bw, bh = it.bucket
+        if it.mask_path is not None:
+            try:
+                mask = load_mask(it.mask_path, it.size, it.path)
+            except UnreadableImage as exc:
+                raise UserError(str(exc)) from None
+        else:
+            mask = load_alpha(it.path) if it.subset.alpha_mask else None
+        if mask is None:
+            return np.ones((bh // LATENT_SCALE, bw // LATENT_SCALE), dtype=np.float32)
+        arr = np.asarray(fit_to_bucket(mask, it.bucket, origin), dtype=np.float32) / 255.0
+        if flip:
+            arr = arr[:, ::-1]
+        pooled = arr.reshape(bh // LATENT_SCALE, LATENT_SCALE, bw // LATENT_SCALE, LATENT_SCALE).mean(axis=(1, 3))
+        return np.ascontiguousarray(pooled, dtype=np.float32)
 
 
 def shard_batches(batches: list[list[Entry]], rank: int, world: int) -> list[list[Entry]]:

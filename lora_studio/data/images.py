@@ -59,3 +59,35 @@ def load_rgb(path: str | Path) -> Image.Image:
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img
+
+
+def load_alpha(path: str | Path) -> Image.Image | None:
+    """The image's transparency as an 8-bit "L" image (EXIF rotation applied, like ``load_rgb``), or None when it
+    has none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode == "L" and "transparency" in img.info:
+        img = img.convert("LA")
+    if img.mode not in ("RGBA", "RGBa", "LA", "La", "PA"):
+        return None
+    return img.getchannel("A")
+
+
+def load_mask(path: str | Path, size: tuple[int, int], image: Path) -> Image.Image:
+    """A mask image (masked_loss) as "L" from its red channel, as sd-scripts reads it, at the size of ``image``
+    (``size``). A mask of the same shape at another scale is resized; another shape is an error."""
+    try:
+        mask = load_rgb(path).getchannel("R")
+    except UnreadableImage as exc:
+        raise UnreadableImage(f"mask {path}: {exc}") from None
+    if mask.size != size:
+        if abs(mask.size[0] / mask.size[1] - size[0] / size[1]) > 0.01:
+            raise UnreadableImage(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image {image} is "
+                                  f"{size[0]}x{size[1]}: a mask must have its image's shape")
+        mask = mask.resize(size, Image.Resampling.BILINEAR)
+    return mask

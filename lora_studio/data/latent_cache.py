@@ -34,8 +34,21 @@ def vae_fingerprint(vae: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _cache_path(image: Path, bucket: tuple[int, int], flip: bool, vae_id: str, fallback_dir: Path) -> Path:
-    key = hashlib.sha256(f"{CACHE_VERSION}|{file_sha256(image)}|{bucket}|{flip}|{vae_id}".encode()).hexdigest()[:20]
+class LatentCache(dict):
+    """(image, flip) -> its latent; ``masks``: (image, flip) -> its loss mask at the latent's size, when the run
+    masks the loss (masked_loss, alpha_mask)."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks: dict[Entry, torch.Tensor] = {}
+
+
+def _cache_path(image: Path, bucket: tuple[int, int], flip: bool, vae_id: str, fallback_dir: Path,
+                mask: str | None = None) -> Path:
+    """``mask`` names where the entry's loss mask comes from (the entry then holds it); a changed mask file is a new
+    entry."""
+    masked = f"|{mask}" if mask else ""
+    key = hashlib.sha256(f"{CACHE_VERSION}|{file_sha256(image)}|{bucket}|{flip}|{vae_id}{masked}".encode()).hexdigest()[:20]
     folder = image.parent / CACHE_FOLDER
     try:
         folder.mkdir(exist_ok=True)
@@ -56,20 +69,26 @@ def needed_entries(data: TrainingData) -> list[Entry]:
 
 def build_latent_cache(data: TrainingData, encode: Callable[[torch.Tensor], torch.Tensor], vae_id: str,
                        to_disk: bool, write: bool, fallback_dir: Path, batch_size: int = 4,
-                       show_progress: bool = True) -> dict[Entry, torch.Tensor]:
-    """Latents for every (image, flip) the run can draw. ``encode`` maps [B,3,H,W] pixels to scaled latents.
+                       show_progress: bool = True) -> LatentCache:
+    """Latents for every (image, flip) the run can draw, and their loss masks when the run has masks. ``encode``
+    maps [B,3,H,W] pixels to scaled latents.
 
     With ``to_disk``, entries found on disk are read and new ones written (only where ``write`` is true: the main
     process); other processes read what the main process wrote.
     """
-    cache: dict[Entry, torch.Tensor] = {}
+    cache = LatentCache()
+    masked = data.uses_masks
     todo: dict[tuple[int, int], list[tuple[Entry, Path | None]]] = defaultdict(list)
     for entry in needed_entries(data):
         item = data.items[entry[0]]
-        path = _cache_path(item.path, item.bucket, entry[1], vae_id, fallback_dir) if to_disk else None
+        mask = (data.mask_source(entry[0]) or "none") if masked else None
+        path = _cache_path(item.path, item.bucket, entry[1], vae_id, fallback_dir, mask) if to_disk else None
         if path is not None and path.is_file():
             try:
-                cache[entry] = load_file(str(path))["latent"]
+                stored = load_file(str(path))
+                cache[entry] = stored["latent"]
+                if masked:
+                    cache.masks[entry] = stored["mask"]
                 continue
             except Exception as exc:  # a damaged cache file is re-made, never trusted
                 log.warning("re-encoding %s: cache file %s unreadable (%s)", item.path, path, exc)
@@ -88,10 +107,12 @@ def build_latent_cache(data: TrainingData, encode: Callable[[torch.Tensor], torc
                     if not torch.isfinite(latent).all():
                         raise UserError(f"the VAE produced NaN/inf latents for {data.items[i].path}; "
                                         "use mixed_precision = \"no\" or a fixed VAE")
-                    latent = latent.contiguous()
-                    cache[(i, flip)] = latent
+                    stored = {"latent": latent.contiguous()}
+                    cache[(i, flip)] = stored["latent"]
+                    if masked:
+                        stored["mask"] = cache.masks[(i, flip)] = torch.from_numpy(data.mask(i, flip))
                     if path is not None:
                         meta = {"image": data.items[i].path.name, "bucket": f"{bucket[0]}x{bucket[1]}"}
-                        atomic_write(path, lambda tmp, t=latent, m=meta: save_file({"latent": t}, tmp, metadata=m))
+                        atomic_write(path, lambda tmp, t=stored, m=meta: save_file(t, tmp, metadata=m))
                 bar.update(len(chunk))
     return cache

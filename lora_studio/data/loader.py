@@ -9,6 +9,7 @@ import os
 import torch
 
 from .dataset import Entry, TrainingData, shard_batches
+from .latent_cache import LatentCache
 
 
 class EpochBatches(torch.utils.data.Dataset):
@@ -18,7 +19,7 @@ class EpochBatches(torch.utils.data.Dataset):
     epoch's batches themselves (the plan is fixed by seed and epoch): so persistent workers
     (``persistent_data_loader_workers``) serve every epoch without being started again."""
 
-    def __init__(self, data: TrainingData, rank: int, world: int, latents: dict[Entry, torch.Tensor] | None,
+    def __init__(self, data: TrainingData, rank: int, world: int, latents: LatentCache | None,
                  steps_per_epoch: int = 1, accumulation: int = 1, total_steps: int = 0):
         self.data, self.rank, self.world, self.latents = data, rank, world, latents
         # where a batch falls in the run (caption token warm-up counts optimizer steps)
@@ -48,16 +49,26 @@ class EpochBatches(torch.utils.data.Dataset):
         index = position + self._start.value  # captions are keyed by the batch's place in the whole epoch
         entries = self.batches()[index]
         step = (self.epoch - 1) * self.steps_per_epoch + index // self.accumulation
+        data = self.data
+        draws = [data.draw_rng(i, self.epoch, (self.rank, index, k)) for k, (i, _) in enumerate(entries)]
+        origins = [data.crop_origin(i, rng) for (i, _), rng in zip(entries, draws)]
         batch = {
-            "captions": [self.data.caption_for(i, self.epoch, (self.rank, index, k), step, self.total_steps)
+            "captions": [data.caption_for(i, self.epoch, (self.rank, index, k), step, self.total_steps)
                          for k, (i, _) in enumerate(entries)],
-            "loss_weights": torch.tensor([self.data.loss_weight(i) for i, _ in entries], dtype=torch.float32),
-            "time_ids": torch.tensor([self.data.size_conditioning(i) for i, _ in entries], dtype=torch.float32),
+            "loss_weights": torch.tensor([data.loss_weight(i) for i, _ in entries], dtype=torch.float32),
+            "time_ids": torch.tensor([data.size_conditioning(i, flip, origin) for (i, flip), origin
+                                      in zip(entries, origins)], dtype=torch.float32),
         }
-        if self.latents is not None:
+        if self.latents is not None:  # cached latents are never random-cropped or colour-augmented
             batch["latents"] = torch.stack([self.latents[e] for e in entries])
+            if data.uses_masks:
+                batch["masks"] = torch.stack([self.latents.masks[e] for e in entries]).unsqueeze(1)
         else:
-            batch["pixels"] = torch.stack([torch.from_numpy(self.data.pixels(i, flip)) for i, flip in entries])
+            batch["pixels"] = torch.stack([torch.from_numpy(data.pixels(i, flip, origin, rng))
+                                           for (i, flip), origin, rng in zip(entries, origins, draws)])
+            if data.uses_masks:
+                batch["masks"] = torch.stack([torch.from_numpy(data.mask(i, flip, origin))
+                                              for (i, flip), origin in zip(entries, origins)]).unsqueeze(1)
         return batch
 
 

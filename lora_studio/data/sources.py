@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SubsetSpec:
-    image_dir: Path
+    image_dir: Path | None  # None: a metadata_file whose image names are absolute paths
     num_repeats: int = 1
     class_tokens: str | None = None
     is_reg: bool = False
@@ -42,6 +42,17 @@ class SubsetSpec:
     caption_dropout_every_n_epochs: int = 0
     token_warmup_min: int = 1
     token_warmup_step: float = 0
+    color_aug: bool = False
+    random_crop: bool = False
+    alpha_mask: bool = False  # the image's transparency is its loss mask
+    conditioning_data_dir: Path | None = None  # mask images named like the training images (masked_loss)
+    metadata_file: Path | None = None  # sd-scripts' fine-tuning JSON: the images and their captions
+
+    @property
+    def name(self) -> str:
+        """How sd-scripts' metadata names the subset (ss_dataset_dirs, ss_tag_frequency): its metadata file's name,
+        or its image folder's."""
+        return (self.metadata_file or self.image_dir).name
 
 
 @dataclass
@@ -60,13 +71,15 @@ SUBSET_KEYS = {f.name for f in fields(SubsetSpec)}
 # sd-scripts' caption options: top-level settings that are also subset keys of a dataset TOML
 CAPTION_SETTINGS = ("caption_prefix", "caption_suffix", "caption_separator", "keep_tokens_separator",
                     "secondary_separator", "enable_wildcard", "caption_dropout_every_n_epochs", "token_warmup_min",
-                    "token_warmup_step")
+                    "token_warmup_step", "color_aug", "random_crop", "alpha_mask")
+# subset keys that name a file or folder (relative ones are found as image_dir is)
+PATH_KEYS = {"image_dir": True, "conditioning_data_dir": True, "metadata_file": False}  # key -> is a folder
 DATASET_KEYS = {"resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                 "bucket_reso_steps", "bucket_no_upscale"}
 # sd-scripts dataset keys we do not implement: accepted at their default, an error otherwise.
-UNSUPPORTED_DATASET_KEYS = {"metadata_file": None, "cache_info": False, "alpha_mask": False, "color_aug": False,
-                            "random_crop": False, "face_crop_aug_range": None, "network_multiplier": 1.0, "resize_interpolation": None, "validation_split": 0.0,
-                            "validation_seed": None, "conditioning_data_dir": None, "custom_attributes": None}
+UNSUPPORTED_DATASET_KEYS = {"cache_info": False, "face_crop_aug_range": None, "network_multiplier": 1.0,
+                            "resize_interpolation": None, "validation_split": 0.0, "validation_seed": None,
+                            "custom_attributes": None}
 
 _FOLDER_RE = re.compile(r"^(\d+)_(.*)$")
 
@@ -106,9 +119,14 @@ def _folder_example(root: Path) -> str:
             f"Then set train_data_dir = \"{root}\" (the parent folder, not the image folder itself).")
 
 
-def subsets_from_folders(root: str | Path, defaults: dict[str, Any], is_reg: bool, setting: str) -> list[SubsetSpec]:
-    """The kohya convention: every ``<N>_<class tokens>`` subfolder of ``root`` is a subset repeated N times."""
+def subsets_from_folders(root: str | Path, defaults: dict[str, Any], is_reg: bool, setting: str,
+                         masks: str | Path | None = None) -> list[SubsetSpec]:
+    """The kohya convention: every ``<N>_<class tokens>`` subfolder of ``root`` is a subset repeated N times.
+    ``masks`` (conditioning_data_dir) holds each subset's mask images in a subfolder of the same name, or all of
+    them directly."""
     root = Path(root)
+    if masks is not None and not Path(masks).is_dir():
+        raise UserError(f"conditioning_data_dir: folder not found: {masks}")
     if not root.exists():
         raise UserError(f"{setting}: folder not found: {root}")
     if not root.is_dir():
@@ -124,8 +142,10 @@ def subsets_from_folders(root: str | Path, defaults: dict[str, Any], is_reg: boo
         repeats, tokens = int(match.group(1)), match.group(2).strip()
         if repeats < 1:
             raise UserError(f"{setting}: folder '{child.name}' has 0 repeats; name it e.g. 10_{tokens or 'name'}")
+        mask_dir = None if masks is None else (
+            Path(masks) / child.name if (Path(masks) / child.name).is_dir() else Path(masks))
         subsets.append(SubsetSpec(image_dir=child, num_repeats=repeats, class_tokens=tokens or None, is_reg=is_reg,
-                                  **defaults))
+                                  conditioning_data_dir=mask_dir, **defaults))
     if not subsets:
         images_here = [p.name for p in root.iterdir() if is_image_file(p)]
         hint = (f" It holds {len(images_here)} image(s) directly: move them into a subfolder." if images_here else "")
@@ -147,20 +167,22 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str, path: Path
         raise ConfigError(f"{path}: unknown key '{key}' in {where}.{hint}")
 
 
-def _image_dir(image_dir: Path, toml: Path, where: str) -> Path:
-    """A relative image_dir is relative to the working folder, as sd-scripts reads it; beside the dataset TOML is
-    looked at too (where people expect it), and a folder found in both places is named in a warning."""
-    if image_dir.is_absolute():
-        candidates = [image_dir]
+def _find_path(path: Path, toml: Path, where: str, key: str) -> Path:
+    """A relative image_dir (or mask folder, metadata file) is relative to the working folder, as sd-scripts reads
+    it; beside the dataset TOML is looked at too (where people expect it), and one found in both places is named in
+    a warning."""
+    exists = Path.is_dir if PATH_KEYS[key] else Path.is_file
+    if path.is_absolute():
+        candidates = [path]
     else:
-        candidates = list(dict.fromkeys([Path.cwd() / image_dir, toml.parent / image_dir]))
-    found = [c for c in candidates if c.is_dir()]
+        candidates = list(dict.fromkeys([Path.cwd() / path, toml.parent / path]))
+    found = [c for c in candidates if exists(c)]
     if not found:
         tried = " or ".join(str(c) for c in candidates)
-        raise UserError(f"{toml}: {where}: image_dir not found: {tried}")
+        raise UserError(f"{toml}: {where}: {key} not found: {tried}")
     if len(found) > 1 and found[0].resolve() != found[1].resolve():
-        log.warning("%s: %s: image_dir %s exists both in the working folder (%s, used, as sd-scripts does) and beside "
-                    "the dataset TOML (%s); write an absolute path to choose", toml, where, image_dir, found[0],
+        log.warning("%s: %s: %s %s exists both in the working folder (%s, used, as sd-scripts does) and beside "
+                    "the dataset TOML (%s); write an absolute path to choose", toml, where, key, path, found[0],
                     found[1])
     return found[0]
 
@@ -190,10 +212,13 @@ def datasets_from_toml(path: str | Path, cfg: Config) -> list[DatasetSpec]:
             s_where = f"{where} subset #{s_index}"
             _check_keys(raw_subset, SUBSET_KEYS, s_where, path)
             values = {**s_inherited, **raw_subset}
-            if "image_dir" not in values:
-                raise ConfigError(f"{path}: {s_where} needs image_dir")
-            image_dir = _image_dir(Path(values.pop("image_dir")), path, s_where)
-            subsets.append(SubsetSpec(image_dir=image_dir, **values))
+            if not values.get("image_dir") and not values.get("metadata_file"):
+                raise ConfigError(f"{path}: {s_where} needs image_dir (or a metadata_file)")
+            for key in PATH_KEYS:
+                if values.get(key):
+                    values[key] = _find_path(Path(values[key]), path, s_where, key)
+            values.setdefault("image_dir", None)
+            subsets.append(SubsetSpec(**values))
         if not subsets:
             raise ConfigError(f"{path}: {where} has no [[datasets.subsets]]")
         datasets.append(_make_dataset(d_values, subsets))
@@ -202,11 +227,42 @@ def datasets_from_toml(path: str | Path, cfg: Config) -> list[DatasetSpec]:
 
 def datasets_from_config(cfg: Config) -> list[DatasetSpec]:
     """The datasets a training config describes (dataset_config wins over the image folders, as in sd-scripts)."""
+    datasets = _described_datasets(cfg)
+    _check_masks(datasets, cfg.masked_loss)
+    return datasets
+
+
+def _check_masks(datasets: list[DatasetSpec], masked_loss: bool) -> None:
+    """As sd-scripts: mask images count only with masked_loss; alpha_mask masks the loss with or without it."""
+    subsets = [s for d in datasets for s in d.subsets]
+    with_files = [s for s in subsets if s.conditioning_data_dir is not None]
+    if with_files and not masked_loss:
+        log.warning("conditioning_data_dir is set but masked_loss is off: the mask images are not used (turn on "
+                    "masked_loss to train with them)")
+        for s in with_files:
+            s.conditioning_data_dir = None
+    if masked_loss and not with_files and not any(s.alpha_mask for s in subsets):
+        log.warning("masked_loss is on but no image has a mask: set conditioning_data_dir (a folder of mask "
+                    "images) or alpha_mask (the images' transparency); the whole image trains")
+
+
+def _described_datasets(cfg: Config) -> list[DatasetSpec]:
     if cfg.dataset_config:
+        if cfg.conditioning_data_dir or cfg.in_json:
+            log.warning("conditioning_data_dir and in_json are set per subset in a dataset config (as sd-scripts "
+                        "reads it: conditioning_data_dir, metadata_file); the top-level ones are not used with %s",
+                        cfg.dataset_config)
         return datasets_from_toml(cfg.dataset_config, cfg)
     if not cfg.train_data_dir:
         raise ConfigError("set train_data_dir (the Image folder) or dataset_config")
-    subsets = subsets_from_folders(cfg.train_data_dir, _subset_defaults(cfg), False, "train_data_dir")
+    if cfg.in_json:  # sd-scripts' fine-tuning method: the metadata file names the images and holds their captions
+        if not Path(cfg.in_json).is_file():
+            raise UserError(f"in_json: metadata file not found: {cfg.in_json}")
+        subsets = [SubsetSpec(image_dir=Path(cfg.train_data_dir), num_repeats=cfg.dataset_repeats,
+                              metadata_file=Path(cfg.in_json), **_subset_defaults(cfg))]
+    else:
+        subsets = subsets_from_folders(cfg.train_data_dir, _subset_defaults(cfg), False, "train_data_dir",
+                                       cfg.conditioning_data_dir)
     if cfg.reg_data_dir:
         subsets += subsets_from_folders(cfg.reg_data_dir, _subset_defaults(cfg), True, "reg_data_dir")
     return [_make_dataset(_dataset_defaults(cfg), subsets)]

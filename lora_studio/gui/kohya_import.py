@@ -45,7 +45,7 @@ GUI_ONLY = {"num_cpu_threads_per_process", "num_processes", "num_machines", "mul
             "main_process_port", "extra_accelerate_launch_args", "dynamo_mode", "dynamo_use_fullgraph",
             "dynamo_use_dynamic", "model_list", "save_as_bool", "stop_text_encoder_training",
             "stop_text_encoder_training_pct", "no_token_padding", "conv_dims", "conv_alphas",
-            "file_path", "save_as", "t5xxl_lr", "lowvram"}
+            "file_path", "save_as", "t5xxl_lr", "lowvram", "mem_eff_save"}  # mem_eff_save: Flux fine-tuning only
 # LoRA_type -> network_module for sd-scripts' own networks
 KOHYA_TYPES = {"Standard": "networks.lora", "Kohya LoCon": "networks.lora", "LoRA-FA": "networks.lora_fa",
                "Kohya DyLoRA": "networks.dylora"}
@@ -210,8 +210,19 @@ def convert(data: dict[str, Any]) -> KohyaImport:
         else:
             result.ignored.append(key)
     _check_optimizer(result)
+    _say_masks(result)
     _say_filled(result, filled)
     return result
+
+
+def _say_masks(result: KohyaImport) -> None:
+    """Kohya_ss passes masked_loss with the image folders, where sd-scripts finds no mask and trains whole images."""
+    got = result.settings
+    if got.get("masked_loss") and not (got.get("alpha_mask") or got.get("conditioning_data_dir")
+                                       or got.get("dataset_config")):
+        result.notes.append("masked_loss = true: set the Mask folder (conditioning_data_dir, mask images named like "
+                            "the training images) or Alpha mask (the images' transparency) under Advanced; without "
+                            "either the whole image trains, as in sd-scripts")
 
 
 def _say_filled(result: KohyaImport, filled: dict[str, Any]) -> None:

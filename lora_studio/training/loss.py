@@ -51,9 +51,13 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str,
 
 def denoising_loss(components: Components, schedule, latents: torch.Tensor, cond: dict[str, torch.Tensor],
                    loss_weights: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                   options: LossOptions = LossOptions(), recipe: NoiseRecipe = NoiseRecipe()) -> torch.Tensor:
+                   options: LossOptions = LossOptions(), recipe: NoiseRecipe = NoiseRecipe(),
+                   masks: torch.Tensor | None = None) -> torch.Tensor:
     """The mean over the batch of the per-image loss, weighted per image (loss_weights), then as sd-scripts does:
-    Min-SNR-gamma, scale_v_pred_loss_like_noise_pred, v_pred_like_loss, debiased estimation."""
+    Min-SNR-gamma, scale_v_pred_loss_like_noise_pred, v_pred_like_loss, debiased estimation.
+
+    ``masks`` ([B, 1, h, w] at the latents' size, in [0, 1]): masked_loss / alpha_mask, as sd-scripts applies them:
+    each latent pixel's loss times its mask, then the mean over all pixels (so a half-masked image weighs half)."""
     family = components.family
     pred, target = family.prediction_and_target(components, schedule, latents, noise, timesteps, cond, recipe)
     huber_c = None
@@ -61,6 +65,8 @@ def denoising_loss(components: Components, schedule, latents: torch.Tensor, cond
         huber_c = family.huber_thresholds(schedule, timesteps, options.huber_c, options.huber_schedule,
                                           options.huber_scale).to(pred.device)
     loss = elementwise_loss(pred.float(), target.float(), options.loss_type, huber_c)
+    if masks is not None:
+        loss = loss * masks.to(loss.device, loss.dtype)
     loss = loss.mean(dim=list(range(1, pred.ndim)))
     loss = loss * loss_weights.to(loss.device)
     if options.min_snr_gamma:

@@ -35,7 +35,7 @@ class RunMetadata:
         reg_dirs = {}
         for item in data.items:
             target = reg_dirs if item.subset.is_reg else dataset_dirs
-            entry = target.setdefault(item.subset.image_dir.name, {"n_repeats": item.subset.num_repeats,
+            entry = target.setdefault(item.subset.name, {"n_repeats": item.subset.num_repeats,
                                                                    "img_count": 0})
             entry["img_count"] += 1
         buckets = {str(i): {"resolution": [b[0], b[1]], "count": n}
@@ -53,6 +53,7 @@ class RunMetadata:
             "ss_gradient_checkpointing": cfg.gradient_checkpointing,
             "ss_gradient_accumulation_steps": cfg.gradient_accumulation_steps, "ss_max_grad_norm": cfg.max_grad_norm,
             "ss_mixed_precision": cfg.mixed_precision, "ss_full_fp16": bool(cfg.full_fp16),
+            "ss_fp8_base": bool(cfg.fp8_base), "ss_fp8_base_unet": bool(cfg.fp8_base_unet), "ss_lowram": cfg.lowram,
             "ss_network_module": cfg.network_module, "ss_network_dim": cfg.network_dim,
             "ss_network_alpha": cfg.network_alpha if cfg.network_alpha else cfg.network_dim,
             "ss_network_args": network_args or None, "ss_network_dropout": cfg.network_dropout,
@@ -96,7 +97,12 @@ class RunMetadata:
             "prediction_type": "v" if cfg.v_parameterization else "epsilon",
             "implementation_version": f"lora-studio/{__version__}",
         }
-        if cfg.training_comment:
+        self.title = cfg.metadata_title
+        for key in ("author", "description", "license", "tags"):  # sd-scripts' metadata_* settings
+            value = getattr(cfg, f"metadata_{key}")
+            if value:
+                self.modelspec[key] = value
+        if cfg.training_comment and not cfg.metadata_description:
             self.modelspec["description"] = cfg.training_comment
         if cfg.min_timestep is not None or cfg.max_timestep is not None:
             self.modelspec["timestep_range"] = f"{cfg.min_timestep or 0},{cfg.max_timestep or 1000}"
@@ -107,7 +113,7 @@ class RunMetadata:
 
     def for_save(self, epoch: int, step: int, finished_at: float, title: str) -> tuple[dict, dict]:
         meta = {**self.fixed, "ss_epoch": epoch, "ss_steps": step, "ss_training_finished_at": finished_at}
-        spec = {**self.modelspec, "date": utc_now_iso(), "title": title}
+        spec = {**self.modelspec, "date": utc_now_iso(), "title": self.title or title}
         return meta, spec
 
 

@@ -49,7 +49,8 @@ class BatchLoss:
         else:
             with torch.set_grad_enabled(self.train_text_encoder), self.precision.autocast(self.device):
                 cond = self.family.encode_prompt(self.components, batch["captions"], self.cfg.clip_skip,
-                                                 self.cfg.max_token_length, self.device)
+                                                 self.cfg.max_token_length, self.device,
+                                                 weighted=self.cfg.weighted_captions)
         return self.family.add_image_conditioning(cond, batch, self.device)
 
     def __call__(self, batch: dict) -> torch.Tensor:
@@ -59,7 +60,7 @@ class BatchLoss:
         timesteps = self.family.sample_timesteps(self.schedule, latents.shape[0], self.device, self.noise)
         with self.precision.autocast(self.device):
             return denoising_loss(self.components, self.schedule, latents, cond, batch["loss_weights"], noise,
-                                  timesteps, self.loss_options, self.noise)
+                                  timesteps, self.loss_options, self.noise, batch.get("masks"))
 
 
 def noise_recipe(cfg: Config) -> NoiseRecipe:

@@ -8,10 +8,25 @@ import os
 import time
 from typing import Any
 
-from ..config import Config
+from ..config import Config, secret_free
 from ..errors import UserError
 
 log = logging.getLogger("lora_studio")
+
+
+# settings log_config leaves out, as sd-scripts does: where the user's files are
+PRIVATE_PATHS = ("pretrained_model_name_or_path", "vae", "train_data_dir", "conditioning_data_dir", "reg_data_dir",
+                 "output_dir", "logging_dir", "dataset_config", "in_json", "network_weights", "resume",
+                 "log_tracker_config", "sample_prompts")
+
+
+def logged_config(cfg: Config) -> dict[str, Any]:
+    """What log_config sends to the trackers: every setting but the secrets and the private paths (nothing without
+    log_config)."""
+    if not cfg.log_config:
+        return {}
+    return {k: v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+            for k, v in secret_free(cfg).items() if k not in PRIVATE_PATHS}
 
 
 def tracker_dir(cfg: Config) -> str | None:
@@ -41,13 +56,16 @@ def import_wandb():
 
 
 class Trackers:
-    def __init__(self, cfg: Config, run_dir: str | None, config_values: dict[str, Any]):
+    def __init__(self, cfg: Config, run_dir: str | None):
         self._tb = self._wandb = None
         kinds = chosen(cfg)
+        config_values = logged_config(cfg)
         if "tensorboard" in kinds:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=run_dir)
+            if config_values:
+                self._tb.add_text("config", "\n".join(f"    {k} = {v!r}" for k, v in sorted(config_values.items())))
         if "wandb" in kinds:
             wandb = import_wandb()
             if run_dir:

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, save_config, secret_free
+from ..config import Config, save_config
 from ..config.network_args import parse_network_args
 from ..config.rules import check_settings
 from ..data.dataset import TrainingData
 from ..data.loader import EpochBatches, worker_started
+from ..data.prompt_weights import separator_inside_brackets
 from ..data.sources import datasets_from_config
 from ..errors import UserError
 from ..io_utils import atomic_write
@@ -30,7 +31,7 @@ from ..models.loading import load_components
 from ..saving import save_lora
 from . import faults, pruning
 from .build import (Trained, build_network, build_optimization, cache_latents, cache_text_encoder_outputs,
-                    describe_network, place_model, ranks_from_weights)
+                    describe_network, low_ram_loading, place_model, ranks_from_weights)
 from .estimate import GPU, memory_tips, resource_estimate
 from .events import EventLog
 from .guard import Diverged, StepGuard
@@ -128,7 +129,8 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        c = self.components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2, cfg.allow_pickle)
+        with low_ram_loading(cfg, self.device, self.is_main):
+            c = self.components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2, cfg.allow_pickle)
         self.schedule = c.family.noise_schedule(c, cfg.v_parameterization, cfg.zero_terminal_snr)
         attention = place_model(c, cfg, self.precision, self.device, self.trained)
         if self.is_main:
@@ -145,7 +147,22 @@ class Trainer:
         if cfg.persistent_data_loader_workers and not cfg.max_data_loader_n_workers and self.is_main:
             log.warning("persistent_data_loader_workers has no effect with max_data_loader_n_workers = 0 (the "
                         "images load in the training process)")
-        if cfg.cache_latents or cfg.cache_latents_to_disk:
+        if cfg.weighted_captions and self.is_main:
+            split = [it.path.name for it in self.data.items
+                     if (it.subset.shuffle_caption or it.subset.caption_tag_dropout_rate > 0
+                         or it.subset.token_warmup_step > 0)
+                     and separator_inside_brackets(it.caption, it.subset.caption_separator)]
+            if split:
+                log.warning("weighted_captions: the captions of %s have a tag separator inside emphasis brackets; "
+                            "shuffling or dropping tags splits those brackets and their weights go astray (as in "
+                            "sd-scripts)", ", ".join(split[:3]) + (f" and {len(split) - 3} more"
+                                                                  if len(split) > 3 else ""))
+        redrawn = self.data.redrawn_folders()
+        if (cfg.cache_latents or cfg.cache_latents_to_disk) and redrawn and self.is_main:
+            log.warning("latent caching is off: color_aug / random_crop give %s another picture each time it is "
+                        "drawn, so its latents cannot be made once (sd-scripts refuses the two together)",
+                        ", ".join(redrawn))
+        if (cfg.cache_latents or cfg.cache_latents_to_disk) and not redrawn:
             self.latents = cache_latents(c, self.data, cfg, self.device, self.seed, self.accelerator)
             if not self.prompts:
                 c.vae.to("cpu")  # not needed again: free the memory for training
@@ -223,7 +240,7 @@ class Trainer:
     # ------------------------------------------------------------------ run
     def run(self) -> Path:
         cfg = self.cfg
-        trackers = Trackers(cfg, tracker_dir(cfg), secret_free(cfg)) if self.is_main else None
+        trackers = Trackers(cfg, tracker_dir(cfg)) if self.is_main else None
         self.events = EventLog(self.paths["events"], trackers, enabled=self.is_main)
         stop = StopRequest(self.paths["stop"])
         stop.install()
