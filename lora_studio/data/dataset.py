@@ -4,6 +4,7 @@ No torch here: the GUI uses it to count steps before a run (``loader`` turns bat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter, defaultdict
@@ -37,6 +38,7 @@ class ImageItem:
     size: tuple[int, int] = (0, 0)  # (width, height) of the image file
     caption_lines: list[str] | None = None  # every line of the caption file, for enable_wildcard
     mask_path: Path | None = None  # its mask image in the subset's conditioning_data_dir (masked_loss)
+    held_out: bool = False  # a validation image: never trained on, its loss measured (validation_split)
 
 
 def _listed(names: list[str]) -> str:
@@ -65,10 +67,16 @@ class TrainingData:
             for subset in spec.subsets:
                 self._scan_subset(subset, spec, d_index, buckets)
         self._check_unused_masks()
+        for spec in datasets:
+            if spec.validation_split:
+                self._hold_out(spec)
         if not any(not it.subset.is_reg for it in self.items):
             where = ", ".join(str(s.image_dir) for d in datasets for s in d.subsets if not s.is_reg)
             raise UserError(f"no usable training images found in {where or 'the dataset'} "
                             f"(looked for {', '.join(('png', 'jpg', 'jpeg', 'webp', 'bmp'))})")
+        if not any(not it.subset.is_reg and not it.held_out for it in self.items):
+            raise UserError(f"validation_split = {datasets[0].validation_split} holds out every training image; "
+                            "lower it (or add images)")
         self._batches_per_epoch = len(self.plan_epoch(0))
 
     # ---- scanning ----
@@ -78,6 +86,9 @@ class TrainingData:
             raise UserError(f"bucket_reso_steps must be a multiple of 8 (the VAE's scale), got {spec.bucket_reso_steps}")
         if any(r % 8 for r in spec.resolution):
             raise UserError(f"resolution must be a multiple of 8, got {spec.resolution[0]},{spec.resolution[1]}")
+        if not 0.0 <= spec.validation_split < 1.0:
+            raise UserError(f"validation_split must be at least 0 and below 1 (a share of the images), got "
+                            f"{spec.validation_split}")
         if spec.enable_bucket and spec.min_bucket_reso > spec.max_bucket_reso:
             raise UserError(f"min_bucket_reso ({spec.min_bucket_reso}) is larger than max_bucket_reso "
                             f"({spec.max_bucket_reso})")
@@ -146,11 +157,40 @@ class TrainingData:
             raise UserError(f"{len(extra)} mask(s) in conditioning_data_dir without a training image of the same "
                             f"name: {_listed(extra)}")
 
+    def _hold_out(self, spec: DatasetSpec) -> None:
+        """sd-scripts' validation_split: each training subset's images shuffled by validation_seed (else the seed),
+        the last round(n x split) held out for validation."""
+        for subset in spec.subsets:
+            if subset.is_reg:
+                continue
+            mine = [it for it in self.items if it.subset is subset]
+            order = list(range(len(mine)))
+            random.Random(self.seed if spec.validation_seed is None else spec.validation_seed).shuffle(order)
+            for k in order[len(mine) - round(len(mine) * spec.validation_split):]:
+                mine[k].held_out = True
+
     # ---- numbers the user sees ----
     @property
     def num_train_images(self) -> int:
         """Training images counted with their repeats (sd-scripts' ss_num_train_images)."""
-        return sum(it.subset.num_repeats for it in self.items if not it.subset.is_reg)
+        return sum(it.subset.num_repeats for it in self.items if not it.subset.is_reg and not it.held_out)
+
+    @property
+    def num_validation_images(self) -> int:
+        return sum(1 for it in self.items if it.held_out)
+
+    def validation_batches(self) -> list[list[Entry]]:
+        """The held-out images once each (no repeats, no flip), a bucket per batch, in a fixed order."""
+        batches = []
+        for d_index, spec in enumerate(self.datasets):
+            by_bucket: dict[tuple[int, int], list[Entry]] = defaultdict(list)
+            for i, it in enumerate(self.items):
+                if it.held_out and it.dataset_index == d_index:
+                    by_bucket[it.bucket].append((i, False))
+            for bucket in sorted(by_bucket):
+                entries = by_bucket[bucket]
+                batches += [entries[k:k + spec.batch_size] for k in range(0, len(entries), spec.batch_size)]
+        return batches
 
     @property
     def num_reg_images(self) -> int:
@@ -172,8 +212,9 @@ class TrainingData:
         return {k: dict(v) for k, v in freq.items()}
 
     def summary(self) -> str:
+        held = f", {self.num_validation_images} held out for validation" if self.num_validation_images else ""
         lines = [f"{len(self.items)} images ({self.num_train_images} training with repeats, "
-                 f"{self.num_reg_images} regularisation), {self.batches_per_epoch} batches per epoch"]
+                 f"{self.num_reg_images} regularisation{held}), {self.batches_per_epoch} batches per epoch"]
         missing = sum(1 for it in self.items if not it.has_caption_file)
         if missing:
             lines.append(f"{missing} image(s) without a caption file use their folder's class tokens")
@@ -191,7 +232,7 @@ class TrainingData:
         batches: list[list[Entry]] = []
         for d_index, spec in enumerate(self.datasets):
             train = [i for i, it in enumerate(self.items) if it.dataset_index == d_index and not it.subset.is_reg
-                     for _ in range(it.subset.num_repeats)]
+                     and not it.held_out for _ in range(it.subset.num_repeats)]
             reg = [i for i, it in enumerate(self.items) if it.dataset_index == d_index and it.subset.is_reg
                    for _ in range(it.subset.num_repeats)]
             if reg:  # as sd-scripts: as many regularisation samples as training samples each epoch
@@ -216,6 +257,14 @@ class TrainingData:
         s = it.subset
         rng = random.Random(hash((self.seed, epoch, position, item_index)) & 0xFFFFFFFF)
         return vary_caption(it.caption, rng, s, epoch, it.caption_lines, step, total_steps)
+
+    def fixed_caption(self, item_index: int) -> str:
+        """The caption without its random changes (no shuffle, dropout or warm-up): what validation measures."""
+        it = self.items[item_index]
+        steady = dataclasses.replace(it.subset, shuffle_caption=False, caption_dropout_rate=0.0,
+                                     caption_tag_dropout_rate=0.0, caption_dropout_every_n_epochs=0,
+                                     token_warmup_step=0)
+        return vary_caption(it.caption, random.Random(item_index), steady, 1, it.caption_lines)
 
     # ---- one draw of an image ----
     def draw_rng(self, item_index: int, epoch: int, position: tuple[int, ...]) -> random.Random | None:

@@ -47,29 +47,36 @@ class EpochBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int) -> dict:
         index = position + self._start.value  # captions are keyed by the batch's place in the whole epoch
-        entries = self.batches()[index]
         step = (self.epoch - 1) * self.steps_per_epoch + index // self.accumulation
-        data = self.data
-        draws = [data.draw_rng(i, self.epoch, (self.rank, index, k)) for k, (i, _) in enumerate(entries)]
-        origins = [data.crop_origin(i, rng) for (i, _), rng in zip(entries, draws)]
-        batch = {
-            "captions": [data.caption_for(i, self.epoch, (self.rank, index, k), step, self.total_steps)
-                         for k, (i, _) in enumerate(entries)],
-            "loss_weights": torch.tensor([data.loss_weight(i) for i, _ in entries], dtype=torch.float32),
-            "time_ids": torch.tensor([data.size_conditioning(i, flip, origin) for (i, flip), origin
-                                      in zip(entries, origins)], dtype=torch.float32),
-        }
-        if self.latents is not None:  # cached latents are never random-cropped or colour-augmented
-            batch["latents"] = torch.stack([self.latents[e] for e in entries])
-            if data.uses_masks:
-                batch["masks"] = torch.stack([self.latents.masks[e] for e in entries]).unsqueeze(1)
-        else:
-            batch["pixels"] = torch.stack([torch.from_numpy(data.pixels(i, flip, origin, rng))
-                                           for (i, flip), origin, rng in zip(entries, origins, draws)])
-            if data.uses_masks:
-                batch["masks"] = torch.stack([torch.from_numpy(data.mask(i, flip, origin))
-                                              for (i, flip), origin in zip(entries, origins)]).unsqueeze(1)
-        return batch
+        return make_batch(self.data, self.batches()[index], self.latents, self.epoch, (self.rank, index), step,
+                          self.total_steps)
+
+
+def make_batch(data: TrainingData, entries: list[Entry], latents: LatentCache | None, epoch: int,
+               place: tuple[int, ...], step: int, total_steps: int, vary: bool = True) -> dict:
+    """One batch as tensors. ``place`` (with each entry's position) keys its random draws; ``vary`` = False draws
+    nothing at random (validation: plain captions, centre crops, no colour change)."""
+    places = [(*place, k) for k in range(len(entries))]
+    draws = [data.draw_rng(i, epoch, where) if vary else None for (i, _), where in zip(entries, places)]
+    origins = [data.crop_origin(i, rng) for (i, _), rng in zip(entries, draws)]
+    batch = {
+        "captions": [data.caption_for(i, epoch, where, step, total_steps) if vary else data.fixed_caption(i)
+                     for (i, _), where in zip(entries, places)],
+        "loss_weights": torch.tensor([data.loss_weight(i) for i, _ in entries], dtype=torch.float32),
+        "time_ids": torch.tensor([data.size_conditioning(i, flip, origin) for (i, flip), origin
+                                  in zip(entries, origins)], dtype=torch.float32),
+    }
+    if latents is not None:  # cached latents are never random-cropped or colour-augmented
+        batch["latents"] = torch.stack([latents[e] for e in entries])
+        if data.uses_masks:
+            batch["masks"] = torch.stack([latents.masks[e] for e in entries]).unsqueeze(1)
+    else:
+        batch["pixels"] = torch.stack([torch.from_numpy(data.pixels(i, flip, origin, rng))
+                                       for (i, flip), origin, rng in zip(entries, origins, draws)])
+        if data.uses_masks:
+            batch["masks"] = torch.stack([torch.from_numpy(data.mask(i, flip, origin))
+                                          for (i, flip), origin in zip(entries, origins)]).unsqueeze(1)
+    return batch
 
 
 def worker_started(worker_id: int) -> None:

@@ -65,6 +65,8 @@ class DatasetSpec:
     bucket_reso_steps: int
     bucket_no_upscale: bool
     subsets: list[SubsetSpec] = field(default_factory=list)
+    validation_split: float = 0.0  # the share of each subset's images held out to measure the validation loss
+    validation_seed: int | None = None  # which ones (None: the run's seed)
 
 
 SUBSET_KEYS = {f.name for f in fields(SubsetSpec)}
@@ -75,10 +77,10 @@ CAPTION_SETTINGS = ("caption_prefix", "caption_suffix", "caption_separator", "ke
 # subset keys that name a file or folder (relative ones are found as image_dir is)
 PATH_KEYS = {"image_dir": True, "conditioning_data_dir": True, "metadata_file": False}  # key -> is a folder
 DATASET_KEYS = {"resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
-                "bucket_reso_steps", "bucket_no_upscale"}
+                "bucket_reso_steps", "bucket_no_upscale", "validation_split", "validation_seed"}
 # sd-scripts dataset keys we do not implement: accepted at their default, an error otherwise.
 UNSUPPORTED_DATASET_KEYS = {"cache_info": False, "face_crop_aug_range": None, "network_multiplier": 1.0,
-                            "resize_interpolation": None, "validation_split": 0.0, "validation_seed": None,
+                            "resize_interpolation": None,
                             "custom_attributes": None}
 
 _FOLDER_RE = re.compile(r"^(\d+)_(.*)$")
@@ -99,7 +101,8 @@ def _subset_defaults(cfg: Config) -> dict[str, Any]:
 def _dataset_defaults(cfg: Config) -> dict[str, Any]:
     return {"resolution": cfg.resolution, "batch_size": cfg.train_batch_size, "enable_bucket": cfg.enable_bucket,
             "min_bucket_reso": cfg.min_bucket_reso, "max_bucket_reso": cfg.max_bucket_reso,
-            "bucket_reso_steps": cfg.bucket_reso_steps, "bucket_no_upscale": cfg.bucket_no_upscale}
+            "bucket_reso_steps": cfg.bucket_reso_steps, "bucket_no_upscale": cfg.bucket_no_upscale,
+            "validation_split": cfg.validation_split, "validation_seed": cfg.validation_seed}
 
 
 def _make_dataset(values: dict[str, Any], subsets: list[SubsetSpec]) -> DatasetSpec:
@@ -110,7 +113,9 @@ def _make_dataset(values: dict[str, Any], subsets: list[SubsetSpec]) -> DatasetS
                        enable_bucket=bool(values["enable_bucket"]), min_bucket_reso=int(values["min_bucket_reso"]),
                        max_bucket_reso=int(values["max_bucket_reso"]),
                        bucket_reso_steps=int(values["bucket_reso_steps"]),
-                       bucket_no_upscale=bool(values["bucket_no_upscale"]), subsets=subsets)
+                       bucket_no_upscale=bool(values["bucket_no_upscale"]), subsets=subsets,
+                       validation_split=float(values["validation_split"] or 0.0),
+                       validation_seed=values["validation_seed"])
 
 
 def _folder_example(root: Path) -> str:

@@ -19,6 +19,8 @@ class LiveState:
     eta_s: float | None = None
     lr: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
+    validations: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    best: dict | None = None  # the lowest validation loss: {loss, epoch, step}
     samples: list[dict] = field(default_factory=list)  # {epoch, step, path, prompt}
     saves: list[str] = field(default_factory=list)
     end: dict | None = None
@@ -71,6 +73,10 @@ class EventsFollower:
             s.samples_per_s, s.eta_s, s.lr = event.get("samples_per_s"), event.get("eta_s"), event.get("lr")
             if event.get("loss") is not None:  # null: a step the guard skipped (non-finite loss)
                 s.losses.append((event["step"], event["loss"]))
+        elif kind == "validation":
+            s.validations.append((event["step"], event["loss"]))
+            if event.get("improved"):
+                s.best = {"loss": event["loss"], "epoch": event.get("epoch"), "step": event["step"]}
         elif kind == "sample":
             s.samples.append({k: event.get(k) for k in ("epoch", "step", "path", "prompt")})
         elif kind == "save":

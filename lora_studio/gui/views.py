@@ -52,18 +52,28 @@ def status_markdown(run: RunRecord | None, state: LiveState | None) -> str:
         lines.append(f"{prefix}{run.message}")
     if state and state.skipped:
         lines.append(f"Skipped unreadable image(s): {', '.join(state.skipped)}")
+    if state and state.end and state.end.get("reason"):
+        lines.append(f"Ended: {html.escape(state.end['reason'])}")
+    if state and state.best:
+        best = state.best
+        where = state.end.get("best_file") if state.end else None
+        lines.append(f"Best: validation loss {best['loss']:.4g} at epoch {best['epoch']}, step {best['step']}"
+                     + (f" (kept as `{html.escape(where)}`)" if where else ""))
     lines.append(f"Log: `{run.log}`")
     return "\n\n".join(lines)
 
 
 def loss_frame(state: LiveState | None) -> pd.DataFrame | None:
-    """Raw and smoothed loss by step (None before the first step: the chart starts from real data)."""
+    """Raw and smoothed training loss by step, and the validation loss beside them (None before the first step:
+    the chart starts from real data)."""
     if not state or not state.losses:
         return None
     steps = [s for s, _ in state.losses]
     raw = [v for _, v in state.losses]
-    return pd.DataFrame({"step": steps + steps, "loss": raw + smoothed(raw),
-                         "series": ["raw"] * len(steps) + ["smoothed"] * len(steps)})
+    val_steps = [s for s, _ in state.validations]
+    return pd.DataFrame({"step": steps + steps + val_steps,
+                         "loss": raw + smoothed(raw) + [v for _, v in state.validations],
+                         "series": ["raw"] * len(steps) + ["smoothed"] * len(steps) + ["validation"] * len(val_steps)})
 
 
 def sample_gallery(state: LiveState | None) -> list[tuple[str, str]]:

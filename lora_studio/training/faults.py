@@ -15,6 +15,16 @@ log = logging.getLogger("lora_studio")
 
 CPU_GRAD_SCALER = "LORA_STUDIO_TEST_CPU_GRAD_SCALER"  # "1": fp16 loss scaling on the CPU (computing in float32)
 OVERFLOW_STEPS = "LORA_STUDIO_TEST_OVERFLOW_STEPS"  # "1,2,3": these optimizer steps' gradients become inf
+VALIDATION_LOSSES = "LORA_STUDIO_TEST_VALIDATION_LOSSES"  # "1.0,0.9,...": the n-th validation reports the n-th
+
+
+def scripted_validation_loss(index: int) -> float | None:
+    """The test suite's scripted validation curve: the ``index``-th (from 0) validation loss, if scripted."""
+    script = [float(v) for v in os.environ.get(VALIDATION_LOSSES, "").split(",") if v.strip()]
+    if index < len(script):
+        log.warning("test fault: validation %d reports the scripted loss %g", index + 1, script[index])
+        return script[index]
+    return None
 
 
 def cpu_loss_scaling() -> bool:

@@ -89,6 +89,10 @@ class RunMetadata:
             "ss_keep_tokens": cfg.keep_tokens, "ss_dataset_dirs": dataset_dirs, "ss_reg_dataset_dirs": reg_dirs,
             "ss_tag_frequency": data.tag_frequency(), "ss_bucket_info": {"buckets": buckets},
             "ss_lora_studio_version": __version__,
+            "ss_num_validation_images": data.num_validation_images, "ss_validation_split": spec0.validation_split,
+            "ss_validation_seed": cfg.validation_seed, "ss_max_validation_steps": cfg.max_validation_steps,
+            "ss_validate_every_n_epochs": cfg.validate_every_n_epochs,
+            "ss_validate_every_n_steps": cfg.validate_every_n_steps,
         }
         self.modelspec: dict[str, Any] = {
             "sai_model_spec": "1.0.1", "architecture": family.architecture(cfg.v_parameterization),
@@ -111,8 +115,10 @@ class RunMetadata:
         if tokens:
             self.modelspec["trigger_phrase"] = ", ".join(tokens)
 
-    def for_save(self, epoch: int, step: int, finished_at: float, title: str) -> tuple[dict, dict]:
-        meta = {**self.fixed, "ss_epoch": epoch, "ss_steps": step, "ss_training_finished_at": finished_at}
+    def for_save(self, epoch: int, step: int, finished_at: float, title: str,
+                 extra: dict | None = None) -> tuple[dict, dict]:
+        meta = {**self.fixed, "ss_epoch": epoch, "ss_steps": step, "ss_training_finished_at": finished_at,
+                **(extra or {})}
         spec = {**self.modelspec, "date": utc_now_iso(), "title": self.title or title}
         return meta, spec
 

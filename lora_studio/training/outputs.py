@@ -20,6 +20,11 @@ def epoch_file(cfg: Config, epoch: int) -> Path:
     return Path(cfg.output_dir) / f"{cfg.output_name}-{epoch:06d}.safetensors"
 
 
+def best_file(cfg: Config) -> Path:
+    """save_best: the weights with the lowest validation loss so far."""
+    return Path(cfg.output_dir) / f"{cfg.output_name}-best.safetensors"
+
+
 def step_file(cfg: Config, step: int) -> Path:
     return Path(cfg.output_dir) / f"{cfg.output_name}-step{step:08d}.safetensors"
 

@@ -34,7 +34,12 @@ MAY_CHANGE = {"output_dir", "output_name", "logging_dir", "training_comment", "s
               "max_data_loader_n_workers", "persistent_data_loader_workers", "resume", "save_state",
               "save_state_on_train_end", "nan_policy",
               "cache_latents", "train_data_dir", "reg_data_dir", "dataset_config",
-              "cache_latents_to_disk", "num_processes", "max_train_steps", "max_train_epochs"}
+              "cache_latents_to_disk", "num_processes", "max_train_steps", "max_train_epochs",
+              # what is measured, logged and kept, not what is learned
+              "validate_every_n_epochs", "validate_every_n_steps", "max_validation_steps", "save_best",
+              "early_stop_patience", "early_stop_min_delta", "log_with", "log_prefix", "log_tracker_name",
+              "log_tracker_config", "wandb_run_name", "wandb_api_key", "log_config", "metadata_title",
+              "metadata_author", "metadata_description", "metadata_license", "metadata_tags", "highvram", "lowram"}
 
 
 # ---------------------------------------------------------------- (de)serialising nested state dicts
@@ -99,8 +104,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- write and read
 def save_state(folder: Path, *, network, optimizer, scheduler, scaler, step: int, epoch: int, next_batch: int,
-               cfg: Config, data, seed: int, world: int, rngs: list[dict]) -> Path:
-    """``rngs``: the random states of every process, by rank."""
+               cfg: Config, data, seed: int, world: int, rngs: list[dict], validation: dict | None = None) -> Path:
+    """``rngs``: the random states of every process, by rank; ``validation``: the best validation loss so far."""
     tensors: dict[str, torch.Tensor] = {}
     for key, value in network.state_dict().items():
         tensors[f"network.{key}"] = value.detach().to("cpu").contiguous().clone()
@@ -115,6 +120,7 @@ def save_state(folder: Path, *, network, optimizer, scheduler, scaler, step: int
         "scheduler": _pack(scheduler.state_dict(), tensors, "scheduler"),
         "scaler": _pack(scaler.state_dict(), tensors, "scaler") if scaler is not None else None,
         "rng": _pack(rngs, tensors, "rng"),
+        "validation": validation,
     }
 
     def write(tmp: Path) -> None:
@@ -141,6 +147,7 @@ class ResumeState:
     epoch = property(lambda self: int(self.doc["epoch"]))
     next_batch = property(lambda self: int(self.doc["next_batch"]))
     seed = property(lambda self: int(self.doc["seed"]))
+    validation = property(lambda self: self.doc.get("validation"))
 
     def check_matches(self, cfg: Config, network, data, world: int) -> None:
         """Refuse a state that belongs to another run, saying what differs."""

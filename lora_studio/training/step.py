@@ -53,11 +53,15 @@ class BatchLoss:
                                                  weighted=self.cfg.weighted_captions)
         return self.family.add_image_conditioning(cond, batch, self.device)
 
-    def __call__(self, batch: dict) -> torch.Tensor:
+    def __call__(self, batch: dict, timestep: int | None = None) -> torch.Tensor:
+        """The batch's loss at random timesteps, or at ``timestep`` for every image (validation)."""
         latents = self.latents(batch)
         cond = self.condition(batch)
         noise = self.family.sample_noise(latents, self.noise)
-        timesteps = self.family.sample_timesteps(self.schedule, latents.shape[0], self.device, self.noise)
+        if timestep is None:
+            timesteps = self.family.sample_timesteps(self.schedule, latents.shape[0], self.device, self.noise)
+        else:
+            timesteps = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=self.device)
         with self.precision.autocast(self.device):
             return denoising_loss(self.components, self.schedule, latents, cond, batch["loss_weights"], noise,
                                   timesteps, self.loss_options, self.noise, batch.get("masks"))

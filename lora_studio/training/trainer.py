@@ -36,7 +36,7 @@ from .events import EventLog
 from .guard import Diverged, StepGuard
 from .metadata import RunMetadata, describe_optimizer
 from .optim import is_schedule_free
-from .outputs import epoch_file, output_paths, step_file
+from .outputs import best_file, epoch_file, output_paths, step_file
 from .plan import plan_steps
 from .precision import precision_for, unscale_fp16_gradients
 from .progress import Cadence, Progress
@@ -44,6 +44,7 @@ from .report import Reporter
 from .sampling import generate, make_scheduler, read_prompt_file
 from .state import ResumeState, latest_state, rng_state, save_state
 from .step import BatchLoss, TrainingStep
+from .validation import BestTracker, Validation
 from .stop import StopRequest
 from .trackers import Trackers, tracker_dir
 
@@ -142,6 +143,8 @@ class Trainer:
         if self.is_main:
             describe_network(self.network, cfg, self.net_args)
         self.latents = None
+        self.stop_reason: str | None = None  # why the run ends early (early stop), for the log and the GUI
+        self._validations = 0
         self._batches = self._loader = None  # the data loader (one for the run with persistent workers)
         if cfg.persistent_data_loader_workers and not cfg.max_data_loader_n_workers and self.is_main:
             log.warning("persistent_data_loader_workers has no effect with max_data_loader_n_workers = 0 (the "
@@ -174,6 +177,12 @@ class Trainer:
                     te.to("cpu")
         self.batch_loss = BatchLoss(c, self.schedule, cfg, self.device, self.precision, self.trained.text_encoder,
                                     te_cache)
+        self.validation = Validation(cfg, self.data, self.latents, self.batch_loss, self.seed, self.total_steps,
+                                     self.schedule.config.num_train_timesteps)
+        self.best = BestTracker(cfg.early_stop_patience, cfg.early_stop_min_delta)
+        if (cfg.save_best or cfg.early_stop_patience) and not self.validation.enabled and self.is_main:
+            log.warning("save_best and early_stop_patience need a validation loss: set validation_split (e.g. 0.1) "
+                        "to hold out images; they do nothing now")
 
     def _setup_training(self) -> None:
         """The optimizer and schedule, and the trained module and optimizer handed to accelerate."""
@@ -204,6 +213,7 @@ class Trainer:
         self.resume.restore(self.network, self.optimizer, self.lr_scheduler, self.accelerator.scaler)
         self.resume.restore_rng(self.rank)
         progress = Progress(self.resume.step, self.resume.epoch, self.resume.next_batch)
+        self.best.restore(self.resume.validation)
         if self.is_main:
             log.info("resuming from %s: step %d, epoch %d, batch %d of the epoch", self.resume.folder,
                      progress.step, progress.epoch, progress.batch)
@@ -287,7 +297,7 @@ class Trainer:
             if p.stopped:
                 break
             self._end_epoch()
-            if self.cadence.finished(p.step):
+            if self.cadence.finished(p.step) or p.stopped:
                 break
             p.batch = 0
         self.reporter.close()
@@ -372,6 +382,40 @@ class Trainer:
         if self.cadence.save_at_step(p.step) or self.cadence.sample_at_step(p.step):
             with self._weights_in_use():
                 self._save_and_sample_at_step()
+        if self.validation.due_at_step(p.step) and not p.stopped:
+            with self._weights_in_use():
+                self._validate(p.epoch, p.step)
+
+    def _validate(self, epoch: int, step: int) -> None:
+        """Measure the validation loss; keep the best weights (save_best); stop when they no longer improve."""
+        self.network.eval()
+        try:
+            loss = self.validation.measure()
+        finally:
+            self.network.train()
+        if self.world > 1:  # every process measured the same; the main process's number decides for all
+            from accelerate.utils import broadcast_object_list
+
+            loss = broadcast_object_list([loss])[0]
+        scripted = faults.scripted_validation_loss(self._validations)
+        loss = loss if scripted is None else scripted
+        self._validations += 1
+        improved = self.best.update(loss, epoch, step)
+        self.events.emit("validation", step=step, epoch=epoch, loss=loss, best=self.best.best, improved=improved)
+        self.events.scalars(step, {"loss/validation": loss})
+        if self.is_main:
+            log.info("validation loss %.6g at epoch %d, step %d%s", loss, epoch, step,
+                     " (the best so far)" if improved else f" (best {self.best.best:.6g} at epoch "
+                                                           f"{self.best.best_epoch}, step {self.best.best_step})")
+        if improved and self.cfg.save_best and self.is_main:
+            self._save(best_file(self.cfg), epoch, step, {
+                "lora_studio_best": f"the lowest validation loss, {loss:.6g}, at epoch {epoch}, step {step}",
+                "ss_validation_loss": loss})
+        if self.best.should_stop:
+            self.progress.stopped = True
+            self.stop_reason = self.best.stop_reason()
+            if self.is_main:
+                log.info("%s", self.stop_reason)
 
     def _save_and_sample_at_step(self) -> None:
         p, cfg = self.progress, self.cfg
@@ -400,6 +444,8 @@ class Trainer:
                 pruning.after_epoch_save(cfg, p.epoch)
         if self.cadence.sample_at_epoch_end(p.epoch, p.step):
             self._make_samples(p.epoch, p.step)
+        if self.validation.due_at_epoch_end(p.epoch) and not self.validation.due_at_step(p.step):
+            self._validate(p.epoch, p.step)
 
     def _finish(self) -> Path:
         p = self.progress
@@ -413,9 +459,12 @@ class Trainer:
                 self._save_state(final, next_epoch, p.step, next_batch)
         if self.is_main:
             status = "stopped" if p.stopped else "completed"
+            reason = self.stop_reason or ("stopped by request" if p.stopped else "all steps done")
+            best = self.best.as_dict() if self.validation.enabled else None
             self.events.emit("end", status=status, step=p.step, epoch=p.epoch, output=str(final),
-                             seconds=round(self.reporter.elapsed, 2))
-            log.info("%s after %d steps: %s", status, p.step, final)
+                             seconds=round(self.reporter.elapsed, 2), reason=reason, best=best,
+                             best_file=str(best_file(self.cfg)) if best and self.cfg.save_best else None)
+            log.info("%s after %d steps (%s): %s", status, p.step, reason, final)
         self.accelerator.wait_for_everyone()
         return final
 
@@ -432,8 +481,8 @@ class Trainer:
             log.info("all %d processes ended at step %d", self.world, self.progress.step)
 
     # ------------------------------------------------------------------ files
-    def _save(self, path: Path, epoch: int, step: int) -> Path:
-        meta, spec = self.meta.for_save(epoch, step, time.time(), path.stem)
+    def _save(self, path: Path, epoch: int, step: int, extra_metadata: dict | None = None) -> Path:
+        meta, spec = self.meta.for_save(epoch, step, time.time(), path.stem, extra_metadata)
         save_lora(path, self.network.state_dict(), self.cfg.save_precision, meta, spec)
         self.events.emit("save", step=step, epoch=epoch, path=str(path))
         log.info("saved %s", path)
@@ -450,7 +499,8 @@ class Trainer:
             folder = checkpoint.with_name(checkpoint.stem + "-state")
             save_state(folder, network=self.network, optimizer=self.optimizer, scheduler=self.lr_scheduler,
                        scaler=self.accelerator.scaler, step=step, epoch=epoch, next_batch=next_batch, cfg=self.cfg,
-                       data=self.data, seed=self.seed, world=self.world, rngs=rngs)
+                       data=self.data, seed=self.seed, world=self.world, rngs=rngs,
+                       validation=self.best.as_dict() if self.validation.enabled else None)
             log.info("saved state %s", folder)
         self.accelerator.wait_for_everyone()
 
