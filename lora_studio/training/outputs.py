@@ -13,7 +13,8 @@ def output_paths(cfg: Config) -> dict[str, Path]:
     out = Path(cfg.output_dir)
     name = cfg.output_name
     return {"final": out / f"{name}.safetensors", "config": out / f"{name}_config.toml",
-            "events": out / f"{name}_events.jsonl", "samples": out / "sample", "stop": out / f"{name}.stop"}
+            "events": out / f"{name}_events.jsonl", "samples": out / "sample", "stop": out / f"{name}.stop",
+            "pause": out / f"{name}.pause", "tests": out / f"{name}.tests"}
 
 
 def epoch_file(cfg: Config, epoch: int) -> Path:

@@ -44,6 +44,7 @@ from .report import Reporter
 from .sampling import generate, make_scheduler, read_prompt_file
 from .state import ResumeState, latest_state, rng_state, save_state
 from .step import BatchLoss, TrainingStep
+from .pause import TestStudio, wait_while_paused
 from .validation import BestTracker, Validation
 from .stop import StopRequest
 from .trackers import Trackers, tracker_dir
@@ -145,6 +146,7 @@ class Trainer:
         self.latents = None
         self.stop_reason: str | None = None  # why the run ends early (early stop), for the log and the GUI
         self._validations = 0
+        self._said_no_pause = False
         self._batches = self._loader = None  # the data loader (one for the run with persistent workers)
         if cfg.persistent_data_loader_workers and not cfg.max_data_loader_n_workers and self.is_main:
             log.warning("persistent_data_loader_workers has no effect with max_data_loader_n_workers = 0 (the "
@@ -329,6 +331,9 @@ class Trainer:
             if self.cadence.read_back(p.step, len(pending), p.batch == epoch_batches):
                 self._read_back(pending)
             self._after_step()
+            if not p.stopped and self._pause_requested():
+                self._read_back(pending)
+                self._pause(stop)
             if p.stopped or self.cadence.finished(p.step):
                 return
         self._read_back(pending)
@@ -385,6 +390,27 @@ class Trainer:
         if self.validation.due_at_step(p.step) and not p.stopped:
             with self._weights_in_use():
                 self._validate(p.epoch, p.step)
+
+    # ------------------------------------------------------------------ pause in place
+    def _pause_requested(self) -> bool:
+        if not self.paths["pause"].exists():
+            return False
+        if self.world > 1:  # the other processes would wait in a collective call, which times out
+            if not self._said_no_pause and self.is_main:
+                log.warning("pause works with one process; this run has %d (use Stop, then resume from its state)",
+                            self.world)
+            self._said_no_pause = True
+            return False
+        return True
+
+    def _pause(self, stop: StopRequest) -> None:
+        p = self.progress
+        state = self.paths["final"].with_name(f"{self.cfg.output_name}-paused.safetensors")
+        with self._weights_in_use():
+            self._save_state(state, p.epoch, p.step, p.batch)
+            studio = TestStudio(self.components, self.network, self.precision, self.device, self.cfg, self.events)
+            p.stopped = wait_while_paused(self.paths, stop, studio, p.epoch, p.step,
+                                          state.with_name(state.stem + "-state"), self.events)
 
     def _validate(self, epoch: int, step: int) -> None:
         """Measure the validation loss; keep the best weights (save_best); stop when they no longer improve."""
