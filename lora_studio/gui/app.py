@@ -265,11 +265,12 @@ class Workbench:
         progress = views.progress_html(run, state)
         values = {
             "progress": progress, "mini": progress, "status": views.status_markdown(run, state),
-            "plot": (run_id, len(state.losses) if state else 0),
+            "plot": (run_id, len(state.losses) if state else 0, len(state.validations) if state else 0),
             "gallery": (run_id, len(state.samples) if state else 0),
             "saved": views.saved_markdown(state), "log": self.manager.log_tail(run) if run else "",
             "queue": views.queue_rows(self.manager.queued()), "history": views.history_rows(self.manager.history()),
             "stop": stop_label, "stop2": stop_label,
+            "pause": "Resume" if state and state.paused else "Pause",
         }
         out = []
         for key, value in values.items():
@@ -282,7 +283,7 @@ class Workbench:
                 out.append(views.loss_frame(state))
             elif key == "gallery":
                 out.append([(Image.open(p).copy(), c) for p, c in views.sample_gallery(state)])
-            elif key in ("stop", "stop2"):
+            elif key in ("stop", "stop2", "pause"):
                 out.append(gr.update(value=value))
             else:
                 out.append(value)
@@ -340,10 +341,12 @@ class Workbench:
                 button.click(self.stop, [], [runs["stop_message"]])
             runs["remove_btn"].click(self.remove_queued, [runs["remove_id"]], [runs["stop_message"]])
             runs["resume"].click(self.manager.resume_last, [], [runs["stop_message"]])
+            runs["pause"].click(self.manager.pause, [], [runs["stop_message"]])
             seen = gr.State({})
             timer = gr.Timer(1.0)
             tick_outputs = [runs["progress"], mini_progress, runs["status"], runs["plot"], runs["gallery"],
-                            runs["saved"], runs["log"], runs["queue"], runs["history"], stop_btn, runs["stop"], seen]
+                            runs["saved"], runs["log"], runs["queue"], runs["history"], stop_btn, runs["stop"],
+                            runs["pause"], seen]
             timer.tick(self.refresh, [seen], tick_outputs, show_progress="hidden")
             page.load(self.refresh, [seen], tick_outputs, show_progress="hidden")
         return page
@@ -414,6 +417,7 @@ class Workbench:
         status = gr.Markdown(elem_id="run-status")
         with gr.Row():
             stop = gr.Button("Stop training", variant="stop", elem_id="runs-stop")
+            pause = gr.Button("Pause", elem_id="pause-run")
             resume = gr.Button("Resume last run", elem_id="resume-last")
             stop_message = gr.Markdown(elem_id="stop-message")
         with gr.Row():
@@ -432,7 +436,8 @@ class Workbench:
         gr.Markdown("## History")
         history = gr.Dataframe(headers=views.HISTORY_HEADERS, value=[], interactive=False, wrap=True,
                                elem_id="run-history")
-        return dict(progress=progress, status=status, stop=stop, resume=resume, stop_message=stop_message, plot=plot,
+        return dict(progress=progress, status=status, stop=stop, pause=pause, resume=resume, stop_message=stop_message,
+                    plot=plot,
                     gallery=gallery, saved=saved, log=log, queue=queue, remove_id=remove_id, remove_btn=remove_btn,
                     history=history)
 

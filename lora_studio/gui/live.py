@@ -21,6 +21,8 @@ class LiveState:
     losses: list[tuple[int, float]] = field(default_factory=list)
     validations: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
     best: dict | None = None  # the lowest validation loss: {loss, epoch, step}
+    paused: bool = False  # waiting in place (Pause), the model in memory
+    tests: list[dict] = field(default_factory=list)  # answered test requests: {id, images, error, step}
     samples: list[dict] = field(default_factory=list)  # {epoch, step, path, prompt}
     saves: list[str] = field(default_factory=list)
     end: dict | None = None
@@ -77,6 +79,12 @@ class EventsFollower:
             s.validations.append((event["step"], event["loss"]))
             if event.get("improved"):
                 s.best = {"loss": event["loss"], "epoch": event.get("epoch"), "step": event["step"]}
+        elif kind == "paused":
+            s.paused = True
+        elif kind == "resumed":
+            s.paused = False
+        elif kind == "test":
+            s.tests.append({k: event.get(k) for k in ("id", "images", "error", "step", "epoch")})
         elif kind == "sample":
             s.samples.append({k: event.get(k) for k in ("epoch", "step", "path", "prompt")})
         elif kind == "save":

@@ -145,6 +145,21 @@ class RunManager:
             _kill_tree(rec.pid, rec.pid_started)
             return f"Ended {rec.output_name} at once."
 
+    def pause(self) -> str:
+        """Pause the active run in place (it finishes its step, writes a state and waits, the model in memory), or
+        let a paused one go on."""
+        with self._lock:
+            rec = self.active()
+            if rec is None:
+                return "Nothing is training."
+            pause = output_paths(self._cfg(rec))["pause"]
+            if pause.exists():
+                pause.unlink(missing_ok=True)
+                return f"{rec.output_name} goes on from where it paused."
+            pause.write_text("paused from the GUI\n", encoding="utf-8")
+            return (f"Pausing {rec.output_name} after the current step. While it waits, the Test tab renders on its "
+                    "current weights; press Resume to go on.")
+
     def resume_last(self) -> str:
         """Queue the newest stopped, failed or killed run again, continuing from its latest saved state."""
         with self._lock:
@@ -185,6 +200,7 @@ class RunManager:
         paths = output_paths(cfg)
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         paths["stop"].unlink(missing_ok=True)  # a stale request from an earlier run must not stop this one
+        paths["pause"].unlink(missing_ok=True)
         config_path = save_config(cfg, paths["config"])  # the config beside the output it makes
         rec.events = str(paths["events"])
         rec.events_offset = paths["events"].stat().st_size if paths["events"].exists() else 0

@@ -36,6 +36,8 @@ def progress_html(run: RunRecord | None, state: LiveState | None) -> str:
     if state.losses:
         parts.append(f"loss {state.losses[-1][1]:.4f}")
     status = STATUS_WORDS.get(run.status, run.status)
+    if state.paused and run.status == "running":
+        status = "Paused (the model waits in memory: test it, then Resume)"
     return (f"<div id='ls-progress-box' class='ls-progress ls-{run.status}' data-step='{state.step}' "
             f"data-total='{total}' data-status='{run.status}'>"
             f"<div class='ls-progress-head'><b>{html.escape(run.output_name)}</b> · {html.escape(status)}</div>"
