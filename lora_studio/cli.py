@@ -47,6 +47,12 @@ def _add_bench_options(parser: argparse.ArgumentParser) -> None:
 
 
 
+def _add_compare_options(parser: argparse.ArgumentParser) -> None:
+    from .compare_cli import add_compare_options
+
+    add_compare_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-studio", description="Train LoRA adapters for Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="time LoRA training steps against a plain diffusers+peft loop")
     _add_bench_options(bench)
+
+    compare = sub.add_parser("compare", help="grids of a run's saved LoRA files x strengths, one per sample prompt")
+    _add_compare_options(compare)
 
     gui = sub.add_parser("gui", help="open the workbench in the browser")
     gui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
@@ -197,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "gui":
             return _run_gui(args)
+        if args.command == "compare":
+            from .compare_cli import run_compare
+
+            return run_compare(args)
         if args.command == "bench":
             from .bench import main as bench_main
 

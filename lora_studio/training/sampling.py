@@ -108,8 +108,9 @@ def make_scheduler(name: str, scheduler_config: dict):
 
 @torch.no_grad()
 def generate(components: Components, prompt: SamplePrompt, sampler: str, clip_skip: int, max_token_length: int,
-             device, dtype, generator_seed: int):
-    """One PIL image for ``prompt`` with the network as currently attached, through the family's pipeline."""
+             device, dtype, generator_seed: int, output_type: str = "pil"):
+    """One PIL image for ``prompt`` with the network as currently attached, through the family's pipeline
+    (``output_type="np"``: the pipeline's float array [H, W, 3] in 0..1 instead)."""
     family = components.family
     pipe = family.pipeline(components, make_scheduler(prompt.sampler or sampler, components.scheduler_config))
     pipe.set_progress_bar_config(disable=True)
@@ -122,4 +123,4 @@ def generate(components: Components, prompt: SamplePrompt, sampler: str, clip_sk
                           generator=generator).to(device, dtype)
     return pipe(**family.pipeline_prompt_kwargs(cond, uncond, dtype), latents=latents,
                 num_inference_steps=prompt.steps, guidance_scale=prompt.cfg_scale, height=prompt.height,
-                width=prompt.width, output_type="pil").images[0]
+                width=prompt.width, output_type=output_type).images[0]
