@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="grids of a run's saved LoRA files x strengths, one per sample prompt")
     _add_compare_options(compare)
 
+    lora = sub.add_parser("lora", help="LoRA file tools: inspect, resize, merge")
+    from .lora_tools.cli import add_lora_commands
+
+    add_lora_commands(lora)
+
     gui = sub.add_parser("gui", help="open the workbench in the browser")
     gui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
     gui.add_argument("--port", type=int, default=7860)
@@ -206,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "gui":
             return _run_gui(args)
+        if args.command == "lora":
+            from .lora_tools.cli import run_lora_command
+
+            return run_lora_command(args)
         if args.command == "compare":
             from .compare_cli import run_compare
 

@@ -1,0 +1,60 @@
+"""The ``lora-studio lora`` command group: inspect, resize, merge (option names as Kohya_ss's utilities)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_lora_commands(parser: argparse.ArgumentParser) -> None:
+    tools = parser.add_subparsers(dest="tool", required=True)
+    inspect = tools.add_parser("inspect", help="what a LoRA file is: family, type, ranks, apps, training settings")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
+
+    resize = tools.add_parser("resize", help="a LoRA / LoCon to another rank by SVD (as Kohya's resize)")
+    resize.add_argument("source", help="the LoRA to resize")
+    resize.add_argument("out", help="the new file (never the input)")
+    resize.add_argument("--new_rank", type=int, default=4, help="the rank (the cap with a dynamic method)")
+    resize.add_argument("--new_conv_rank", type=int, help="the rank of 3x3 convolutions (default: new_rank)")
+    resize.add_argument("--dynamic_method", choices=("sv_ratio", "sv_fro", "sv_cumulative"))
+    resize.add_argument("--dynamic_param", type=float, help="the dynamic method's target (e.g. 0.9 for sv_fro)")
+    resize.add_argument("--device", default="cpu", help="cpu or cuda")
+    resize.add_argument("--save_precision", choices=("float", "fp16", "bf16"), help="default: the input's")
+    resize.add_argument("--verbose", action="store_true", help="one line per module: its rank and what it keeps")
+
+    merge = tools.add_parser("merge", help="several LoRA / LoCon files with ratios into one LoRA")
+    merge.add_argument("--lora", action="append", required=True, help="a LoRA file (repeat for more)")
+    merge.add_argument("--ratio", action="append", type=float, default=[], help="its ratio (one per --lora)")
+    merge.add_argument("--out", required=True, help="the merged file")
+    merge.add_argument("--mode", choices=("concat", "svd"), default="concat",
+                       help="concat: exact (ranks add up); svd: the best new_rank")
+    merge.add_argument("--new_rank", type=int, help="the rank of an svd merge")
+    merge.add_argument("--new_conv_rank", type=int, help="the rank of 3x3 convolutions in an svd merge")
+    merge.add_argument("--save_precision", choices=("float", "fp16", "bf16"), help="default: the first input's")
+
+
+def run_lora_command(args: argparse.Namespace) -> int:
+    if args.tool == "inspect":
+        from .inspect import describe, inspect_lora
+
+        report = inspect_lora(args.file)
+        print(json.dumps(report, indent=1, default=str) if args.json else describe(report))
+        return 0
+    if args.tool == "resize":
+        from .resize import resize_lora
+
+        out, report = resize_lora(args.source, args.out, args.new_rank, args.new_conv_rank, args.dynamic_method,
+                                  args.dynamic_param, args.device, args.save_precision)
+        if args.verbose:
+            for r in report:
+                print(f"{r.stem:80} rank {r.old_rank} -> {r.new_rank}, Frobenius kept {r.fro_kept:.1%}")
+        mean = sum(r.fro_kept for r in report) / len(report)
+        print(f"wrote {out}: {len(report)} modules, mean Frobenius share kept {mean:.2%}")
+        return 0
+    from .merge import merge_loras
+
+    out = merge_loras(args.lora, args.ratio, args.out, args.mode, args.new_rank, args.new_conv_rank,
+                      args.save_precision)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,164 @@
+"""``lora-studio lora inspect``: what a kohya-format LoRA file is, what it was trained with, and who loads it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..lora_delta import ModuleWeights, read_lora_file
+
+KIND_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)3", "full": "full (native fine-tuning)",
+              "norm": "norm"}
+_BLOCK = re.compile(r"^lora_unet_((?:down|up)_blocks_\d+|mid_block|input_blocks_\d+|middle_block|output_blocks_\d+)")
+# the cross-attention's key projection reads the text encoder's width: which family made the file
+_CROSS_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+_VERSIONS = {"sd_v1": "SD1.x", "sd_v2": "SD2.x", "sdxl_base_v1-0": "SDXL"}
+
+
+def block_of(stem: str) -> str:
+    if stem.startswith(("lora_te1_", "lora_te2_", "lora_te_")):
+        return stem.split("_text_model")[0].removeprefix("lora_").replace("_", "") or "te"
+    match = _BLOCK.match(stem)
+    return match.group(1) if match else "unet (other)"
+
+
+def _family(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> tuple[str, str]:
+    """(family, how it was found)."""
+    version = metadata.get("ss_base_model_version", "")
+    for prefix, family in _VERSIONS.items():
+        if version.startswith(prefix):
+            return family, f"metadata ss_base_model_version = {version}"
+    arch = metadata.get("modelspec.architecture", "")
+    if arch:
+        family = "SDXL" if "-xl-" in arch else "SD2.x" if "-v2" in arch else "SD1.x" if "-v1" in arch else ""
+        if family:
+            return family, f"metadata modelspec.architecture = {arch}"
+    if any(s.startswith(("lora_te1_", "lora_te2_")) for s in modules):
+        return "SDXL", "two text encoders (lora_te1_ / lora_te2_)"
+    for stem, m in modules.items():
+        reads = {"lora": "lora_down.weight", "loha": "hada_w1_b"}.get(m.kind)
+        if ("attn2_to_k" in stem or "attn2_k_proj" in stem) and reads:
+            width = int(m.tensors[reads].shape[1])
+            if width in _CROSS_WIDTH:
+                return _CROSS_WIDTH[width], f"cross-attention width {width}"
+    if any(s.startswith("lora_te_") or "down_blocks" in s for s in modules):
+        return "SD1.x / SD2.x", "the key layout (one text encoder, diffusers block names)"
+    return "unknown", "no metadata and no cross-attention module to measure"
+
+
+def network_type(modules: dict[str, ModuleWeights]) -> str:
+    kinds = sorted({m.kind for m in modules.values()})
+    names = []
+    for kind in kinds:
+        name = KIND_NAMES[kind]
+        if kind == "lora" and any(m.kind == "lora" and m.tensors["lora_down.weight"].ndim == 4
+                                  and m.tensors["lora_down.weight"].shape[-1] > 1 for m in modules.values()):
+            name = "LoCon (LoRA with 3x3 convolutions)"
+        names.append(name)
+    if any("dora_scale" in m.tensors for m in modules.values()):
+        names.append("DoRA")
+    if any({"lora_mid.weight", "hada_t1", "lokr_t2"} & set(m.tensors) for m in modules.values()):
+        names.append("Tucker")
+    return " + ".join(names)
+
+
+def loaders(modules: dict[str, ModuleWeights], unknown: list[str]) -> dict[str, str]:
+    """Which apps apply the file, judged from its keys."""
+    everyone = "yes" if not unknown else f"yes, but {len(unknown)} key(s) no app reads are left out"
+    plain = all(m.kind == "lora" and not {"lora_mid.weight", "dora_scale"} & set(m.tensors)
+                for m in modules.values())
+    if plain:
+        diffusers = everyone
+    else:
+        other = sorted({KIND_NAMES[m.kind] for m in modules.values() if m.kind != "lora"}
+                       | ({"DoRA"} if any("dora_scale" in m.tensors for m in modules.values()) else set())
+                       | ({"Tucker LoCon"} if any("lora_mid.weight" in m.tensors for m in modules.values())
+                          else set()))
+        diffusers = f"no: its load_lora_weights reads LoRA/LoCon only, not {', '.join(other)}"
+    return {"AUTOMATIC1111 / Forge": everyone, "ComfyUI": everyone, "diffusers": diffusers}
+
+
+def _delta_norm(m: ModuleWeights) -> float:
+    """The Frobenius norm of the module's weight change (DoRA's rescaling left out: it needs the base weight)."""
+    if m.kind in ("ia3", "norm"):
+        return float(next(iter(m.tensors.values())).float().norm())
+    plain = ModuleWeights(m.stem, m.kind, {k: v for k, v in m.tensors.items() if k != "dora_scale"})
+    diff, _ = plain.delta(torch.zeros(plain.delta_numel()))
+    return float(diff.norm())
+
+
+def _parsed(value: str) -> Any:
+    if value[:1] in "[{" or value in ("true", "false", "null") or re.fullmatch(r"-?[\d.e+-]+", value or "x"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def inspect_lora(path: str | Path) -> dict[str, Any]:
+    f = read_lora_file(path)
+    meta = f.metadata
+    family, why = _family(f.modules, meta)
+    blocks: dict[str, dict] = defaultdict(lambda: {"modules": 0, "ranks": set(), "alphas": set(), "norms": []})
+    for stem, m in sorted(f.modules.items()):
+        b = blocks[block_of(stem)]
+        b["modules"] += 1
+        if m.rank is not None:
+            b["ranks"].add(m.rank)
+        if m.alpha is not None:
+            b["alphas"].add(round(m.alpha, 6))
+        b["norms"].append(_delta_norm(m))
+    bad = sorted(f"{stem}.{name}" for stem, m in f.modules.items() for name, t in m.tensors.items()
+                 if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    tags = {}
+    try:
+        for folder, counts in json.loads(meta.get("ss_tag_frequency", "{}")).items():
+            tags[folder] = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:20])
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    skip = {"ss_tag_frequency", "ss_bucket_info", "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_datasets"}
+    return {
+        "file": str(f.path), "family": family, "family_from": why, "type": network_type(f.modules),
+        "modules": len(f.modules), "kinds": f.kinds(),
+        "blocks": {name: {"modules": b["modules"], "rank": sorted(b["ranks"]), "alpha": sorted(b["alphas"]),
+                          "mean_delta_norm": sum(b["norms"]) / len(b["norms"])}
+                   for name, b in sorted(blocks.items())},
+        "loads_in": loaders(f.modules, f.unknown_keys), "unknown_keys": f.unknown_keys,
+        "non_finite": bad, "training": {k: _parsed(v) for k, v in sorted(meta.items())
+                                        if k.startswith("ss_") and k not in skip},
+        "tag_frequency": tags, "history": _parsed(meta.get("lora_studio_history", "[]")),
+    }
+
+
+def describe(report: dict[str, Any]) -> str:
+    lines = [f"{report['file']}", f"  family: {report['family']} ({report['family_from']})",
+             f"  type: {report['type']}, {report['modules']} modules"]
+    lines.append("  blocks (rank, alpha, mean |delta|):")
+    for name, b in report["blocks"].items():
+        rank = "/".join(map(str, b["rank"])) or "-"
+        alpha = "/".join(f"{a:g}" for a in b["alpha"]) or "-"
+        lines.append(f"    {name:24} {b['modules']:4} modules  rank {rank:8} alpha {alpha:8} "
+                     f"{b['mean_delta_norm']:.4g}")
+    lines.append("  loads in:")
+    lines += [f"    {app}: {verdict}" for app, verdict in report["loads_in"].items()]
+    lines.append("  NaN/inf: " + (", ".join(report["non_finite"][:5]) if report["non_finite"] else "none"))
+    wanted = ("ss_output_name", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
+              "ss_learning_rate", "ss_optimizer", "ss_lr_scheduler", "ss_num_train_images", "ss_num_epochs",
+              "ss_epoch", "ss_steps", "ss_resolution", "ss_clip_skip", "ss_mixed_precision", "ss_sd_model_name",
+              "ss_seed")
+    training = {k: v for k, v in report["training"].items() if k in wanted}
+    if training:
+        lines.append("  trained with:")
+        lines += [f"    {k.removeprefix('ss_')}: {v}" for k, v in training.items()]
+    for folder, counts in report["tag_frequency"].items():
+        lines.append(f"  tags in {folder}: " + ", ".join(f"{t} ({n})" for t, n in list(counts.items())[:10]))
+    for step in report["history"] if isinstance(report["history"], list) else []:
+        lines.append(f"  history: {step.get('tool')} {step.get('parameters')} from "
+                     + ", ".join(i.get("file", "?") for i in step.get("inputs", [])))
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""``lora-studio lora inspect | resize | merge`` on files our trainer and LyCORIS write (tiny SD1 model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from conftest import run_cli
+from lora_studio.errors import UserError
+from lora_studio.lora_delta import read_lora_file
+from lora_studio.lora_tools.inspect import inspect_lora
+from lora_studio.lora_tools.merge import merge_loras
+from lora_studio.lora_tools.resize import resize_lora
+
+
+def _deltas(path) -> dict[str, torch.Tensor]:
+    f = read_lora_file(path)
+    return {stem: m.delta(torch.zeros(m.delta_numel()))[0] for stem, m in f.modules.items()}
+
+
+def _metadata(path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as fh:
+        return fh.metadata()
+
+
+def test_inspect_names_type_family_rank_and_apps(trained_run, tmp_path):
+    proc = run_cli("lora", "inspect", str(trained_run["file"]), "--json")
+    report = json.loads(proc.stdout)
+    assert report["family"] == "SD1.x" and report["type"] == "LoRA" and not report["non_finite"]
+    assert {b["rank"][0] for b in report["blocks"].values()} == {4}
+    assert {a for b in report["blocks"].values() for a in b["alpha"]} == {2.0}
+    assert report["loads_in"]["diffusers"] == "yes" and report["training"]["ss_network_dim"] == 4
+    assert "lsdemo" in json.dumps(report["tag_frequency"])
+    text = run_cli("lora", "inspect", str(trained_run["file"])).stdout
+    assert "family: SD1.x" in text and "rank 4" in text and "diffusers: yes" in text
+    # a LyCORIS LoHa (keys as lycoris-lora writes them) without metadata: type and family from its keys
+    sd = load_file(str(trained_run["file"]))
+    loha = {}
+    for stem in {k.split(".")[0] for k in sd}:
+        down, up = sd[f"{stem}.lora_down.weight"].float(), sd[f"{stem}.lora_up.weight"].float()
+        if down.ndim == 4:
+            continue
+        loha.update({f"{stem}.hada_w1_a": up, f"{stem}.hada_w1_b": down, f"{stem}.hada_w2_a": up.clone(),
+                     f"{stem}.hada_w2_b": down.clone(), f"{stem}.alpha": torch.tensor(4.0)})
+    save_file(loha, str(tmp_path / "loha.safetensors"))
+    other = inspect_lora(tmp_path / "loha.safetensors")
+    assert other["type"] == "LoHa" and other["family"] == "SD1.x / SD2.x"  # the tiny model's widths are no real one's
+    assert other["loads_in"]["diffusers"].startswith("no") and other["loads_in"]["ComfyUI"] == "yes"
+
+
+def test_resize_keeps_the_change_at_the_same_rank_and_cuts_the_svd_tail_below(trained_run, tmp_path):
+    source = trained_run["file"]
+    same, report = resize_lora(source, tmp_path / "same.safetensors", 4, save_precision="float", show_progress=False)
+    before, after = _deltas(source), _deltas(same)
+    for stem in before:
+        assert torch.linalg.norm(after[stem] - before[stem]) <= 1e-5 * torch.linalg.norm(before[stem]) + 1e-7, stem
+    # a module whose change is all zeros gets rank 1, as sd-scripts gives it
+    assert all((r.new_rank == 4 or float(before[r.stem].norm()) == 0) and r.fro_kept == pytest.approx(1.0)
+               for r in report)
+    half, report = resize_lora(source, tmp_path / "half.safetensors", 2, save_precision="float",
+                               show_progress=False)
+    small = _deltas(half)
+    for stem, full in before.items():
+        matrix = full.reshape(full.shape[0], -1) if full.ndim > 1 else full
+        s = torch.linalg.svdvals(read_lora_file(source).modules[stem].tensors["lora_up.weight"].flatten(1).float()
+                                 @ read_lora_file(source).modules[stem].tensors["lora_down.weight"].flatten(1)
+                                 .float()) * read_lora_file(source).modules[stem].scale
+        error = torch.linalg.norm(small[stem].reshape(matrix.shape) - matrix)
+        assert float(error) == pytest.approx(float(s[2:].pow(2).sum().sqrt()), rel=1e-3, abs=1e-6), stem
+    meta = _metadata(half)
+    assert meta["ss_network_dim"] == "2" and "resized from 4 to 2" in meta["ss_training_comment"]
+    history = json.loads(meta["lora_studio_history"])
+    assert history[-1]["tool"] == "resize" and history[-1]["parameters"]["new_rank"] == 2
+    assert history[-1]["inputs"][0]["file"] == source.name
+    dynamic, report = resize_lora(source, tmp_path / "dyn.safetensors", 4, dynamic_method="sv_fro",
+                                  dynamic_param=0.5, show_progress=False)
+    assert all((2 <= r.new_rank <= 4 or float(before[r.stem].norm()) == 0) and r.fro_kept >= 0.5 - 1e-6
+               for r in report)
+    assert _metadata(dynamic)["ss_network_dim"] == "Dynamic"
+    with pytest.raises(UserError, match="is also an input"):
+        resize_lora(source, source, 2, show_progress=False)
+    # the resized file loads in diffusers with every key
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(trained_run["model"]), safety_checker=None)
+    pipe.load_lora_weights(str(half), adapter_name="resized")
+    loaded = [m for part in (pipe.unet, pipe.text_encoder) for m in part.modules()
+              if hasattr(m, "lora_A") and "resized" in m.lora_A]
+    assert len(loaded) == len(read_lora_file(half).modules)  # every module of the file
+
+
+def test_concat_merge_equals_applying_both_and_svd_merge_is_the_best_low_rank(trained_run, tmp_path):
+    a = trained_run["file"]
+    epoch = sorted(trained_run["out"].glob("test_lora-0*.safetensors"))[0]
+    merged = merge_loras([a, epoch], [0.7, -0.4], tmp_path / "both.safetensors", show_progress=False,
+                         save_precision="float")
+    da, db, dm = _deltas(a), _deltas(epoch), _deltas(merged)
+    for stem in da:
+        assert torch.allclose(dm[stem], 0.7 * da[stem] - 0.4 * db[stem], atol=1e-6), stem
+    assert read_lora_file(merged).modules[next(iter(da))].rank == 8
+    svd = merge_loras([a, epoch], [0.7, -0.4], tmp_path / "svd.safetensors", mode="svd", new_rank=8,
+                      show_progress=False, save_precision="float")
+    ds = _deltas(svd)
+    assert all(torch.allclose(ds[s], dm[s], atol=1e-5) for s in da)  # rank 8 holds the whole sum
+    history = json.loads(_metadata(svd)["lora_studio_history"])
+    assert history[-1]["tool"] == "merge" and len(history[-1]["inputs"]) == 2
+    proc = run_cli("lora", "merge", "--lora", str(a), "--lora", str(epoch), "--ratio", "1", "--out",
+                   str(tmp_path / "cli.safetensors"), check=False)
+    assert proc.returncode == 2 and "give one --ratio per --lora (2 files, 1 ratios)" in proc.stderr
