@@ -111,3 +111,37 @@ def test_concat_merge_equals_applying_both_and_svd_merge_is_the_best_low_rank(tr
     proc = run_cli("lora", "merge", "--lora", str(a), "--lora", str(epoch), "--ratio", "1", "--out",
                    str(tmp_path / "cli.safetensors"), check=False)
     assert proc.returncode == 2 and "give one --ratio per --lora (2 files, 1 ratios)" in proc.stderr
+
+
+def test_a_baked_checkpoint_is_base_plus_ratio_times_the_change(trained_run, tiny_models, tmp_path):
+    """merge --model: every target of the merged checkpoint equals base + r x (alpha/rank) x up @ down; the file opens
+    in our single-file loader and in diffusers' from_single_file (offline, with the model's own config folder)."""
+    from lora_studio.lora_delta import lora_module_table
+    from lora_studio.models.loading import load_components
+
+    out = tmp_path / "baked.safetensors"
+    run_cli("lora", "merge", "--model", str(tiny_models["single"]), "--lora", str(trained_run["file"]), "--ratio",
+            "0.8", "--out", str(out))
+    base, baked = (load_components(str(p), None, False) for p in (tiny_models["single"], out))
+    lora = read_lora_file(trained_run["file"])
+    before, after = lora_module_table(base), lora_module_table(baked)
+    for stem, m in lora.modules.items():
+        up = m.tensors["lora_up.weight"].flatten(1).float()
+        down = m.tensors["lora_down.weight"].flatten(1).float()
+        w0 = before[stem].weight.detach().float()
+        expected = w0 + 0.8 * m.scale * (up @ down).reshape(w0.shape)
+        assert torch.allclose(after[stem].weight.detach().float(), expected, atol=1e-6), stem
+    untouched = baked.vae.decoder.conv_out.weight
+    assert torch.equal(untouched, base.vae.decoder.conv_out.weight)
+    history = json.loads(_metadata(out)["lora_studio_history"])
+    assert history[0]["tool"] == "merge into checkpoint" and history[0]["parameters"]["ratios"] == [0.8]
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_single_file(str(out), config=str(tiny_models["folder"]),
+                                                    local_files_only=True, safety_checker=None)
+    names = {id(p): n for n, p in baked.unet.named_parameters()}
+    theirs = dict(pipe.unet.named_parameters())
+    for stem in lora.modules:
+        if stem.startswith("lora_unet_"):  # diffusers reads the same merged U-Net weights
+            name = names[id(after[stem].weight)]
+            assert torch.allclose(theirs[name].float(), after[stem].weight.float(), atol=1e-6), name

@@ -23,7 +23,10 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     resize.add_argument("--save_precision", choices=("float", "fp16", "bf16"), help="default: the input's")
     resize.add_argument("--verbose", action="store_true", help="one line per module: its rank and what it keeps")
 
-    merge = tools.add_parser("merge", help="several LoRA / LoCon files with ratios into one LoRA")
+    merge = tools.add_parser("merge", help="LoRA files with ratios into one LoRA, or (with --model) into a checkpoint")
+    merge.add_argument("--model", help="bake the LoRAs into this base model (a single-file checkpoint or a diffusers "
+                                       "folder); the output is a single-file checkpoint")
+    merge.add_argument("--v2", action="store_true", help="the base model is SD2.x (when its file does not say)")
     merge.add_argument("--lora", action="append", required=True, help="a LoRA file (repeat for more)")
     merge.add_argument("--ratio", action="append", type=float, default=[], help="its ratio (one per --lora)")
     merge.add_argument("--out", required=True, help="the merged file")
@@ -51,6 +54,12 @@ def run_lora_command(args: argparse.Namespace) -> int:
                 print(f"{r.stem:80} rank {r.old_rank} -> {r.new_rank}, Frobenius kept {r.fro_kept:.1%}")
         mean = sum(r.fro_kept for r in report) / len(report)
         print(f"wrote {out}: {len(report)} modules, mean Frobenius share kept {mean:.2%}")
+        return 0
+    if args.model:
+        from .bake import bake
+
+        out = bake(args.model, args.lora, args.ratio, args.out, args.save_precision, args.v2)
+        print(f"wrote {out}")
         return 0
     from .merge import merge_loras
 
