@@ -145,3 +145,32 @@ def test_a_baked_checkpoint_is_base_plus_ratio_times_the_change(trained_run, tin
         if stem.startswith("lora_unet_"):  # diffusers reads the same merged U-Net weights
             name = names[id(after[stem].weight)]
             assert torch.allclose(theirs[name].float(), after[stem].weight.float(), atol=1e-6), name
+
+
+def test_extract_recovers_a_planted_low_rank_change(tiny_models, tmp_path):
+    from lora_studio.models.family import TargetSpec
+    from lora_studio.models.loading import load_components
+    from lora_studio.models.tiny import save_single_file
+
+    tuned = load_components(str(tiny_models["single"]), None, False)
+    g = torch.Generator().manual_seed(0)
+    planted = {}
+    for target in tuned.family.adapter_targets(tuned, True, False, TargetSpec()):
+        stem, module = target.stem, target.module
+        if "attn2_to_" in stem:
+            out_f, in_f = module.weight.shape
+            change = (torch.randn(out_f, 2, generator=g) @ torch.randn(2, in_f, generator=g)) * 0.05
+            with torch.no_grad():
+                module.weight += change
+            planted[stem] = change
+    save_single_file(tmp_path / "tuned.safetensors", tuned.unet, tuned.vae, tuned.text_encoders[0])
+    out = tmp_path / "extracted.safetensors"
+    run_cli("lora", "extract", "--model", str(tiny_models["single"]), "--tuned", str(tmp_path / "tuned.safetensors"),
+            "--out", str(out), "--dim", "2", "--clamp_quantile", "1")
+    got = _deltas(out)
+    assert not any(s.startswith("lora_te") for s in got)  # the text encoder did not change: U-Net only
+    assert planted and all(torch.allclose(got[s].reshape(c.shape), c, atol=1e-5) for s, c in planted.items())
+    others = [s for s in got if s not in planted]
+    assert all(float(got[s].abs().max()) < 1e-5 for s in others)  # nothing else changed
+    meta = _metadata(out)
+    assert meta["ss_network_dim"] == "2" and json.loads(meta["lora_studio_history"])[0]["tool"] == "extract"

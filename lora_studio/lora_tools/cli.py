@@ -37,6 +37,22 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("--save_precision", choices=("float", "fp16", "bf16"), help="default: the first input's")
 
 
+    extract = tools.add_parser("extract", help="a LoRA from a fine-tuned model and its base (SVD of the difference)")
+    extract.add_argument("--model", "--model_org", dest="model", required=True, help="the base model")
+    extract.add_argument("--tuned", "--model_tuned", dest="tuned", required=True, help="the fine-tuned model")
+    extract.add_argument("--out", "--save_to", dest="out", required=True, help="the LoRA to write")
+    extract.add_argument("--dim", type=int, default=4, help="the rank (the cap with a dynamic method)")
+    extract.add_argument("--conv_dim", type=int, help="also extract 3x3 convolutions, at this rank (LoCon)")
+    extract.add_argument("--clamp_quantile", type=float, default=0.99, help="clamp the weights at this quantile")
+    extract.add_argument("--min_diff", type=float, default=0.01,
+                         help="leave the text encoders out when none of their weights differs by more")
+    extract.add_argument("--dynamic_method", choices=("sv_ratio", "sv_fro", "sv_cumulative"))
+    extract.add_argument("--dynamic_param", type=float)
+    extract.add_argument("--device", default="cpu")
+    extract.add_argument("--save_precision", choices=("float", "fp16", "bf16"), default="float")
+    extract.add_argument("--v2", action="store_true", help="the models are SD2.x (when their files do not say)")
+
+
 def run_lora_command(args: argparse.Namespace) -> int:
     if args.tool == "inspect":
         from .inspect import describe, inspect_lora
@@ -54,6 +70,14 @@ def run_lora_command(args: argparse.Namespace) -> int:
                 print(f"{r.stem:80} rank {r.old_rank} -> {r.new_rank}, Frobenius kept {r.fro_kept:.1%}")
         mean = sum(r.fro_kept for r in report) / len(report)
         print(f"wrote {out}: {len(report)} modules, mean Frobenius share kept {mean:.2%}")
+        return 0
+    if args.tool == "extract":
+        from .extract import extract_lora
+
+        out = extract_lora(args.model, args.tuned, args.out, args.dim, args.conv_dim, args.clamp_quantile,
+                           args.min_diff, args.dynamic_method, args.dynamic_param, args.device, args.save_precision,
+                           args.v2)
+        print(f"wrote {out}")
         return 0
     if args.model:
         from .bake import bake
