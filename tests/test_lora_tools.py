@@ -174,3 +174,24 @@ def test_extract_recovers_a_planted_low_rank_change(tiny_models, tmp_path):
     assert all(float(got[s].abs().max()) < 1e-5 for s in others)  # nothing else changed
     meta = _metadata(out)
     assert meta["ss_network_dim"] == "2" and json.loads(meta["lora_studio_history"])[0]["tool"] == "extract"
+
+
+def test_convert_to_diffusers_and_back_keeps_every_module_and_strength(trained_run, tmp_path):
+    source = trained_run["file"]
+    peft = tmp_path / "peft.safetensors"
+    run_cli("lora", "convert", str(source), str(peft), "--to", "diffusers", "--model", str(trained_run["model"]))
+    keys = set(load_file(str(peft)))
+    assert all(k.startswith(("unet.", "text_encoder.")) and ".lora_" in k for k in keys)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(trained_run["model"]), safety_checker=None)
+    pipe.load_lora_weights(str(peft), adapter_name="converted")
+    loaded = {n: m for part in (pipe.unet, pipe.text_encoder) for n, m in part.named_modules()
+              if hasattr(m, "lora_A") and "converted" in m.lora_A}
+    assert len(loaded) == len(read_lora_file(source).modules) == len(keys) // 2  # every module, none extra
+    assert all(m.scaling["converted"] == 1.0 for m in loaded.values())  # alpha/rank is in the B weights
+    back = tmp_path / "back.safetensors"
+    run_cli("lora", "convert", str(peft), str(back), "--to", "kohya", "--model", str(trained_run["model"]))
+    before, after = _deltas(source), _deltas(back)
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[s], after[s], atol=1e-6) for s in before)

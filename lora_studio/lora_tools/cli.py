@@ -53,6 +53,15 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     extract.add_argument("--v2", action="store_true", help="the models are SD2.x (when their files do not say)")
 
 
+    convert = tools.add_parser("convert", help="kohya format <-> diffusers / peft format")
+    convert.add_argument("source")
+    convert.add_argument("out")
+    convert.add_argument("--to", choices=("diffusers", "kohya"), required=True)
+    convert.add_argument("--model", required=True, help="the base model (its layer names)")
+    convert.add_argument("--v2", action="store_true")
+    convert.add_argument("--save_precision", choices=("float", "fp16", "bf16"), default="float")
+
+
 def run_lora_command(args: argparse.Namespace) -> int:
     if args.tool == "inspect":
         from .inspect import describe, inspect_lora
@@ -70,6 +79,11 @@ def run_lora_command(args: argparse.Namespace) -> int:
                 print(f"{r.stem:80} rank {r.old_rank} -> {r.new_rank}, Frobenius kept {r.fro_kept:.1%}")
         mean = sum(r.fro_kept for r in report) / len(report)
         print(f"wrote {out}: {len(report)} modules, mean Frobenius share kept {mean:.2%}")
+        return 0
+    if args.tool == "convert":
+        from .convert import convert_lora
+
+        print(f"wrote {convert_lora(args.source, args.out, args.model, args.to, args.v2, args.save_precision)}")
         return 0
     if args.tool == "extract":
         from .extract import extract_lora
