@@ -195,3 +195,25 @@ def test_convert_to_diffusers_and_back_keeps_every_module_and_strength(trained_r
     before, after = _deltas(source), _deltas(back)
     assert before.keys() == after.keys()
     assert all(torch.allclose(before[s], after[s], atol=1e-6) for s in before)
+
+
+@pytest.mark.parametrize("algo, args, expected, diffusers_loads", [
+    ("locon", ["algo=locon", "conv_dim=4"], "LoCon (LoRA with 3x3 convolutions)", True),
+    ("loha", ["algo=loha"], "LoHa", False), ("lokr", ["algo=lokr", "factor=4"], "LoKr", False),
+    ("ia3", ["algo=ia3"], "(IA)3", False), ("dora", ["algo=lora", "dora_wd=true"], "LoCon (LoRA with 3x3 convolutions) + DoRA", False)])
+def test_inspect_names_each_lycoris_type(algo, args, expected, diffusers_loads, tiny_models, tmp_path):
+    from lora_studio.config.network_args import parse_network_args
+    from lora_studio.models.loading import load_components
+    from lora_studio.network.lora import LoRANetwork
+
+    components = load_components(str(tiny_models["single"]), None, False)
+    net = LoRANetwork(components, 4, 2.0, train_text_encoder=True,
+                      args=parse_network_args(args, "lycoris.kohya"))
+    path = tmp_path / f"{algo}.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(path))
+    report = inspect_lora(path)
+    assert report["type"] == expected and report["family"] == "SD1.x / SD2.x"
+    assert report["loads_in"]["ComfyUI"] == "yes"
+    assert report["loads_in"]["diffusers"].startswith("yes" if diffusers_loads else "no")
+    if algo in ("locon", "loha"):
+        assert {r for b in report["blocks"].values() for r in b["rank"]} == {4}
