@@ -76,3 +76,11 @@ def open_tab(page, *names: str) -> None:
     for name in names:
         page.get_by_role("tab", name=name, exact=True).click()
     page.wait_for_timeout(300)
+
+
+def tick(workbench, choice: str = "latest", job: dict | None = None) -> dict:
+    """One tick of a page's live view (``Workbench.refresh`` from a fresh page), by output name."""
+    from lora_studio.gui.app import TICK_KEYS
+
+    *values, _seen = workbench.refresh({}, choice, job or {})
+    return dict(zip(TICK_KEYS, values))

@@ -56,7 +56,9 @@ def test_every_tab_shows_its_kohya_labels_and_help_on_hover(page):
         ("LoRA", "Parameters", "Samples"): ["Sample prompts file", "Sample every n epochs", "Sample sampler"],
         ("LoRA", "Dataset preparation"): ["Instance prompt", "Class prompt", "Destination training folder"],
         ("LoRA", "Configuration"): ["Presets", "Config file"],
-        ("Runs",): ["Current run", "Queue", "History"],
+        ("Runs",): ["Current run", "Queue", "History", "Show run", "Saved files of this run"],
+        ("Test",): ["Base model", "LoRA files (one a line)", "Strengths", "Seeds (empty: each prompt's --d)",
+                    "Sampler", "CFG"],
     }
     for tabs, labels in expected.items():
         open_tab(page, *tabs)
@@ -151,11 +153,11 @@ def test_a_bad_field_shows_its_message_and_starts_nothing(page, gui):
     open_tab(page, "Folders")
     set_field(page, "output_name", "good_name")
     page.get_by_role("button", name="Check settings").click()
-    expect(report).to_contain_text("Ready: 80 steps = 2 epoch(s) of 40 step(s)")
+    expect(report).to_contain_text("Ready: 60 steps = 2 epoch(s) of 30 step(s)")  # 2 of 8 images validate
     expect(page.locator("#setting-output_name")).not_to_contain_text("must be a plain file name")
 
 
-def test_demo_run_shows_progress_chart_samples_and_file(page, gui):
+def test_demo_run_shows_progress_chart_samples_file_validation_grid_and_tests_a_file(page, gui):
     load_demo(page)
     page.get_by_role("button", name="Print training command").click()
     command = page.locator("#command-box textarea")
@@ -168,20 +170,51 @@ def test_demo_run_shows_progress_chart_samples_and_file(page, gui):
     expect(progress.locator("[data-status=running]")).to_be_attached(timeout=60_000)
     expect(progress).to_contain_text("it/s", timeout=60_000)
     expect(progress).to_contain_text("ETA")
-    expect(progress).to_contain_text("Step 80 / 80", timeout=180_000)
+    expect(progress).to_contain_text("Step 60 / 60", timeout=300_000)
     expect(progress).to_contain_text("Finished", timeout=30_000)
     expect(page.locator("#loss-chart .mark-line path").first).to_be_attached(timeout=10_000)
+    expect(page.locator("#loss-chart")).to_contain_text("validation")  # the series beside the training loss
+    status = page.locator("#run-status")
+    expect(status).to_contain_text("Best: validation loss")
+    expect(status).to_contain_text("demo_lora-best.safetensors")
+    expect(status).to_contain_text("Ended:")
     expect(page.locator("#sample-gallery img")).to_have_count(2, timeout=10_000)
     output = gui["state"] / "demo" / "output" / "demo_lora.safetensors"
     expect(page.locator("#saved-files")).to_contain_text(str(output))
     assert output.is_file() and output.stat().st_size > 10_000
     assert (output.parent / "demo_lora_config.toml").is_file()
-    expect(page.locator("#run-log textarea")).to_have_value(lambda_contains("completed after 80 steps"))
+    expect(page.locator("#run-log textarea")).to_have_value(lambda_contains("completed after 60 steps"))
     expect(page.locator("#run-history")).to_contain_text("Finished")
+    # the run's comparison grid, made by the job queued when it completed
+    expect(page.locator("#compare-status")).to_contain_text("rows are the saved files", timeout=300_000)
+    expect(page.locator("#compare-grid img").first).to_be_visible()
+    expect(page.locator("#compare-grid")).to_contain_text("lsdemo shape, red disc, blue background · seed 1")
+    expect(page.locator("#run-history")).to_contain_text("comparison grid")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(1500)
     page.screenshot(path=str(ARTIFACTS / "gui-after-demo-run.png"), full_page=True)
     assert (ARTIFACTS / "gui-after-demo-run.png").stat().st_size > 20_000
+
+    # test the best file: into the Test tab, rendered at strengths 0 and 1
+    best = output.parent / "demo_lora-best.safetensors"
+    expect(page.locator("#run-file input")).to_have_value(lambda_contains("demo_lora-best.safetensors"))
+    page.get_by_role("button", name="Test this file").click()
+    expect(page.locator("#test-files textarea")).to_have_value(str(best), timeout=10_000)
+    model = gui["state"] / "demo" / "model" / "tiny-sd1.safetensors"
+    expect(page.locator("#test-model textarea")).to_have_value(str(model))
+    page.locator("#test-prompts textarea").fill("lsdemo shape, red disc --s 4")
+    page.locator("#test-strengths textarea").fill("0, 1")
+    page.locator("#test-seeds textarea").fill("5")
+    for name, value in (("width", 64), ("height", 64)):
+        page.locator(f"#test-{name} input").fill(str(value))
+        page.locator(f"#test-{name} input").press("Tab")
+    page.get_by_role("button", name="Render").click()
+    expect(page.locator("#test-gallery img")).to_have_count(2, timeout=300_000)
+    expect(page.locator("#test-status")).to_contain_text("Done")
+    expect(page.locator("#test-gallery")).to_contain_text("demo_lora-best · strength 1 · seed 5")
+    expect(page.locator("#test-grids")).to_contain_text("lsdemo shape, red disc · seed 5")
+    assert "lsdemo shape, red disc --s 4" in (gui["state"] / "test_settings.json").read_text(encoding="utf-8")
+    page.screenshot(path=str(ARTIFACTS / "gui-test-tab.png"), full_page=True)
 
 
 def lambda_contains(text: str):
@@ -206,6 +239,9 @@ def test_stop_saves_and_the_queue_runs_next(page, gui):
     set_field(page, "output_name", "demo_next")
     open_tab(page, "Parameters", "Basic")
     set_field(page, "max_train_epochs", 1)
+    open_tab(page, "Samples")
+    set_field(page, "sample_prompts", "")  # no comparison grid queued after it: the next tests start at once
+    set_field(page, "sample_every_n_epochs", "")
     page.get_by_role("button", name="Start training").click()
     expect(page.locator("#run-queue")).to_contain_text("demo_next", timeout=10_000)
 
@@ -263,8 +299,9 @@ def test_dataset_preparation_tab_builds_folders_and_summarises(page, gui):
     assert len(list(source.glob("*.png"))) == 8  # the originals are still there
     page.get_by_role("button", name="Dataset summary").click()
     summary = page.locator("#dataset-summary")
-    expect(summary).to_contain_text("8 images (40 training with repeats, 0 regularisation), 20 batches per epoch")
-    expect(summary).to_contain_text("40 steps = 2 epoch(s) of 20 step(s)")
+    expect(summary).to_contain_text("8 images (30 training with repeats, 0 regularisation, 2 held out for "
+                                    "validation), 15 batches per epoch")
+    expect(summary).to_contain_text("30 steps = 2 epoch(s) of 15 step(s)")
     open_tab(page, "Folders")
     expect(field(page, "train_data_dir")).to_have_value(str(dest / "img"))
     expect(field(page, "output_dir")).to_have_value(str(dest / "model"))

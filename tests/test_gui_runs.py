@@ -11,6 +11,7 @@ from lora_studio.config import load_config
 from lora_studio.gui.runs import RunManager
 
 from conftest import run_cli
+from gui_helpers import tick
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,97 @@ def test_resume_last_run_continues_a_killed_run_from_its_state(demo, tmp_path):
     assert "resuming from" in Path(done.log).read_text(encoding="utf-8")
     assert (demo / "output" / "resumable.safetensors").is_file()
     manager.close()
+
+
+# ---------------------------------------------------------------- comparison jobs
+def _finished_copy_of(trained_run, tmp_path) -> tuple[Path, Path]:
+    """The trained run's outputs in a folder of this test (its grid is made there), with one prompt, and the run
+    record a GUI wrote while it trained: the GUI was away when it ended."""
+    import json
+    import shutil
+
+    from lora_studio.config import save_config
+
+    out = tmp_path / "out"
+    shutil.copytree(trained_run["out"], out, ignore=shutil.ignore_patterns("compare", "sample"))
+    (tmp_path / "prompts.txt").write_text("lsdemo shape, red disc --w 64 --h 64 --d 3 --s 2 --l 5\n",
+                                          encoding="utf-8")
+    cfg = load_config(trained_run["config"]).replace(output_dir=str(out), sample_prompts=str(tmp_path / "prompts.txt"))
+    folder = tmp_path / "state" / "runs" / "20250101-000000-abcdef"
+    folder.mkdir(parents=True)
+    config = save_config(cfg, folder / "config.toml")
+    record = {"id": folder.name, "output_name": cfg.output_name, "output_dir": str(out), "config": str(config),
+              "status": "running", "started": time.time() - 60, "pid": None,
+              "events": str(out / "test_lora_events.jsonl"), "log": str(folder / "engine.log"),
+              "output": str(out / "test_lora.safetensors")}
+    (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    return out, config
+
+
+def test_a_completed_run_queues_its_comparison_grid_and_the_runs_view_shows_it(trained_run, tmp_path):
+    from lora_studio.compare import compare_argv, events_path, index_path, read_index
+    from lora_studio.gui.app import Workbench
+    from lora_studio.gui.views import history_rows
+
+    out, config = _finished_copy_of(trained_run, tmp_path)
+    manager = RunManager(tmp_path / "state", poll_seconds=0.2)
+    run = manager.get("20250101-000000-abcdef")
+    job = wait_for(lambda: manager.compare_job(run.id), timeout=30, what="the queued grid")
+    assert run.status == "completed" and run.kind == "train"
+    assert job.kind == "compare" and job.parent == run.id and job.argv == compare_argv(str(config))
+    assert job.events == str(events_path(out / "compare", "test_lora"))
+    assert job.output == str(index_path(out / "compare", "test_lora"))
+    assert Path(job.log).parent == manager.root / job.id
+    assert manager.pause().startswith("A comparison job is running")
+    wait_for(lambda: job.status not in ("queued", "running"), timeout=300, what="the grid")
+    assert job.status == "completed", Path(job.log).read_text(errors="replace")[-3000:]
+    state = manager.live(job)
+    assert state.total_steps == state.step == 1 + 2 * 4 and len(state.grids) == 1 and len(state.images) == 9
+    assert "1 grid(s), 9 image(s)" in job.message
+    assert read_index(job.output)["status"] == "completed"
+    assert [row[1] for row in history_rows(manager.history())] == ["comparison grid", "training"]
+
+    w = Workbench(tmp_path / "state", manager=manager)
+    view = tick(w)
+    assert "Comparison grid" in view["compare"] and "rows are the saved files" in view["compare"]
+    assert len(view["grid"]) == 1 and "lsdemo shape" in view["grid"][0][1]
+    files = view["files"]["choices"]
+    assert [Path(path).name for _, path in files] == ["test_lora-000001.safetensors", "test_lora.safetensors"]
+    assert view["files"]["value"].endswith("test_lora.safetensors")
+    assert [value for _, value in view["choices"]["choices"]] == ["latest", run.id]
+    # Test this file: the file and its run's base model go to the Test tab, which is shown
+    path, model, tabs, message = w.test_this_file(files[0][1], run.id)
+    assert path == files[0][1] and model == str(trained_run["model"]) and tabs.selected == "test"
+    # a restarted GUI keeps the kinds and the link
+    manager.close()
+    again = RunManager(tmp_path / "state", poll_seconds=0.2)
+    assert again.compare_job(run.id).id == job.id and again.get(job.id).kind == "compare"
+    again.close()
+
+
+def test_the_test_tab_renders_chosen_files_as_a_job_in_the_queue(trained_run, tmp_path):
+    from lora_studio.gui.app import Workbench
+    from lora_studio.gui.tester import TestSettings, load_remembered
+
+    w = Workbench(tmp_path / "state")
+    settings = TestSettings(model=str(trained_run["model"]), files=str(trained_run["file"]),
+                            prompts="lsdemo shape, red disc --s 2", seeds="1, 2", strengths="0, 1", steps=3,
+                            width=64, height=64, cfg_scale=5.0)
+    message, job = w.render(*settings.values(), {})
+    assert job["kind"] == "compare", message
+    rec = w.manager.get(job["id"])
+    assert rec.kind == "compare" and rec.parent is None and rec.output_name == "test_lora"
+    assert "--files" in rec.argv and str(trained_run["file"]) in rec.argv and "--seeds" in rec.argv
+    prompts = (w.manager.root / rec.id / "prompts.txt").read_text(encoding="utf-8")
+    assert prompts == "lsdemo shape, red disc --s 2 --w 64 --h 64 --l 5\n"  # the prompt's own steps win
+    assert load_remembered(tmp_path / "state") == (settings, job)
+    wait_for(lambda: rec.status not in ("queued", "running"), timeout=300, what="the test images")
+    assert rec.status == "completed", Path(rec.log).read_text(errors="replace")[-3000:]
+    view = tick(w, job=job)
+    assert view["test_status"].startswith("Done: 2 grid(s), 4 image(s)")
+    assert [caption for _, caption in view["test_gallery"]] == [
+        "base model · strength 0 · seed 1", "test_lora · strength 1 · seed 1",
+        "base model · strength 0 · seed 2", "test_lora · strength 1 · seed 2"]
+    assert len(view["test_grids"]) == 2
+    assert "Image 4 / 4" in view["mini"] and "Test tab images" in view["mini"]
+    w.manager.close()

@@ -19,6 +19,7 @@ from lora_studio.gui.presets import PERSONAL, SHIPPED_DIR, list_presets, read_pr
 from lora_studio.gui.widgets import TABS, from_widget, to_widget, widget_spec, widget_specs
 
 from conftest import REPO, run_cli
+from gui_helpers import tick
 
 KOHYA_LABELS = {"pretrained_model_name_or_path": "Pretrained model name or path", "train_data_dir": "Image folder",
                 "output_dir": "Output directory", "output_name": "Trained Model output name",
@@ -250,3 +251,123 @@ def test_paths_and_names_with_line_breaks_are_refused(tmp_path):
     check = check_form({"output_dir": "/tmp/a\nb", "output_name": "x\ny", "pretrained_model_name_or_path": "m\x00"})
     assert "one line" in check.problems["output_dir"] and "one line" in check.problems["pretrained_model_name_or_path"]
     assert "plain file name" in check.problems["output_name"]
+
+
+# ---------------------------------------------------------------- the Test tab
+
+def test_the_test_tab_knows_the_engines_samplers_and_reads_prompt_options_as_it_does():
+    from lora_studio.gui.tester import SAMPLERS, split_prompt
+    from lora_studio.training.sampling import _SAMPLERS, parse_prompt_line
+
+    assert SAMPLERS == list(_SAMPLERS)
+    line = "a red disc, --x ignored --n blurry, dark --w 96 --h 128 --d 5 --s 12 --l 6.5 --ss euler"
+    text, options = split_prompt(line)
+    parsed = parse_prompt_line(line, 512)
+    assert text == parsed.prompt and options["n"] == parsed.negative
+    assert (int(options["w"]), int(options["h"]), int(options["d"]), int(options["s"]), float(options["l"]),
+            options["ss"]) == (parsed.width, parsed.height, parsed.seed, parsed.steps, parsed.cfg_scale,
+                               parsed.sampler)
+
+
+def test_test_tab_settings_are_remembered_and_checked(tmp_path):
+    from lora_studio.gui.app import Workbench
+    from lora_studio.gui.tester import TestSettings, load_remembered
+
+    lora = tmp_path / "mine.safetensors"
+    lora.write_bytes(b"x")
+    typed = TestSettings(model=str(tmp_path / "no-such-model"), files=str(lora), prompts="a cat --w 64\n# a note\n",
+                         negative="blurry", seeds="3, 4", strengths="0 1", sampler="dpmsolver++", steps=9, width=64,
+                         height=96, cfg_scale=5.5)
+    w = Workbench(tmp_path / "state")
+    message, job = w.render(*typed.values(), {})
+    assert message.startswith("❌ Base model not found") and job == gr_skip()
+    assert w.manager.ordered() == []  # nothing queued
+    w.manager.close()
+
+    again = Workbench(tmp_path / "state")  # a new page (or GUI) starts from what was typed last
+    assert load_remembered(tmp_path / "state")[0] == typed
+    assert again.test_defaults()[:len(typed.values())] == typed.values()
+    again.manager.close()
+    for change, problem in [({"prompts": "# only a comment"}, "at least one prompt"),
+                            ({"strengths": "0, x"}, "'x' is not a number"), ({"seeds": "1.5"}, "whole number"),
+                            ({"files": ""}, "at least one LoRA file"), ({"sampler": "nope"}, "Unknown sampler")]:
+        settings = TestSettings(**{**typed.__dict__, "model": str(lora), **change})
+        w = Workbench(tmp_path / "state2")
+        assert problem in w.render(*settings.values(), {})[0]
+        w.manager.close()
+
+
+def gr_skip():
+    import gradio as gr
+
+    return gr.skip()
+
+
+def _fake_paused_run(tmp_path):
+    """A training run the manager believes is running (this test's own process) and paused at step 3."""
+    import json
+    import os
+    import time
+
+    import psutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = build_config({"output_dir": str(out), "output_name": "paused_lora", "pretrained_model_name_or_path": "m"})
+    folder = tmp_path / "state" / "runs" / "20250101-000000-abcdef"
+    folder.mkdir(parents=True)
+    config = save_config(cfg, folder / "config.toml")
+    events = out / "paused_lora_events.jsonl"
+    events.write_text("\n".join(json.dumps(e) for e in [
+        {"type": "start", "total_steps": 10, "total_epochs": 1, "time": time.time()},
+        {"type": "step", "step": 3, "epoch": 1, "loss": 0.5, "time": time.time()},
+        {"type": "paused", "step": 3, "epoch": 1}]) + "\n", encoding="utf-8")
+    record = {"id": folder.name, "output_name": "paused_lora", "output_dir": str(out), "config": str(config),
+              "status": "running", "started": time.time(), "pid": os.getpid(),
+              "pid_started": psutil.Process().create_time(), "events": str(events), "log": str(folder / "engine.log")}
+    (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")  # as older versions wrote it: no kind
+    return out
+
+
+def test_render_while_a_run_is_paused_asks_that_run_and_shows_its_answer(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from lora_studio.gui.app import Workbench
+    from lora_studio.gui.tester import TestSettings
+    from lora_studio.training.pause import RenderRequest, pending_tests
+
+    out = _fake_paused_run(tmp_path)
+    from lora_studio.gui.runs import RunManager
+
+    manager = RunManager(tmp_path / "state", poll_seconds=3600)  # never polls: the fake run stays "running"
+    w = Workbench(tmp_path / "state", manager=manager)
+    active = manager.active()
+    assert active is not None and active.kind == "train" and manager.live(active).paused
+    settings = TestSettings(prompts="a red disc --w 128 --s 4\nanother --n ugly", negative="blurry", seeds="7",
+                            strengths="0, 1", sampler="euler", steps=6, width=64, height=72, cfg_scale=5.0)
+    message, job = w.render(*settings.values(), {})
+    assert "paused run **paused_lora** (step 3)" in message, message
+    assert job["kind"] == "paused" and manager.queued() == [] and len(job["requests"]) == 2
+    requests = pending_tests(out / "paused_lora.tests")
+    assert [str(p) for p in requests] == job["requests"]
+    first, second = (RenderRequest.read(p) for p in requests)  # what the engine reads
+    assert (first.prompts, first.negative, first.width, first.height, first.steps, first.seeds, first.strengths,
+            first.sampler, first.cfg_scale) == (["a red disc"], "blurry", 128, 72, 4, [7], [0.0, 1.0], "euler", 5.0)
+    assert (second.prompts, second.negative, second.width, second.steps) == (["another"], "ugly", 64, 6)
+
+    view = tick(w, job=job)
+    assert "0 of 2 prompt(s) done" in view["test_status"] and view["test_gallery"] == []
+    # the engine's answers
+    for k, request in enumerate(requests):
+        image = out / f"answer{k}.png"
+        Image.new("RGB", (8, 8), "red").save(image)
+        done = request.with_name(request.stem + ".done.json")
+        done.write_text(json.dumps({"images": [{"path": str(image), "prompt": "p", "seed": 7, "strength": 1.0}],
+                                    "error": None}), encoding="utf-8")
+    view = tick(w, job=job)
+    assert "Done: 2 image(s)" in view["test_status"]
+    assert [caption for _, caption in view["test_gallery"]] == ["paused_lora at step 3 · strength 1 · seed 7"] * 2
+    assert "Paused" in view["progress"]
+    manager.close()

@@ -1,4 +1,7 @@
-"""A run's live state, read from the engine's events file (``<output_name>_events.jsonl``) and its log."""
+"""A run's live state, read from the engine's events file (``<output_name>_events.jsonl``) and its log.
+
+A comparison job (``lora-studio compare``) writes the same kind of file (``<name>_compare_events.jsonl``): its images
+count as its steps, and its grids are listed."""
 
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ class LiveState:
     end: dict | None = None
     error: dict | None = None
     skipped: list[str] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)  # a comparison job's images: {path, file, strength, grid}
+    grids: list[dict] = field(default_factory=list)  # a comparison job's grids: {grid, path, prompt}
 
     @property
     def steps_per_s(self) -> float | None:
@@ -65,7 +70,9 @@ class EventsFollower:
 
     def _apply(self, event: dict) -> None:
         s, kind = self.state, event.get("type")
-        if kind == "start":
+        if kind == "start" and "total_images" in event:  # a comparison job: its images stand for steps
+            s.total_steps, s.started_at = event["total_images"], event.get("time")
+        elif kind == "start":
             s.total_steps, s.total_epochs = event["total_steps"], event["total_epochs"]
             s.started_at = event.get("time")
             s.skipped = list(event.get("skipped") or [])
@@ -85,6 +92,11 @@ class EventsFollower:
             s.paused = False
         elif kind == "test":
             s.tests.append({k: event.get(k) for k in ("id", "images", "error", "step", "epoch")})
+        elif kind == "image":
+            s.step, s.last_time = event.get("index", s.step + 1), event.get("time")
+            s.images.append({k: event.get(k) for k in ("path", "file", "strength", "grid")})
+        elif kind == "grid":
+            s.grids.append({k: event.get(k) for k in ("grid", "path", "prompt")})
         elif kind == "sample":
             s.samples.append({k: event.get(k) for k in ("epoch", "step", "path", "prompt")})
         elif kind == "save":

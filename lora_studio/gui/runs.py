@@ -4,6 +4,10 @@ Each run is an engine process started with an argv list in its own process group
 or the GUI never stops it; a restarted GUI finds it again by its pid (checked against the process start time).
 Stop is graceful (the engine's ``<output_name>.stop`` file: it finishes the step, saves and exits); a second Stop
 kills the process tree. One run trains at a time; queued runs start in order as soon as the previous one ends.
+
+A job is a training run (``kind = "train"``) or a comparison job (``kind = "compare"``: ``lora-studio compare``,
+the grids of a finished run or the Test tab's images); both wait in the same queue and one runs at a time. A training
+run that completes with sample prompts queues the comparison grid of its saved files (its ``parent``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from ..compare import compare_argv, compare_folder, events_path, index_path
 from ..config import Config, load_config, save_config
 from ..io_utils import atomic_write_bytes
 from ..training.outputs import latest_state, output_paths
@@ -49,7 +54,12 @@ class RunRecord:
     message: str = ""  # why it ended, in words
     final_step: int | None = None
     total_steps: int | None = None
-    output: str | None = None
+    output: str | None = None  # training: the final file; comparison: its index JSON
+    kind: str = "train"  # train | compare
+    parent: str | None = None  # a comparison job made for a training run: that run's id
+
+
+COMPARE_PREFIX = [sys.executable, "-m", "lora_studio.cli", "compare"]
 
 
 class RunManager:
@@ -86,15 +96,26 @@ class RunManager:
     def history(self) -> list[RunRecord]:
         return [r for r in reversed(self.ordered()) if r.status in FINISHED]
 
-    def latest(self) -> RunRecord | None:
-        """The run the live view shows: the active one, else the last one to have started."""
+    def latest(self, kind: str | None = None) -> RunRecord | None:
+        """The active job (of this kind), else the last one to have started."""
         active = self.active()
-        if active:
+        if active and kind in (None, active.kind):
             return active
-        started = [r for r in self.ordered() if r.started]
+        started = [r for r in self.ordered() if r.started and kind in (None, r.kind)]
         return max(started, key=lambda r: r.started) if started else None
 
+    def get(self, run_id: str | None) -> RunRecord | None:
+        with self._lock:
+            return self.records.get(run_id or "")
+
+    def compare_job(self, run_id: str) -> RunRecord | None:
+        """The newest comparison job made for a training run."""
+        jobs = [r for r in self.ordered() if r.kind == "compare" and r.parent == run_id and r.status != "cancelled"]
+        return jobs[-1] if jobs else None
+
     def live(self, run: RunRecord) -> LiveState:
+        if not run.events:  # not launched yet: nothing to follow
+            return LiveState()
         with self._lock:
             follower = self._followers.get(run.id)
             if follower is None:
@@ -107,14 +128,44 @@ class RunManager:
     # ---------------------------------------------------------------- actions
     def enqueue(self, cfg: Config) -> RunRecord:
         """Queue a checked config; it starts at once when nothing else is training."""
-        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        folder = self.root / run_id
-        folder.mkdir(parents=True)
+        run_id, folder = self._new_folder()
         config = save_config(cfg, folder / "config.toml")
         rec = RunRecord(id=run_id, output_name=cfg.output_name, output_dir=str(cfg.output_dir), config=str(config),
                         log=str(folder / "engine.log"))
+        return self._add(rec)
+
+    def enqueue_compare(self, config: str | Path | None = None, options: list[str] = (), prompts: str | None = None,
+                        name: str = "test", parent: str | None = None, label: str | None = None) -> RunRecord:
+        """Queue a ``lora-studio compare`` job. With ``config``: a run's grids (its saved files, base model and
+        sample prompts; in ``<output_dir>/compare``). Without: ``options`` (``--files ... --model ...``) and
+        ``prompts`` (text, written to the job's folder), the images in the job's folder, named ``name``. ``label``:
+        what the queue and history call it."""
+        run_id, folder = self._new_folder()
+        if config is not None:
+            cfg = load_config(config)
+            out, file_name = compare_folder(cfg.output_dir), cfg.output_name
+            argv = compare_argv(config, list(options))
+        else:
+            out, file_name = folder / "images", name
+            argv = [*COMPARE_PREFIX, *options]
+            if prompts is not None:
+                (folder / "prompts.txt").write_text(prompts.rstrip() + "\n", encoding="utf-8")
+                argv.append(f"--prompts={folder / 'prompts.txt'}")
+            argv += [f"--out={out}", f"--name={name}"]
+        rec = RunRecord(id=run_id, output_name=label or file_name, output_dir=str(out), config=str(config or ""),
+                        log=str(folder / "engine.log"), kind="compare", parent=parent, argv=argv,
+                        events=str(events_path(out, file_name)), output=str(index_path(out, file_name)))
+        return self._add(rec)
+
+    def _new_folder(self) -> tuple[str, Path]:
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        folder = self.root / run_id
+        folder.mkdir(parents=True)
+        return run_id, folder
+
+    def _add(self, rec: RunRecord) -> RunRecord:
         with self._lock:
-            self.records[run_id] = rec
+            self.records[rec.id] = rec
             self._save(rec)
             self._advance()
         return rec
@@ -134,6 +185,10 @@ class RunManager:
             rec = self.active()
             if rec is None:
                 return "Nothing is training."
+            if rec.kind == "compare":  # nothing to save: end it now
+                self._kill_requested.add(rec.id)
+                _kill_tree(rec.pid, rec.pid_started)
+                return f"Ended the comparison job {rec.output_name}."
             if rec.status == "running":
                 Path(output_paths(self._cfg(rec))["stop"]).write_text("stop requested from the GUI\n",
                                                                       encoding="utf-8")
@@ -152,6 +207,8 @@ class RunManager:
             rec = self.active()
             if rec is None:
                 return "Nothing is training."
+            if rec.kind != "train":
+                return "A comparison job is running, not a training run: there is nothing to pause."
             pause = output_paths(self._cfg(rec))["pause"]
             if pause.exists():
                 pause.unlink(missing_ok=True)
@@ -163,7 +220,8 @@ class RunManager:
     def resume_last(self) -> str:
         """Queue the newest stopped, failed or killed run again, continuing from its latest saved state."""
         with self._lock:
-            rec = next((r for r in self.history() if r.status in ("failed", "killed", "stopped")), None)
+            rec = next((r for r in self.history() if r.kind == "train" and r.status in ("failed", "killed", "stopped")),
+                       None)
         if rec is None:
             return "There is no stopped or failed run to resume."
         cfg = self._cfg(rec)
@@ -196,6 +254,12 @@ class RunManager:
                 self._save(rec)
 
     def _launch(self, rec: RunRecord) -> None:
+        if rec.kind == "compare":
+            Path(rec.output_dir).mkdir(parents=True, exist_ok=True)
+            events = Path(rec.events)
+            rec.events_offset = events.stat().st_size if events.exists() else 0
+            self._spawn(rec, rec.output_dir, {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"})
+            return
         cfg = self._cfg(rec)
         paths = output_paths(cfg)
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -209,6 +273,10 @@ class RunManager:
         if cfg.wandb_api_key:  # never written to the config file: the engine gets it the way wandb reads it
             env["WANDB_API_KEY"] = cfg.wandb_api_key
         env.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        rec.output = str(paths["final"])
+        self._spawn(rec, cfg.output_dir, env)
+
+    def _spawn(self, rec: RunRecord, cwd: str, env: dict) -> None:
         kwargs: dict = {}
         if sys.platform == "win32":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
@@ -216,14 +284,13 @@ class RunManager:
             kwargs["start_new_session"] = True  # Ctrl+C in the GUI's terminal does not reach the engine
         with open(rec.log, "ab") as log:
             proc = subprocess.Popen(rec.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=cfg.output_dir, env=env, **kwargs)
+                                    cwd=cwd, env=env, **kwargs)
         self._procs[rec.id] = proc
         rec.pid, rec.started, rec.status = proc.pid, time.time(), "running"
         try:
             rec.pid_started = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             rec.pid_started = None
-        rec.output = str(paths["final"])
         self._save(rec)
 
     def _alive(self, rec: RunRecord) -> tuple[bool, int | None]:
@@ -246,7 +313,13 @@ class RunManager:
         state = self.live(rec)
         rec.ended = time.time()
         rec.final_step, rec.total_steps = state.step, state.total_steps or None
-        if state.end and state.end.get("status") in ("completed", "stopped"):
+        if rec.kind == "compare" and state.end and state.end.get("status") in ("completed", "stopped"):
+            rec.status = state.end["status"]
+            rec.message = (f"{len(state.grids)} grid(s), {state.step} image(s) in {rec.output_dir}"
+                           if rec.status == "completed" else f"stopped after {state.step} image(s)")
+        elif rec.kind == "compare" and rec.id in self._kill_requested:
+            rec.status, rec.message = "killed", f"ended at once after {state.step} image(s) (Stop pressed)"
+        elif state.end and state.end.get("status") in ("completed", "stopped"):
             rec.status = state.end["status"]
             rec.message = f"{rec.status} after {state.end.get('step', state.step)} steps; saved {state.end.get('output')}"
         elif rec.id in self._kill_requested:
@@ -261,6 +334,16 @@ class RunManager:
             rec.message = f"the engine ended ({exit_text}) without finishing: {last}"
         self._procs.pop(rec.id, None)
         self._save(rec)
+        if rec.kind == "train" and rec.status == "completed":
+            self._queue_grid(rec)
+
+    def _queue_grid(self, rec: RunRecord) -> None:
+        """The comparison grid of a completed run's saved files, when it has sample prompts to draw them with."""
+        try:
+            if self._cfg(rec).sample_prompts:
+                self.enqueue_compare(config=rec.config, parent=rec.id)
+        except Exception:  # a grid that cannot be queued must not hide the run's own result
+            pass
 
     def _monitor(self, seconds: float) -> None:
         while not self._stop_event.wait(seconds):

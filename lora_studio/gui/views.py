@@ -24,14 +24,17 @@ def progress_html(run: RunRecord | None, state: LiveState | None) -> str:
     fraction = min(1.0, state.step / total) if total else 0.0
     if run.status == "completed":
         fraction = 1.0
-    parts = [f"Step {state.step} / {total or '?'}"]
-    if state.total_epochs:
+    grid = run.kind == "compare"
+    parts = [f"{'Image' if grid else 'Step'} {state.step} / {total or '?'}"]
+    if grid:
+        parts.append("comparison images" if run.parent else "Test tab images")
+    elif state.total_epochs:
         parts.append(f"Epoch {max(state.epoch, 1 if state.step else 0)} / {state.total_epochs}")
-    if state.steps_per_s:
+    if state.steps_per_s and not grid:
         parts.append(f"{state.steps_per_s:.2f} it/s")
     if state.samples_per_s:
         parts.append(f"{state.samples_per_s:.1f} samples/s")
-    if run.status in ("running", "stopping"):
+    if run.status in ("running", "stopping") and not grid:
         parts.append(f"ETA {format_seconds(state.eta_s)}")
     if state.losses:
         parts.append(f"loss {state.losses[-1][1]:.4f}")
@@ -63,6 +66,62 @@ def status_markdown(run: RunRecord | None, state: LiveState | None) -> str:
                      + (f" (kept as `{html.escape(where)}`)" if where else ""))
     lines.append(f"Log: `{run.log}`")
     return "\n\n".join(lines)
+
+
+def running_elsewhere(shown: RunRecord | None, active: RunRecord | None) -> str:
+    """A line for the Runs view when the job now running is not the run it shows."""
+    if active is None or (shown is not None and active.id == shown.id):
+        return ""
+    what = "comparison job" if active.kind == "compare" else "training run"
+    return f"Now running: {what} **{html.escape(active.output_name)}** ({active.id})."
+
+
+def compare_markdown(job: RunRecord | None, state: LiveState | None, index: dict | None, run: RunRecord | None) -> str:
+    """The comparison grid's line under a finished run: queued, being made, done, or why not."""
+    if run is None or run.kind != "train":
+        return ""
+    if job is None:
+        if index and index.get("grids"):
+            return f"**Comparison grid** ({len(index['grids'])} prompt(s)) from `{index.get('folder', '')}`."
+        if run.status == "completed":
+            return ("No comparison grid: the run has no sample prompts. Choose its files in the Test tab to make "
+                    "one.")
+        return ""
+    state = state or LiveState()
+    if job.status == "queued":
+        return "**Comparison grid**: queued (it starts when the job before it ends)."
+    if job.status in ("running", "stopping"):
+        total = state.total_steps or "?"
+        return f"**Comparison grid**: making image {state.step} of {total} …"
+    if job.status == "completed":
+        return (f"**Comparison grid**: rows are the saved files, columns the strengths (0 is the base model). "
+                f"{html.escape(job.message)}.")
+    return f"**Comparison grid** {STATUS_WORDS.get(job.status, job.status).lower()}: {html.escape(job.message)} " \
+           f"(log: `{job.log}`)"
+
+
+def run_choices(runs: list[RunRecord]) -> list[tuple[str, str]]:
+    """The Runs view's choice of run: the latest (follows the current one), then each training run, newest first."""
+    out = [("Latest run (follows the current one)", "latest")]
+    for r in sorted((r for r in runs if r.kind == "train" and r.started), key=lambda r: -r.started):
+        out.append((f"{r.output_name} · {STATUS_WORDS.get(r.status, r.status)} · {_when(r.started)} ({r.id})", r.id))
+    return out
+
+
+def saved_choices(state: LiveState | None) -> list[tuple[str, str]]:
+    """A run's saved files that still exist, in the order they were first saved, as (label, path)."""
+    if not state:
+        return []
+    out = []
+    best = state.end.get("best_file") if state.end else None
+    for path in dict.fromkeys(state.saves):
+        p = Path(path)
+        if not p.is_file():
+            continue
+        note = " (the lowest validation loss)" if p.stem.endswith("-best") or path == best else \
+            " (final)" if state.end and path == state.end.get("output") else ""
+        out.append((p.name + note, path))
+    return out
 
 
 def loss_frame(state: LiveState | None) -> pd.DataFrame | None:
@@ -102,12 +161,16 @@ def _when(stamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else ""
 
 
-QUEUE_HEADERS = ["Run", "Output name", "Output directory", "Queued at"]
-HISTORY_HEADERS = ["Run", "Output name", "Status", "Steps", "Started", "Duration", "Output", "Message"]
+QUEUE_HEADERS = ["Run", "Job", "Output name", "Output directory", "Queued at"]
+HISTORY_HEADERS = ["Run", "Job", "Output name", "Status", "Steps", "Started", "Duration", "Output", "Message"]
+
+
+def job_word(r: RunRecord) -> str:
+    return "training" if r.kind == "train" else "comparison grid" if r.parent else "test images"
 
 
 def queue_rows(runs: list[RunRecord]) -> list[list]:
-    return [[r.id, r.output_name, r.output_dir, _when(r.created)] for r in runs]
+    return [[r.id, job_word(r), r.output_name, r.output_dir, _when(r.created)] for r in runs]
 
 
 def history_rows(runs: list[RunRecord]) -> list[list]:
@@ -115,6 +178,6 @@ def history_rows(runs: list[RunRecord]) -> list[list]:
     for r in runs:
         duration = format_seconds(r.ended - r.started) if r.started and r.ended else ""
         steps = f"{r.final_step}/{r.total_steps}" if r.total_steps else (str(r.final_step or 0))
-        rows.append([r.id, r.output_name, STATUS_WORDS.get(r.status, r.status), steps, _when(r.started), duration,
-                     r.output or "", r.message])
+        rows.append([r.id, job_word(r), r.output_name, STATUS_WORDS.get(r.status, r.status), steps, _when(r.started),
+                     duration, r.output or "", r.message])
     return rows
