@@ -1,9 +1,8 @@
 """The Test tab without the page: its settings (remembered in the state folder), the checks, the comparison job's
 options, the render requests a paused run answers, and the images of either as gallery items.
 
-Torch-free: prompts are split into their text and sd-scripts options here (``--n --w --h --d --s --l --ss``), the
-way ``training.sampling.parse_prompt_line`` reads them, and a request is the JSON that ``training.pause``'s
-``RenderRequest`` reads.
+Torch-free, like the engine's own readers it uses: ``training.prompts`` (sd-scripts' prompt options) and
+``training.render_requests`` (what a paused run renders).
 """
 
 from __future__ import annotations
@@ -18,13 +17,14 @@ from pathlib import Path
 from ..config.schema import BY_NAME
 from ..errors import UserError
 from ..io_utils import atomic_write_bytes
+from ..training.prompts import parse_prompt_line, prompt_options
+from ..training.render_requests import RenderRequest
 from .form import outside_roots
 
 # the samplers training.sampling knows (its _SAMPLERS), without the k_ aliases
 SAMPLERS = [c for c in BY_NAME["sample_sampler"].choices if not c.startswith("k_")]
 DEFAULT_STRENGTHS = "0, 0.5, 0.7, 0.85, 1"
 SETTINGS_FILE = "test_settings.json"
-_OPTION = re.compile(r"^(n|w|h|d|s|l|ss)\s+(.*)$", re.DOTALL)
 
 
 @dataclass
@@ -100,13 +100,8 @@ def numbers(text: str, kind: type, what: str) -> list:
 
 def split_prompt(line: str) -> tuple[str, dict[str, str]]:
     """A prompt line's text and its sd-scripts options (the last of a repeated option wins, as in training)."""
-    parts = re.split(r"\s--", " " + line.strip())
-    options = {}
-    for part in parts[1:]:
-        match = _OPTION.match(part.strip())
-        if match:
-            options[match[1]] = match[2].strip()
-    return parts[0].strip(), options
+    text, options = prompt_options(line)
+    return text, dict(options)
 
 
 def prompt_lines(text: str) -> list[str]:
@@ -206,16 +201,12 @@ def write_requests(tests_folder: str | Path, plan: TestPlan) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     stem = time.strftime("gui-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     paths = []
-    for k, line in enumerate(plan.prompts):
-        text, o = split_prompt(line)
-        seeds = plan.seeds or [int(o["d"]) if "d" in o else k]
-        request = {"prompts": [text], "negative": o.get("n", ""), "seeds": seeds, "strengths": plan.strengths,
-                   "sampler": o.get("ss", plan.sampler), "steps": max(1, min(1000, int(o["s"]))),
-                   "width": int(o["w"]) - int(o["w"]) % 8, "height": int(o["h"]) - int(o["h"]) % 8,
-                   "cfg_scale": float(o["l"])}
-        path = folder / f"{stem}-{k:02d}.json"
-        atomic_write_bytes(path, json.dumps(request).encode("utf-8"))
-        paths.append(path)
+    for k, line in enumerate(plan.prompts):  # each line has every option (check() added the tab's)
+        p = parse_prompt_line(line, 512)
+        seeds = plan.seeds or [p.seed if p.seed is not None else k]
+        request = RenderRequest([p.prompt], p.negative, seeds, plan.strengths, p.sampler or plan.sampler, p.steps,
+                                p.width, p.height, p.cfg_scale)
+        paths.append(request.write(folder / f"{stem}-{k:02d}.json"))
     return paths
 
 

@@ -3,84 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import re
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..errors import UserError
 from ..models.family import Components
-
-
-@dataclass
-class SamplePrompt:
-    prompt: str
-    negative: str = ""
-    width: int = 512
-    height: int = 512
-    seed: int | None = None
-    steps: int = 30
-    cfg_scale: float = 7.5
-    sampler: str | None = None
-
-
-_OPTION = re.compile(r"^(n|w|h|d|s|l|ss)\s+(.*)$", re.DOTALL)
-
-
-def parse_prompt_line(line: str, default_size: int) -> SamplePrompt | None:
-    line = line.strip()
-    if not line or line.startswith("#"):
-        return None
-    parts = re.split(r"\s--", " " + line)
-    sample = SamplePrompt(prompt=parts[0].strip() if parts[0].strip() else "", width=default_size,
-                          height=default_size)
-    for part in parts[1:]:
-        match = _OPTION.match(part.strip())
-        if not match:
-            continue  # sd-scripts ignores options it does not know
-        key, value = match[1], match[2].strip()
-        try:
-            if key == "n":
-                sample.negative = value
-            elif key == "w":
-                sample.width = int(value)
-            elif key == "h":
-                sample.height = int(value)
-            elif key == "d":
-                sample.seed = int(value)
-            elif key == "s":
-                sample.steps = max(1, min(1000, int(value)))
-            elif key == "l":
-                sample.cfg_scale = float(value)
-            elif key == "ss":
-                sample.sampler = value
-        except ValueError:
-            raise UserError(f"sample_prompts: option --{key} needs a number, got '{value}' in: {line}") from None
-    sample.width -= sample.width % 8
-    sample.height -= sample.height % 8
-    return sample
-
-
-def read_prompt_file(path: str | Path, default_size: int) -> list[SamplePrompt]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sample_prompts: file not found: {path}")
-    lines = _decode_lines(path.read_bytes())
-    prompts = [p for p in (parse_prompt_line(line, default_size) for line in lines) if p is not None]
-    if not prompts:
-        raise UserError(f"sample_prompts: no prompt in {path} (one prompt a line; # starts a comment)")
-    return prompts
-
-
-def _decode_lines(data: bytes) -> list[str]:
-    for encoding in ("utf-8-sig", "cp932", "cp1252"):
-        try:
-            return data.decode(encoding).splitlines()
-        except UnicodeDecodeError:
-            continue
-    return data.decode("utf-8", errors="replace").splitlines()
-
+from .prompts import SamplePrompt, parse_prompt_line, read_prompt_file  # noqa: F401  (re-exported)
 
 _SAMPLERS = {
     "ddim": ("DDIMScheduler", {}), "pndm": ("PNDMScheduler", {}), "lms": ("LMSDiscreteScheduler", {}),
