@@ -1,7 +1,8 @@
-"""The LoRA Studio page: LoRA tab (Configuration, Model, Folders, Parameters, Dataset preparation), Runs and Test.
+"""The LoRA Studio page: LoRA tab (Configuration, Model, Folders, Parameters, Dataset preparation), Runs, Test and
+Tools.
 
 Layout and wiring only; what each control does lives in ``form``, ``presets``, ``kohya_import``, ``dataset_prep``,
-``runs``, ``tester`` and ``views``. Every setting widget is generated from the config schema.
+``runs``, ``tester``, ``tools_tab`` and ``views``. Every setting widget is generated from the config schema.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .presets import describe, list_presets, save_user_preset
 from .runs import RunManager, RunRecord
 from .tester import SAMPLERS, TestSettings, answer_gallery, check, compare_options, index_grids, index_tiles, \
     load_remembered, read_answers, remember, write_requests
+from .tools_tab import ToolsTab
 from .widgets import TAB_LABELS, WidgetSpec, range_hint, widget_specs
 
 CSS = """
@@ -579,6 +581,8 @@ class Workbench:
                     runs = self._runs_tab()
                 with gr.Tab("Test", id="test", elem_id="test") as test_tab:
                     test = self._test_tab()
+                with gr.Tab("Tools", id="tools", elem_id="tools"):
+                    ToolsTab(self.manager, self.roots).build()
             inputs = [fields[n] for n in NAMES]
             outputs = inputs
             c = self._config_controls

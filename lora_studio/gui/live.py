@@ -1,7 +1,8 @@
 """A run's live state, read from the engine's events file (``<output_name>_events.jsonl``) and its log.
 
 A comparison job (``lora-studio compare``) writes the same kind of file (``<name>_compare_events.jsonl``): its images
-count as its steps, and its grids are listed."""
+count as its steps, and its grids are listed. A LoRA tool's job (``lora-studio lora ... --events``) adds phases, each
+with its own count of steps."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class LiveState:
     skipped: list[str] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)  # a comparison job's images: {path, file, strength, grid}
     grids: list[dict] = field(default_factory=list)  # a comparison job's grids: {grid, path, prompt}
+    phase: str = ""  # a LoRA tool's current part of the work (its steps count that part)
 
     @property
     def steps_per_s(self) -> float | None:
@@ -82,6 +84,8 @@ class EventsFollower:
             s.samples_per_s, s.eta_s, s.lr = event.get("samples_per_s"), event.get("eta_s"), event.get("lr")
             if event.get("loss") is not None:  # null: a step the guard skipped (non-finite loss)
                 s.losses.append((event["step"], event["loss"]))
+        elif kind == "phase":
+            s.phase, s.total_steps, s.step = event.get("name", ""), event.get("total", 0), 0
         elif kind == "validation":
             s.validations.append((event["step"], event["loss"]))
             if event.get("improved"):

@@ -5,8 +5,9 @@ or the GUI never stops it; a restarted GUI finds it again by its pid (checked ag
 Stop is graceful (the engine's ``<output_name>.stop`` file: it finishes the step, saves and exits); a second Stop
 kills the process tree. One run trains at a time; queued runs start in order as soon as the previous one ends.
 
-A job is a training run (``kind = "train"``) or a comparison job (``kind = "compare"``: ``lora-studio compare``,
-the grids of a finished run or the Test tab's images); both wait in the same queue and one runs at a time. A training
+A job is a training run (``kind = "train"``), a comparison job (``kind = "compare"``: ``lora-studio compare``,
+the grids of a finished run or the Test tab's images) or a LoRA tool (``kind = "tool"``: ``lora-studio lora ...``
+from the Tools tab); all wait in the same queue and one runs at a time. A training
 run that completes with sample prompts queues the comparison grid of its saved files (its ``parent``).
 """
 
@@ -32,6 +33,7 @@ from .command import engine_argv
 from .live import EventsFollower, LiveState, log_tail
 
 ACTIVE = ("running", "stopping")
+JOB_WORDS = {"train": "training run", "compare": "comparison job", "tool": "LoRA tool job"}
 FINISHED = ("completed", "stopped", "failed", "killed", "cancelled")
 
 
@@ -54,12 +56,13 @@ class RunRecord:
     message: str = ""  # why it ended, in words
     final_step: int | None = None
     total_steps: int | None = None
-    output: str | None = None  # training: the final file; comparison: its index JSON
-    kind: str = "train"  # train | compare
+    output: str | None = None  # training: the final file; comparison: its index JSON; tool: its report JSON
+    kind: str = "train"  # train | compare | tool
     parent: str | None = None  # a comparison job made for a training run: that run's id
 
 
 COMPARE_PREFIX = [sys.executable, "-m", "lora_studio.cli", "compare"]
+TOOL_PREFIX = [sys.executable, "-m", "lora_studio.cli", "lora"]
 
 
 class RunManager:
@@ -157,6 +160,16 @@ class RunManager:
                         events=str(events_path(out, file_name)), output=str(index_path(out, file_name)))
         return self._add(rec)
 
+    def enqueue_tool(self, tool: str, options: list[str], label: str) -> RunRecord:
+        """Queue ``lora-studio lora <tool> <options>``; its progress, end or error go to the job's events file and
+        its result to the job's ``report.json``."""
+        run_id, folder = self._new_folder()
+        events, report = folder / "events.jsonl", folder / "report.json"
+        argv = [*TOOL_PREFIX, tool, *options, f"--events={events}", f"--report={report}"]
+        rec = RunRecord(id=run_id, output_name=label, output_dir=str(folder), config="", log=str(folder / "engine.log"),
+                        kind="tool", argv=argv, events=str(events), output=str(report))
+        return self._add(rec)
+
     def _new_folder(self) -> tuple[str, Path]:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         folder = self.root / run_id
@@ -185,10 +198,10 @@ class RunManager:
             rec = self.active()
             if rec is None:
                 return "Nothing is training."
-            if rec.kind == "compare":  # nothing to save: end it now
+            if rec.kind != "train":  # nothing to save: end it now
                 self._kill_requested.add(rec.id)
                 _kill_tree(rec.pid, rec.pid_started)
-                return f"Ended the comparison job {rec.output_name}."
+                return f"Ended the {JOB_WORDS[rec.kind]} {rec.output_name}."
             if rec.status == "running":
                 Path(output_paths(self._cfg(rec))["stop"]).write_text("stop requested from the GUI\n",
                                                                       encoding="utf-8")
@@ -208,7 +221,7 @@ class RunManager:
             if rec is None:
                 return "Nothing is training."
             if rec.kind != "train":
-                return "A comparison job is running, not a training run: there is nothing to pause."
+                return f"A {JOB_WORDS[rec.kind]} is running, not a training run: there is nothing to pause."
             pause = output_paths(self._cfg(rec))["pause"]
             if pause.exists():
                 pause.unlink(missing_ok=True)
@@ -254,7 +267,7 @@ class RunManager:
                 self._save(rec)
 
     def _launch(self, rec: RunRecord) -> None:
-        if rec.kind == "compare":
+        if rec.kind != "train":
             Path(rec.output_dir).mkdir(parents=True, exist_ok=True)
             events = Path(rec.events)
             rec.events_offset = events.stat().st_size if events.exists() else 0
@@ -317,8 +330,12 @@ class RunManager:
             rec.status = state.end["status"]
             rec.message = (f"{len(state.grids)} grid(s), {state.step} image(s) in {rec.output_dir}"
                            if rec.status == "completed" else f"stopped after {state.step} image(s)")
-        elif rec.kind == "compare" and rec.id in self._kill_requested:
-            rec.status, rec.message = "killed", f"ended at once after {state.step} image(s) (Stop pressed)"
+        elif rec.kind == "tool" and state.end and state.end.get("status") == "completed":
+            rec.status = "completed"
+            rec.message = f"wrote {state.end['output']}" if state.end.get("output") else "done"
+        elif rec.kind != "train" and rec.id in self._kill_requested:
+            done = f"{state.step} image(s)" if rec.kind == "compare" else state.phase or "starting"
+            rec.status, rec.message = "killed", f"ended at once ({done}; Stop pressed)"
         elif state.end and state.end.get("status") in ("completed", "stopped"):
             rec.status = state.end["status"]
             rec.message = f"{rec.status} after {state.end.get('step', state.step)} steps; saved {state.end.get('output')}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .live import LiveState, format_seconds, smoothed
-from .runs import RunRecord
+from .runs import JOB_WORDS, RunRecord
 
 STATUS_WORDS = {"queued": "Queued", "running": "Training", "stopping": "Stopping (saving after this step)",
                 "completed": "Finished", "stopped": "Stopped (saved)", "failed": "Failed", "killed": "Ended at once",
@@ -24,9 +24,12 @@ def progress_html(run: RunRecord | None, state: LiveState | None) -> str:
     fraction = min(1.0, state.step / total) if total else 0.0
     if run.status == "completed":
         fraction = 1.0
-    grid = run.kind == "compare"
-    parts = [f"{'Image' if grid else 'Step'} {state.step} / {total or '?'}"]
-    if grid:
+    grid = run.kind != "train"
+    if run.kind == "tool":
+        parts = [f"{state.phase}: {state.step} / {total}" if total else state.phase or "starting"]
+    else:
+        parts = [f"{'Image' if grid else 'Step'} {state.step} / {total or '?'}"]
+    if run.kind == "compare":
         parts.append("comparison images" if run.parent else "Test tab images")
     elif state.total_epochs:
         parts.append(f"Epoch {max(state.epoch, 1 if state.step else 0)} / {state.total_epochs}")
@@ -72,8 +75,7 @@ def running_elsewhere(shown: RunRecord | None, active: RunRecord | None) -> str:
     """A line for the Runs view when the job now running is not the run it shows."""
     if active is None or (shown is not None and active.id == shown.id):
         return ""
-    what = "comparison job" if active.kind == "compare" else "training run"
-    return f"Now running: {what} **{html.escape(active.output_name)}** ({active.id})."
+    return f"Now running: {JOB_WORDS[active.kind]} **{html.escape(active.output_name)}** ({active.id})."
 
 
 def compare_markdown(job: RunRecord | None, state: LiveState | None, index: dict | None, run: RunRecord | None) -> str:
@@ -166,6 +168,8 @@ HISTORY_HEADERS = ["Run", "Job", "Output name", "Status", "Steps", "Started", "D
 
 
 def job_word(r: RunRecord) -> str:
+    if r.kind == "tool":
+        return "LoRA tool"
     return "training" if r.kind == "train" else "comparison grid" if r.parent else "test images"
 
 

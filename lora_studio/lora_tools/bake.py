@@ -21,6 +21,7 @@ from ..models.loading import load_components, read_safetensors
 from ..models.tiny import ldm_state_dict
 from ..saving import SAVE_DTYPES, to_metadata
 from .common import check_output, history_entry
+from .progress import phase
 
 
 def _held_by_model(key: str, converted: dict[str, torch.Tensor], sd2_last: int | None) -> bool:
@@ -39,9 +40,11 @@ def bake(model: str | Path, loras: list[str | Path], ratios: list[float], out: s
     paths = [Path(p).expanduser() for p in loras]
     out = check_output(out, [model, *paths])
     files = [read_lora_file(p) for p in paths]
+    phase("loading the base model")
     components = load_components(str(model), None, v2)
     family = components.family
     with LoRAStack(components, files) as stack:
+        phase(f"applying {len(files)} LoRA file(s)")
         stack.apply(ratios)
         te = components.text_encoders if len(components.text_encoders) > 1 else components.text_encoders[0]
         converted = ldm_state_dict(components.unet, components.vae, te)
@@ -63,6 +66,7 @@ def bake(model: str | Path, loras: list[str | Path], ratios: list[float], out: s
                             "text encoder's unused last layer is missing); give the single-file checkpoint")
         dtype = SAVE_DTYPES[save_precision or "fp16"]
         merged = {k: v.to(dtype) if v.is_floating_point() else v for k, v in converted.items()}
+    phase("writing")
     merged = {k: v.contiguous() for k, v in merged.items()}
     entry = history_entry("merge into checkpoint", [model, *paths], {"ratios": ratios,
                                                                      "save_precision": save_precision})

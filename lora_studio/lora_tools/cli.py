@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from ..io_utils import atomic_write_bytes
 
 
 def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     tools = parser.add_subparsers(dest="tool", required=True)
-    inspect = tools.add_parser("inspect", help="what a LoRA file is: family, type, ranks, apps, training settings")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--events", help="also write the progress, end or error to this JSON-lines file (the GUI's)")
+    common.add_argument("--report", help="also write the result (and inspect's report) to this JSON file")
+    inspect = tools.add_parser("inspect", parents=[common], help="what a LoRA file is: family, type, ranks, apps, training settings")
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
 
-    resize = tools.add_parser("resize", help="a LoRA / LoCon to another rank by SVD (as Kohya's resize)")
+    resize = tools.add_parser("resize", parents=[common], help="a LoRA / LoCon to another rank by SVD (as Kohya's resize)")
     resize.add_argument("source", help="the LoRA to resize")
     resize.add_argument("out", help="the new file (never the input)")
     resize.add_argument("--new_rank", type=int, default=4, help="the rank (the cap with a dynamic method)")
@@ -23,7 +29,7 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     resize.add_argument("--save_precision", choices=("float", "fp16", "bf16"), help="default: the input's")
     resize.add_argument("--verbose", action="store_true", help="one line per module: its rank and what it keeps")
 
-    merge = tools.add_parser("merge", help="LoRA files with ratios into one LoRA, or (with --model) into a checkpoint")
+    merge = tools.add_parser("merge", parents=[common], help="LoRA files with ratios into one LoRA, or (with --model) into a checkpoint")
     merge.add_argument("--model", help="bake the LoRAs into this base model (a single-file checkpoint or a diffusers "
                                        "folder); the output is a single-file checkpoint")
     merge.add_argument("--v2", action="store_true", help="the base model is SD2.x (when its file does not say)")
@@ -37,7 +43,7 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("--save_precision", choices=("float", "fp16", "bf16"), help="default: the first input's")
 
 
-    extract = tools.add_parser("extract", help="a LoRA from a fine-tuned model and its base (SVD of the difference)")
+    extract = tools.add_parser("extract", parents=[common], help="a LoRA from a fine-tuned model and its base (SVD of the difference)")
     extract.add_argument("--model", "--model_org", dest="model", required=True, help="the base model")
     extract.add_argument("--tuned", "--model_tuned", dest="tuned", required=True, help="the fine-tuned model")
     extract.add_argument("--out", "--save_to", dest="out", required=True, help="the LoRA to write")
@@ -53,7 +59,7 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     extract.add_argument("--v2", action="store_true", help="the models are SD2.x (when their files do not say)")
 
 
-    convert = tools.add_parser("convert", help="kohya format <-> diffusers / peft format")
+    convert = tools.add_parser("convert", parents=[common], help="kohya format <-> diffusers / peft format")
     convert.add_argument("source")
     convert.add_argument("out")
     convert.add_argument("--to", choices=("diffusers", "kohya"), required=True)
@@ -63,45 +69,65 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def run_lora_command(args: argparse.Namespace) -> int:
+    """Run one tool; with ``--events`` its progress, end or error also go to that file, and with ``--report`` what
+    it printed (and, for inspect and resize, the numbers) to that JSON file."""
+    from ..errors import UserError
+    from .progress import emit, report_to
+
+    report_to(args.events)
+    emit("start", tool=args.tool, total_steps=0, total_epochs=0)
+    try:
+        out, report = _run_tool(args)
+    except UserError as exc:
+        emit("error", kind="config", message=str(exc))
+        raise
+    except Exception as exc:
+        emit("error", kind=type(exc).__name__, message=str(exc))
+        raise
+    print(report["text"])
+    if args.report:
+        atomic_write_bytes(Path(args.report), json.dumps(report, indent=1, default=str).encode("utf-8"))
+    emit("end", status="completed", output=str(out) if out else None, report=args.report)
+    report_to(None)
+    return 0
+
+
+def _run_tool(args: argparse.Namespace) -> tuple[Path | None, dict]:
+    """(the file written, or None for inspect; the report, whose ``text`` is what the terminal shows)."""
     if args.tool == "inspect":
         from .inspect import describe, inspect_lora
 
-        report = inspect_lora(args.file)
-        print(json.dumps(report, indent=1, default=str) if args.json else describe(report))
-        return 0
+        report = inspect_lora(args.file, show_progress=not args.json)
+        text = json.dumps(report, indent=1, default=str) if args.json else describe(report)
+        return None, {**report, "text": text}
     if args.tool == "resize":
         from .resize import resize_lora
 
-        out, report = resize_lora(args.source, args.out, args.new_rank, args.new_conv_rank, args.dynamic_method,
-                                  args.dynamic_param, args.device, args.save_precision)
-        if args.verbose:
-            for r in report:
-                print(f"{r.stem:80} rank {r.old_rank} -> {r.new_rank}, Frobenius kept {r.fro_kept:.1%}")
-        mean = sum(r.fro_kept for r in report) / len(report)
-        print(f"wrote {out}: {len(report)} modules, mean Frobenius share kept {mean:.2%}")
-        return 0
+        out, modules = resize_lora(args.source, args.out, args.new_rank, args.new_conv_rank, args.dynamic_method,
+                                   args.dynamic_param, args.device, args.save_precision)
+        lines = [f"{r.stem:80} rank {r.old_rank} -> {r.new_rank}, Frobenius kept {r.fro_kept:.1%}"
+                 for r in modules] if args.verbose else []
+        mean = sum(r.fro_kept for r in modules) / len(modules)
+        lines.append(f"wrote {out}: {len(modules)} modules, mean Frobenius share kept {mean:.2%}")
+        return out, {"text": "\n".join(lines), "output": str(out), "mean_fro_kept": mean,
+                     "modules": [vars(r) for r in modules]}
     if args.tool == "convert":
         from .convert import convert_lora
 
-        print(f"wrote {convert_lora(args.source, args.out, args.model, args.to, args.v2, args.save_precision)}")
-        return 0
-    if args.tool == "extract":
+        out = convert_lora(args.source, args.out, args.model, args.to, args.v2, args.save_precision)
+    elif args.tool == "extract":
         from .extract import extract_lora
 
         out = extract_lora(args.model, args.tuned, args.out, args.dim, args.conv_dim, args.clamp_quantile,
                            args.min_diff, args.dynamic_method, args.dynamic_param, args.device, args.save_precision,
                            args.v2)
-        print(f"wrote {out}")
-        return 0
-    if args.model:
+    elif args.model:
         from .bake import bake
 
         out = bake(args.model, args.lora, args.ratio, args.out, args.save_precision, args.v2)
-        print(f"wrote {out}")
-        return 0
-    from .merge import merge_loras
+    else:
+        from .merge import merge_loras
 
-    out = merge_loras(args.lora, args.ratio, args.out, args.mode, args.new_rank, args.new_conv_rank,
-                      args.save_precision)
-    print(f"wrote {out}")
-    return 0
+        out = merge_loras(args.lora, args.ratio, args.out, args.mode, args.new_rank, args.new_conv_rank,
+                          args.save_precision)
+    return out, {"text": f"wrote {out}", "output": str(out)}

@@ -21,6 +21,7 @@ from ..lora_delta import lora_module_table, read_lora_file
 from ..models.family import TargetSpec
 from ..models.loading import load_components, read_safetensors
 from .common import check_output, history_entry, write_output
+from .progress import phase
 
 FORMATS = ("diffusers", "kohya")
 _ALL = TargetSpec(conv_blocks=True, kxk_convs=True, stem=("conv_in", "conv_out", "time_embedding"))
@@ -111,8 +112,10 @@ def convert_lora(source: str | Path, out: str | Path, model: str | Path, to: str
         raise UserError(f"--to must be one of {', '.join(FORMATS)}")
     source, model = Path(source).expanduser(), Path(model).expanduser()
     out = check_output(out, [source])
+    phase("loading the base model's layer names")
     components = load_components(str(model), None, v2)
     tensors, _ = (_to_diffusers if to == "diffusers" else _to_kohya)(source, components)
+    phase("writing")
     entry = history_entry("convert", [source], {"to": to, "model": model.name})
     family = components.family
     metadata = {"ss_base_model_version": family.base_model_version, "ss_network_module": "networks.lora",

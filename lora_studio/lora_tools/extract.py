@@ -12,12 +12,12 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..models.family import TargetSpec
 from ..models.loading import load_components
 from .common import check_output, history_entry, write_output
+from .progress import phase, track
 from .resize import DYNAMIC_METHODS, choose_rank
 
 log = logging.getLogger("lora_studio")
@@ -37,6 +37,7 @@ def extract_lora(model: str | Path, tuned: str | Path, out: str | Path, dim: int
         raise UserError(f"dynamic_method must be one of {', '.join(DYNAMIC_METHODS)}, with dynamic_param")
     model, tuned = Path(model).expanduser(), Path(tuned).expanduser()
     out = check_output(out, [model, tuned])
+    phase("loading the models")
     base_c, tuned_c = load_components(str(model), None, v2), load_components(str(tuned), None, v2)
     if type(base_c.family) is not type(tuned_c.family):
         raise UserError(f"{model.name} is {base_c.family.title} but {tuned.name} is {tuned_c.family.title}")
@@ -55,7 +56,7 @@ def extract_lora(model: str | Path, tuned: str | Path, out: str | Path, dim: int
         diffs = {s: d for s, d in diffs.items() if not base_t[s][1]}
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for stem, diff in tqdm(diffs.items(), desc="extracting", disable=not show_progress, unit="module"):
+        for stem, diff in track(diffs.items(), "extracting", show=show_progress, total=len(diffs)):
             kxk = diff.ndim == 4 and diff.shape[2:] != (1, 1)
             cap = min(conv_dim if kxk else dim, diff.shape[0], diff.shape[1])
             u, s, vh = torch.linalg.svd(diff.flatten(1), full_matrices=False)
@@ -67,6 +68,7 @@ def extract_lora(model: str | Path, tuned: str | Path, out: str | Path, dim: int
             tensors[f"{stem}.lora_up.weight"] = up.reshape(diff.shape[0], rank, *([1, 1] if diff.ndim == 4 else []))
             tensors[f"{stem}.lora_down.weight"] = down.reshape(rank, *diff.shape[1:])
             tensors[f"{stem}.alpha"] = torch.tensor(float(rank))
+    phase("writing")
     family = base_c.family
     net_args = {"conv_dim": str(conv_dim), "conv_alpha": str(float(conv_dim))} if conv_dim else {}
     metadata = {"ss_v2": str(bool(v2)), "ss_base_model_version": family.base_model_version,

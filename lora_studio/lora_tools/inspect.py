@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..lora_delta import ModuleWeights, read_lora_file
+from .progress import track
 
 KIND_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)3", "full": "full (native fine-tuning)",
               "norm": "norm"}
@@ -101,12 +102,12 @@ def _parsed(value: str) -> Any:
     return value
 
 
-def inspect_lora(path: str | Path) -> dict[str, Any]:
+def inspect_lora(path: str | Path, show_progress: bool = False) -> dict[str, Any]:
     f = read_lora_file(path)
     meta = f.metadata
     family, why = _family(f.modules, meta)
     blocks: dict[str, dict] = defaultdict(lambda: {"modules": 0, "ranks": set(), "alphas": set(), "norms": []})
-    for stem, m in sorted(f.modules.items()):
+    for stem, m in track(sorted(f.modules.items()), "measuring", show=show_progress):
         b = blocks[block_of(stem)]
         b["modules"] += 1
         if m.rank is not None:

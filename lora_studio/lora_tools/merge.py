@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..lora_delta import LoRAFile, ModuleWeights, read_lora_file
 from .common import check_output, history_entry, precision_of, write_output
+from .progress import phase, track
 from .resize import choose_rank
 
 MODES = ("concat", "svd")
@@ -48,7 +48,7 @@ def merge_loras(sources: list[str | Path], ratios: list[float], out: str | Path,
     stems = sorted({s for f in files for s in f.modules})
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for stem in tqdm(stems, desc=f"merging ({mode})", disable=not show_progress, unit="module"):
+        for stem in track(stems, f"merging ({mode})", show=show_progress):
             parts = [(f.modules[stem], r, f.path.name) for f, r in zip(files, ratios) if stem in f.modules]
             shapes = {(m.tensors["lora_up.weight"].shape[0], *m.tensors["lora_down.weight"].shape[1:])
                       for m, _, _ in parts}
@@ -74,6 +74,7 @@ def merge_loras(sources: list[str | Path], ratios: list[float], out: str | Path,
             tensors[f"{stem}.lora_up.weight"] = up.reshape(up_shape[0], rank, *up_shape[2:])
             tensors[f"{stem}.lora_down.weight"] = down.reshape(rank, *down_shape[1:])
             tensors[f"{stem}.alpha"] = torch.tensor(float(rank))  # scale 1: the ratios are in the weights
+    phase("writing")
     entry = history_entry("merge", paths, {"mode": mode, "ratios": ratios, "new_rank": new_rank,
                                            "new_conv_rank": new_conv_rank})
     names = " + ".join(f"{r:g} x {p.stem}" for p, r in zip(paths, ratios))

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..lora_delta import read_lora_file
 from .common import check_output, history_entry, precision_of, write_output
+from .progress import phase, track
 
 MIN_SV = 1e-6  # a module whose largest singular value is below this is all zeros: rank 1
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
@@ -71,7 +71,7 @@ def resize_lora(source: str | Path, out: str | Path, new_rank: int, new_conv_ran
     tensors: dict[str, torch.Tensor] = {}
     report: list[ModuleResize] = []
     with torch.no_grad():
-        for stem, m in tqdm(sorted(f.modules.items()), desc="resizing", disable=not show_progress, unit="module"):
+        for stem, m in track(sorted(f.modules.items()), "resizing", show=show_progress):
             down = m.tensors["lora_down.weight"]
             up = m.tensors["lora_up.weight"]
             if "lora_mid.weight" in m.tensors:  # a Tucker LoCon: its whole change, then a plain LoCon
@@ -104,6 +104,7 @@ def resize_lora(source: str | Path, out: str | Path, new_rank: int, new_conv_ran
         updates = {"ss_training_comment": f"dimension is resized from {old} to {new_rank}{conv_text}; {comment}",
                    "ss_network_dim": new_rank,
                    "ss_network_alpha": alphas.pop() if len(alphas) == 1 else "Dynamic"}
+    phase("writing")
     entry = history_entry("resize", [source], {"new_rank": new_rank, "new_conv_rank": conv_rank,
                                                "dynamic_method": dynamic_method, "dynamic_param": dynamic_param})
     precision = save_precision or precision_of({k: v for m in f.modules.values() for k, v in m.tensors.items()})
