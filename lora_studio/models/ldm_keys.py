@@ -122,7 +122,7 @@ def openclip_to_clip(sd: dict, prefix: str = OPENCLIP_PREFIX, drop_last: bool = 
 
 
 def clip_to_openclip(state: dict, extra_layer: dict | None, prefix: str = OPENCLIP_PREFIX) -> dict:
-    """The inverse, for writing test checkpoints: ``extra_layer`` (CLIP names of one layer), when given, becomes the
+    """The inverse, for writing checkpoints (``lora merge --model``, tests): ``extra_layer`` (CLIP names of one layer), when given, becomes the
     last resblock, the one SD2 does not use."""
     import torch
 

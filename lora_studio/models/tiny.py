@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import ldm_keys
 from .ldm_build import attention_heads_per_64_channels
 from .sd1 import SD1_TEXT_ENCODER, SD1_UNET
 from .sd2 import SD2_TEXT_ENCODER, SD2_UNET
 from .sdxl import SDXL_TEXT_ENCODER_2, SDXL_UNET, SDXL_VAE_SCALE
+from .single_file import single_file_state_dict
 from .stable_diffusion import SD_SCHEDULER, SD_VAE
 from .tokenizer import clip_tokenizer
 
@@ -99,33 +99,15 @@ def save_diffusers_folder(folder: Path, unet, vae, te, tokenizer) -> Path:
 
 
 def ldm_state_dict(unet, vae, te) -> dict[str, torch.Tensor]:
-    """The weights as an A1111-style single-file checkpoint names them (an SD2 UNet gets an OpenCLIP encoder; for
-    SDXL ``te`` is the list of both encoders)."""
-    cfg = unet.config
-    up_attn = ["CrossAttn" in t for t in cfg.up_block_types]
-    out = {}
-    for name, tensor in unet.state_dict().items():
-        out[ldm_keys.UNET_PREFIX + ldm_keys.unet_key(name, cfg.layers_per_block, up_attn)] = tensor
-    levels = len(vae.config.block_out_channels)
-    for name, tensor in vae.state_dict().items():
-        if ldm_keys.is_vae_attention_matrix(name):
-            tensor = tensor.reshape(*tensor.shape, 1, 1)
-        out[ldm_keys.VAE_PREFIX + ldm_keys.vae_key(name, levels)] = tensor
-    if isinstance(te, (list, tuple)):  # SDXL
-        for name, tensor in te[0].state_dict().items():
-            out[ldm_keys.SDXL_TE1_PREFIX + ldm_keys.te_key(name)] = tensor
-        out.update(ldm_keys.clip_to_openclip(te[1].state_dict(), None, ldm_keys.SDXL_TE2_PREFIX))
-    elif cfg.use_linear_projection:  # SD2: OpenCLIP naming, plus the unused last layer real checkpoints hold
+    """The tiny model as a single-file checkpoint names it; an SD2 model gets the unused last text-encoder layer real
+    SD2 checkpoints hold (random here)."""
+    extra = None
+    if not isinstance(te, (list, tuple)) and unet.config.use_linear_projection:
         state = te.state_dict()
-        last = te.config.num_hidden_layers
         layer0 = {k.split("encoder.layers.0.", 1)[1]: v for k, v in state.items() if "encoder.layers.0." in k}
-        generator = torch.Generator().manual_seed(last)
+        generator = torch.Generator().manual_seed(te.config.num_hidden_layers)
         extra = {k: torch.randn(v.shape, generator=generator) * 0.02 for k, v in layer0.items()}
-        out.update(ldm_keys.clip_to_openclip(state, extra))
-    else:
-        for name, tensor in te.state_dict().items():
-            out[ldm_keys.TE_PREFIX + ldm_keys.te_key(name)] = tensor
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+    return single_file_state_dict(unet, vae, te, extra)
 
 
 def save_single_file(path: Path, unet, vae, te) -> Path:
