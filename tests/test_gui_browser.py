@@ -216,6 +216,24 @@ def test_demo_run_shows_progress_chart_samples_file_validation_grid_and_tests_a_
     assert "lsdemo shape, red disc --s 4" in (gui["state"] / "test_settings.json").read_text(encoding="utf-8")
     page.screenshot(path=str(ARTIFACTS / "gui-test-tab.png"), full_page=True)
 
+    # the Tools tab: resize the best file to rank 2 as a queued job, then inspect the result
+    open_tab(page, "Tools", "Resize")
+    small = output.parent / "demo_lora-r2.safetensors"
+    page.locator("#tool-resize-source textarea").fill(str(best))
+    page.locator("#tool-resize-out textarea").fill(str(small))
+    page.locator("#tool-resize-new_rank textarea").fill("2")
+    page.locator("#tool-resize-run").click()
+    expect(page.locator("#tool-progress")).to_contain_text("Finished", timeout=120_000)
+    expect(page.locator("#tool-status")).to_contain_text(f"wrote {small}")
+    expect(page.locator("#tool-report textarea")).to_have_value(lambda_contains("mean Frobenius share kept"))
+    assert small.is_file()
+    open_tab(page, "Inspect")
+    page.locator("#tool-inspect-file textarea").fill(str(small))
+    page.locator("#tool-inspect-run").click()
+    expect(page.locator("#tool-report textarea")).to_have_value(lambda_contains("rank 2 "), timeout=120_000)
+    expect(page.locator("#tool-report textarea")).to_have_value(lambda_contains("history: resize"))
+    page.screenshot(path=str(ARTIFACTS / "gui-tools-tab.png"), full_page=True)
+
 
 def lambda_contains(text: str):
     import re

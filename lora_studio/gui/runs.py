@@ -332,7 +332,7 @@ class RunManager:
                            if rec.status == "completed" else f"stopped after {state.step} image(s)")
         elif rec.kind == "tool" and state.end and state.end.get("status") == "completed":
             rec.status = "completed"
-            rec.message = f"wrote {state.end['output']}" if state.end.get("output") else "done"
+            rec.message = f"wrote {state.end['output']}" if state.end.get("output") else "the report is below"
         elif rec.kind != "train" and rec.id in self._kill_requested:
             done = f"{state.step} image(s)" if rec.kind == "compare" else state.phase or "starting"
             rec.status, rec.message = "killed", f"ended at once ({done}; Stop pressed)"
