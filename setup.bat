@@ -40,6 +40,17 @@ if "%GPU%"=="1" (
   rem xformers only where a wheel is built for this torch; without it PyTorch SDPA attention is used.
   %VPY% -m pip install --quiet xformers torch==%LORA_STUDIO_TORCH_VERSION% >nul 2>nul || echo No xformers wheel for torch %LORA_STUDIO_TORCH_VERSION%: PyTorch SDPA attention is used.
 )
+rem The WD14 tagger runs on ONNX Runtime: the CUDA build with an NVIDIA driver (never both builds at once).
+set ORT=onnxruntime
+set ORT_OTHER=onnxruntime-gpu
+if "%GPU%"=="1" (
+  set ORT=onnxruntime-gpu
+  set ORT_OTHER=onnxruntime
+)
+%VPY% -m pip show --quiet %ORT% >nul 2>nul || (
+  %VPY% -m pip uninstall --quiet -y %ORT_OTHER% >nul 2>nul
+  %VPY% -m pip install --quiet "%ORT%>=1.20" || exit /b 1
+)
 %VPY% -m pip install --quiet --no-deps open-clip-torch==3.3.0 || exit /b 1
 echo LoRA Studio is installed in %CD%\.venv
 endlocal

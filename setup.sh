@@ -59,6 +59,13 @@ if [[ $gpu == 1 ]] && ! $VPY -c "import xformers" >/dev/null 2>&1; then
   $VPY -m pip install --quiet xformers "torch==${TORCH_VERSION}" >/dev/null 2>&1 ||
     echo "No xformers wheel for torch ${TORCH_VERSION}: PyTorch SDPA attention is used."
 fi
+# The WD14 tagger runs on ONNX Runtime: the CUDA build where there is an NVIDIA driver (the two builds provide the
+# same module and must not both be installed).
+if [[ $gpu == 1 ]]; then ort=onnxruntime-gpu; other=onnxruntime; else ort=onnxruntime; other=onnxruntime-gpu; fi
+if ! $VPY -m pip show --quiet "$ort" >/dev/null 2>&1; then
+  $VPY -m pip uninstall --quiet -y "$other" >/dev/null 2>&1 || true
+  $VPY -m pip install --quiet "$ort>=1.20"
+fi
 # Only the CLIP BPE vocabulary file is used from open-clip-torch; its own deps (torchvision, timm) are not needed.
 $VPY -m pip install --quiet --no-deps "open-clip-torch==3.3.0"
 echo "LoRA Studio is installed in $(pwd)/.venv"

@@ -71,10 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="grids of a run's saved LoRA files x strengths, one per sample prompt")
     _add_compare_options(compare)
 
-    lora = sub.add_parser("lora", help="LoRA file tools: inspect, resize, merge")
+    lora = sub.add_parser("lora", help="LoRA file tools: inspect, resize, merge, extract, convert")
     from .lora_tools.cli import add_lora_commands
 
     add_lora_commands(lora)
+
+    caption = sub.add_parser("caption", help="tag or caption a folder of images: wd14 (tags), blip (sentences)")
+    from .dataset_tools.caption_cli import add_caption_commands
+
+    add_caption_commands(caption)
+
+    dataset = sub.add_parser("dataset", help="dataset tools: check (a health report before training)")
+    from .dataset_tools.check_cli import add_dataset_commands
+
+    add_dataset_commands(dataset)
 
     gui = sub.add_parser("gui", help="open the workbench in the browser")
     gui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
@@ -215,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
             from .lora_tools.cli import run_lora_command
 
             return run_lora_command(args)
+        if args.command == "caption":
+            from .dataset_tools.caption_cli import run_caption_command
+
+            return run_caption_command(args)
+        if args.command == "dataset":
+            from .dataset_tools.check_cli import run_dataset_command
+
+            return run_dataset_command(args)
         if args.command == "compare":
             from .compare_cli import run_compare
 

@@ -21,7 +21,7 @@ from ..models.loading import load_components, read_safetensors
 from ..models.single_file import single_file_state_dict
 from ..saving import SAVE_DTYPES, to_metadata
 from .common import check_output, history_entry
-from .progress import phase
+from ..tool_progress import phase
 
 
 def _held_by_model(key: str, converted: dict[str, torch.Tensor], sd2_last: int | None) -> bool:

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..io_utils import atomic_write_bytes
-
 
 def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     tools = parser.add_subparsers(dest="tool", required=True)
@@ -71,25 +69,9 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
 def run_lora_command(args: argparse.Namespace) -> int:
     """Run one tool; with ``--events`` its progress, end or error also go to that file, and with ``--report`` what
     it printed (and, for inspect and resize, the numbers) to that JSON file."""
-    from ..errors import UserError
-    from .progress import emit, report_to
+    from ..tool_progress import run_tool
 
-    report_to(args.events)
-    emit("start", tool=args.tool, total_steps=0, total_epochs=0)
-    try:
-        out, report = _run_tool(args)
-    except UserError as exc:
-        emit("error", kind="config", message=str(exc))
-        raise
-    except Exception as exc:
-        emit("error", kind=type(exc).__name__, message=str(exc))
-        raise
-    print(report["text"])
-    if args.report:
-        atomic_write_bytes(Path(args.report), json.dumps(report, indent=1, default=str).encode("utf-8"))
-    emit("end", status="completed", output=str(out) if out else None, report=args.report)
-    report_to(None)
-    return 0
+    return run_tool(args.tool, args.events, args.report, lambda: _run_tool(args))
 
 
 def _run_tool(args: argparse.Namespace) -> tuple[Path | None, dict]:

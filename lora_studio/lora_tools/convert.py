@@ -21,7 +21,7 @@ from ..lora_delta import lora_module_table, read_lora_file
 from ..models.family import TargetSpec
 from ..models.loading import load_components, read_safetensors
 from .common import check_output, history_entry, write_output
-from .progress import phase
+from ..tool_progress import phase
 
 FORMATS = ("diffusers", "kohya")
 _ALL = TargetSpec(conv_blocks=True, kxk_convs=True, stem=("conv_in", "conv_out", "time_embedding"))

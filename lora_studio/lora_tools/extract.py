@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..models.family import TargetSpec
 from ..models.loading import load_components
 from .common import check_output, history_entry, write_output
-from .progress import phase, track
+from ..tool_progress import phase, track
 from .resize import DYNAMIC_METHODS, choose_rank
 
 log = logging.getLogger("lora_studio")

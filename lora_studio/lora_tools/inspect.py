@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..lora_delta import ModuleWeights, read_lora_file
-from .progress import track
+from ..tool_progress import track
 
 KIND_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)3", "full": "full (native fine-tuning)",
               "norm": "norm"}

@@ -14,7 +14,7 @@ import torch
 from ..errors import UserError
 from ..lora_delta import LoRAFile, ModuleWeights, read_lora_file
 from .common import check_output, history_entry, precision_of, write_output
-from .progress import phase, track
+from ..tool_progress import phase, track
 from .resize import choose_rank
 
 MODES = ("concat", "svd")

@@ -17,7 +17,7 @@ import torch
 from ..errors import UserError
 from ..lora_delta import read_lora_file
 from .common import check_output, history_entry, precision_of, write_output
-from .progress import phase, track
+from ..tool_progress import phase, track
 
 MIN_SV = 1e-6  # a module whose largest singular value is below this is all zeros: rank 1
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")

@@ -1,4 +1,5 @@
-"""Progress of a LoRA tool: tqdm in the terminal and, with ``--events FILE``, an events file the GUI follows.
+"""Progress of a tool (``lora-studio lora|caption|dataset``): tqdm in the terminal and, with ``--events FILE``, an
+events file the GUI follows.
 
 The events file has the training engine's form (``training.events``), one JSON object a line:
   start   {tool, total_steps: 0, total_epochs: 0}
@@ -10,14 +11,17 @@ The events file has the training engine's form (``training.events``), one JSON o
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 from tqdm.auto import tqdm
 
-from ..training.events import EventLog
+from .errors import UserError
+from .io_utils import atomic_write_bytes
+from .training.events import EventLog
 
 T = TypeVar("T")
 _events: EventLog | None = None
@@ -52,3 +56,22 @@ def track(items: Iterable[T], desc: str, unit: str = "module", show: bool = True
     for done, item in enumerate(bar, 1):
         yield item
         emit("step", step=done, epoch=0, phase=desc)
+
+
+def run_tool(name: str, events: str | None, report: str | None, work: Callable[[], tuple[Path | None, dict]]) -> int:
+    """Run a tool's ``work`` (it returns the file it wrote, or None, and its report, whose ``text`` is printed) with
+    its start, end or error in the ``events`` file, and the report written to ``report`` as JSON."""
+    report_to(events)
+    emit("start", tool=name, total_steps=0, total_epochs=0)
+    try:
+        out, result = work()
+    except Exception as exc:
+        emit("error", kind="config" if isinstance(exc, UserError) else type(exc).__name__, message=str(exc))
+        report_to(None)
+        raise
+    print(result["text"])
+    if report:
+        atomic_write_bytes(Path(report), json.dumps(result, indent=1, default=str).encode("utf-8"))
+    emit("end", status="completed", output=str(out) if out else None, report=report)
+    report_to(None)
+    return 0

@@ -1,0 +1,1 @@
+"""Dataset tools: tagging and captioning images, editing captions, and the dataset health report."""
