@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import base_settings, cli_path, run_cli, write_config
+from conftest import base_settings, cli_path, write_config
 from lora_studio.training.pause import RenderRequest
 
 
@@ -38,8 +38,11 @@ def test_pause_test_and_resume_give_the_weights_of_an_unpaused_run(tiny_models, 
     def settings(out: Path) -> dict:
         return base_settings(tiny_models["folder"], dataset, out, max_train_steps=6, network_dropout=0.1)
 
-    straight = tmp_path / "straight"
-    run_cli("train", "--config", str(write_config(tmp_path / "straight.toml", settings(straight))))
+    straight = tmp_path / "straight"  # the run that never pauses, beside the paused one (the machine's 2nd core)
+    straight_log = (tmp_path / "straight.log").open("w")
+    reference = subprocess.Popen([cli_path(), "train", "--config",
+                                  str(write_config(tmp_path / "straight.toml", settings(straight)))],
+                                 stdout=straight_log, stderr=subprocess.STDOUT)
 
     paused = tmp_path / "paused"
     paused.mkdir()
@@ -65,9 +68,11 @@ def test_pause_test_and_resume_give_the_weights_of_an_unpaused_run(tiny_models, 
         (paused / "test_lora.pause").unlink()  # resume
         proc.wait(timeout=300)
         assert proc.returncode == 0, (tmp_path / "paused.log").read_text()
+        assert reference.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in (proc, reference):
+            if p.poll() is None:
+                p.kill()
     kinds = [e["type"] for e in _events(events)]
     assert kinds.index("paused") < kinds.index("test") < kinds.index("resumed") < kinds.index("end")
     a, b = load_file(str(straight / "test_lora.safetensors")), load_file(str(paused / "test_lora.safetensors"))

@@ -6,8 +6,8 @@ Stop is graceful (the engine's ``<output_name>.stop`` file: it finishes the step
 kills the process tree. One run trains at a time; queued runs start in order as soon as the previous one ends.
 
 A job is a training run (``kind = "train"``), a comparison job (``kind = "compare"``: ``lora-studio compare``,
-the grids of a finished run or the Test tab's images) or a LoRA tool (``kind = "tool"``: ``lora-studio lora ...``
-from the Tools tab); all wait in the same queue and one runs at a time. A training
+the grids of a finished run or the Test tab's images) or a tool (``kind = "tool"``: ``lora-studio lora ...`` from
+the Tools tab, ``lora-studio caption ...`` from the Dataset tab); all wait in the same queue and one runs at a time. A training
 run that completes with sample prompts queues the comparison grid of its saved files (its ``parent``).
 """
 
@@ -33,7 +33,7 @@ from .command import engine_argv
 from .live import EventsFollower, LiveState, log_tail
 
 ACTIVE = ("running", "stopping")
-JOB_WORDS = {"train": "training run", "compare": "comparison job", "tool": "LoRA tool job"}
+JOB_WORDS = {"train": "training run", "compare": "comparison job", "tool": "tool job"}
 FINISHED = ("completed", "stopped", "failed", "killed", "cancelled")
 
 
@@ -62,7 +62,7 @@ class RunRecord:
 
 
 COMPARE_PREFIX = [sys.executable, "-m", "lora_studio.cli", "compare"]
-TOOL_PREFIX = [sys.executable, "-m", "lora_studio.cli", "lora"]
+TOOL_PREFIX = [sys.executable, "-m", "lora_studio.cli"]
 
 
 class RunManager:
@@ -160,12 +160,12 @@ class RunManager:
                         events=str(events_path(out, file_name)), output=str(index_path(out, file_name)))
         return self._add(rec)
 
-    def enqueue_tool(self, tool: str, options: list[str], label: str) -> RunRecord:
-        """Queue ``lora-studio lora <tool> <options>``; its progress, end or error go to the job's events file and
-        its result to the job's ``report.json``."""
+    def enqueue_tool(self, tool: str, options: list[str], label: str, group: str = "lora") -> RunRecord:
+        """Queue ``lora-studio <group> <tool> <options>`` (a LoRA tool, or tagging / captioning); its progress, end
+        or error go to the job's events file and its result to the job's ``report.json``."""
         run_id, folder = self._new_folder()
         events, report = folder / "events.jsonl", folder / "report.json"
-        argv = [*TOOL_PREFIX, tool, *options, f"--events={events}", f"--report={report}"]
+        argv = [*TOOL_PREFIX, group, tool, *options, f"--events={events}", f"--report={report}"]
         rec = RunRecord(id=run_id, output_name=label, output_dir=str(folder), config="", log=str(folder / "engine.log"),
                         kind="tool", argv=argv, events=str(events), output=str(report))
         return self._add(rec)

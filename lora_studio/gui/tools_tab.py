@@ -29,8 +29,8 @@ DYNAMIC = ("", "sv_ratio", "sv_fro", "sv_cumulative")
 @dataclass(frozen=True)
 class Field:
     """One input of a tool. ``kind``: lora (an existing .safetensors LoRA), loras (one a line: ``--lora`` each),
-    model (a checkpoint file or a diffusers folder), out (a new .safetensors file), int, float, ratios (one number
-    per LoRA: ``--ratio`` each), choice, check."""
+    model (a checkpoint file or a diffusers folder), out (a new .safetensors file), folder (an existing folder),
+    int, float, ratios (one number per LoRA: ``--ratio`` each), text, choice, check."""
 
     name: str  # the command's option without "--", or the positional argument's name
     label: str
@@ -45,10 +45,11 @@ class Field:
 @dataclass(frozen=True)
 class Tool:
     key: str
-    command: str  # the ``lora-studio lora`` sub-command
+    command: str  # the sub-command of ``lora-studio <group>``
     title: str
     about: str
     fields: tuple[Field, ...] = field(default_factory=tuple)
+    group: str = "lora"  # lora | caption
 
 
 def _precision(default: str = "") -> Field:
@@ -106,6 +107,8 @@ TOOLS = (
           Field("model", "Base model (its layer names)", "model"), _V2, _precision("float"))),
 )
 BY_KEY = {t.key: t for t in TOOLS}
+INTRO = ("LoRA file tools. Each runs as a job in the queue (after the job before it); outputs are written atomically, "
+         "never over an input, with a history entry in their metadata.")
 
 
 def _lines(text: str | None) -> list[str]:
@@ -126,7 +129,10 @@ def tool_options(tool: Tool, values: dict[str, Any], roots: list[Path] | None = 
             if f.required:
                 raise UserError(f"{f.label}: required")
             continue
-        if f.kind in ("lora", "loras", "model", "out"):
+        if f.kind == "text":
+            options.append(f"--{f.name}={text}")
+            continue
+        if f.kind in ("lora", "loras", "model", "out", "folder"):
             paths = _lines(text) if f.kind == "loras" else [text]
             for path in paths:
                 outside = outside_roots(path, roots)
@@ -138,6 +144,8 @@ def tool_options(tool: Tool, values: dict[str, Any], roots: list[Path] | None = 
                                     f"{f.label}: {path} not found")
                 if f.kind == "model" and not p.exists():
                     raise UserError(f"{f.label}: {path} not found")
+                if f.kind == "folder" and not p.is_dir():
+                    raise UserError(f"{f.label}: folder not found: {path}")
                 if f.kind == "out":
                     if p.suffix.lower() != ".safetensors":
                         raise UserError(f"{f.label}: {path} must end in .safetensors")
@@ -147,8 +155,8 @@ def tool_options(tool: Tool, values: dict[str, Any], roots: list[Path] | None = 
                         raise UserError(f"{f.label}: {path} is a folder")
                 else:
                     inputs.append(path)
-                    if f.kind in ("lora", "loras"):
-                        label_files.append(p.stem)
+                    if f.kind in ("lora", "loras", "folder"):
+                        label_files.append(p.name if f.kind == "folder" else p.stem)
                 resolved = str(p.resolve())
                 (positional if f.positional else options).extend([resolved] if f.positional
                                                                  else [f"--{f.name}={resolved}"])
@@ -209,18 +217,25 @@ def job_status(rec: RunRecord | None, manager: RunManager) -> str:
 
 
 class ToolsTab:
-    def __init__(self, manager: RunManager, roots: list[Path] | None):
+    """A tab of tools (one sub-tab each) whose jobs share a progress bar, a status line and a report. ``prefix``
+    names its elements (``<prefix>-<tool>-<field>``, ``<prefix>-progress``, ...)."""
+
+    def __init__(self, manager: RunManager, roots: list[Path] | None, tools: tuple[Tool, ...] = TOOLS,
+                 prefix: str = "tool", intro: str = INTRO):
         self.manager = manager
         self.roots = roots
+        self.tools = {t.key: t for t in tools}
+        self.prefix = prefix
+        self.intro = intro
 
     def run(self, key: str, *values):
-        tool = BY_KEY[key]
+        tool = self.tools[key]
         try:
             options, label = tool_options(tool, dict(zip([f.name for f in tool.fields], values)), self.roots)
         except UserError as exc:
             return f"❌ {exc}", gr.skip()
         busy = self.manager.active() is not None
-        rec = self.manager.enqueue_tool(tool.command, options, label)
+        rec = self.manager.enqueue_tool(tool.command, options, label, tool.group)
         return (f"Queued behind the current job ({rec.id})." if busy else f"Running ({rec.id}) …"), {"id": rec.id}
 
     def tick(self, job: dict | None, seen: str | None):
@@ -236,21 +251,20 @@ class ToolsTab:
         return progress, job_status(rec, self.manager), (report or {}).get("text", ""), marker
 
     def build(self) -> dict:
-        gr.Markdown("LoRA file tools. Each runs as a job in the queue (after the job before it); outputs are written "
-                    "atomically, never over an input, with a history entry in their metadata.")
-        message = gr.Markdown(elem_id="tool-message")
+        gr.Markdown(self.intro)
+        message = gr.Markdown(elem_id=f"{self.prefix}-message")
         job = gr.State({})
-        with gr.Tabs(elem_id="tool-tabs"):
-            for tool in TOOLS:
-                with gr.Tab(tool.title, id=f"tool-{tool.key}"):
+        with gr.Tabs(elem_id=f"{self.prefix}-tabs"):
+            for tool in self.tools.values():
+                with gr.Tab(tool.title, id=f"{self.prefix}-{tool.key}"):
                     gr.Markdown(tool.about)
-                    widgets = [self._widget(tool, f) for f in tool.fields]
-                    button = gr.Button(tool.title, variant="primary", elem_id=f"tool-{tool.key}-run")
+                    widgets = [self._widget(f, f"{self.prefix}-{tool.key}-{f.name}") for f in tool.fields]
+                    button = gr.Button(tool.title, variant="primary", elem_id=f"{self.prefix}-{tool.key}-run")
                     button.click(partial(self.run, tool.key), widgets, [message, job])
-        progress = gr.HTML(elem_id="tool-progress")
-        status = gr.Markdown(elem_id="tool-status")
+        progress = gr.HTML(elem_id=f"{self.prefix}-progress")
+        status = gr.Markdown(elem_id=f"{self.prefix}-status")
         report = gr.Textbox(label="Report", lines=16, max_lines=40, interactive=False, buttons=["copy"],
-                            elem_id="tool-report")
+                            elem_id=f"{self.prefix}-report")
         seen = gr.State(None)
         timer = gr.Timer(1.0)
         outputs = [progress, status, report, seen]
@@ -259,8 +273,7 @@ class ToolsTab:
         return dict(job=job, progress=progress, status=status, report=report, message=message)
 
     @staticmethod
-    def _widget(tool: Tool, f: Field):
-        elem_id = f"tool-{tool.key}-{f.name}"
+    def _widget(f: Field, elem_id: str):
         info = f.info or None
         if f.kind == "check":
             return gr.Checkbox(bool(f.default), label=f.label, elem_id=elem_id, info=info)
@@ -268,7 +281,7 @@ class ToolsTab:
             return gr.Dropdown(choices=list(f.choices), value=f.default or "", label=f.label, elem_id=elem_id,
                                info=info)
         placeholder = {"lora": "/path/to/file.safetensors", "model": "checkpoint .safetensors or diffusers folder",
-                       "out": "/path/to/new.safetensors"}.get(f.kind)
+                       "out": "/path/to/new.safetensors", "folder": "/path/to/folder"}.get(f.kind)
         value = "" if f.default is None else str(f.default)
         return gr.Textbox(value, label=f.label, elem_id=elem_id, info=info, placeholder=placeholder,
                           lines=3 if f.kind == "loras" else 1)

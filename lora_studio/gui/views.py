@@ -169,7 +169,7 @@ HISTORY_HEADERS = ["Run", "Job", "Output name", "Status", "Steps", "Started", "D
 
 def job_word(r: RunRecord) -> str:
     if r.kind == "tool":
-        return "LoRA tool"
+        return "tagging / captioning" if r.argv[3:4] == ["caption"] else "LoRA tool"
     return "training" if r.kind == "train" else "comparison grid" if r.parent else "test images"
 
 
