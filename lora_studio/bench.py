@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -299,6 +300,16 @@ def format_report(report: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.memory:
+        from .bench_memory import describe, run_memory_bench
+
+        results = run_memory_bench(Path(args.folder), args.layouts, 3 if args.steps == 20 else args.steps,
+                                   args.resolution or 64, args.keep)
+        print(describe(results))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(results, fh, indent=2)
+        return 0
     report = run(args)
     print(format_report(report))
     if args.json:

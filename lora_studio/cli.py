@@ -44,7 +44,14 @@ def _add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-reference", action="store_true", help="time only our loop")
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
     parser.add_argument("--json", help="also write the report to this JSON file")
-
+    memory = parser.add_argument_group("--memory: host RAM of loading and the first steps on real-size layouts")
+    memory.add_argument("--memory", action="store_true",
+                        help="write real-size SD1.5 (fp32) and SDXL (fp16) single-file checkpoints with random weights "
+                             "and train a few CPU steps on each, reporting the RAM after each phase and the peak")
+    memory.add_argument("--layouts", nargs="+", choices=("sd15", "sdxl"), default=["sd15", "sdxl"])
+    memory.add_argument("--folder", default="lora-studio-memory-bench",
+                        help="where the checkpoints (4 and 7 GB) and runs go")
+    memory.add_argument("--keep", action="store_true", help="keep the checkpoints for the next time")
 
 
 def _add_compare_options(parser: argparse.ArgumentParser) -> None:

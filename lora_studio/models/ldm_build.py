@@ -2,11 +2,18 @@
 
 Each component's config starts from the family's shipped defaults and takes every size from the checkpoint's own
 tensor shapes; the weights are then looked up by their LDM names (``ldm_keys``).
+
+Memory: a module is built empty (on the meta device) and each of its weights is read from the checkpoint (a
+``SafetensorsView`` reads one tensor at a time), put in the dtype the run trains in (``load_dtypes``) and becomes the
+module's own tensor: the weights are in memory once, never as the file's copy beside the model's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+from collections.abc import Mapping
 
 import torch
 
@@ -82,35 +89,89 @@ def te_config_from_clip_names(clip: dict, base: dict) -> dict:
     return cfg
 
 
+class _Renamed(Mapping):
+    """``sd``'s keys under ``prefix``, without the prefix and ``text_model.``; tensors read only when asked for."""
+
+    def __init__(self, sd, prefix: str):
+        self._sd = sd
+        self._names = {k[len(prefix):].replace("text_model.", "", 1): k for k in sd if k.startswith(prefix)}
+
+    def __getitem__(self, key):
+        return self._sd[self._names[key]]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+
 def te_config_from_ldm(sd: dict, prefix: str, base: dict) -> dict:
     """A CLIPTextModel config from an OpenAI CLIP encoder stored under ``prefix`` (with or without ``text_model.``)."""
-    clip = {k[len(prefix):].replace("text_model.", "", 1): v for k, v in sd.items() if k.startswith(prefix)}
-    return te_config_from_clip_names(clip, base)
+    return te_config_from_clip_names(_Renamed(sd, prefix), base)
 
 
 # ---------------------------------------------------------------- state dict transfer
+_DTYPES: contextvars.ContextVar[dict] = contextvars.ContextVar("load_dtypes", default={})
+
+
+@contextlib.contextmanager
+def load_dtypes(unet: torch.dtype | None = None, text_encoder: torch.dtype | None = None,
+                vae: torch.dtype | None = None):
+    """Modules built from a checkpoint inside this block get their weights in these dtypes as they are read (None:
+    float32, as the modules are made)."""
+    token = _DTYPES.set({"UNet": unet, "text encoder": text_encoder, "VAE": vae})
+    try:
+        yield
+    finally:
+        _DTYPES.reset(token)
+
+
+def wanted_dtype(what: str) -> torch.dtype | None:
+    """The dtype ``load_dtypes`` asks for this part ("UNet", "text encoder", "VAE"), or None."""
+    return _DTYPES.get().get(what)
+
+
+def empty(make):
+    """``make()`` with its parameters on the meta device (its buffers real): nothing allocated, nothing drawn."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return make()
+
+
 def _fill(model: torch.nn.Module, lookup, what: str, source: str) -> None:
-    """Load every weight of ``model`` through ``lookup(name, expected_shape) -> tensor``."""
+    """Give every weight of ``model`` (built by ``empty``) its tensor through ``lookup(name, expected_shape)``, in
+    the dtype ``load_dtypes`` asks for, on the current default device (the GPU under lowram)."""
+    dtype = wanted_dtype(what)
+    device = torch.get_default_device()
     state = {}
     missing = []
-    for name, tensor in model.state_dict().items():
+    for name, tensor in model.state_dict(keep_vars=True).items():
         value = lookup(name, tensor.shape)
         if value is None:
             if name.endswith("position_ids"):
                 continue
             missing.append(name)
             continue
-        state[name] = value.to(tensor.dtype)
+        if tuple(value.shape) != tuple(tensor.shape):
+            raise UserError(f"{source}: the {what} weight {name} has the shape {tuple(value.shape)}, not "
+                            f"{tuple(tensor.shape)}; is this a complete checkpoint of one model?")
+        target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        state[name] = value.to(device=device, dtype=target).contiguous()
     if missing:
         raise UserError(f"{source}: the {what} weights are incomplete ({len(missing)} missing, e.g. {missing[0]}); "
                         "is this a full Stable Diffusion checkpoint?")
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=True)
+    left = [n for n, p in model.named_parameters() if p.is_meta] if device.type != "meta" else []
+    if left:
+        raise UserError(f"{source}: the {what} weights are incomplete (e.g. {left[0]})")
 
 
 def build_unet(sd: dict, cfg: dict, source: str):
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_config(cfg)
+    unet = empty(lambda: UNet2DConditionModel.from_config(cfg))
     up_attn = ["CrossAttn" in t for t in cfg["up_block_types"]]
 
     def lookup(name, shape):
@@ -126,7 +187,7 @@ def build_vae(sd: dict, base: dict, source: str, scaling_factor: float | None = 
     cfg = vae_config_from_ldm(sd, base)
     if scaling_factor is not None:
         cfg["scaling_factor"] = scaling_factor
-    vae = AutoencoderKL.from_config(cfg)
+    vae = empty(lambda: AutoencoderKL.from_config(cfg))
     levels = len(cfg["block_out_channels"])
 
     def lookup(name, shape):
@@ -142,7 +203,7 @@ def build_clip_text_encoder(sd: dict, prefix: str, base: dict, source: str):
     """An OpenAI CLIP text encoder stored under ``prefix`` (SD1's, SDXL's first)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    te = CLIPTextModel(CLIPTextConfig(**te_config_from_ldm(sd, prefix, base)))
+    te = empty(lambda: CLIPTextModel(CLIPTextConfig(**te_config_from_ldm(sd, prefix, base))))
 
     def lookup(name, shape):
         return sd.get(prefix + ldm_keys.te_key(name), sd.get(prefix + name.replace("text_model.", "", 1)))
@@ -159,9 +220,9 @@ def build_openclip_text_encoder(sd: dict, prefix: str, base: dict, source: str, 
     cfg = te_config_from_clip_names(clip, base)
     if with_projection:
         cfg["projection_dim"] = clip["text_projection.weight"].shape[0]
-        te = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
+        te = empty(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cfg)))
     else:
-        te = CLIPTextModel(CLIPTextConfig(**cfg))
+        te = empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg)))
 
     def lookup(name, shape):
         return clip.get(name.replace("text_model.", "", 1))

@@ -7,6 +7,7 @@ components are built is the family's business (``registry``, ``sd1`` ...).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -22,6 +23,38 @@ from .stable_diffusion import SD_VAE
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class SafetensorsView(Mapping):
+    """A .safetensors file as a read-only mapping whose tensors are read one at a time, when asked for: a model
+    built from it never holds the whole file in memory beside itself."""
+
+    def __init__(self, path: Path, what: str):
+        self.path = path
+        try:
+            self._fh = safe_open(str(path), "pt")
+            self._keys = list(self._fh.keys())
+        except Exception as exc:
+            raise UserError(f"{what}: cannot read {path} as a .safetensors file ({exc}); is the download "
+                            "complete?") from None
+        self._key_set = set(self._keys)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._key_set:
+            raise KeyError(key)
+        return self._fh.get_tensor(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_set
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def shape(self, key: str) -> list[int]:
+        return self._fh.get_slice(key).get_shape()
 
 
 def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -56,20 +89,9 @@ def read_pickle_weights(path: Path, setting: str, allow_pickle: bool) -> dict[st
 
 def load_single_file(path: Path, v2: bool, allow_pickle: bool = False) -> Components:
     setting = "pretrained_model_name_or_path"
-    if is_pickle_file(path):
-        sd = read_pickle_weights(path, setting, allow_pickle)
-        keys = list(sd)
-    else:
-        try:
-            with safe_open(str(path), "pt") as fh:
-                keys = list(fh.keys())
-        except Exception as exc:
-            raise UserError(f"{setting}: cannot read {path} as a .safetensors file "
-                            f"({exc}); is the download complete?") from None
-        sd = None
+    sd = read_pickle_weights(path, setting, allow_pickle) if is_pickle_file(path) else SafetensorsView(path, setting)
+    keys = list(sd)
     family = checked_family(family_of_checkpoint(keys), str(path), v2, keys)
-    if sd is None:
-        sd = read_safetensors(path, setting)
     try:
         return family.load_single_file(sd, str(path))
     except KeyError as exc:

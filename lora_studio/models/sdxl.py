@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .family import EstimateConstants
 from .sd1 import SD1_TEXT_ENCODER, SD1_UNET
-from .stable_diffusion import SD_VAE, StableDiffusionFamily
+from .stable_diffusion import SD_VAE, StableDiffusionFamily, loading_dtype
 
 SDXL_UNET = {**SD1_UNET, "block_out_channels": [320, 640, 1280], "attention_head_dim": [5, 10, 20],
              "cross_attention_dim": 2048, "use_linear_projection": True, "sample_size": 128,
@@ -64,7 +64,8 @@ class SDXL(StableDiffusionFamily):
 
         text_encoders, tokenizers = super()._diffusers_text_encoders(folder)
         text_encoders.append(CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2",
-                                                                         local_files_only=True))
+                                                                         local_files_only=True,
+                                                                         dtype=loading_dtype("text encoder")))
         tokenizers.append(self._tokenizer(folder / "tokenizer_2", "!"))
         return text_encoders, tokenizers
 

@@ -88,8 +88,8 @@ class StableDiffusionFamily(ModelFamily):
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
         opts = {"local_files_only": True}
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **opts)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **opts)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=loading_dtype("UNet"), **opts)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=loading_dtype("VAE"), **opts)
         text_encoders, tokenizers = self._diffusers_text_encoders(folder)
         sched_file = folder / "scheduler" / "scheduler_config.json"
         sched = dict(SD_SCHEDULER)
@@ -103,7 +103,8 @@ class StableDiffusionFamily(ModelFamily):
     def _diffusers_text_encoders(self, folder: Path) -> tuple[list, list]:
         from transformers import CLIPTextModel
 
-        te = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
+        te = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True,
+                                           dtype=loading_dtype("text encoder"))
         return [te], [self._tokenizer(folder / "tokenizer", self.tokenizer_pad)]
 
     @staticmethod
@@ -280,3 +281,12 @@ class StableDiffusionFamily(ModelFamily):
                 lora_te += shape[0] + shape[1]
         return {"unet": count(_UNET_KEYS), "text_encoders": count(_TE_KEYS), "vae": count(_VAE_KEYS),
                 "lora_linear": lora_unet, "lora_te": lora_te}
+
+
+def loading_dtype(what: str):
+    """The dtype the run loads this part in (``ldm_build.load_dtypes``); float32 when it does not say."""
+    import torch
+
+    from .ldm_build import wanted_dtype
+
+    return wanted_dtype(what) or torch.float32

@@ -7,8 +7,10 @@ Events (one JSON object a line, each with ``type`` and ``time``):
   sample  {step, epoch, path, prompt, index}
   save    {step, epoch, path}
   log     {level, message}
-  end     {status: "completed" | "stopped", step, epoch, output, seconds}, or {status: "killed"} when a second
-          stop request (Ctrl+C twice, SIGTERM twice) ends the engine at once
+  memory  {phase, rss, peak, gpu_peak}: bytes of host RAM held after a phase of the set-up or the first step, the
+          most held so far, and the GPU's peak (null without CUDA)
+  end     {status: "completed" | "stopped", step, epoch, output, seconds, peak_ram, peak_gpu}, or
+          {status: "killed"} when a second stop request (Ctrl+C twice, SIGTERM twice) ends the engine at once
   error   {message, kind}
 """
 

@@ -26,6 +26,7 @@ from ..data.prompt_weights import separator_inside_brackets
 from ..data.sources import datasets_from_config
 from ..errors import UserError
 from ..io_utils import atomic_write
+from ..models.ldm_build import load_dtypes
 from ..models.loading import load_components
 from ..saving import save_lora
 from . import faults, pruning
@@ -33,6 +34,7 @@ from .build import (Trained, build_network, build_optimization, cache_latents, c
                     describe_network, low_ram_loading, place_model, ranks_from_weights)
 from .estimate import GPU, memory_tips, resource_estimate
 from .events import EventLog
+from .memory import GIB, MemoryLog
 from .guard import Diverged, StepGuard
 from .metadata import RunMetadata, describe_optimizer
 from .optim import is_schedule_free
@@ -99,6 +101,8 @@ class Trainer:
         self._setup_training()
         set_seed(self.seed + self.rank)  # different noise in each process from here on
         self.progress = self._start_position()
+        self._first_step = self.progress.step
+        self.memory.phase("setting up the optimizer")
         self.guard.take_snapshot(self.progress.step)
         if is_schedule_free(self.optimizer):
             self.optimizer.train()  # between steps; eval() while weights are saved or sampled
@@ -130,10 +134,13 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        with low_ram_loading(cfg, self.device, self.is_main):
+        dtype = self.precision.weight_dtype  # frozen weights in the training dtype as they are read (VAE: later)
+        with low_ram_loading(cfg, self.device, self.is_main), load_dtypes(unet=dtype, text_encoder=dtype):
             c = self.components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2, cfg.allow_pickle)
+        self.memory.phase("loading the model")
         self.schedule = c.family.noise_schedule(c, cfg.v_parameterization, cfg.zero_terminal_snr)
         attention = place_model(c, cfg, self.precision, self.device, self.trained)
+        self.memory.phase("placing the model")
         if self.is_main:
             log.info("%s model, attention: %s", c.family.title, attention)
         if cfg.dim_from_weights:
@@ -143,6 +150,7 @@ class Trainer:
                                      self.precision.adapter_dtype)
         if self.is_main:
             describe_network(self.network, cfg, self.net_args)
+        self.memory.phase("building the network")
         self.latents = None
         self.stop_reason: str | None = None  # why the run ends early (early stop), for the log and the GUI
         self._validations = 0
@@ -170,6 +178,7 @@ class Trainer:
             self.latents = cache_latents(c, self.data, cfg, self.device, self.seed, self.accelerator)
             if not self.prompts:
                 c.vae.to("cpu")  # not needed again: free the memory for training
+            self.memory.phase("caching latents")
         te_cache = None
         if cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk:
             te_cache = cache_text_encoder_outputs(c, self.data, cfg, self.trained, self.device, self.precision,
@@ -177,6 +186,7 @@ class Trainer:
             if not self.prompts:
                 for te in c.text_encoders:
                     te.to("cpu")
+            self.memory.phase("caching text encoder outputs")
         self.batch_loss = BatchLoss(c, self.schedule, cfg, self.device, self.precision, self.trained.text_encoder,
                                     te_cache)
         self.validation = Validation(cfg, self.data, self.latents, self.batch_loss, self.seed, self.total_steps,
@@ -253,6 +263,7 @@ class Trainer:
         cfg = self.cfg
         trackers = Trackers(cfg, tracker_dir(cfg)) if self.is_main else None
         self.events = EventLog(self.paths["events"], trackers, enabled=self.is_main)
+        self.memory = MemoryLog(self.events, self.device, self.is_main)
         stop = StopRequest(self.paths["stop"])
         stop.install()
         try:
@@ -382,6 +393,8 @@ class Trainer:
 
     def _after_step(self) -> None:
         p = self.progress
+        if p.step == self._first_step + 1:
+            self.memory.phase("the first step")
         if self.cadence.snapshot(p.step):
             self.guard.take_snapshot(p.step)
         if self.cadence.save_at_step(p.step) or self.cadence.sample_at_step(p.step):
@@ -487,10 +500,13 @@ class Trainer:
             status = "stopped" if p.stopped else "completed"
             reason = self.stop_reason or ("stopped by request" if p.stopped else "all steps done")
             best = self.best.as_dict() if self.validation.enabled else None
+            peaks = self.memory.peaks()
             self.events.emit("end", status=status, step=p.step, epoch=p.epoch, output=str(final),
                              seconds=round(self.reporter.elapsed, 2), reason=reason, best=best,
-                             best_file=str(best_file(self.cfg)) if best and self.cfg.save_best else None)
+                             best_file=str(best_file(self.cfg)) if best and self.cfg.save_best else None, **peaks)
             log.info("%s after %d steps (%s): %s", status, p.step, reason, final)
+            log.info("peak memory: RAM %.2f GiB%s", peaks["peak_ram"] / GIB,
+                     f", GPU {peaks['peak_gpu'] / GIB:.2f} GiB" if peaks["peak_gpu"] is not None else "")
         self.accelerator.wait_for_everyone()
         return final
 

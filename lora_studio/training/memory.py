@@ -1,0 +1,53 @@
+"""How much memory the run holds: host RAM (resident set, and its peak as the kernel counts it) and, on CUDA, GPU
+memory, after each phase of the set-up and the first steps, in the log and the events file (``memory`` events), and
+the run's peaks in its ``end`` event."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch
+
+log = logging.getLogger("lora_studio")
+GIB = 2**30
+
+
+def rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes() -> int:
+    """The most host RAM this process has held so far."""
+    if sys.platform == "win32":
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux counts KiB, macOS bytes
+
+
+def gpu_peak_bytes(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+class MemoryLog:
+    def __init__(self, events, device: torch.device, enabled: bool = True):
+        self.events = events
+        self.device = device
+        self.enabled = enabled
+
+    def phase(self, name: str) -> None:
+        if not self.enabled:
+            return
+        rss, peak, gpu = rss_bytes(), peak_rss_bytes(), gpu_peak_bytes(self.device)
+        log.info("memory after %s: RAM %.2f GiB (peak %.2f GiB)%s", name, rss / GIB, peak / GIB,
+                 f", GPU peak {gpu / GIB:.2f} GiB" if gpu is not None else "")
+        self.events.emit("memory", phase=name, rss=rss, peak=peak, gpu_peak=gpu)
+
+    def peaks(self) -> dict:
+        return {"peak_ram": peak_rss_bytes(), "peak_gpu": gpu_peak_bytes(self.device)}
