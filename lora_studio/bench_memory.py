@@ -44,13 +44,18 @@ def layout_modules(layout: str):
 
 
 def write_random_checkpoint(path: str | Path, layout: str, dtype: str = "float32", seed: int = 0) -> Path:
-    """A single-file checkpoint of ``layout`` with random weights (normal, std 0.02; norm weights 1, biases 0),
-    written tensor by tensor in the safetensors format."""
+    """A single-file checkpoint of ``layout`` with random weights."""
+    return write_random_modules(path, *layout_modules(layout), dtype=dtype, seed=seed, note=layout)
+
+
+def write_random_modules(path: str | Path, unet, vae, te, dtype: str = "float32", seed: int = 0,
+                         note: str = "") -> Path:
+    """The modules (built on the meta device) as a single-file checkpoint with random weights (normal, std 0.02;
+    norm weights 1, biases 0), written tensor by tensor in the safetensors format."""
     import torch
 
     from .models.single_file import single_file_state_dict
 
-    unet, vae, te = layout_modules(layout)
     meta = single_file_state_dict(unet, vae, te)  # names and shapes only: every tensor is on the meta device
     torch_dtype = getattr(torch, dtype)
     item = torch.tensor([], dtype=torch_dtype).element_size()
@@ -59,7 +64,7 @@ def write_random_checkpoint(path: str | Path, layout: str, dtype: str = "float32
         size = t.numel() * item
         header[key] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
         offset += size
-    header["__metadata__"] = {"format": "pt", "lora_studio_bench": f"random {layout} layout, seed {seed}"}
+    header["__metadata__"] = {"format": "pt", "lora_studio_bench": f"random {note} layout, seed {seed}"}
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
     generator = torch.Generator().manual_seed(seed)

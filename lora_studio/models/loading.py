@@ -6,12 +6,13 @@ components are built is the family's business (``registry``, ``sd1`` ...).
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..errors import UserError
@@ -25,36 +26,54 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+                       "F8_E5M2": torch.float8_e5m2}
+
+
 class SafetensorsView(Mapping):
-    """A .safetensors file as a read-only mapping whose tensors are read one at a time, when asked for: a model
-    built from it never holds the whole file in memory beside itself."""
+    """A .safetensors file as a read-only mapping whose tensors are read one at a time, when asked for, into memory
+    of their own (not a map of the file, whose pages would stay counted against the process): a model built from it
+    never holds the file beside itself."""
 
     def __init__(self, path: Path, what: str):
         self.path = path
         try:
-            self._fh = safe_open(str(path), "pt")
-            self._keys = list(self._fh.keys())
-        except Exception as exc:
-            raise UserError(f"{what}: cannot read {path} as a .safetensors file ({exc}); is the download "
-                            "complete?") from None
-        self._key_set = set(self._keys)
+            with open(path, "rb") as fh:
+                size = struct.unpack("<Q", fh.read(8))[0]
+                if size > 100_000_000:
+                    raise ValueError("header too large")
+                header = json.loads(fh.read(size))
+            self._start = 8 + size
+            self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
+            for entry in self._entries.values():
+                entry["torch_dtype"] = _SAFETENSORS_DTYPES[entry["dtype"]]
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+            raise UserError(f"{what}: cannot read {path} as a .safetensors file ({exc.__class__.__name__}: {exc}); "
+                            "is the download complete?") from None
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._key_set:
-            raise KeyError(key)
-        return self._fh.get_tensor(key)
+        entry = self._entries[key]
+        begin, end = entry["data_offsets"]
+        shape, dtype = entry["shape"], entry["torch_dtype"]
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        buffer = bytearray(end - begin)
+        with open(self.path, "rb") as fh:
+            fh.seek(self._start + begin)
+            if fh.readinto(buffer) != len(buffer):
+                raise UserError(f"{self.path} ends inside the tensor {key}; is the download complete?")
+        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._key_set
+        return key in self._entries
 
     def __iter__(self):
-        return iter(self._keys)
+        return iter(self._entries)
 
     def __len__(self) -> int:
-        return len(self._keys)
-
-    def shape(self, key: str) -> list[int]:
-        return self._fh.get_slice(key).get_shape()
+        return len(self._entries)
 
 
 def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
