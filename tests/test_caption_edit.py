@@ -90,3 +90,32 @@ def test_a_kill_during_a_bulk_change_leaves_each_caption_old_or_new_and_undo_res
     assert len(new) >= 5 and old and sorted(new + old) == sorted(captions)  # nothing half-written, nothing lost
     assert ce.undo_last(root).startswith("Undid: replace 'common' with 'shared'")
     assert _captions(root) == captions
+
+
+def test_the_dataset_tabs_editor_and_tagging_fields(tmp_path):
+    from lora_studio.gui.dataset_tab import CAPTION_TOOLS, DatasetTab
+    from lora_studio.gui.runs import RunManager
+    from lora_studio.gui.tools_tab import tool_options
+
+    root = _folder(tmp_path / "img")
+    manager = RunManager(tmp_path / "state")
+    tab = DatasetTab(manager, [tmp_path])
+    gallery, paths, table, where, number = tab.show(str(root), ".txt", 1, "")
+    assert [caption for _, caption in gallery] == ["emi, 1girl, smile", "emi, 1girl, hat", "1girl, smile, hat",
+                                                   "(no caption)", ""]
+    assert where == "5 image(s), page 1 of 1; 1 without a caption" and number == 1
+    assert table.values.tolist() == [["1girl", 3], ["emi", 2], ["hat", 2], ["smile", 2]]
+    assert tab.save_caption(str(root), ".txt", paths[3], "emi, new") == "Saved d.txt (Undo puts the old caption back)."
+    assert tab.bulk(str(root), ".txt", "remove", "1girl", "", False) == "Changed 3 caption(s). Undo puts them back."
+    assert _captions(root)["a"] == "emi, smile" and _captions(root)["d"] == "emi, new"
+    assert tab.undo(str(root)).startswith("Undid: remove '1girl'") and _captions(root)["a"] == "emi, 1girl, smile"
+    assert tab.show(str(tmp_path.parent), ".txt", 1, "")[3].startswith("❌") and "outside the folders" in \
+        tab.show(str(tmp_path.parent), ".txt", 1, "")[3]
+    wd14 = CAPTION_TOOLS[0]
+    values = {f.name: f.default for f in wd14.fields} | {"folder": str(root), "trigger": "emi", "dry_run": True}
+    options, label = tool_options(wd14, values)
+    assert options[0] == str(root) and "--trigger=emi" in options and "--mode=skip" in options
+    assert "--dry_run" in options and "--general_threshold=0.35" in options and label == "wd14 tags: img"
+    rec = manager.enqueue_tool(wd14.command, options, label, wd14.group)
+    assert rec.argv[3:5] == ["caption", "wd14"]
+    manager.close()

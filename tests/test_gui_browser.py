@@ -339,3 +339,40 @@ def test_a_run_that_dies_says_why(page, gui):
     expect(status).to_contain_text("Failed", timeout=90_000)
     expect(status).to_contain_text("cannot read")
     expect(status).to_contain_text("broken.safetensors")
+
+
+def test_dataset_tab_edits_captions_and_reports_health(page, gui):
+    load_demo(page)
+    page.get_by_role("button", name="Check dataset").click()  # the LoRA tab's own folders
+    expect(page.locator("#check-report")).to_contain_text("Dataset: ❌ not ready", timeout=60_000)
+    expect(page.locator("#check-report")).to_contain_text("steps per epoch")
+    folder = gui["state"] / "demo" / "img" / "10_lsdemo shape"
+    first = sorted(folder.glob("*.png"))[0]
+    old = first.with_suffix(".txt").read_text(encoding="utf-8").strip()
+    open_tab(page, "Dataset", "Caption editor")
+    page.locator("#editor-folder textarea").fill(str(folder))
+    page.locator("#editor-load").click()
+    expect(page.locator("#editor-where")).to_contain_text("8 image(s), page 1 of 1")
+    expect(page.locator("#editor-gallery img")).to_have_count(8)
+    expect(page.locator("#editor-tags")).to_contain_text("lsdemo shape")
+    page.locator("#editor-gallery img").first.click()
+    expect(page.locator("#editor-caption textarea")).to_have_value(old)
+    page.locator("#editor-caption textarea").fill(old + ", edited by hand")
+    page.locator("#editor-save").click()
+    expect(page.locator("#editor-status")).to_contain_text(f"Saved {first.stem}.txt")
+    assert first.with_suffix(".txt").read_text(encoding="utf-8").strip() == old + ", edited by hand"
+    page.locator("#editor-tag textarea").fill("studio light")
+    page.locator("#editor-apply").click()
+    expect(page.locator("#editor-status")).to_contain_text("Changed 8 caption(s)")
+    expect(page.locator("#editor-tags")).to_contain_text("studio light")
+    assert first.with_suffix(".txt").read_text(encoding="utf-8").startswith("studio light, ")
+    page.locator("#editor-undo").click()
+    expect(page.locator("#editor-status")).to_contain_text("Undid: add 'studio light' (8 caption(s))")
+    assert first.with_suffix(".txt").read_text(encoding="utf-8").strip() == old + ", edited by hand"
+    open_tab(page, "Health report")
+    page.locator("#health-folder textarea").fill(str(folder.parent))
+    page.locator("#health-check").click()
+    report = page.locator("#health-report")
+    expect(report).to_contain_text("Dataset: ❌ not ready", timeout=60_000)
+    expect(report).to_contain_text("10_lsdemo shape")
+    page.screenshot(path=str(ARTIFACTS / "gui-dataset-tab.png"), full_page=True)

@@ -1,8 +1,8 @@
-"""The LoRA Studio page: LoRA tab (Configuration, Model, Folders, Parameters, Dataset preparation), Runs, Test and
-Tools.
+"""The LoRA Studio page: LoRA tab (Configuration, Model, Folders, Parameters, Dataset preparation), Runs, Test,
+Dataset (tagging, captions, health report) and Tools.
 
 Layout and wiring only; what each control does lives in ``form``, ``presets``, ``kohya_import``, ``dataset_prep``,
-``runs``, ``tester``, ``tools_tab`` and ``views``. Every setting widget is generated from the config schema.
+``runs``, ``tester``, ``dataset_tab``, ``tools_tab`` and ``views``. Every setting widget is generated from the config schema.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from PIL import Image
 from ..compare import compare_folder, index_path, read_index
 from ..config import dumps_config, load_config, save_config
 from ..config.schema import BY_NAME, SETTINGS
+from ..dataset_tools.check_cli import check_config
 from ..errors import ConfigError, UserError
 from ..training.outputs import output_paths
 from . import views
 from .command import display, engine_argv
 from .dataset_prep import prepare_folders
+from .dataset_tab import DatasetTab, dataset_markdown
 from .form import NAMES, check_form, form_values, outside_roots
 from .kohya_import import read_kohya_json
 from .presets import describe, list_presets, save_user_preset
@@ -273,6 +275,19 @@ class Workbench:
     def check(self, *args):
         check = check_form(self._values(args), roots=self.roots)
         return _field_updates(check.problems) + [check.report()]
+
+    def check_dataset(self, *args):
+        """The dataset health report of the form's folders (files only: no torch, in this process)."""
+        check = check_form(self._values(args), roots=self.roots)
+        dataset_fields = {"train_data_dir", "reg_data_dir", "dataset_config", "resolution", "caption_extension"}
+        problems = {k: v for k, v in check.problems.items() if k in dataset_fields}
+        if problems:
+            return _field_updates(problems) + [check.report()]
+        try:
+            report = check_config(check.cfg if check.ok else check.parsed)
+        except (UserError, ConfigError) as exc:
+            return _field_updates({}) + [f"❌ {exc}"]
+        return _field_updates({}) + [dataset_markdown(report)]
 
     def start(self, *args):
         check = check_form(self._values(args), roots=self.roots)
@@ -571,6 +586,7 @@ class Workbench:
                         start_btn = gr.Button("Start training", variant="primary", elem_id="start-training")
                         stop_btn = gr.Button("Stop training", variant="stop", elem_id="stop-training")
                         check_btn = gr.Button("Check settings", elem_id="check-settings")
+                        dataset_btn = gr.Button("Check dataset", elem_id="check-dataset")
                         print_btn = gr.Button("Print training command", elem_id="print-command")
                     check_md = gr.Markdown(elem_id="check-report")
                     mini_progress = gr.HTML(elem_id="mini-progress")
@@ -581,6 +597,8 @@ class Workbench:
                     runs = self._runs_tab()
                 with gr.Tab("Test", id="test", elem_id="test") as test_tab:
                     test = self._test_tab()
+                with gr.Tab("Dataset", id="dataset-tools", elem_id="dataset-tools"):
+                    DatasetTab(self.manager, self.roots).build()
                 with gr.Tab("Tools", id="tools", elem_id="tools"):
                     ToolsTab(self.manager, self.roots).build()
             inputs = [fields[n] for n in NAMES]
@@ -596,6 +614,7 @@ class Workbench:
             prep["button"].click(self.prepare, prep["inputs"], outputs + [prep["report"]])
             prep["summary_btn"].click(self.summary, inputs, outputs + [prep["summary"]])
             check_btn.click(self.check, inputs, outputs + [check_md])
+            dataset_btn.click(self.check_dataset, inputs, outputs + [check_md])
             print_btn.click(self.print_command, inputs, [command_box, check_md])
             start_btn.click(self.start, inputs, outputs + [check_md, main_tabs])
             for button in (stop_btn, runs["stop"]):
