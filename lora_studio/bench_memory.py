@@ -49,9 +49,10 @@ def write_random_checkpoint(path: str | Path, layout: str, dtype: str = "float32
 
 
 def write_random_modules(path: str | Path, unet, vae, te, dtype: str = "float32", seed: int = 0,
-                         note: str = "") -> Path:
+                         note: str = "", header_only: bool = False) -> Path:
     """The modules (built on the meta device) as a single-file checkpoint with random weights (normal, std 0.02;
-    norm weights 1, biases 0), written tensor by tensor in the safetensors format."""
+    norm weights 1, biases 0), written tensor by tensor in the safetensors format. ``header_only``: the header
+    alone (what the resource estimate reads), no weights."""
     import torch
 
     from .models.single_file import single_file_state_dict
@@ -74,7 +75,7 @@ def write_random_modules(path: str | Path, unet, vae, te, dtype: str = "float32"
     with open(partial, "wb") as fh:
         fh.write(struct.pack("<Q", len(encoded)))
         fh.write(encoded)
-        for key, t in meta.items():
+        for key, t in ([] if header_only else meta.items()):
             if t.ndim == 1 and key.endswith("weight"):  # only norms have 1-D weights
                 value = torch.ones(t.shape)
             elif t.ndim == 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,6 +33,26 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
                        "F8_E5M2": torch.float8_e5m2}
 
 
+def return_freed_buffers_to_the_system() -> None:
+    """glibc serves a large allocation from its heap once one of that size was freed (its mmap threshold grows),
+    and freed heap memory stays counted against the process: loading, which reads and frees a buffer for each
+    tensor it converts, would keep about a model's worth of it. A fixed threshold (1 MiB) keeps large buffers in
+    their own maps, returned when freed. Linux (glibc) only; elsewhere nothing changes."""
+    global _THRESHOLD_SET
+    if _THRESHOLD_SET or not sys.platform.startswith("linux"):
+        return
+    _THRESHOLD_SET = True
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_THRESHOLD_SET = False
+
+
 class SafetensorsView(Mapping):
     """A .safetensors file as a read-only mapping whose tensors are read one at a time, when asked for, into memory
     of their own (not a map of the file, whose pages would stay counted against the process): a model built from it
@@ -39,6 +60,7 @@ class SafetensorsView(Mapping):
 
     def __init__(self, path: Path, what: str):
         self.path = path
+        return_freed_buffers_to_the_system()
         try:
             with open(path, "rb") as fh:
                 size = struct.unpack("<Q", fh.read(8))[0]
@@ -59,12 +81,12 @@ class SafetensorsView(Mapping):
         shape, dtype = entry["shape"], entry["torch_dtype"]
         if end == begin:
             return torch.empty(shape, dtype=dtype)
-        buffer = bytearray(end - begin)
-        with open(self.path, "rb") as fh:
+        data = torch.empty(end - begin, dtype=torch.uint8)  # not zeroed: the read fills it
+        with open(self.path, "rb", buffering=0) as fh:
             fh.seek(self._start + begin)
-            if fh.readinto(buffer) != len(buffer):
+            if fh.readinto(memoryview(data.numpy())) != end - begin:
                 raise UserError(f"{self.path} ends inside the tensor {key}; is the download complete?")
-        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+        return data.view(dtype).reshape(shape)
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries

@@ -84,6 +84,7 @@ class Trainer:
         self.device = self.accelerator.device
         self.overflow_steps = faults.overflow_steps()
         self._sampled_at: int | None = None
+        self.estimated_ram: float | None = None  # GiB, from the resource estimate
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -239,6 +240,8 @@ class Trainer:
         plan = plan_steps(self.data.batches_per_epoch, self.cfg, self.world)
         found = resource_estimate(self.cfg, self.data, plan.steps_per_epoch, gpu)
         if found is not None:
+            self.estimated_ram = found.ram_gb
+            self.events.emit("estimate", ram_bytes=int(found.ram_gb * GIB), vram_bytes=int(found.vram_gb * GIB))
             log.info("resources: %s", found.describe())
             for warning in found.warnings:
                 log.warning("%s", warning)
@@ -505,7 +508,8 @@ class Trainer:
                              seconds=round(self.reporter.elapsed, 2), reason=reason, best=best,
                              best_file=str(best_file(self.cfg)) if best and self.cfg.save_best else None, **peaks)
             log.info("%s after %d steps (%s): %s", status, p.step, reason, final)
-            log.info("peak memory: RAM %.2f GiB%s", peaks["peak_ram"] / GIB,
+            estimated = f" (estimated {self.estimated_ram:.2f} GiB)" if self.estimated_ram else ""
+            log.info("peak memory: RAM %.2f GiB%s%s", peaks["peak_ram"] / GIB, estimated,
                      f", GPU {peaks['peak_gpu'] / GIB:.2f} GiB" if peaks["peak_gpu"] is not None else "")
         self.accelerator.wait_for_everyone()
         return final
