@@ -68,17 +68,21 @@ def test_a_single_file_checkpoint_is_in_memory_once_in_the_training_dtype(medium
 
 
 def test_a_run_reports_its_memory_after_each_phase_and_its_peak(tiny_models, dataset, tmp_path):
-    settings = base_settings(tiny_models["single"], dataset, tmp_path / "out", max_train_steps=2)
+    settings = base_settings(tiny_models["single"], dataset, tmp_path / "out", max_train_steps=2,
+                             cache_text_encoder_outputs=True, network_train_unet_only=True)
     proc = run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)))
     events = [json.loads(line) for line in (tmp_path / "out" / "test_lora_events.jsonl").read_text().splitlines()]
     phases = [e for e in events if e["type"] == "memory"]
     assert [e["phase"] for e in phases] == ["loading the model", "placing the model", "building the network",
-                                            "caching latents", "setting up the optimizer", "the first step"]
+                                            "caching latents", "caching text encoder outputs",
+                                            "setting up the optimizer", "the first step"]
     peaks = [e["peak"] for e in phases]
     assert peaks == sorted(peaks) and all(e["rss"] <= e["peak"] and e["gpu_peak"] is None for e in phases)
     end = events[-1]
     assert end["type"] == "end" and end["peak_ram"] >= peaks[-1] > 100e6 and end["peak_gpu"] is None
     assert "memory after loading the model: RAM" in proc.stderr and "peak memory: RAM" in proc.stderr
+    # every latent and caption output cached, nothing sampled: the VAE and the text encoder are let go
+    assert "freed the VAE and the text encoder(s): the cache holds what training needs" in proc.stderr
 
 
 # Measured with ``lora-studio bench --memory --layouts sd15`` (real-size SD1.5 layout, random weights, fp32,

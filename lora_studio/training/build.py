@@ -106,6 +106,44 @@ def place_model(c: Components, cfg: Config, precision: Precision, device: torch.
     return attention
 
 
+def release_unneeded(c: Components, latents_cached: bool, te_cached: bool, trained: Trained,
+                     sampling: bool) -> list[str]:
+    """Free the VAE once every image's latents are cached, and the text encoders once every caption's outputs are
+    (when they are not trained), unless sample images need them; returns what was freed. A paused run's test images
+    load them back (``restore_released``)."""
+    freed = []
+    if latents_cached and not sampling and c.vae is not None:
+        c.vae = None
+        freed.append("the VAE")
+    if te_cached and not trained.text_encoder and not sampling and c.text_encoders:
+        c.text_encoders = []
+        freed.append("the text encoder(s)")
+    if freed:
+        import gc
+
+        gc.collect()
+        log.info("freed %s: the cache holds what training needs from them", " and ".join(freed))
+    return freed
+
+
+def restore_released(c: Components, cfg: Config, precision: Precision, device: torch.device) -> None:
+    """Load the VAE and text encoders ``release_unneeded`` freed back from the model files (a paused run's test
+    images need them)."""
+    if c.vae is not None and c.text_encoders:
+        return
+    from ..models.ldm_build import load_dtypes
+    from ..models.loading import load_components
+
+    log.info("loading the VAE and text encoders back for the test images")
+    with load_dtypes(unet=precision.weight_dtype, text_encoder=precision.weight_dtype):
+        fresh = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2, cfg.allow_pickle)
+    if c.vae is None:
+        vae_fp32 = c.family.vae_needs_float32(precision.mode, cfg.no_half_vae) or precision.cpu_loss_scaling
+        c.vae = fresh.vae.to(device, torch.float32 if vae_fp32 else precision.weight_dtype)
+    if not c.text_encoders:
+        c.text_encoders = [te.to(device, precision.weight_dtype) for te in fresh.text_encoders]
+
+
 def store_frozen_fp8(c: Components, precision: Precision, device: torch.device) -> None:
     """fp8_base / fp8_base_unet: the U-Net's (and the text encoders') Linear and Conv2d weights in float8, computed
     in the training precision; before the adapters wrap those layers."""

@@ -55,9 +55,10 @@ class TestStudio:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, components, network, precision, device, cfg, events):
+    def __init__(self, components, network, precision, device, cfg, events, prepare=None):
         self.components, self.network, self.precision = components, network, precision
         self.device, self.cfg, self.events = device, cfg, events
+        self.prepare = prepare  # loads back what the run freed (VAE, text encoders) before the first image
 
     def answer(self, request_path: Path, epoch: int, step: int) -> None:
         images: list[dict] = []
@@ -68,11 +69,14 @@ class TestStudio:
             folder.mkdir(exist_ok=True)
             devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
             self.network.eval()
-            with torch.random.fork_rng(devices=devices), self._generation_models():
-                for k, text in enumerate(request.prompts):
-                    for seed in request.seeds:
-                        for strength in request.strengths:
-                            images.append(self._render(request, folder, k, text, seed, strength))
+            with torch.random.fork_rng(devices=devices):
+                if self.prepare is not None:
+                    self.prepare()
+                with self._generation_models():
+                    for k, text in enumerate(request.prompts):
+                        for seed in request.seeds:
+                            for strength in request.strengths:
+                                images.append(self._render(request, folder, k, text, seed, strength))
         except UserError as exc:
             error = str(exc)
         finally:

@@ -31,7 +31,8 @@ from ..models.loading import load_components
 from ..saving import save_lora
 from . import faults, pruning
 from .build import (Trained, build_network, build_optimization, cache_latents, cache_text_encoder_outputs,
-                    describe_network, low_ram_loading, place_model, ranks_from_weights)
+                    describe_network, low_ram_loading, place_model, ranks_from_weights, release_unneeded,
+                    restore_released)
 from .estimate import GPU, memory_tips, resource_estimate
 from .events import EventLog
 from .memory import GIB, MemoryLog
@@ -177,17 +178,13 @@ class Trainer:
                         ", ".join(redrawn))
         if (cfg.cache_latents or cfg.cache_latents_to_disk) and not redrawn:
             self.latents = cache_latents(c, self.data, cfg, self.device, self.seed, self.accelerator)
-            if not self.prompts:
-                c.vae.to("cpu")  # not needed again: free the memory for training
             self.memory.phase("caching latents")
         te_cache = None
         if cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk:
             te_cache = cache_text_encoder_outputs(c, self.data, cfg, self.trained, self.device, self.precision,
                                                   self.accelerator)
-            if not self.prompts:
-                for te in c.text_encoders:
-                    te.to("cpu")
             self.memory.phase("caching text encoder outputs")
+        release_unneeded(c, self.latents is not None, te_cache is not None, self.trained, bool(self.prompts))
         self.batch_loss = BatchLoss(c, self.schedule, cfg, self.device, self.precision, self.trained.text_encoder,
                                     te_cache)
         self.validation = Validation(cfg, self.data, self.latents, self.batch_loss, self.seed, self.total_steps,
@@ -424,7 +421,9 @@ class Trainer:
         state = self.paths["final"].with_name(f"{self.cfg.output_name}-paused.safetensors")
         with self._weights_in_use():
             self._save_state(state, p.epoch, p.step, p.batch)
-            studio = TestStudio(self.components, self.network, self.precision, self.device, self.cfg, self.events)
+            studio = TestStudio(self.components, self.network, self.precision, self.device, self.cfg, self.events,
+                                prepare=lambda: restore_released(self.components, self.cfg, self.precision,
+                                                                 self.device))
             p.stopped = wait_while_paused(self.paths, stop, studio, p.epoch, p.step,
                                           state.with_name(state.stem + "-state"), self.events)
 
