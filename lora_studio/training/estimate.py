@@ -150,7 +150,7 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
     # RAM: the U-Net and text encoders are read into it in the dtype they train in, the VAE in float32, each weight
     # once; with lowram they go to the GPU a tensor at a time. Training on the CPU adds the adapters, their
     # optimizer state and the activations. Checked against the measured peak: real-size SD1.5 layout, fp32, 64 px,
-    # batch 2, rank 8, CPU: 4.90 GiB measured (lora-studio bench --memory).
+    # batch 2, rank 8, CPU: 4.60 GiB measured over 100 steps, 4.85 GiB estimated (docs/benchmarks.md).
     loaded = 0 if lowram else (size.unet + size.text_encoders) * weight_bytes + size.vae * 4
     ram = (loaded + cache_in_memory + (lora_bytes + activations if gpu is None else 0)) / GB
     ram += RAM_BASE_GB_CPU if gpu is None else RAM_BASE_GB_CUDA
