@@ -131,7 +131,7 @@ def measure_run(checkpoint: Path, folder: Path, steps: int = 3, resolution: int 
     end = next(e for e in events if e["type"] == "end")
     return {"seconds": round(time.time() - started, 1), "sampled_peak_rss": peak, "phases": phases,
             "peak_ram": end.get("peak_ram"), "estimate_ram": next(
-                (e.get("ram_bytes") for e in events if e["type"] == "estimate"), None)}
+                ((e.get("estimate") or {}).get("ram") for e in events if e["type"] == "start"), None)}
 
 
 def run_memory_bench(folder: Path, layouts: list[str], steps: int, resolution: int, keep: bool) -> list[dict]:

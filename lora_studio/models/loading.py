@@ -80,8 +80,9 @@ class SafetensorsView(Mapping):
         begin, end = entry["data_offsets"]
         shape, dtype = entry["shape"], entry["torch_dtype"]
         if end == begin:
-            return torch.empty(shape, dtype=dtype)
-        data = torch.empty(end - begin, dtype=torch.uint8)  # not zeroed: the read fills it
+            return torch.empty(shape, dtype=dtype, device="cpu")
+        # on the CPU whatever the default device (lowram builds under the GPU's): the read fills it, not zeroed
+        data = torch.empty(end - begin, dtype=torch.uint8, device="cpu")
         with open(self.path, "rb", buffering=0) as fh:
             fh.seek(self._start + begin)
             if fh.readinto(memoryview(data.numpy())) != end - begin:

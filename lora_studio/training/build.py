@@ -63,8 +63,8 @@ def choose_attention(unet, cfg: Config) -> str:
 
 @contextlib.contextmanager
 def low_ram_loading(cfg: Config, device: torch.device, is_main: bool = True):
-    """sd-scripts' lowram: a single-file checkpoint's modules are built on the GPU, so its weights never sit in
-    system RAM in float32 (only the file's own tensors pass through it). Also says, once, that highvram changes
+    """sd-scripts' lowram: a single-file checkpoint's weights go to the GPU one tensor at a time as they are read
+    (each in its training dtype), so the model never sits in system RAM. Also says, once, that highvram changes
     nothing here."""
     if cfg.highvram and is_main:
         log.info("highvram: no effect; sd-scripts empties the CUDA cache while caching latents unless it is set, "

@@ -140,9 +140,8 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
     activations = per_sample * cfg.train_batch_size
     vram = (frozen + lora_bytes + activations) / GB + 0.8  # CUDA context and allocator slack
     all_params = size.unet + size.text_encoders + size.vae
+    # lowram: a single-file model goes to the GPU a tensor at a time, each already in its training dtype
     lowram = cfg.lowram and gpu is not None and Path(cfg.pretrained_model_name_or_path or "").expanduser().is_file()
-    if lowram:  # a single-file model is built on the GPU in float32 before it is cast
-        vram = max(vram, all_params * 4 / GB + 0.8)
 
     latent_bytes = 4 * latent_pixels * 4
     entries = num_images * (2 if cfg.flip_aug else 1)
@@ -190,8 +189,6 @@ def memory_tips(cfg: Config, per_sample: float | None = None) -> list[str]:
         tips.append('use mixed_precision = "bf16" (or "fp16")')
     if not (cfg.fp8_base or cfg.fp8_base_unet):
         tips.append("store the frozen weights in float8: fp8_base = true (with mixed precision)")
-    if cfg.lowram:
-        tips.append("turn lowram off (it builds the model on the GPU in float32 before casting it)")
     if cfg.optimizer_type.lower() == "adamw":
         tips.append('use optimizer_type = "AdamW8bit"')
     if not cfg.network_train_unet_only:

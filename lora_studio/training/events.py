@@ -1,7 +1,7 @@
 """Progress of a run, for people and programs: a JSON-lines events file (the GUI tails it) and TensorBoard scalars.
 
 Events (one JSON object a line, each with ``type`` and ``time``):
-  start   {total_steps, total_epochs, steps_per_epoch, num_images, output}
+  start   {total_steps, total_epochs, steps_per_epoch, num_images, output, estimate: {ram, vram} bytes or null}
   step    {step, epoch, loss, avg_loss, lr, samples_per_s, eta_s, [bad]}: loss is the mean over all processes;
           bad is "loss" (loss then null) or "gradients" for a step the step guard counted as non-finite
   sample  {step, epoch, path, prompt, index}

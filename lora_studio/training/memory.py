@@ -36,10 +36,14 @@ def gpu_peak_bytes(device: torch.device) -> int | None:
 
 
 class MemoryLog:
+    """Logs each phase at once; its events wait for the run's ``start`` event (the events file begins with it) and
+    follow it (``started``)."""
+
     def __init__(self, events, device: torch.device, enabled: bool = True):
         self.events = events
         self.device = device
         self.enabled = enabled
+        self._waiting: list[dict] | None = []
 
     def phase(self, name: str) -> None:
         if not self.enabled:
@@ -47,7 +51,17 @@ class MemoryLog:
         rss, peak, gpu = rss_bytes(), peak_rss_bytes(), gpu_peak_bytes(self.device)
         log.info("memory after %s: RAM %.2f GiB (peak %.2f GiB)%s", name, rss / GIB, peak / GIB,
                  f", GPU peak {gpu / GIB:.2f} GiB" if gpu is not None else "")
-        self.events.emit("memory", phase=name, rss=rss, peak=peak, gpu_peak=gpu)
+        fields = {"phase": name, "rss": rss, "peak": peak, "gpu_peak": gpu}
+        if self._waiting is not None:
+            self._waiting.append(fields)
+        else:
+            self.events.emit("memory", **fields)
+
+    def started(self) -> None:
+        """The start event is written: the set-up's phases follow it, later ones are written as they come."""
+        for fields in self._waiting or []:
+            self.events.emit("memory", **fields)
+        self._waiting = None
 
     def peaks(self) -> dict:
         return {"peak_ram": peak_rss_bytes(), "peak_gpu": gpu_peak_bytes(self.device)}

@@ -86,6 +86,7 @@ class Trainer:
         self.overflow_steps = faults.overflow_steps()
         self._sampled_at: int | None = None
         self.estimated_ram: float | None = None  # GiB, from the resource estimate
+        self.estimate_bytes: dict | None = None  # {ram, vram}: the estimate, for the start event
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -238,7 +239,7 @@ class Trainer:
         found = resource_estimate(self.cfg, self.data, plan.steps_per_epoch, gpu)
         if found is not None:
             self.estimated_ram = found.ram_gb
-            self.events.emit("estimate", ram_bytes=int(found.ram_gb * GIB), vram_bytes=int(found.vram_gb * GIB))
+            self.estimate_bytes = {"ram": int(found.ram_gb * GIB), "vram": int(found.vram_gb * GIB)}
             log.info("resources: %s", found.describe())
             for warning in found.warnings:
                 log.warning("%s", warning)
@@ -294,7 +295,8 @@ class Trainer:
         self.events.emit("start", total_steps=self.total_steps, total_epochs=self.total_epochs,
                          steps_per_epoch=self.updates_per_epoch, num_images=len(self.data.items),
                          skipped=[str(path) for path, _ in self.data.skipped], output=str(self.paths["final"]),
-                         seed=self.seed)
+                         seed=self.seed, estimate=self.estimate_bytes)
+        self.memory.started()
         if self.is_main:
             log.info("training %d steps (%d epochs of %d steps), batch %d x %d process(es) x %d accumulation",
                      self.total_steps, self.total_epochs, self.updates_per_epoch, self.data.datasets[0].batch_size,
