@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Set up .venv (with the test extras) and run the whole test suite. Extra arguments go to pytest.
+# Set up .venv (with the test extras) and run the whole test suite on one single-thread worker per CPU core
+# (pytest-xdist). Extra arguments go to pytest.
+#   ./test.sh            the whole suite
+#   ./test.sh --quick    the tests that need no training run (the inner loop)
 # The browser tests drive the system chromium (Debian/Ubuntu package) with Playwright; it is installed here when
 # missing and this user may install packages (root, or sudo without a password).
 set -euo pipefail
@@ -14,4 +17,9 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     exit 1
   fi
 fi
-exec .venv/bin/python -m pytest "$@"
+args=()
+for arg in "$@"; do
+  if [[ "$arg" == "--quick" ]]; then args+=(-m "not training"); else args+=("$arg"); fi
+done
+# whole files to a worker, the longest first (tests/conftest.py orders them)
+exec .venv/bin/python -m pytest -n logical --dist loadfile --no-loadscope-reorder ${args[@]+"${args[@]}"}

@@ -27,10 +27,11 @@ def _umask() -> int:
     return mask
 
 
-def _test_pause() -> None:
-    """Fault-injection hook for the test suite: hold a finished temp file before its rename (seconds)."""
+def _test_pause(path: Path) -> None:
+    """Fault-injection hook for the test suite: hold a finished weights file (``.safetensors``) before its rename,
+    for the seconds the variable says (the run's other files, such as its config, are written at once)."""
     pause = float(os.environ.get("LORA_STUDIO_TEST_PAUSE_BEFORE_RENAME", "0") or 0)
-    if pause:
+    if pause and path.suffix == ".safetensors":
         import time
 
         time.sleep(pause)
@@ -49,7 +50,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        _test_pause()
+        _test_pause(path)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
         _fsync_dir(path.parent)

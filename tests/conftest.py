@@ -1,7 +1,12 @@
-"""Shared fixtures: tiny real SD1.x models built in-process (nothing downloaded) and helpers to run the real CLI."""
+"""Shared fixtures: tiny real SD1.x models built in-process (nothing downloaded) and helpers to run the real CLI.
+
+The suite runs on ``pytest -n N`` workers (``./test.sh``), each with one CPU thread: the tiny models gain little from
+threads and two single-thread workers keep two cores busy without their threads fighting. What several test files
+read (the tiny models, the trained run) is built once for all workers (``built_once``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,19 +16,72 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread a worker (and for the processes its tests start)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 REPO = Path(__file__).resolve().parents[1]
+
+# Test files that take a minute or more of a worker: handed out first so that no worker is left with one at the end
+# (pytest-xdist's --dist loadfile hands out whole files in the order they are collected).
+LONGEST_FIRST = ["test_gui_browser.py", "test_resume.py", "test_train_cli.py", "test_gui_runs.py",
+                 "test_training_options.py", "test_kohya_corpus.py", "test_lora_tools.py", "test_processes.py",
+                 "test_lycoris.py", "test_step_guard.py", "test_sdxl.py"]
+
+# Modules whose tests need no training run, no trained file and no engine process: ``./test.sh --quick``.
+QUICK = {"test_attention.py", "test_caption_edit.py", "test_captioning.py", "test_config.py", "test_data.py",
+         "test_dataset_check.py", "test_kohya_import.py", "test_models.py", "test_network_and_optim.py",
+         "test_network_types.py", "test_security.py", "test_weighted_captions.py", "test_estimate.py",
+         "test_gui_units.py", "test_loss_options.py", "test_masked_loss.py", "test_fp8.py", "test_block_lora.py",
+         "test_sampling.py", "test_lora_tools_families.py", "test_gui_tools.py"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "training: needs a training run, a trained file or an engine process "
+                                       "(left out by ./test.sh --quick)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+    for item in items:
+        name = item.path.name
+        if name not in QUICK or "trained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.training)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
+
+def built_once(tmp_path_factory, name: str, build) -> tuple[Path, dict]:
+    """``build(folder)`` run once for every worker of the session: the first worker builds in a folder all of them
+    share while the others wait for it; each gets the folder and what ``build`` returned (JSON-able)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.json"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(build(folder)), encoding="utf-8")
+    return folder, json.loads(done.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """The same tiny SD1.x model as a diffusers folder and as an A1111-style single-file checkpoint."""
-    from lora_studio.models.tiny import build_tiny_sd1, save_diffusers_folder, save_single_file
+    def build(root: Path) -> dict:
+        from lora_studio.models.tiny import build_tiny_sd1, save_diffusers_folder, save_single_file
 
-    root = tmp_path_factory.mktemp("models")
-    unet, vae, te, tok = build_tiny_sd1(seed=0)
-    folder = save_diffusers_folder(root / "tiny-sd1", unet, vae, te, tok)
-    single = save_single_file(root / "tiny-sd1.safetensors", unet, vae, te)
-    return {"folder": folder, "single": single}
+        unet, vae, te, tok = build_tiny_sd1(seed=0)
+        folder = save_diffusers_folder(root / "tiny-sd1", unet, vae, te, tok)
+        single = save_single_file(root / "tiny-sd1.safetensors", unet, vae, te)
+        return {"folder": str(folder), "single": str(single)}
+
+    _, paths = built_once(tmp_path_factory, "tiny-sd1", build)
+    return {key: Path(value) for key, value in paths.items()}
 
 
 @pytest.fixture
@@ -55,12 +113,62 @@ def cli_path() -> str:
     return str(exe) if exe.exists() else shutil.which("lora-studio")
 
 
-def run_cli(*args: str, timeout: int = 600, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([cli_path(), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+def run_cli(*args: str, timeout: int = 600, check: bool = True, cwd: Path | None = None,
+            subprocess_: bool = False) -> subprocess.CompletedProcess:
+    """``lora-studio ARGS``: in this process through ``cli.main`` (the same parser, logging and exit codes, without
+    a new Python importing torch), or as a real process with ``subprocess_=True`` where the process boundary is what
+    a test checks (the console script's wiring, signals, a process's own memory)."""
+    if subprocess_:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run([cli_path(), *args], capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=cwd)
+    else:
+        proc = run_in_process(list(args), cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"lora-studio {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+def run_in_process(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``cli.main(argv)`` with its standard output and error captured as a process's would be: an exception the CLI
+    does not handle is printed as its traceback with exit code 1, as Python does. What a run changes in this process
+    (logging, signal handlers, accelerate's state, the working folder) is put back."""
+    import contextlib
+    import io
+    import logging
+    import signal
+    import traceback
+
+    from accelerate.state import AcceleratorState
+
+    from lora_studio import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exc:  # argparse: usage errors (2), --help (0)
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if not isinstance(exc.code, int) and exc.code is not None:
+                    print(exc.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+        for sig, handler in signals.items():
+            signal.signal(sig, handler)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return subprocess.CompletedProcess(["lora-studio", *argv], code or 0, out.getvalue(), err.getvalue())
 
 
 def launch_argv(config: Path, processes: int, machines: int = 1, machine_rank: int = 0,
@@ -94,19 +202,24 @@ def accelerate_launch(config: Path, processes: int, timeout: int = 600) -> subpr
 
 @pytest.fixture(scope="session")
 def trained_run(tiny_models, tmp_path_factory):
-    """One full ``lora-studio train`` run through the CLI, shared by the tests that inspect its outputs."""
-    from lora_studio.demo import write_dataset
+    """One full ``lora-studio train`` run through the installed command (the train command's wiring as a process),
+    shared by the tests that inspect its outputs."""
+    def build(root: Path) -> dict:
+        from lora_studio.demo import write_dataset
 
-    root = tmp_path_factory.mktemp("run")
-    data = write_dataset(root / "data", count=6, repeats=2)
-    (root / "prompts.txt").write_text("# a comment\nlsdemo shape, red disc --n blurry --w 64 --h 64 --d 3 --s 3 --l 5\n"
-                                      "another prompt --w 64 --h 64 --s 2\n", encoding="utf-8")
-    settings = base_settings(tiny_models["folder"], data, root / "out", max_train_epochs=2, max_train_steps=None,
-                             save_every_n_epochs=1, sample_prompts=str(root / "prompts.txt"),
-                             sample_every_n_epochs=1, logging_dir=str(root / "log"), clip_skip=2,
-                             training_comment="made by the test suite")
-    settings.pop("max_train_steps")
-    config = write_config(root / "run.toml", settings)
-    proc = run_cli("train", "--config", str(config))
-    return {"root": root, "out": root / "out", "config": config, "proc": proc,
+        data = write_dataset(root / "data", count=6, repeats=2)
+        (root / "prompts.txt").write_text("# a comment\nlsdemo shape, red disc --n blurry --w 64 --h 64 --d 3 --s 3 "
+                                          "--l 5\nanother prompt --w 64 --h 64 --s 2\n", encoding="utf-8")
+        settings = base_settings(tiny_models["folder"], data, root / "out", max_train_epochs=2, max_train_steps=None,
+                                 save_every_n_epochs=1, sample_prompts=str(root / "prompts.txt"),
+                                 sample_every_n_epochs=1, logging_dir=str(root / "log"), clip_skip=2,
+                                 training_comment="made by the test suite")
+        settings.pop("max_train_steps")
+        config = write_config(root / "run.toml", settings)
+        proc = run_cli("train", "--config", str(config), subprocess_=True)
+        return {"args": proc.args, "stdout": proc.stdout, "stderr": proc.stderr}
+
+    root, done = built_once(tmp_path_factory, "trained-run", build)
+    proc = subprocess.CompletedProcess(done["args"], 0, done["stdout"], done["stderr"])
+    return {"root": root, "out": root / "out", "config": root / "run.toml", "proc": proc,
             "file": root / "out" / "test_lora.safetensors", "model": tiny_models["folder"]}

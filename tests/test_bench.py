@@ -10,7 +10,7 @@ from conftest import run_cli
 def test_tiny_bench_times_both_loops_and_reports_the_figures(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_cli("bench", "--tiny", "--precision", "no", "--rank", "4", "--steps", "12", "--warmup", "3",
-                   "--json", str(out), timeout=300)
+                   "--json", str(out), timeout=300, subprocess_=True)
     assert "ours vs reference" in proc.stdout and "samples/s" in proc.stdout
     report = json.loads(out.read_text(encoding="utf-8"))
     ours, reference = report["results"]

@@ -254,7 +254,7 @@ def test_missing_model_offline_says_what_to_download_and_where(tmp_path, monkeyp
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    proc = run_cli("caption", "wd14", str(folder), check=False, timeout=120)
+    proc = run_cli("caption", "wd14", str(folder), check=False, timeout=120, subprocess_=True)  # HF_HOME read at import
     assert proc.returncode == 2
     message = " ".join(proc.stderr.split())
     for part in (WD14_REPO, "model.onnx", "selected_tags.csv", f"https://huggingface.co/{WD14_REPO}",

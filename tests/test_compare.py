@@ -28,7 +28,7 @@ def components(trained_run):
 @pytest.fixture(scope="module")
 def cli_grid(trained_run):
     """The grids of the trained run from its config, through the CLI (default strengths)."""
-    proc = run_cli("compare", "--config", str(trained_run["config"]))
+    proc = run_cli("compare", "--config", str(trained_run["config"]), subprocess_=True)
     folder = trained_run["out"] / "compare"
     return {"proc": proc, "folder": folder, "index": json.loads((folder / "test_lora_compare.json").read_text())}
 
@@ -106,12 +106,22 @@ def test_strength_equals_diffusers_lora_scale_and_zero_restores_weights_bit_for_
                     height=64, width=64, latents=latents, output_type="np").images[0]
     base = theirs()
     pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="t")
+    # We bake s·(alpha/r)·up·down into each weight; diffusers adds s·(alpha/r)·up(down(x)) beside it. The two sum in
+    # another order, so their images differ by float32 rounding carried through 3 sampler steps and the VAE:
+    # 1e-5 to 2e-4 here, while the LoRA moves the image by about 0.05. A wrong strength is off by a share of the
+    # effect itself (0.5 instead of 1.0: half of it); rounding stays under 1% of it. So: within 2% of the effect.
     for s in (1.0, 0.5):
         pipe.set_adapters(["t"], [s])
         image = theirs()
-        assert np.abs(image - base).max() > 1e-3  # the LoRA changes the image ...
-        assert np.abs(ours[s] - image).max() < 1e-4, s  # ... exactly as diffusers' LoRA at that scale does
-    assert np.abs(ours[0.0] - base).max() < 1e-5
+        effect = np.abs(image - base).max()
+        assert effect > 1e-2  # the LoRA changes the image ...
+        assert np.abs(ours[s] - image).max() <= 0.02 * effect, (s, np.abs(ours[s] - image).max(), effect)  # ... as
+        # diffusers' LoRA at that scale does
+        other = 0.5 if s == 1.0 else 1.0
+        assert np.abs(ours[other] - image).max() > 0.2 * effect  # another strength would be told apart
+    # strength 0 is the base model: the same operations as diffusers' plain pipeline, up to rounding of the order of
+    # float32's 1.2e-7 steps in the pixel values (far below the 2% of the effect allowed above)
+    assert np.abs(ours[0.0] - base).max() <= 1e-5
 
 
 LYCORIS = {"loha": ["algo=loha"], "lokr": ["algo=lokr", "factor=4"],

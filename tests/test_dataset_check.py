@@ -195,7 +195,7 @@ def test_messy_dataset_numbers(messy_report):
 def test_cli_exit_code_json_report_and_events(messy, tmp_path):
     report, events = tmp_path / "report.json", tmp_path / "events.jsonl"
     proc = run_cli("dataset", "check", str(messy), "--json", "--report", str(report), "--events", str(events),
-                   check=False)
+                   check=False, subprocess_=True)  # the command group's wiring as a process
     assert proc.returncode == 1, proc.stderr[-2000:]
     printed = json.loads(proc.stdout)
     saved = json.loads(report.read_text(encoding="utf-8"))

@@ -11,7 +11,7 @@ from conftest import run_cli
 
 def test_demo_writes_a_runnable_project_and_trains(tmp_path):
     folder = tmp_path / "demo"
-    run_cli("demo", str(folder))
+    run_cli("demo", str(folder), subprocess_=True)
     cfg = load_config(folder / "config.toml")
     assert cfg.pretrained_model_name_or_path.endswith("tiny-sd1.safetensors")
     assert len(list((folder / "img" / "10_lsdemo shape").glob("*.png"))) == 8

@@ -10,7 +10,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from conftest import cli_path
 from gui_helpers import ARTIFACTS, CHROMIUM_ARGS, chromium_path, field, open_tab, running_gui, set_field
-from lora_studio.config.schema import BY_NAME
+from lora_studio.config.schema import BY_NAME, SETTINGS
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -48,7 +48,8 @@ def runs_dirs(state: Path) -> list[Path]:
 
 def test_every_tab_shows_its_kohya_labels_and_help_on_hover(page):
     expected = {
-        ("LoRA", "Model"): ["Pretrained model name or path", "Clip skip"] and ["Pretrained model name or path"],
+        # the Model tab holds the model settings that are not Advanced (Clip skip is Advanced: checked there)
+        ("LoRA", "Model"): [s.label for s in SETTINGS if s.group == "model" and not s.advanced],
         ("LoRA", "Folders"): ["Image folder", "Output directory", "Trained Model output name"],
         ("LoRA", "Parameters", "Basic"): ["Network Rank (Dimension)", "Network Alpha", "Train batch size",
                                           "Max train epoch", "Learning rate", "Optimizer", "LR Scheduler"],
@@ -60,6 +61,7 @@ def test_every_tab_shows_its_kohya_labels_and_help_on_hover(page):
         ("Test",): ["Base model", "LoRA files (one a line)", "Strengths", "Seeds (empty: each prompt's --d)",
                     "Sampler", "CFG"],
     }
+    assert {"Pretrained model name or path", "VAE", "v2"} <= set(expected[("LoRA", "Model")])
     for tabs, labels in expected.items():
         open_tab(page, *tabs)
         for label in labels:
@@ -256,7 +258,8 @@ def test_stop_saves_and_the_queue_runs_next(page, gui):
     open_tab(page, "LoRA", "Folders")
     set_field(page, "output_name", "demo_next")
     open_tab(page, "Parameters", "Basic")
-    set_field(page, "max_train_epochs", 1)
+    set_field(page, "max_train_epochs", "")  # a short run: 4 steps
+    set_field(page, "max_train_steps", 4)
     open_tab(page, "Samples")
     set_field(page, "sample_prompts", "")  # no comparison grid queued after it: the next tests start at once
     set_field(page, "sample_every_n_epochs", "")

@@ -237,14 +237,38 @@ def test_dataset_preparation_refuses_bad_input(tmp_path, bad, message):
 
 
 def test_gui_refuses_a_network_address_without_a_password():
-    proc = run_cli("gui", "--host", "0.0.0.0", "--no-browser", check=False, timeout=60)
+    proc = run_cli("gui", "--host", "0.0.0.0", "--no-browser", check=False, timeout=60, subprocess_=True)
     assert proc.returncode == 2
     assert "--username and --password" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_launchers_open_the_gui():
-    for script in ("gui.sh", "gui.bat"):
-        assert "gui" in (REPO / script).read_text(encoding="utf-8")
+def test_gui_sh_sets_up_on_first_use_then_opens_the_gui_with_its_arguments(tmp_path):
+    """gui.sh run for real beside stand-ins for setup.sh and the installed command: the first start sets up, the
+    next does not, and both hand their arguments to ``lora-studio gui``."""
+    import shutil
+    import stat
+
+    shutil.copy(REPO / "gui.sh", tmp_path / "gui.sh")
+    record = tmp_path / "record.txt"
+    (tmp_path / "setup.sh").write_text(
+        "#!/usr/bin/env bash\necho setup >> record.txt\nmkdir -p .venv/bin\n"
+        "printf '#!/usr/bin/env bash\\necho \"lora-studio $*\" >> record.txt\\n' > .venv/bin/lora-studio\n"
+        "chmod +x .venv/bin/lora-studio\n", encoding="utf-8")
+    for script in ("gui.sh", "setup.sh"):
+        (tmp_path / script).chmod((tmp_path / script).stat().st_mode | stat.S_IXUSR)
+    for _ in range(2):
+        subprocess.run(["bash", str(tmp_path / "gui.sh"), "--port", "7861", "--no-browser"], cwd="/", check=True,
+                       timeout=30)
+    assert record.read_text(encoding="utf-8").splitlines() == [
+        "setup", "lora-studio gui --port 7861 --no-browser", "lora-studio gui --port 7861 --no-browser"]
+
+
+def test_gui_bat_sets_up_on_first_use_then_opens_the_gui_with_its_arguments():
+    lines = [line.strip() for line in (REPO / "gui.bat").read_text(encoding="utf-8").splitlines()]
+    check = lines.index('if not exist ".venv\\Scripts\\lora-studio.exe" (')
+    assert lines[check + 1].startswith("call setup.bat") and lines[check + 2] == ")"
+    assert lines[check + 3] == '".venv\\Scripts\\lora-studio.exe" gui %*'  # the arguments passed on, last
+    assert lines[-1] == lines[check + 3]
 
 
 def test_paths_and_names_with_line_breaks_are_refused(tmp_path):

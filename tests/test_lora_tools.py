@@ -28,7 +28,7 @@ def _metadata(path) -> dict[str, str]:
 
 
 def test_inspect_names_type_family_rank_and_apps(trained_run, tmp_path):
-    proc = run_cli("lora", "inspect", str(trained_run["file"]), "--json")
+    proc = run_cli("lora", "inspect", str(trained_run["file"]), "--json", subprocess_=True)  # the command group's wiring
     report = json.loads(proc.stdout)
     assert report["family"] == "SD1.x" and report["type"] == "LoRA" and not report["non_finite"]
     assert {b["rank"][0] for b in report["blocks"].values()} == {4}

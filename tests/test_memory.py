@@ -26,8 +26,9 @@ total = 0
 for m in (c.unet, c.vae, *c.text_encoders):
     for p in m.parameters():
         total += float(p.float().sum())  # every weight read, its pages in memory
-print({"increase": peak_rss_bytes() - before, "unet": str(c.unet.dtype), "te": str(c.text_encoders[0].dtype),
-       "vae": str(c.vae.dtype), "finite": total == total})
+import json
+print(json.dumps({"increase": peak_rss_bytes() - before, "unet": str(c.unet.dtype),
+                  "te": str(c.text_encoders[0].dtype), "vae": str(c.vae.dtype), "finite": total == total}))
 """
 
 
@@ -60,50 +61,68 @@ def test_a_single_file_checkpoint_is_in_memory_once_in_the_training_dtype(medium
     out = subprocess.run([sys.executable, "-c", MEASURE, str(path), dtype], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    found = eval(out.stdout.strip().splitlines()[-1])
+    found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["finite"] and found["unet"] == found["te"] == f"torch.{dtype}" and found["vae"] == "torch.float32"
     weights = params * bytes_per_weight
     # held once: the old loader (random init, then the file's copy loaded into it) needed over twice this
     assert found["increase"] < 1.15 * weights + 100e6, (found["increase"] / 1e6, weights / 1e6)
 
 
-def test_a_run_reports_its_memory_after_each_phase_and_its_peak(tiny_models, dataset, tmp_path):
-    settings = base_settings(tiny_models["single"], dataset, tmp_path / "out", max_train_steps=2,
-                             cache_text_encoder_outputs=True, network_train_unet_only=True)
-    proc = run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)))
+def test_a_run_reports_its_memory_after_each_phase_its_peak_and_an_estimate_above_it(medium_checkpoint, dataset,
+                                                                                      tmp_path):
+    """The engine as its own process (its peak is the process's), on the 300 MB checkpoint: the memory events after
+    each phase, the peak in the end event, and the start event's RAM estimate against that measured peak."""
+    import torch
+
+    path, _ = medium_checkpoint
+    settings = base_settings(path, dataset, tmp_path / "out", max_train_steps=2, cache_text_encoder_outputs=True,
+                             network_train_unet_only=True, network_dim=8, network_alpha=8.0,
+                             optimizer_type="AdamW", mixed_precision="no")
+    proc = run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)), subprocess_=True)
     events = [json.loads(line) for line in (tmp_path / "out" / "test_lora_events.jsonl").read_text().splitlines()]
     phases = [e for e in events if e["type"] == "memory"]
     assert [e["phase"] for e in phases] == ["loading the model", "placing the model", "building the network",
                                             "caching latents", "caching text encoder outputs",
                                             "setting up the optimizer", "the first step"]
     peaks = [e["peak"] for e in phases]
-    assert peaks == sorted(peaks) and all(e["rss"] <= e["peak"] and e["gpu_peak"] is None for e in phases)
+    assert peaks == sorted(peaks) and all(e["rss"] <= e["peak"] for e in phases)
     end = events[-1]
-    assert end["type"] == "end" and end["peak_ram"] >= peaks[-1] > 100e6 and end["peak_gpu"] is None
+    assert end["type"] == "end" and end["peak_ram"] >= peaks[-1] > 300e6  # the checkpoint's weights at least
+    # the GPU's peak where the run had one, none on a CPU-only machine
+    if torch.cuda.is_available():
+        assert all(e["gpu_peak"] > 0 for e in phases) and end["peak_gpu"] >= phases[-1]["gpu_peak"]
+    else:
+        assert all(e["gpu_peak"] is None for e in phases) and end["peak_gpu"] is None
     assert "memory after loading the model: RAM" in proc.stderr and "peak memory: RAM" in proc.stderr
     # every latent and caption output cached, nothing sampled: the VAE and the text encoder are let go
     assert "freed the VAE and the text encoder(s): the cache holds what training needs" in proc.stderr
+    if not torch.cuda.is_available():  # the RAM estimate counts the CPU run's training too
+        # measured here, this run: the estimate never promises less than the run took, and over-counts by at most
+        # a quarter (it sizes the activations with SD1.5's constant, which over-counts for this narrower U-Net;
+        # on the real-size SD1.5 layout it is within 6%: docs/benchmarks.md)
+        estimate, peak = events[0]["estimate"]["ram"], end["peak_ram"]
+        assert peak <= estimate <= 1.25 * peak, (estimate / 2**30, peak / 2**30)
 
 
-# Measured as ``lora-studio bench --memory --layouts sd15`` runs it (real-size SD1.5 layout, random weights, fp32,
-# 64 px, batch 2, rank 8, AdamW, latents cached, CPU, 100 steps): the engine's peak RSS (docs/benchmarks.md).
-MEASURED_SD15_FP32_PEAK_GIB = 4.60
-
-
-def test_the_ram_estimate_is_within_15_percent_of_the_measured_peak(tmp_path):
+def test_the_ram_estimate_scales_with_the_weights_of_a_real_size_layout(tmp_path):
+    """Real-size SD1.5 shapes (the header alone): the estimate holds the U-Net, text encoder and VAE once in their
+    dtypes above the engine's own base, so bf16 takes half the bytes of the U-Net and text encoder."""
     from lora_studio.bench_memory import layout_modules, write_random_modules
     from lora_studio.config import build_config
-    from lora_studio.training.estimate import estimate, model_size
+    from lora_studio.training.estimate import GB, RAM_BASE_GB_CPU, estimate, model_size
 
     header = write_random_modules(tmp_path / "sd15-header.safetensors", *layout_modules("sd15"), header_only=True)
     assert header.stat().st_size < 1e6  # the shapes alone: what the estimate reads
+    size = model_size(str(header))
     cfg = build_config({"pretrained_model_name_or_path": str(header), "network_dim": 8, "network_alpha": 8.0,
                         "train_batch_size": 2, "resolution": "64", "cache_latents": True, "mixed_precision": "no",
                         "optimizer_type": "AdamW"})
-    found = estimate(cfg, model_size(str(header)), 4, 2, (64, 64), None)
-    assert abs(found.ram_gb - MEASURED_SD15_FP32_PEAK_GIB) <= 0.15 * MEASURED_SD15_FP32_PEAK_GIB, found.ram_gb
-    half = estimate(cfg.replace(mixed_precision="bf16"), model_size(str(header)), 4, 2, (64, 64), None)
-    assert half.ram_gb < 0.65 * found.ram_gb  # the U-Net and text encoder load in bf16: half their bytes
+    full = estimate(cfg, size, 4, 2, (64, 64), None).ram_gb - RAM_BASE_GB_CPU
+    half = estimate(cfg.replace(mixed_precision="bf16"), size, 4, 2, (64, 64), None).ram_gb - RAM_BASE_GB_CPU
+    weights = (size.unet + size.text_encoders) * 4 + size.vae * 4
+    assert size.unet == 859_520_964 and weights / GB <= full < weights / GB * 1.1  # the rest is small
+    saved = (size.unet + size.text_encoders) * 2 / GB  # bf16: two bytes less a weight (and half the activations)
+    assert saved <= full - half < saved * 1.1, (full, half, saved)
 
 
 def test_a_diffusers_folder_loads_in_the_training_dtype_too(tiny_models):

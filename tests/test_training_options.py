@@ -268,7 +268,8 @@ def test_persistent_data_loader_workers_start_once_and_train_the_same_batches(ti
         settings = base_settings(tiny_models["folder"], dataset, out, max_train_steps=None, max_train_epochs=2,
                                  max_data_loader_n_workers=1, persistent_data_loader_workers=persistent)
         settings.pop("max_train_steps")
-        proc = run_cli("train", "--config", str(write_config(tmp_path / f"run{int(persistent)}.toml", settings)))
+        proc = run_cli("train", "--config", str(write_config(tmp_path / f"run{int(persistent)}.toml", settings)),
+                       subprocess_=True)  # the workers' log lines reach the process's stderr, not a capture
         runs[persistent] = (proc.stderr.count("data loader worker 0 started"),
                             load_file(str(out / "test_lora.safetensors")))
     assert runs[False][0] == 2 and runs[True][0] == 1  # one start per epoch, or one for the run

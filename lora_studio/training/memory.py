@@ -20,7 +20,8 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """The most host RAM this process has held so far."""
+    """The most host RAM this process has held so far. The kernel's high-water mark lags the resident set it reports
+    now (Linux brings its per-thread counts together only now and then), so it is never less than that."""
     if sys.platform == "win32":
         import psutil
 
@@ -28,7 +29,7 @@ def peak_rss_bytes() -> int:
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux counts KiB, macOS bytes
+    return max(peak if sys.platform == "darwin" else peak * 1024, rss_bytes())  # Linux counts KiB, macOS bytes
 
 
 def gpu_peak_bytes(device: torch.device) -> int | None:
