@@ -58,21 +58,27 @@ def test_a_single_file_checkpoint_is_in_memory_once_in_the_training_dtype(medium
                                                                           bytes_per_weight):
     path, params = medium_checkpoint
     assert params * 4 > 250e6
-    def measure() -> dict:
-        out = subprocess.run([sys.executable, "-c", MEASURE, str(path), dtype], capture_output=True, text=True,
-                             timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    found = measure()
-    if found["increase"] >= 1.15 * params * bytes_per_weight + 100e6:
-        # Seen once in bf16 on a busy 2-core machine: 1.89x the weights in one fresh process, under 1.2x in the
-        # next (an open question, named in the issue's note); the least of two fresh processes is what is checked.
-        found = min(found, measure(), key=lambda f: f["increase"])
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(path), dtype], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["finite"] and found["unet"] == found["te"] == f"torch.{dtype}" and found["vae"] == "torch.float32"
     weights = params * bytes_per_weight
     # held once: the old loader (random init, then the file's copy loaded into it) needed over twice this
     assert found["increase"] < 1.15 * weights + 100e6, (found["increase"] / 1e6, weights / 1e6)
+
+
+def test_a_process_started_by_a_large_one_reports_its_own_peak():
+    """Linux's ru_maxrss keeps the starting process's mark across fork and exec: an engine started by a process that
+    holds 1 GB would report 1 GB before loading anything. The peak is the process's own (VmHWM)."""
+    code = ("import subprocess, sys\n"
+            "held = bytearray(1_000_000_000)\n"
+            "for i in range(0, len(held), 4096):\n    held[i] = 1\n"
+            "child = 'from lora_studio.training.memory import peak_rss_bytes; print(peak_rss_bytes())'\n"
+            "print(subprocess.run([sys.executable, '-c', child], capture_output=True, text=True, check=True).stdout)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout.split()[-1]) < 600e6  # Python and torch imported; not the parent's gigabyte
 
 
 def test_a_run_reports_its_memory_after_each_phase_its_peak_and_an_estimate_above_it(medium_checkpoint, dataset,
@@ -97,7 +103,8 @@ def test_a_run_reports_its_memory_after_each_phase_its_peak_and_an_estimate_abov
     assert end["type"] == "end" and end["peak_ram"] >= peaks[-1] > 300e6  # the checkpoint's weights at least
     # the GPU's peak where the run had one, none on a CPU-only machine
     if torch.cuda.is_available():
-        assert all(e["gpu_peak"] > 0 for e in phases) and end["peak_gpu"] >= phases[-1]["gpu_peak"]
+        # (0 until the model reaches the GPU: loading happens on the host)
+        assert all(e["gpu_peak"] >= 0 for e in phases) and end["peak_gpu"] >= phases[-1]["gpu_peak"] > 0
     else:
         assert all(e["gpu_peak"] is None for e in phases) and end["peak_gpu"] is None
     assert "memory after loading the model: RAM" in proc.stderr and "peak memory: RAM" in proc.stderr

@@ -20,12 +20,21 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """The most host RAM this process has held so far. The kernel's high-water mark lags the resident set it reports
-    now (Linux brings its per-thread counts together only now and then), so it is never less than that."""
+    """The most host RAM this process has held so far. On Linux the kernel's high-water mark of this process's own
+    memory (``VmHWM``): ``getrusage``'s ``ru_maxrss`` starts at the size of the process that started this one (it
+    keeps the parent's mark across fork and exec), so an engine started by a large process would report that."""
     if sys.platform == "win32":
         import psutil
 
         return psutil.Process().memory_info().peak_wset
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024  # kB; never less than the resident set now
+        except (OSError, ValueError, IndexError):
+            pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
