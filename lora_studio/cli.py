@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a LoRA from a TOML config (sd-scripts keys)")
-    train.add_argument("--config", "--config_file", dest="config_file", help="training config (.toml)")
+    train.add_argument("--config", "--config_file", dest="config_file",
+                       help="training config (.toml), or a Kohya_ss GUI configuration (.json), imported as the GUI "
+                            "imports it (the report says what was carried over, changed and left out)")
     _add_setting_options(train)
 
     demo = sub.add_parser("demo", help="write a tiny offline model, dataset and config to try everything on a CPU")
@@ -144,7 +146,15 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config_file")}
     if str(overrides.get("output_config", "")).lower() in ("true", "1"):
         return _output_config(args.config_file, {k: v for k, v in overrides.items() if k != "output_config"})
-    cfg = load_config(args.config_file, overrides)
+    from .config.kohya_import import is_kohya_json
+
+    if args.config_file and is_kohya_json(args.config_file):
+        from .config import load_kohya_config
+
+        cfg, result = load_kohya_config(args.config_file, overrides)
+        print(result.report(), flush=True)
+    else:
+        cfg = load_config(args.config_file, overrides)
     from .training.trainer import train
 
     train(cfg)

@@ -185,7 +185,7 @@ def test_lowram_builds_a_single_file_model_on_the_context_device(tiny_models, ca
 
 
 def test_kohya_gui_json_carries_the_memory_switches():
-    from lora_studio.gui.kohya_import import convert
+    from lora_studio.config.kohya_import import convert
 
     result = convert({"LoRA_type": "Standard", "fp8_base": True, "fp8_base_unet": False, "lowram": True,
                       "highvram": True, "mixed_precision": "bf16"})

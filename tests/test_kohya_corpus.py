@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli, write_config
 from kohya_shapes import CORPUS, SDXL_CORPUS
-from lora_studio.gui.kohya_import import convert
+from lora_studio.config.kohya_import import convert
 
 ALL = {**CORPUS, **SDXL_CORPUS}
 

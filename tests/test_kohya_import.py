@@ -8,7 +8,7 @@ import pytest
 
 from lora_studio.config import build_config
 from lora_studio.errors import ConfigError
-from lora_studio.gui.kohya_import import convert, read_kohya_json
+from lora_studio.config.kohya_import import convert, read_kohya_json
 
 from kohya_shapes import KOHYA_GUI_JSON
 

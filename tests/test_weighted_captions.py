@@ -62,7 +62,7 @@ def test_a_separator_inside_brackets_is_found():
 
 # ---------------------------------------------------------------- the setting
 def test_weighted_captions_is_a_setting_and_a_kohya_json_carries_it():
-    from lora_studio.gui.kohya_import import convert
+    from lora_studio.config.kohya_import import convert
 
     assert "weighted_captions" not in UNSUPPORTED and BY_NAME["weighted_captions"].default is False
     assert build_config({"weighted_captions": True}).weighted_captions is True

@@ -16,7 +16,7 @@ from .schema import (BY_NAME, IGNORED_GUI_KEYS, NETWORK_ARGS_ONLY, SECRET_SETTIN
 from .values import parse_key_values, parse_value
 
 __all__ = ["Config", "load_config", "SETTINGS", "Setting", "parse_key_values", "save_config", "dumps_config",
-           "build_config", "read_toml", "flatten_sections"]
+           "build_config", "read_toml", "flatten_sections", "load_kohya_config"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     raw = flatten_sections(data)
     raw.update(overrides or {})
     return build_config(raw, source=str(path) if path else None)
+
+
+def load_kohya_config(path: str | Path, overrides: dict[str, Any] | None = None):
+    """A Kohya_ss GUI JSON imported as the GUI imports it, ``overrides`` on top: ``(Config, KohyaImport)``. Its sample
+    prompts (text in the JSON) go to the run's output folder (beside the JSON when it names none)."""
+    from .kohya_import import import_kohya_json, read_kohya_json
+
+    overrides = overrides or {}
+    output_dir = overrides.get("output_dir") or read_kohya_json(path).settings.get("output_dir")
+    result = import_kohya_json(path, Path(output_dir).expanduser() if output_dir else Path(path).parent)
+    cfg = build_config({**result.settings, **overrides}, source=str(path))
+    return cfg, result
 
 
 def dumps_config(cfg: Config | dict[str, Any], only_explicit: bool = False) -> str:

@@ -1,7 +1,7 @@
 """The LoRA Studio page: LoRA tab (Configuration, Model, Folders, Parameters, Dataset preparation), Runs, Test,
 Dataset (tagging, captions, health report) and Tools.
 
-Layout and wiring only; what each control does lives in ``form``, ``presets``, ``kohya_import``, ``dataset_prep``,
+Layout and wiring only; what each control does lives in ``form``, ``presets``, ``config.kohya_import``, ``dataset_prep``,
 ``runs``, ``tester``, ``dataset_tab``, ``tools_tab`` and ``views``. Every setting widget is generated from the config schema.
 """
 
@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..compare import compare_folder, index_path, read_index
 from ..config import dumps_config, load_config, save_config
+from ..config.kohya_import import import_kohya_json
 from ..config.schema import BY_NAME, SETTINGS
 from ..dataset_tools.check_cli import check_config
 from ..errors import ConfigError, UserError
@@ -28,7 +29,6 @@ from .command import display, engine_argv
 from .dataset_prep import prepare_folders
 from .dataset_tab import DatasetTab, dataset_markdown
 from .form import NAMES, check_form, form_values, outside_roots
-from .kohya_import import read_kohya_json
 from .presets import describe, list_presets, save_user_preset
 from .runs import RunManager, RunRecord
 from .tester import SAMPLERS, TestSettings, answer_gallery, check, compare_options, index_grids, index_tiles, \
@@ -164,15 +164,8 @@ class Workbench:
         return self.load_path(file if isinstance(file, str) else file.name, confine=False) + [None]
 
     def _import_kohya(self, path: Path):
-        result = read_kohya_json(path)
-        settings = dict(result.settings)
-        if result.sample_prompt_text:
-            prompts = self.state_dir / "imported" / f"{path.stem}_prompts.txt"
-            prompts.parent.mkdir(parents=True, exist_ok=True)
-            prompts.write_text(result.sample_prompt_text.rstrip() + "\n", encoding="utf-8")
-            settings["sample_prompts"] = str(prompts)
-            result.notes.append(f"Sample prompts were written to {prompts}")
-        return _fill(settings, partial=False) + [result.report()]
+        result = import_kohya_json(path, self.state_dir / "imported")
+        return _fill(result.settings, partial=False) + [result.report()]
 
     def _checked_config(self, args):
         """Values parsed by the schema (no dataset scan): Save, download and print work on an unfinished form."""

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.network_args import LORAPLUS, LYCORIS_NOT_READ, LYCORIS_PRESETS
-from ..config.optimizers import optimizer_problem
-from ..config.schema import BY_NAME, UNSUPPORTED
-from ..config.values import parse_value
+from .network_args import LORAPLUS, LYCORIS_NOT_READ, LYCORIS_PRESETS
+from .optimizers import optimizer_problem
+from .schema import BY_NAME, UNSUPPORTED
+from .values import parse_value
 from ..errors import ConfigError
 
 # Kohya_ss GUI field -> our setting, where the names differ.
@@ -611,3 +611,24 @@ def read_kohya_json(path: str | Path) -> KohyaImport:
         return convert(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def is_kohya_json(path: str | Path) -> bool:
+    """A Kohya_ss GUI configuration is a ``.json`` file; training configs are TOML."""
+    return str(path).lower().endswith(".json")
+
+
+def import_kohya_json(path: str | Path, prompts_dir: str | Path) -> KohyaImport:
+    """``read_kohya_json`` with the sample prompts (text in the JSON) written to ``<prompts_dir>/<stem>_prompts.txt``
+    and ``sample_prompts`` set to that file: what the GUI's Load and ``train --config preset.json`` both do."""
+    from ..io_utils import atomic_write_bytes
+
+    path = Path(path)
+    result = read_kohya_json(path)
+    if result.sample_prompt_text:
+        prompts = Path(prompts_dir) / f"{path.stem}_prompts.txt"
+        prompts.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(prompts, (result.sample_prompt_text.rstrip() + "\n").encode("utf-8"))
+        result.settings["sample_prompts"] = str(prompts)
+        result.notes.append(f"Sample prompts were written to {prompts}")
+    return result
