@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", "--config_file", dest="config_file",
                        help="training config (.toml), or a Kohya_ss GUI configuration (.json), imported as the GUI "
                             "imports it (the report says what was carried over, changed and left out)")
+    train.add_argument("--allow-dir", action="append", default=None, metavar="FOLDER", dest="allow_dir",
+                       help="confine the run: every path it reads or writes (settings, dataset TOML, in_json images, "
+                            "caches, outputs, logs, states), links followed, must lie inside one of these folders "
+                            "(repeat for more), and settings may name only known optimizers and schedulers. The GUI "
+                            "passes its allowed folders when it listens on the network")
     _add_setting_options(train)
 
     demo = sub.add_parser("demo", help="write a tiny offline model, dataset and config to try everything on a CPU")
@@ -143,21 +148,25 @@ def _setup_logging() -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config_file")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config_file", "allow_dir")}
     if str(overrides.get("output_config", "")).lower() in ("true", "1"):
         return _output_config(args.config_file, {k: v for k, v in overrides.items() if k != "output_config"})
     from .config.kohya_import import is_kohya_json
+    from .confinement import Confinement
 
+    confinement = Confinement.of(args.allow_dir)
+    if args.config_file:
+        confinement.check(args.config_file, "--config")
     if args.config_file and is_kohya_json(args.config_file):
         from .config import load_kohya_config
 
-        cfg, result = load_kohya_config(args.config_file, overrides)
+        cfg, result = load_kohya_config(args.config_file, overrides, confinement)
         print(result.report(), flush=True)
     else:
         cfg = load_config(args.config_file, overrides)
     from .training.trainer import train
 
-    train(cfg)
+    train(cfg, confinement)
     return 0
 
 

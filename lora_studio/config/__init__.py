@@ -121,14 +121,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return build_config(raw, source=str(path) if path else None)
 
 
-def load_kohya_config(path: str | Path, overrides: dict[str, Any] | None = None):
+def load_kohya_config(path: str | Path, overrides: dict[str, Any] | None = None, confinement=None):
     """A Kohya_ss GUI JSON imported as the GUI imports it, ``overrides`` on top: ``(Config, KohyaImport)``. Its sample
-    prompts (text in the JSON) go to the run's output folder (beside the JSON when it names none)."""
+    prompts (text in the JSON) go to the run's output folder (beside the JSON when it names none), which must lie in
+    ``confinement`` (a ``Confinement``) before it is written."""
     from .kohya_import import import_kohya_json, read_kohya_json
 
     overrides = overrides or {}
     output_dir = overrides.get("output_dir") or read_kohya_json(path).settings.get("output_dir")
-    result = import_kohya_json(path, Path(output_dir).expanduser() if output_dir else Path(path).parent)
+    prompts_dir = Path(output_dir).expanduser() if output_dir else Path(path).parent
+    if confinement is not None:
+        confinement.check(prompts_dir, "output_dir")
+    result = import_kohya_json(path, prompts_dir)
     cfg = build_config({**result.settings, **overrides}, source=str(path))
     return cfg, result
 

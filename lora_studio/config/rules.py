@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..confinement import Confinement
 from ..errors import ConfigError, UserError
 from . import Config
 from .network_args import check_rank, parse_network_args
@@ -10,8 +11,9 @@ from .optimizers import optimizer_problem
 _BAD_NAME_CHARS = '/\\:*?"<>|\x00\r\n'
 
 
-def setting_problems(cfg: Config) -> dict[str, str]:
-    """Problems that stop a run, keyed by the setting to fix (the GUI shows each message next to its field)."""
+def setting_problems(cfg: Config, confinement: Confinement | None = None) -> dict[str, str]:
+    """Problems that stop a run, keyed by the setting to fix (the GUI shows each message next to its field).
+    ``confinement``: a confined run may import callables only from the trusted list."""
     problems: dict[str, str] = {}
     for name in ("pretrained_model_name_or_path", "output_dir"):
         if not getattr(cfg, name):
@@ -41,6 +43,10 @@ def setting_problems(cfg: Config) -> dict[str, str]:
     optimizer = optimizer_problem(cfg.optimizer_type or "")
     if optimizer:
         problems["optimizer_type"] = optimizer
+    for name in ("optimizer_type", "lr_scheduler_type"):
+        untrusted = (confinement or Confinement()).callable_problem(getattr(cfg, name) or "", name)
+        if untrusted:
+            problems[name] = untrusted
     if cfg.log_with in ("tensorboard", "all") and not cfg.logging_dir:
         problems["logging_dir"] = f"log_with = {cfg.log_with} writes TensorBoard logs here: set a Logging folder"
     problems.update(_noise_problems(cfg))
@@ -65,8 +71,8 @@ def _noise_problems(cfg: Config) -> dict[str, str]:
     return problems
 
 
-def check_settings(cfg: Config) -> None:
+def check_settings(cfg: Config, confinement: Confinement | None = None) -> None:
     """Raise one UserError listing every rule ``cfg`` breaks."""
-    problems = setting_problems(cfg)
+    problems = setting_problems(cfg, confinement)
     if problems:
         raise UserError("; ".join(f"{name}: {message}" for name, message in problems.items()))

@@ -15,6 +15,7 @@ from ..config import Config, build_config
 from ..config.rules import setting_problems
 from ..config.schema import BY_NAME, SETTINGS
 from ..config.values import parse_value
+from ..confinement import Confinement
 from ..data.dataset import TrainingData
 from ..data.sources import datasets_from_config
 from ..errors import ConfigError, UserError
@@ -22,6 +23,7 @@ from ..models.registry import identify
 from ..training.outputs import output_paths
 from ..training.estimate import Estimate, detect_gpu, resource_estimate
 from ..training.plan import StepPlan, plan_steps
+from ..training.run_paths import check_run_paths
 from .widgets import from_widget, to_widget
 
 NAMES = [s.name for s in SETTINGS]
@@ -80,18 +82,15 @@ def _dataset_field(cfg: Config, message: str) -> str:
 
 
 def outside_roots(path: str | Path, roots: list[Path] | None) -> str | None:
-    """None if ``path`` (resolved, links followed) lies inside one of ``roots``; else the message to show."""
-    if roots is None:
-        return None
-    resolved = Path(path).expanduser().resolve()
-    if any(resolved == root or root in resolved.parents for root in roots):
-        return None
-    return (f"{resolved} is outside the folders this GUI may use ({', '.join(str(r) for r in roots)}); "
-            "start it with --allow-dir <folder> to add one")
+    """None if ``path`` (resolved, links followed) lies inside one of ``roots``; else the message to show (the
+    engine's own rule, ``Confinement``)."""
+    return Confinement.of(roots).problem(path, "start the GUI with --allow-dir <folder> to add one")
 
 
 def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Path] | None = None) -> FormCheck:
-    """``roots``: when given, every path must resolve inside one of these folders (the GUI's --allow-dir)."""
+    """``roots``: when given, every path must resolve inside one of these folders (the GUI's --allow-dir): the
+    form's paths, and every path the run would read or write (the engine's own check, run before the dataset scan)."""
+    confinement = Confinement.of(roots)
     check = FormCheck(raw=values_to_raw(values))
     for name, value in check.raw.items():
         try:
@@ -108,7 +107,7 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
     check.value_problems = dict(check.problems)
     # Rules between settings are checked on the values that parsed, so every problem shows at once.
     cfg = check.parsed = build_config({k: v for k, v in check.raw.items() if k not in check.problems})
-    for name, message in setting_problems(cfg).items():
+    for name, message in setting_problems(cfg, confinement).items():
         check.problems.setdefault(name, message)
     for name in _PATHS_THAT_MUST_EXIST:
         path = getattr(cfg, name)
@@ -124,6 +123,12 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
                                                                       "state.json").is_file():
         check.problems["resume"] = f"not a saved state folder (no state.json): {cfg.resume}"
     dataset_fields = {"train_data_dir", "reg_data_dir", "dataset_config", "train_batch_size", "resolution"}
+    if confinement.confined and scan_dataset and not check.problems:
+        try:
+            check_run_paths(cfg, confinement)
+        except UserError as exc:
+            named = str(exc).split(":")[0]
+            check.problems[named if named in BY_NAME else _dataset_field(cfg, str(exc))] = str(exc)
     if scan_dataset and not dataset_fields & set(check.problems):
         try:
             check.data = TrainingData(datasets_from_config(cfg), cfg.prior_loss_weight, seed=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 
@@ -10,15 +9,14 @@ import torch
 
 from ..config import Config, parse_key_values
 from ..config.optimizers import EIGHT_BIT, LEARNING_RATE_FREE, SCHEDULE_FREE, optimizer_problem
+from ..confinement import Confinement, active
 from ..errors import UserError
 
 
 def _import_class(dotted: str, setting: str = "optimizer_type"):
-    module_name, _, class_name = dotted.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"{setting}: cannot import {dotted} ({exc})") from None
+    """A dotted name from a setting: any importable one on one's own command line, only a trusted one when the run is
+    confined (``confinement``)."""
+    return active().import_callable(dotted, setting)
 
 
 def _eight_bit(name: str, bnb_class: str, stand_in: str):
@@ -59,7 +57,8 @@ def optimizer_class(name: str):
     if key in EIGHT_BIT:
         return _eight_bit(name, *EIGHT_BIT[key])
     if key in LEARNING_RATE_FREE or key in SCHEDULE_FREE:
-        return _import_class(LEARNING_RATE_FREE.get(key) or SCHEDULE_FREE[key])
+        return Confinement().import_callable(LEARNING_RATE_FREE.get(key) or SCHEDULE_FREE[key], "optimizer_type",
+                                             known=True)
     if key == "sgdnesterov":
         return _sgd_nesterov
     if key == "lion":

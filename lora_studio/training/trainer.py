@@ -20,6 +20,7 @@ import torch
 from ..config import Config, save_config
 from ..config.network_args import parse_network_args
 from ..config.rules import check_settings
+from ..confinement import Confinement, confined_to
 from ..data.dataset import TrainingData
 from ..data.loader import EpochBatches, worker_started
 from ..data.prompt_weights import separator_inside_brackets
@@ -44,6 +45,7 @@ from .plan import plan_steps
 from .precision import precision_for, unscale_fp16_gradients
 from .progress import Cadence, Progress
 from .report import Reporter
+from .run_paths import check_run_paths
 from .sampling import generate, make_scheduler, read_prompt_file
 from .state import ResumeState, latest_state, rng_state, save_state
 from .step import BatchLoss, TrainingStep
@@ -580,5 +582,11 @@ def _oom_advice(cfg: Config) -> str:
     return "the GPU ran out of memory. Try: " + "; ".join(memory_tips(cfg))
 
 
-def train(cfg: Config) -> Path:
-    return Trainer(cfg).run()
+def train(cfg: Config, confinement: Confinement | None = None) -> Path:
+    """Train ``cfg``. ``confinement`` (``--allow-dir``): every path the run reads or writes, and every callable a
+    setting names, is checked before anything is read or written."""
+    confinement = confinement or Confinement()
+    check_settings(cfg, confinement)
+    check_run_paths(cfg, confinement)
+    with confined_to(confinement):
+        return Trainer(cfg).run()
