@@ -94,7 +94,7 @@ def test_a_kill_during_a_bulk_change_leaves_each_caption_old_or_new_and_undo_res
 
 def test_the_dataset_tabs_editor_and_tagging_fields(tmp_path):
     from lora_studio.gui.dataset_tab import CAPTION_TOOLS, DatasetTab
-    from lora_studio.gui.runs import RunManager
+    from lora_studio.jobs.runs import RunManager
     from lora_studio.gui.tools_tab import tool_options
 
     root = _folder(tmp_path / "img")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lora_studio.config import load_config
-from lora_studio.gui.runs import RunManager
+from lora_studio.jobs.runs import RunManager
 
 from conftest import run_cli
 from gui_helpers import tick

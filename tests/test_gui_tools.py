@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from lora_studio.errors import UserError
-from lora_studio.gui.runs import RunManager
+from lora_studio.jobs.runs import RunManager
 from lora_studio.gui.tools_tab import BY_KEY, ToolsTab, tool_options
 from lora_studio.training.events import read_events
 

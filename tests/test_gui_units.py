@@ -164,6 +164,17 @@ def test_the_gui_never_imports_torch(tmp_path):
     assert "no torch" in proc.stdout
 
 
+def test_the_job_service_imports_no_gradio_and_nothing_of_the_gui():
+    code = ("import sys\n"
+            "import lora_studio.jobs.command, lora_studio.jobs.live, lora_studio.jobs.runs\n"
+            "bad = sorted(m for m in sys.modules if m == 'gradio' or m.startswith(('gradio.', 'lora_studio.gui')))\n"
+            "assert not bad, bad\n"
+            "print('no gui')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no gui" in proc.stdout
+
+
 def test_shipped_presets_are_documented_and_hold_no_paths():
     presets = list_presets(None)
     for key in ("sd15_character_8gb", "sd15_style", "sdxl_character_12gb", "sdxl_low_vram_8gb"):
@@ -363,7 +374,7 @@ def test_render_while_a_run_is_paused_asks_that_run_and_shows_its_answer(tmp_pat
     from lora_studio.training.pause import RenderRequest, pending_tests
 
     out = _fake_paused_run(tmp_path)
-    from lora_studio.gui.runs import RunManager
+    from lora_studio.jobs.runs import RunManager
 
     manager = RunManager(tmp_path / "state", poll_seconds=3600)  # never polls: the fake run stays "running"
     w = Workbench(tmp_path / "state", manager=manager)

@@ -2,7 +2,7 @@
 Dataset (tagging, captions, health report) and Tools.
 
 Layout and wiring only; what each control does lives in ``form``, ``presets``, ``config.kohya_import``, ``dataset_prep``,
-``runs``, ``tester``, ``dataset_tab``, ``tools_tab`` and ``views``. Every setting widget is generated from the config schema.
+``jobs``, ``tester``, ``dataset_tab``, ``tools_tab`` and ``views``. Every setting widget is generated from the config schema.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from ..config.kohya_import import import_kohya_json
 from ..config.schema import BY_NAME, SETTINGS
 from ..dataset_tools.check_cli import check_config
 from ..errors import ConfigError, UserError
+from ..jobs.command import display, engine_argv
+from ..jobs.runs import RunManager, RunRecord
 from ..training.outputs import output_paths
 from . import views
-from .command import display, engine_argv
 from .dataset_prep import prepare_folders
 from .dataset_tab import DatasetTab, dataset_markdown
 from .form import NAMES, check_form, form_values, outside_roots
 from .presets import describe, list_presets, save_user_preset
-from .runs import RunManager, RunRecord
 from .tester import SAMPLERS, TestSettings, answer_gallery, check, compare_options, index_grids, index_tiles, \
     load_remembered, read_answers, remember, write_requests
 from .tools_tab import ToolsTab

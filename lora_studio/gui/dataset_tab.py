@@ -13,8 +13,8 @@ import pandas as pd
 
 from ..dataset_tools import caption_edit as ce
 from ..errors import UserError
+from ..jobs.runs import RunManager
 from .form import outside_roots
-from .runs import RunManager
 from .tools_tab import Field, Tool, ToolsTab
 
 PER_PAGE = 24

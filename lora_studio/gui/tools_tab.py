@@ -18,9 +18,9 @@ from typing import Any
 import gradio as gr
 
 from ..errors import UserError
+from ..jobs.runs import RunManager, RunRecord
 from . import views
 from .form import outside_roots
-from .runs import RunManager, RunRecord
 
 PRECISIONS = ("", "float", "fp16", "bf16")
 DYNAMIC = ("", "sv_ratio", "sv_fro", "sv_cumulative")

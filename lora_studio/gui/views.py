@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .live import LiveState, format_seconds, smoothed
-from .runs import JOB_WORDS, RunRecord
+from ..jobs.live import LiveState, format_seconds, smoothed
+from ..jobs.runs import JOB_WORDS, RunRecord
 
 STATUS_WORDS = {"queued": "Queued", "running": "Training", "stopping": "Stopping (saving after this step)",
                 "completed": "Finished", "stopped": "Stopped (saved)", "failed": "Failed", "killed": "Ended at once",
