@@ -22,7 +22,6 @@ import glob
 import json
 import logging
 import re
-import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .io_utils import SafetensorsFormatError, read_safetensors_header
 
 log = logging.getLogger("lora_studio")
 
@@ -61,12 +61,8 @@ def compare_argv(config_path: str | Path, extra: Sequence[str] = ()) -> list[str
 
 def _header_metadata(path: Path) -> dict:
     try:
-        with open(path, "rb") as fh:
-            size = struct.unpack("<Q", fh.read(8))[0]
-            if size > 100 * 2**20:
-                return {}
-            return json.loads(fh.read(size)).get("__metadata__") or {}
-    except (OSError, ValueError, struct.error):
+        return read_safetensors_header(path).metadata
+    except SafetensorsFormatError:
         return {}
 
 

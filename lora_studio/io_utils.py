@@ -1,4 +1,5 @@
-"""File writes that never leave a half-written file behind: temp file in the same folder, fsync, rename."""
+"""File writes that never leave a half-written file behind (temp file in the same folder, fsync, rename), and the one
+reader of .safetensors headers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import os
 import struct
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import UserError
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -105,11 +109,94 @@ def atomic_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+# The safetensors library's own limit on the JSON header: a larger "length" is a file of another kind (its first 8
+# bytes read as a number) or a corrupt one, and reading that many bytes would only waste memory.
+SAFETENSORS_HEADER_LIMIT = 100_000_000
+
+
+class SafetensorsFormatError(UserError, ValueError):
+    """A file that cannot be read as a .safetensors file; the message names it and says why (a ValueError too, for
+    the callers that treat an unreadable header as "unknown")."""
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """What a .safetensors header says: each tensor's entry (``dtype``, ``shape``, ``data_offsets`` = [begin, end]
+    counted from ``data_start``), the file's string metadata, and where the tensor bytes begin."""
+
+    tensors: dict[str, dict]
+    metadata: dict[str, str]
+    data_start: int
+
+
+def _parse_safetensors_header(name: str, head: bytes, read: Callable[[int], bytes], total: int, what: str | None,
+                              check_data: bool) -> SafetensorsHeader:
+    """The checks of ``read_safetensors_header`` on ``total`` bytes whose first 8 are ``head``; ``read(n)`` gives
+    the n bytes after them."""
+    def refuse(reason: str):
+        prefix = f"{what}: " if what else ""
+        raise SafetensorsFormatError(f"{prefix}cannot read {name} as a .safetensors file: {reason}")
+
+    if len(head) < 8:
+        refuse(f"it is {total} bytes long, too short for a header; is the download complete?")
+    (size,) = struct.unpack("<Q", head[:8])
+    if size > SAFETENSORS_HEADER_LIMIT:
+        refuse(f"its first 8 bytes give a header length of {size:,} bytes, over the {SAFETENSORS_HEADER_LIMIT:,}-byte "
+               "limit (a file of another kind, or a damaged one)")
+    if 8 + size > total:
+        refuse(f"it ends inside its header ({total - 8:,} of {size:,} bytes); is the download complete?")
+    try:
+        header = json.loads(read(size))
+    except (UnicodeDecodeError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        refuse("its header is not a JSON object (a file of another kind, or a damaged one)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        refuse("its __metadata__ is not a JSON object")
+    data_end = 0
+    for key, entry in header.items():
+        try:
+            begin, end = entry["data_offsets"]
+            numbers = [*entry["shape"], begin, end]
+            valid = isinstance(entry["dtype"], str) and all(type(n) is int and n >= 0 for n in numbers)
+        except (TypeError, KeyError, ValueError):
+            valid = False
+        if not valid or begin > end:
+            refuse(f"its header entry {key!r} is not a tensor's dtype, shape and data_offsets")
+        data_end = max(data_end, end)
+    if check_data and data_end > total - 8 - size:
+        refuse(f"it ends inside its tensor data ({total - 8 - size:,} of {data_end:,} bytes); is the download "
+               "complete?")
+    return SafetensorsHeader(header, metadata, 8 + size)
+
+
+def read_safetensors_header(path: str | Path, what: str | None = None, check_data: bool = True) -> SafetensorsHeader:
+    """The header of a .safetensors file, checked, without reading the weights. A missing file, a folder, a file of
+    another kind, a header over ``SAFETENSORS_HEADER_LIMIT`` or not JSON, and (``check_data``) a file shorter than
+    its tensors need all raise SafetensorsFormatError naming the file (after ``what``, the setting it came from).
+    ``check_data=False`` accepts a header with no weights after it (what the resource estimate reads)."""
+    path = Path(path).expanduser()
+    prefix = f"{what}: " if what else ""
+    if path.is_dir():
+        raise SafetensorsFormatError(f"{prefix}{path} is a folder, not a .safetensors file")
+    try:
+        with open(path, "rb") as fh:
+            total = os.fstat(fh.fileno()).st_size
+            return _parse_safetensors_header(str(path), fh.read(8), fh.read, total, what, check_data)
+    except FileNotFoundError:
+        raise SafetensorsFormatError(f"{prefix}not found: {path}") from None
+    except OSError as exc:
+        raise SafetensorsFormatError(f"{prefix}cannot read {path}: {exc.strerror or exc}") from None
+
+
+def safetensors_header_of_bytes(blob: bytes, name: str = "the serialised tensors") -> SafetensorsHeader:
+    """``read_safetensors_header`` of a file's bytes held in memory."""
+    return _parse_safetensors_header(name, blob[:8], lambda n: blob[8:8 + n], len(blob), None, True)
+
+
 def safetensors_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
-    """{tensor name: (shape, dtype)} from a .safetensors header, without reading the weights."""
-    with open(path, "rb") as fh:
-        size = struct.unpack("<Q", fh.read(8))[0]
-        if size > 100 * 2**20 or size > Path(path).stat().st_size:
-            raise ValueError(f"{path} is not a .safetensors file")
-        header = json.loads(fh.read(size))
-    return {k: (v["shape"], v["dtype"]) for k, v in header.items() if k != "__metadata__"}
+    """{tensor name: (shape, dtype)} from a .safetensors header, without reading the weights (the weights need not
+    be there: a header alone is enough)."""
+    header = read_safetensors_header(path, check_data=False)
+    return {k: (v["shape"], v["dtype"]) for k, v in header.tensors.items()}

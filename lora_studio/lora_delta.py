@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .io_utils import read_safetensors_header
 
 log = logging.getLogger("lora_studio")
 
@@ -224,8 +225,7 @@ def read_lora_file(path: str | Path) -> LoRAFile:
     from safetensors import safe_open
 
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"LoRA file not found: {path}")
+    read_safetensors_header(path, "LoRA file")  # missing, a folder, truncated or of another kind: one clear message
     try:
         with safe_open(str(path), "pt") as fh:
             metadata = fh.metadata() or {}

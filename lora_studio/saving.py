@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,19 +12,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as serialize
 
-from .io_utils import atomic_write_bytes
+from .io_utils import atomic_write_bytes, safetensors_header_of_bytes
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 
 
-def _tensor_region(blob: bytes) -> bytes:
-    header_len = struct.unpack("<Q", blob[:8])[0]
-    return blob[8 + header_len:]
-
-
 def model_hashes(blob: bytes) -> tuple[str, str]:
     """(sshs_model_hash, sshs_legacy_hash) as sd-scripts defines them for a serialised file."""
-    model_hash = hashlib.sha256(_tensor_region(blob)).hexdigest()
+    model_hash = hashlib.sha256(blob[safetensors_header_of_bytes(blob).data_start:]).hexdigest()
     legacy = hashlib.sha256(blob[0x100000:0x100000 + 0x10000]).hexdigest()[:8]
     return model_hash, legacy
 

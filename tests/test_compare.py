@@ -210,7 +210,7 @@ def test_bad_input_is_refused_in_words(tmp_path, tiny_models, capsys, components
     with pytest.raises(UserError, match="not found"):
         read_lora_file(tmp_path / "missing.safetensors")
     (tmp_path / "text.safetensors").write_text("not a tensor file")
-    with pytest.raises(UserError, match="cannot read it as a .safetensors"):
+    with pytest.raises(UserError, match="as a .safetensors file: its first 8 bytes"):
         read_lora_file(tmp_path / "text.safetensors")
     with pytest.raises(UserError, match="not a kohya-format LoRA"):
         read_lora_file(tiny_models["folder"] / "text_encoder" / "model.safetensors")
@@ -243,7 +243,7 @@ def test_bad_input_is_refused_in_words(tmp_path, tiny_models, capsys, components
                          "no prompts"),
                         (["--files", str(tmp_path / "text.safetensors"), "--model", str(tiny_models["folder"]),
                           "--prompts", "a prompt --w 64 --h 64 --s 1", "--out", str(tmp_path / "o")],
-                         "cannot read it as a .safetensors"),
+                         "as a .safetensors file: its first 8 bytes"),
                         ([], "give --config")):
         assert main(["compare", *argv]) == 2
         assert words in capsys.readouterr().err

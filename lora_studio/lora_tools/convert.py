@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..io_utils import read_safetensors_header
 from ..lora_delta import lora_module_table, read_lora_file
 from ..models.family import TargetSpec
 from ..models.loading import load_components, read_safetensors
@@ -66,11 +67,8 @@ def _alphas(metadata: dict[str, str]) -> tuple[dict[str, float], dict[str, int],
 
 
 def _to_kohya(source: Path, components) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-
     state = read_safetensors(source, "convert")
-    with safe_open(str(source), "pt") as fh:
-        metadata = fh.metadata() or {}
+    metadata = read_safetensors_header(source).metadata
     alpha_pattern, _, lora_alpha = _alphas(metadata)
     by_path = {}
     for prefix, model in [("unet", components.unet)] + [("text_encoder" + (f"_{i + 1}" if i else ""), te)

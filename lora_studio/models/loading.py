@@ -6,9 +6,7 @@ components are built is the family's business (``registry``, ``sd1`` ...).
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import UserError
+from ..io_utils import read_safetensors_header
 from . import ldm_build, ldm_keys
 from .family import Components
 from .registry import checked_family, family_of_checkpoint, family_of_diffusers_folder
@@ -61,19 +60,13 @@ class SafetensorsView(Mapping):
     def __init__(self, path: Path, what: str):
         self.path = path
         return_freed_buffers_to_the_system()
-        try:
-            with open(path, "rb") as fh:
-                size = struct.unpack("<Q", fh.read(8))[0]
-                if size > 100_000_000:
-                    raise ValueError("header too large")
-                header = json.loads(fh.read(size))
-            self._start = 8 + size
-            self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
-            for entry in self._entries.values():
-                entry["torch_dtype"] = _SAFETENSORS_DTYPES[entry["dtype"]]
-        except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-            raise UserError(f"{what}: cannot read {path} as a .safetensors file ({exc.__class__.__name__}: {exc}); "
-                            "is the download complete?") from None
+        header = read_safetensors_header(path, what)
+        self._start, self._entries = header.data_start, header.tensors
+        for key, entry in self._entries.items():
+            if entry["dtype"] not in _SAFETENSORS_DTYPES:
+                raise UserError(f"{what}: {path}: the tensor {key} has the dtype {entry['dtype']}, which LoRA Studio "
+                                "does not read")
+            entry["torch_dtype"] = _SAFETENSORS_DTYPES[entry["dtype"]]
 
     def __getitem__(self, key: str) -> torch.Tensor:
         entry = self._entries[key]
@@ -100,6 +93,7 @@ class SafetensorsView(Mapping):
 
 
 def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    read_safetensors_header(path, what)  # a missing, truncated or foreign file: the one clear message
     try:
         return load_file(str(path))
     except Exception as exc:
