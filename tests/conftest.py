@@ -32,7 +32,8 @@ QUICK = {"test_attention.py", "test_caption_edit.py", "test_captioning.py", "tes
          "test_dataset_check.py", "test_kohya_import.py", "test_models.py", "test_network_and_optim.py",
          "test_network_types.py", "test_security.py", "test_weighted_captions.py", "test_estimate.py",
          "test_gui_units.py", "test_loss_options.py", "test_masked_loss.py", "test_fp8.py", "test_block_lora.py",
-         "test_sampling.py", "test_lora_tools_families.py", "test_gui_tools.py"}
+         "test_sampling.py", "test_lora_tools_families.py", "test_gui_tools.py", "test_io_utils.py",
+         "test_file_hashes.py", "test_tool_inputs.py", "test_image_hash.py"}
 
 
 def pytest_configure(config):
@@ -67,6 +68,15 @@ def built_once(tmp_path_factory, name: str, build) -> tuple[Path, dict]:
             folder.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps(build(folder)), encoding="utf-8")
     return folder, json.loads(done.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir_in_tmp(tmp_path_factory):
+    """LoRA Studio's cache folder (the file-hash cache) in the session's temp folder, never the user's ~/.cache;
+    the processes the tests start inherit it."""
+    from lora_studio.file_hashes import CACHE_DIR_ENV
+
+    os.environ[CACHE_DIR_ENV] = str(tmp_path_factory.mktemp("lora_studio_cache"))
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,16 @@ from ..config.network_args import parse_network_args
 from ..config import Config, parse_key_values
 from ..data.dataset import TrainingData
 from ..models.family import Components
-from ..io_utils import file_sha256
+from ..file_hashes import cached_sha256
 from ..saving import legacy_model_hash, utc_now_iso
 
 
 def _model_hashes(path: str | None) -> tuple[str | None, str | None]:
+    """(sshs_legacy-style 8-character hash, sha256) of a model file; a diffusers folder has neither (A1111 and
+    civitai identify single files). The sha256 comes from the cache when the file is unchanged."""
     if not path or not os.path.isfile(path):
         return None, None
-    return legacy_model_hash(path), file_sha256(path)
+    return legacy_model_hash(path), cached_sha256(path)
 
 
 class RunMetadata:
