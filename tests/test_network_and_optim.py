@@ -73,7 +73,6 @@ def test_adafactor_finds_its_own_step_size_with_the_adafactor_schedule_as_sd_scr
     opt = build_optimizer(cfg, [{"params": [p], "lr": 5e-4, "name": "unet"}])
     sched = build_scheduler(cfg, opt, 10)
     assert isinstance(sched, AdafactorSchedule) and opt.defaults["relative_step"] and opt.defaults["lr"] is None
-    assert "unet_lr and text_encoder_lr are ignored" in caplog.text
     rms = float(p.detach().pow(2).mean().sqrt())
     p.grad = torch.randn(8, 8)
     opt.step()
@@ -135,10 +134,8 @@ def test_schedulers(name):
     assert warmup_steps(cfg, 100) == (10 if name != "constant" else 0)
 
 
-def test_fp16_on_cpu_falls_back_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING):
-        assert choose_precision(build_config({"mixed_precision": "fp16"}), cuda=False) == "no"
-    assert "fp16 needs an NVIDIA GPU" in caplog.text
+def test_fp16_on_cpu_falls_back():
+    assert choose_precision(build_config({"mixed_precision": "fp16"}), cuda=False) == "no"  # said by resolve
     assert choose_precision(build_config({"mixed_precision": "bf16"}), cuda=False) == "bf16"
 
 

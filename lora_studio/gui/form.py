@@ -22,7 +22,8 @@ from ..errors import ConfigError, UserError
 from ..models.registry import identify
 from ..training.outputs import output_paths
 from ..training.estimate import Estimate, detect_gpu, resource_estimate
-from ..training.plan import StepPlan, plan_steps
+from ..training.plan import StepPlan
+from ..training.resolve import resolve
 from ..training.run_paths import check_run_paths
 from .widgets import from_widget, to_widget
 
@@ -132,9 +133,15 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
     if scan_dataset and not dataset_fields & set(check.problems):
         try:
             check.data = TrainingData(datasets_from_config(cfg), cfg.prior_loss_weight, seed=0)
-            check.plan = plan_steps(check.data.batches_per_epoch, cfg, cfg.num_processes)
         except (UserError, ConfigError) as exc:
             check.problems[_dataset_field(cfg, str(exc))] = _field_message(exc)
+    if check.data is not None:
+        try:  # what the engine will change and warn about, as it will (the same step)
+            resolved = resolve(cfg, check.data, cfg.num_processes, detect_gpu() is not None)
+            check.plan = resolved.plan
+            check.warnings.extend(f"{name}: {message}" for name, message in resolved.notes + resolved.warnings)
+        except (UserError, ConfigError) as exc:  # dim_from_weights: a network_weights file without LoRA ranks
+            check.problems["dim_from_weights"] = _field_message(exc)
     if not check.problems:
         check.cfg = cfg
         if check.plan is not None and check.data is not None:

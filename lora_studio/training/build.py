@@ -16,7 +16,7 @@ from ..data.latent_cache import build_latent_cache, vae_fingerprint
 from ..errors import UserError
 from ..models.family import Components
 from ..models.fp8 import fp8_problem, store_fp8
-from ..network.lora import LoRANetwork, ranks_in_file
+from ..network.lora import LoRANetwork
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .te_cache import build_te_cache, check_te_cache_allowed, te_fingerprint
@@ -163,16 +163,6 @@ def store_frozen_fp8(c: Components, precision: Precision, device: torch.device) 
              saved / 2**30, str(precision.weight_dtype).replace("torch.", ""))
 
 
-def ranks_from_weights(cfg: Config) -> Config:
-    """dim_from_weights: the ranks of the network_weights file become this run's settings (metadata, saved
-    config)."""
-    rank, conv_dim = ranks_in_file(cfg.network_weights)
-    args = [a for a in (cfg.network_args or []) if not a.replace(" ", "").startswith("conv_dim=")]
-    log.info("dim_from_weights: rank %d%s from %s", rank, f", conv rank {conv_dim}" if conv_dim else "",
-             cfg.network_weights)
-    return cfg.replace(network_dim=rank, network_args=args + ([f"conv_dim={conv_dim}"] if conv_dim else []) or None)
-
-
 def build_network(c: Components, cfg: Config, net_args: NetworkArgs, trained: Trained, seed: int,
                   device: torch.device, dtype: torch.dtype = torch.float32) -> LoRANetwork:
     torch.manual_seed(seed)  # identical initial adapters in every process
@@ -192,13 +182,6 @@ def describe_network(network: LoRANetwork, cfg: Config, net_args: NetworkArgs) -
              len(network.unet_stems), sum(len(s) for s in network.te_stems), cfg.network_dim,
              cfg.network_alpha or cfg.network_dim,
              f"; conv rank {net_args.conv_dim}, alpha {net_args.conv_alpha}" if net_args.conv_dim else "")
-    if net_args.not_read:
-        log.warning("network_args %s: lycoris.kohya does not read %s; no effect, as when Kohya_ss passes %s",
-                    ", ".join(net_args.not_read), "them" if len(net_args.not_read) > 1 else "it",
-                    "them" if len(net_args.not_read) > 1 else "it")
-    if not net_args.diffusers_loads:
-        log.warning("%s files load in AUTOMATIC1111, Forge and ComfyUI; diffusers cannot load them",
-                    net_args.describe())
 
 
 def build_optimization(network: LoRANetwork, cfg: Config, total_steps: int):

@@ -120,9 +120,6 @@ def _adafactor_arguments(cfg: Config, kwargs: dict, groups: list[dict]) -> tuple
         kwargs["relative_step"] = True
     if not kwargs["relative_step"]:
         return groups, cfg.learning_rate
-    if cfg.unet_lr is not None or cfg.text_encoder_lr is not None:
-        logging.getLogger(__name__).warning("Adafactor with relative_step: unet_lr and text_encoder_lr are ignored "
-                                            "(as in sd-scripts); it finds each step size itself")
     return [{k: v for k, v in g.items() if k != "lr"} for g in groups], None
 
 
@@ -143,15 +140,10 @@ def build_scheduler(cfg: Config, optimizer, total_steps: int):
     if cfg.lr_scheduler == "adafactor" or uses_adafactor_schedule(optimizer):
         return _adafactor_schedule(cfg, optimizer, total_steps)
     if is_schedule_free(optimizer):  # it schedules itself; warm-up is its own optimizer_args warmup_steps=N
-        if cfg.lr_warmup_steps:
-            logging.getLogger(__name__).warning("lr_warmup_steps is ignored with %s (as in sd-scripts); give "
-                                                "optimizer_args warmup_steps=N instead", type(optimizer).__name__)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    # a warm-up that has no effect here ("constant", as in sd-scripts; schedule-free; lr_scheduler_type) is said by
+    # resolve, before the run starts
     warmup = warmup_steps(cfg, total_steps)
-    if warmup and cfg.lr_scheduler == "constant":
-        # As in sd-scripts, 'constant' has no warm-up; say so rather than surprise.
-        logging.getLogger(__name__).warning(
-            "lr_warmup_steps = %s is ignored by lr_scheduler \"constant\"; use \"constant_with_warmup\"", warmup)
     return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
                          num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power)
 
@@ -204,9 +196,6 @@ def _scheduler_by_type(cfg: Config, optimizer):
         raise UserError(f"lr_scheduler_type: no scheduler '{name}' in torch.optim.lr_scheduler (for another package "
                         "give its dotted path, package.Class)")
     kwargs = parse_key_values(cfg.lr_scheduler_args, "lr_scheduler_args")
-    if cfg.lr_warmup_steps:
-        logging.getLogger(__name__).warning("lr_warmup_steps is ignored with lr_scheduler_type %s (as in sd-scripts)",
-                                            name)
     try:
         return cls(optimizer, **kwargs)
     except TypeError as exc:

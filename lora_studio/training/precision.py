@@ -36,8 +36,7 @@ class Precision:
 
 
 def choose_precision(cfg: Config, cuda: bool) -> str:
-    if cfg.mixed_precision == "fp16" and not cuda:
-        log.warning("mixed_precision fp16 needs an NVIDIA GPU; training in fp32 on this CPU instead")
+    if cfg.mixed_precision == "fp16" and not cuda:  # said by resolve
         return "no"
     if cfg.mixed_precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError("mixed_precision bf16 is not supported by this GPU; use fp16")
@@ -54,10 +53,7 @@ def precision_for(cfg: Config, cuda: bool) -> Precision:
                          adapter_dtype=torch.float16 if cfg.full_fp16 else torch.float32, **fp8)
     mode = choose_precision(cfg, cuda)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode, torch.float32)
-    full = (cfg.full_fp16 and mode == "fp16") or (cfg.full_bf16 and mode == "bf16")
-    if (cfg.full_fp16 or cfg.full_bf16) and not full:
-        log.warning("%s needs mixed precision %s, which this machine does not run: the adapters train in fp32",
-                    "full_fp16" if cfg.full_fp16 else "full_bf16", "fp16" if cfg.full_fp16 else "bf16")
+    full = (cfg.full_fp16 and mode == "fp16") or (cfg.full_bf16 and mode == "bf16")  # else fp32 (resolve says so)
     return Precision(mode, dtype, adapter_dtype=dtype if full else torch.float32, **fp8)
 
 

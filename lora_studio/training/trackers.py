@@ -4,6 +4,7 @@ Weights & Biases (``wandb``; its offline mode, ``WANDB_MODE=offline``, works as 
 from __future__ import annotations
 
 import logging
+import netrc
 import os
 import time
 from typing import Any
@@ -45,6 +46,25 @@ def chosen(cfg: Config) -> set[str]:
     return {"tensorboard", "wandb"} if cfg.log_with == "all" else {cfg.log_with}
 
 
+def wandb_key_missing(cfg: Config) -> str | None:
+    """Why W&B cannot log online (no key anywhere wandb looks), with the ways out; None when it can (or is not
+    used, or is offline by choice)."""
+    if "wandb" not in chosen(cfg) or cfg.wandb_api_key or os.environ.get("WANDB_API_KEY"):
+        return None
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or \
+            os.environ.get("WANDB_OFFLINE", "").lower() in ("1", "true"):
+        return None
+    try:
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return None
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return ("log_with = \"wandb\" but no Weights & Biases API key is set up: give wandb_api_key, run `wandb login` "
+            "once, set WANDB_MODE=offline (the run is recorded locally; `wandb sync` uploads it later), or log with "
+            "TensorBoard (log_with = \"tensorboard\" and a Logging folder). Until then the run records W&B offline")
+
+
 def import_wandb():
     try:
         import wandb
@@ -72,12 +92,13 @@ class Trackers:
                 os.makedirs(run_dir, exist_ok=True)
             if cfg.wandb_api_key:
                 wandb.login(key=cfg.wandb_api_key)
+            offline = {"mode": "offline"} if wandb_key_missing(cfg) else {}  # said at the start (resolve)
             # the run's name: wandb_run_name, else the output name (what the Kohya_ss GUI passes)
             init = {"wandb": {"name": cfg.wandb_run_name or cfg.output_name}}
             if cfg.log_tracker_config:
                 init = _read_tracker_config(cfg.log_tracker_config)
             self._wandb = wandb.init(project=cfg.log_tracker_name or "network_train", config=config_values,
-                                     dir=run_dir, **init.get("wandb", {}))
+                                     dir=run_dir, **{**offline, **init.get("wandb", {})})
             log.info("logging to Weights & Biases: project %s, run %s%s", self._wandb.project, self._wandb.name,
                      " (offline)" if self._wandb.settings.mode == "offline" else "")
 

@@ -9,8 +9,8 @@ main machine writes files.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -23,7 +23,6 @@ from ..config.rules import check_settings
 from ..confinement import Confinement, confined_to
 from ..data.dataset import TrainingData
 from ..data.loader import EpochBatches, worker_started
-from ..data.prompt_weights import separator_inside_brackets
 from ..data.sources import datasets_from_config
 from ..errors import UserError
 from ..io_utils import atomic_write
@@ -32,19 +31,19 @@ from ..models.loading import load_components
 from ..saving import save_lora
 from . import faults, pruning
 from .build import (Trained, build_network, build_optimization, cache_latents, cache_text_encoder_outputs,
-                    describe_network, low_ram_loading, place_model, ranks_from_weights, release_unneeded,
-                    restore_released)
+                    describe_network, low_ram_loading, place_model, release_unneeded, restore_released)
 from .estimate import GPU, memory_tips, resource_estimate
 from .events import EventLog
 from .memory import GIB, MemoryLog
 from .guard import Diverged, StepGuard
+from .hub_upload import HubUploads, download_state
 from .metadata import RunMetadata, describe_optimizer
 from .optim import is_schedule_free
 from .outputs import best_file, epoch_file, output_paths, step_file
-from .plan import plan_steps
 from .precision import precision_for, unscale_fp16_gradients
 from .progress import Cadence, Progress
 from .report import Reporter
+from .resolve import resolve
 from .run_paths import check_run_paths
 from .sampling import generate, make_scheduler, read_prompt_file
 from .state import ResumeState, latest_state, rng_state, save_state
@@ -62,7 +61,6 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
-        check_settings(cfg)
         self.cfg = cfg
         cuda = torch.cuda.is_available()
         self.precision = precision_for(cfg, cuda)
@@ -115,9 +113,13 @@ class Trainer:
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.data = TrainingData(datasets_from_config(cfg), cfg.prior_loss_weight, self.seed)
+        resolved = resolve(cfg, self.data, self.world, self.device.type == "cuda")
+        self.cfg = cfg = resolved.cfg  # save_n_epoch_ratio, dim_from_weights: what the run trains with
+        self.net_args = parse_network_args(cfg.network_args, cfg.network_module)  # with the file's conv rank
         if self.is_main:
             log.info("dataset:\n  %s", self.data.summary().replace("\n", "\n  "))
-            self._log_estimate()
+            resolved.log()
+            self._log_estimate(resolved.plan)
         # as sd-scripts: the prompt file is read only when sample images are due at some point
         wants_samples = cfg.sample_every_n_epochs or cfg.sample_every_n_steps or cfg.sample_at_first
         self.prompts = read_prompt_file(cfg.sample_prompts, self.data.datasets[0].resolution[0]) \
@@ -126,15 +128,9 @@ class Trainer:
             self.paths["samples"].mkdir(exist_ok=True)
         for prompt in self.prompts:  # an unknown sampler is an error now, not after an hour of training
             make_scheduler(prompt.sampler or cfg.sample_sampler, {})
-        plan = plan_steps(self.data.batches_per_epoch, cfg, self.world)
+        plan = resolved.plan
         self.updates_per_epoch, self.total_steps, self.total_epochs = (plan.steps_per_epoch, plan.total_steps,
                                                                        plan.total_epochs)
-        if cfg.save_n_epoch_ratio:  # sd-scripts: about this many epoch files over the run
-            every = math.floor(self.total_epochs / cfg.save_n_epoch_ratio) or 1
-            if self.is_main:
-                log.info("save_n_epoch_ratio %d: a LoRA file every %d epoch(s) of %d", cfg.save_n_epoch_ratio, every,
-                         self.total_epochs)
-            self.cfg = cfg = cfg.replace(save_every_n_epochs=every)
         self.cadence = Cadence(cfg, self.total_steps)
 
     def _setup_model(self) -> None:
@@ -148,9 +144,6 @@ class Trainer:
         self.memory.phase("placing the model")
         if self.is_main:
             log.info("%s model, attention: %s", c.family.title, attention)
-        if cfg.dim_from_weights:
-            self.cfg = cfg = ranks_from_weights(cfg)
-            self.net_args = parse_network_args(cfg.network_args, cfg.network_module)  # with the file's conv rank
         self.network = build_network(c, cfg, self.net_args, self.trained, self.seed, self.device,
                                      self.precision.adapter_dtype)
         if self.is_main:
@@ -161,24 +154,7 @@ class Trainer:
         self._validations = 0
         self._said_no_pause = False
         self._batches = self._loader = None  # the data loader (one for the run with persistent workers)
-        if cfg.persistent_data_loader_workers and not cfg.max_data_loader_n_workers and self.is_main:
-            log.warning("persistent_data_loader_workers has no effect with max_data_loader_n_workers = 0 (the "
-                        "images load in the training process)")
-        if cfg.weighted_captions and self.is_main:
-            split = [it.path.name for it in self.data.items
-                     if (it.subset.shuffle_caption or it.subset.caption_tag_dropout_rate > 0
-                         or it.subset.token_warmup_step > 0)
-                     and separator_inside_brackets(it.caption, it.subset.caption_separator)]
-            if split:
-                log.warning("weighted_captions: the captions of %s have a tag separator inside emphasis brackets; "
-                            "shuffling or dropping tags splits those brackets and their weights go astray (as in "
-                            "sd-scripts)", ", ".join(split[:3]) + (f" and {len(split) - 3} more"
-                                                                  if len(split) > 3 else ""))
-        redrawn = self.data.redrawn_folders()
-        if (cfg.cache_latents or cfg.cache_latents_to_disk) and redrawn and self.is_main:
-            log.warning("latent caching is off: color_aug / random_crop give %s another picture each time it is "
-                        "drawn, so its latents cannot be made once (sd-scripts refuses the two together)",
-                        ", ".join(redrawn))
+        redrawn = self.data.redrawn_folders()  # no latent cache for them (resolve says so)
         if (cfg.cache_latents or cfg.cache_latents_to_disk) and not redrawn:
             self.latents = cache_latents(c, self.data, cfg, self.device, self.seed, self.accelerator)
             self.memory.phase("caching latents")
@@ -193,9 +169,6 @@ class Trainer:
         self.validation = Validation(cfg, self.data, self.latents, self.batch_loss, self.seed, self.total_steps,
                                      self.schedule.config.num_train_timesteps)
         self.best = BestTracker(cfg.early_stop_patience, cfg.early_stop_min_delta)
-        if (cfg.save_best or cfg.early_stop_patience) and not self.validation.enabled and self.is_main:
-            log.warning("save_best and early_stop_patience need a validation loss: set validation_split (e.g. 0.1) "
-                        "to hold out images; they do nothing now")
 
     def _setup_training(self) -> None:
         """The optimizer and schedule, and the trained module and optimizer handed to accelerate."""
@@ -232,12 +205,11 @@ class Trainer:
                      progress.step, progress.epoch, progress.batch)
         return progress
 
-    def _log_estimate(self) -> None:
+    def _log_estimate(self, plan) -> None:
         gpu = None
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(self.device)
             gpu = GPU(props.name, props.total_memory / 2**30)
-        plan = plan_steps(self.data.batches_per_epoch, self.cfg, self.world)
         found = resource_estimate(self.cfg, self.data, plan.steps_per_epoch, gpu)
         if found is not None:
             self.estimated_ram = found.ram_gb
@@ -250,6 +222,8 @@ class Trainer:
         cfg = self.cfg
         if not cfg.resume:
             return None
+        if cfg.resume_from_huggingface:  # sd-scripts: resume names a state on the Hub
+            return ResumeState(download_state(cfg))
         if cfg.resume.strip().lower() == "latest":
             folder = latest_state(cfg.output_dir, cfg.output_name)
             if folder is None:
@@ -503,6 +477,7 @@ class Trainer:
                 next_epoch, next_batch = (p.epoch + 1, 0) if p.epoch_done else (p.epoch, p.batch)
                 self._save_state(final, next_epoch, p.step, next_batch)
         if self.is_main:
+            self.hub.finish()  # the process must not end in the middle of a background upload
             status = "stopped" if p.stopped else "completed"
             reason = self.stop_reason or ("stopped by request" if p.stopped else "all steps done")
             best = self.best.as_dict() if self.validation.enabled else None
@@ -535,6 +510,7 @@ class Trainer:
         save_lora(path, self.network.state_dict(), self.cfg.save_precision, meta, spec)
         self.events.emit("save", step=step, epoch=epoch, path=str(path))
         log.info("saved %s", path)
+        self.hub.file(path, wait=path == self.paths["final"])  # the final file before the run ends, as sd-scripts
         return path
 
     def _save_state(self, checkpoint: Path, epoch: int, step: int, next_batch: int) -> None:
@@ -551,7 +527,13 @@ class Trainer:
                        data=self.data, seed=self.seed, world=self.world, rngs=rngs,
                        validation=self.best.as_dict() if self.validation.enabled else None)
             log.info("saved state %s", folder)
+            self.hub.state(folder)
         self.accelerator.wait_for_everyone()
+
+    @functools.cached_property
+    def hub(self) -> HubUploads:
+        """Uploads to the Hugging Face Hub (huggingface_repo_id), made on the main process's first save."""
+        return HubUploads(self.cfg)
 
     def _make_samples(self, epoch: int, step: int) -> None:
         """Sample images on the main process, with the training random state set aside (a resumed run draws the
