@@ -49,7 +49,7 @@ def test_each_tools_fields_become_its_command_options(trained_run, tmp_path):
     for key, given, message in bad:
         with pytest.raises(UserError, match=message):
             tool_options(BY_KEY[key], _values(key, **given))
-    with pytest.raises(UserError, match="outside the folders this GUI may use"):
+    with pytest.raises(UserError, match="outside the folders allowed"):
         tool_options(BY_KEY["inspect"], {"file": str(lora)}, roots=[tmp_path])
 
 

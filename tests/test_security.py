@@ -75,7 +75,7 @@ def test_gui_paths_are_confined_to_the_allowed_folders(tmp_path):
     values = {"train_data_dir": str(allowed / "img"), "output_dir": str(allowed / "link" / "out"),
               "pretrained_model_name_or_path": "/etc/passwd", "sample_prompts": str(allowed / ".." / "x.txt")}
     problems = check_form(values, scan_dataset=False, roots=[allowed]).problems
-    assert "outside the folders this GUI may use" in problems["pretrained_model_name_or_path"]
+    assert "outside the folders allowed" in problems["pretrained_model_name_or_path"]
     assert "outside" in problems["output_dir"]  # a link out of the folder does not count as inside
     assert "outside" in problems["sample_prompts"]  # nor does ..
     assert "train_data_dir" not in problems
@@ -135,7 +135,16 @@ def test_on_this_computer_any_path_is_accepted_and_on_the_network_only_the_allow
     elsewhere.parent.mkdir()
     elsewhere.write_text('network_dim = 12\n', encoding="utf-8")
     local = Workbench(tmp_path / "state", allowed_roots=allowed_folders("127.0.0.1", None))
-    assert local.load_path(str(elsewhere))[-1] == f"Loaded {elsewhere}."
+    assert local.lora.config.load_path(str(elsewhere))[-1] == f"Loaded {elsewhere}."
     shared = Workbench(tmp_path / "state2", allowed_roots=allowed_folders("0.0.0.0", None))
-    message = shared.load_path(str(elsewhere))[-1]
-    assert message.startswith("❌ Not loaded") and "outside the folders this GUI may use" in message
+    message = shared.lora.config.load_path(str(elsewhere))[-1]
+    assert message.startswith("❌ Not loaded") and "outside the folders allowed" in message
+    # the training runs it starts confine themselves to the same folders (the engine's --allow-dir)
+    from lora_studio.config import build_config
+    from lora_studio.jobs.command import engine_argv
+
+    assert shared.manager.allowed_dirs == shared.roots and local.manager.allowed_dirs is None
+    argv = engine_argv(build_config({}), tmp_path / "run.toml", shared.manager.allowed_dirs)
+    assert argv[argv.index("lora_studio.train"):] == ["lora_studio.train", "--config", str(tmp_path / "run.toml"),
+                                                      "--allow-dir", str(home.resolve()),
+                                                      "--allow-dir", str((tmp_path / "state2").resolve())]

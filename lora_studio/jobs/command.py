@@ -18,7 +18,9 @@ def accelerate_prefix() -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch"]
 
 
-def engine_argv(cfg: Config, config_path: str | Path) -> list[str]:
+def engine_argv(cfg: Config, config_path: str | Path, allowed_dirs: list[Path] | None = None) -> list[str]:
+    """``allowed_dirs``: the GUI's allowed folders when it listens on the network; the engine confines itself to
+    them (``--allow-dir``)."""
     prefix = accelerate_prefix()
     argv = prefix + (["launch"] if len(prefix) == 1 else [])
     argv += ["--num_machines", "1", "--num_processes", str(cfg.num_processes), "--mixed_precision",
@@ -26,6 +28,8 @@ def engine_argv(cfg: Config, config_path: str | Path) -> list[str]:
     if cfg.num_processes > 1:
         argv.append("--multi_gpu")
     argv += ["-m", "lora_studio.train", "--config", str(config_path)]
+    for folder in allowed_dirs or []:
+        argv += ["--allow-dir", str(folder)]
     return argv
 
 

@@ -66,8 +66,10 @@ TOOL_PREFIX = [sys.executable, "-m", "lora_studio.cli"]
 
 
 class RunManager:
-    def __init__(self, state_dir: str | Path, poll_seconds: float = 1.0):
+    def __init__(self, state_dir: str | Path, poll_seconds: float = 1.0, allowed_dirs: list[Path] | None = None):
+        """``allowed_dirs``: the folders training runs are confined to (``train --allow-dir``); None: not confined."""
         self.root = Path(state_dir).expanduser().resolve() / "runs"
+        self.allowed_dirs = allowed_dirs
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._procs: dict[str, subprocess.Popen] = {}
@@ -281,10 +283,12 @@ class RunManager:
         config_path = save_config(cfg, paths["config"])  # the config beside the output it makes
         rec.events = str(paths["events"])
         rec.events_offset = paths["events"].stat().st_size if paths["events"].exists() else 0
-        rec.argv = engine_argv(cfg, config_path)
+        rec.argv = engine_argv(cfg, config_path, self.allowed_dirs)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
         if cfg.wandb_api_key:  # never written to the config file: the engine gets it the way wandb reads it
             env["WANDB_API_KEY"] = cfg.wandb_api_key
+        if cfg.huggingface_token:  # the same for the Hub token: huggingface_hub reads HF_TOKEN
+            env["HF_TOKEN"] = cfg.huggingface_token
         env.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
         rec.output = str(paths["final"])
         self._spawn(rec, cfg.output_dir, env)
