@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -33,6 +34,13 @@ def read_caption_lines(path: Path) -> list[str]:
 def read_caption(path: Path) -> str:
     lines = read_caption_lines(path)
     return lines[0] if lines else ""
+
+
+def steady_rules(rules):
+    """A subset's caption rules without their random parts (shuffle, dropout, warm-up): the caption as validation
+    measures it and as the dataset check reads it."""
+    return dataclasses.replace(rules, shuffle_caption=False, caption_dropout_rate=0.0, caption_tag_dropout_rate=0.0,
+                               caption_dropout_every_n_epochs=0, token_warmup_step=0)
 
 
 def _wildcards(caption: str, rng: random.Random) -> str:

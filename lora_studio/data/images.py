@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # the images that train
+READ_FORMATS = ", ".join(ext[1:] for ext in IMAGE_EXTENSIONS)  # as messages name them
+# pictures people keep that the trainer does not read (named as skipped, never silently left out)
+OTHER_IMAGE_EXTENSIONS = (".gif", ".tif", ".tiff", ".avif", ".heic", ".heif", ".jfif", ".jxl", ".jp2", ".ico",
+                          ".psd", ".svg")
 
 # Large scans are fine; decompression bombs are not (about 16k x 16k).
 Image.MAX_IMAGE_PIXELS = 268_000_000
@@ -41,7 +45,7 @@ def load_rgb(path: str | Path) -> Image.Image:
             with Image.open(path) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # OSError, DecompressionBombError, or a plugin's own error on a damaged file
         raise UnreadableImage(f"{exc.__class__.__name__}: {exc}") from None
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -86,6 +86,15 @@ UNSUPPORTED_DATASET_KEYS = {"cache_info": False, "face_crop_aug_range": None, "n
 _FOLDER_RE = re.compile(r"^(\d+)_(.*)$")
 
 
+def parse_folder_name(name: str) -> tuple[int, str | None] | None:
+    """The kohya folder name ``<repeats>_<class tokens>`` ("10_emi person" -> (10, "emi person")), or None when the
+    name has no number prefix."""
+    match = _FOLDER_RE.match(name)
+    if not match:
+        return None
+    return int(match.group(1)), match.group(2).strip() or None
+
+
 def parse_resolution(text: str) -> tuple[int, int]:
     parts = [int(p) for p in str(text).split(",")]
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
@@ -140,16 +149,16 @@ def subsets_from_folders(root: str | Path, defaults: dict[str, Any], is_reg: boo
     for child in sorted(root.iterdir()):
         if not child.is_dir():
             continue
-        match = _FOLDER_RE.match(child.name)
-        if not match:
+        parsed = parse_folder_name(child.name)
+        if parsed is None:
             skipped.append(child.name)
             continue
-        repeats, tokens = int(match.group(1)), match.group(2).strip()
+        repeats, tokens = parsed
         if repeats < 1:
             raise UserError(f"{setting}: folder '{child.name}' has 0 repeats; name it e.g. 10_{tokens or 'name'}")
         mask_dir = None if masks is None else (
             Path(masks) / child.name if (Path(masks) / child.name).is_dir() else Path(masks))
-        subsets.append(SubsetSpec(image_dir=child, num_repeats=repeats, class_tokens=tokens or None, is_reg=is_reg,
+        subsets.append(SubsetSpec(image_dir=child, num_repeats=repeats, class_tokens=tokens, is_reg=is_reg,
                                   conditioning_data_dir=mask_dir, **defaults))
     if not subsets:
         images_here = [p.name for p in root.iterdir() if is_image_file(p)]
