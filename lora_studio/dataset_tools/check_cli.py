@@ -160,16 +160,8 @@ def datasets_of_config(cfg, options):
     from pathlib import Path
 
     from ..data.sources import datasets_from_config
-    from .health import FolderSettings, check_caption_extension, check_settings
 
-    check_caption_extension(cfg.caption_extension, "caption_extension")
-    datasets = datasets_from_config(cfg)
-    for spec in datasets:
-        check_settings(FolderSettings(spec.resolution, spec.batch_size, spec.subsets[0].caption_extension,
-                                      spec.enable_bucket, spec.min_bucket_reso, spec.max_bucket_reso,
-                                      spec.bucket_reso_steps, spec.bucket_no_upscale), prefix="")
-        for subset in spec.subsets:
-            check_caption_extension(subset.caption_extension, f"caption_extension of {subset.name}")
+    datasets = datasets_from_config(cfg)  # its settings are checked by the scan, as the trainer's are
     options.max_token_length = cfg.max_token_length
     options.gradient_accumulation_steps = cfg.gradient_accumulation_steps
     options.seed = cfg.seed

@@ -1,8 +1,9 @@
 """The dataset health report (``lora-studio dataset check``): what the trainer will see in a dataset, and what to fix
 before training.
 
-Every image is read as the trainer reads it (``load_rgb``: EXIF rotation applied, 16-bit, CMYK and transparency
-converted) and put in its bucket with the trainer's own functions. Findings have three levels:
+The images, their captions and buckets, the skipped files and the held-out images are the trainer's own: both read
+``data.scan.scan_datasets`` (every image read as training reads it: EXIF rotation applied, 16-bit, CMYK and
+transparency converted), and the batches are the trainer's plan. Findings have three levels:
 
   problem  something to fix before training (the command exits 1): unreadable images, fewer than 10 training
            images, duplicates, images under half the training area, captions missing or empty (in a folder where
@@ -30,10 +31,12 @@ from typing import Any
 from PIL import Image
 
 from ..errors import UserError
-from ..data.buckets import bucket_resolutions, choose_bucket, resized_and_crop
-from ..data.captions import read_caption_lines, vary_caption
-from ..data.images import IMAGE_EXTENSIONS, UnreadableImage, is_image_file, load_alpha, load_rgb
-from ..data.sources import DatasetSpec, SubsetSpec, subsets_from_folders
+from ..data.buckets import resized_and_crop
+from ..data.captions import steady_rules, vary_caption
+from ..data.dataset import plan_batches
+from ..data.images import READ_FORMATS, is_image_file, load_alpha
+from ..data.scan import DatasetScan, ImageItem, check_caption_extension, check_dataset_settings, scan_datasets
+from ..data.sources import DatasetSpec, SubsetSpec, parse_folder_name, subsets_from_folders
 from .health_text import clip, listing, render_text, size
 from .image_hash import NEAR_CORRELATION, NEAR_DHASH, NEAR_PHASH, Fingerprint, near_pairs
 
@@ -45,8 +48,6 @@ TINY_AREA = 0.5  # an image under half the training area is a problem ("replace 
 SMALL_UPSCALE = 1.1  # an image under the training area enlarged more than 10% (per side) to its bucket: a warning
 HEAVY_CROP = 0.10  # more than 10% of the resized image cut away to fit its bucket: a warning
 TOP_TAGS = 15
-OTHER_IMAGE_EXTENSIONS = (".gif", ".tif", ".tiff", ".avif", ".heic", ".heif", ".jfif", ".jxl", ".jp2", ".ico",
-                          ".psd", ".svg")
 ORIENTATIONS = {2: "mirrored", 3: "rotated 180°", 4: "flipped upside down", 5: "mirrored and rotated 90°",
                 6: "rotated 90°", 7: "mirrored and rotated 270°", 8: "rotated 270°"}
 LEVELS = ("problem", "warning", "note")
@@ -89,51 +90,43 @@ class _Image:
     path: Path
     name: str  # as shown: relative to the checked folder
     subset: int  # index into the run's subsets
-    error: str | None = None
-    size: tuple[int, int] | None = None  # as trained (EXIF rotation applied)
+    error: str | None = None  # why the trainer skips it
+    item: ImageItem | None = None  # the trainer's own view of it (None when skipped)
     mode: str = ""
     high_bit: str | None = None
     alpha: str | None = None  # None | "transparent" | "opaque"
     cmyk: bool = False
     orientation: int = 1
     greyscale: bool = False
-    bucket: tuple[int, int] | None = None
     scale: float = 1.0
     cut: float = 0.0
     fingerprint: Fingerprint | None = None
-    caption_file: bool = False
-    caption_lines: list[str] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)  # the caption(s) as trained (prefix/suffix added)
     tokens: int = 0
     cut_text: str = ""
-    held_out: bool = False
+
+    @property
+    def size(self) -> tuple[int, int]:  # as trained (EXIF rotation applied)
+        return self.item.size
+
+    @property
+    def bucket(self) -> tuple[int, int]:
+        return self.item.bucket
+
+    @property
+    def caption_file(self) -> bool:
+        return self.item is not None and self.item.has_caption_file
+
+    @property
+    def caption_lines(self) -> list[str]:
+        return self.item.lines if self.item is not None else []
+
+    @property
+    def held_out(self) -> bool:
+        return self.item is not None and self.item.held_out
 
 
 # ---------------------------------------------------------------- what to check
-
-_KOHYA_RE = re.compile(r"^(\d+)_(.*)$")
-
-
-def check_settings(settings: FolderSettings, prefix: str = "--") -> None:
-    """Raise UserError for settings the trainer refuses (named as options, or with ``prefix`` "" as settings)."""
-    w, h = settings.resolution
-    if w < 64 or h < 64 or w % 8 or h % 8:
-        raise UserError(f"{prefix}resolution must be a multiple of 8 and at least 64, got {w},{h}")
-    if settings.batch_size < 1:
-        name = "batch_size" if prefix else "train_batch_size"
-        raise UserError(f"{prefix}{name} must be at least 1, got {settings.batch_size}")
-    if settings.bucket_reso_steps < 8 or settings.bucket_reso_steps % 8:
-        raise UserError(f"{prefix}bucket_reso_steps must be a multiple of 8, got {settings.bucket_reso_steps}")
-    if settings.enable_bucket and settings.min_bucket_reso > settings.max_bucket_reso:
-        raise UserError(f"{prefix}min_bucket_reso ({settings.min_bucket_reso}) is larger than {prefix}max_bucket_reso "
-                        f"({settings.max_bucket_reso})")
-    check_caption_extension(settings.caption_extension, f"{prefix}caption_extension")
-
-
-def check_caption_extension(ext: str, setting: str) -> None:
-    if not ext or not ext.startswith(".") or "/" in ext or "\\" in ext or ext == ".":
-        raise UserError(f"{setting} must be a file extension starting with a dot, like .txt or .caption; got {ext!r}")
-
 
 def datasets_from_folder(folder: str | Path, settings: FolderSettings) -> tuple[list[DatasetSpec], list[Issue]]:
     """The dataset a folder makes: a Kohya training folder (``N_name`` subfolders, N repeats each) or one folder of
@@ -144,29 +137,28 @@ def datasets_from_folder(folder: str | Path, settings: FolderSettings) -> tuple[
     if not root.is_dir():
         raise UserError(f"{root} is a file; give the folder of images (or the Kohya training folder above the "
                         "'N_name' folders)")
-    check_settings(settings)
+    spec = DatasetSpec(resolution=settings.resolution, batch_size=settings.batch_size,
+                       enable_bucket=settings.enable_bucket, min_bucket_reso=settings.min_bucket_reso,
+                       max_bucket_reso=settings.max_bucket_reso, bucket_reso_steps=settings.bucket_reso_steps,
+                       bucket_no_upscale=settings.bucket_no_upscale)
+    check_dataset_settings(spec, prefix="--")  # before the folders: a bad option is named as the option
+    check_caption_extension(settings.caption_extension, "--caption_extension")
     notes: list[Issue] = []
-    kohya = [c for c in root.iterdir() if c.is_dir() and _KOHYA_RE.match(c.name)]
+    kohya = [c for c in root.iterdir() if c.is_dir() and parse_folder_name(c.name)]
     loose = sorted(p.name for p in root.iterdir() if is_image_file(p))
     defaults = {"caption_extension": settings.caption_extension}
     if kohya:
-        subsets = subsets_from_folders(root, defaults, False, str(root))
+        spec.subsets = subsets_from_folders(root, defaults, False, str(root))
         if loose:
             notes.append(Issue("warning", "files.outside_folders",
                                f"{len(loose)} image(s) lie directly in {root}, outside the 'N_name' folders: the "
                                "trainer does not use them", "move them into a 'N_name' folder or elsewhere", loose))
-    elif loose:
-        match = _KOHYA_RE.match(root.name)
-        repeats = int(match.group(1)) if match and int(match.group(1)) > 0 else 1
-        tokens = match.group(2).strip() or None if match else None
-        subsets = [SubsetSpec(image_dir=root, num_repeats=repeats, class_tokens=tokens, **defaults)]
+    elif loose:  # the image folder itself: its own name gives the repeats and class tokens, as a subfolder's would
+        repeats, tokens = parse_folder_name(root.name) or (1, None)
+        spec.subsets = [SubsetSpec(image_dir=root, num_repeats=max(repeats, 1), class_tokens=tokens, **defaults)]
     else:
-        raise UserError(f"{root}: no images (png, jpg, jpeg, webp, bmp) and no '<repeats>_<name>' subfolders "
+        raise UserError(f"{root}: no images ({READ_FORMATS}) and no '<repeats>_<name>' subfolders "
                         f"(e.g. '10_emi person') in it")
-    spec = DatasetSpec(resolution=settings.resolution, batch_size=settings.batch_size,
-                       enable_bucket=settings.enable_bucket, min_bucket_reso=settings.min_bucket_reso,
-                       max_bucket_reso=settings.max_bucket_reso, bucket_reso_steps=settings.bucket_reso_steps,
-                       bucket_no_upscale=settings.bucket_no_upscale, subsets=subsets)
     return [spec], notes
 
 
@@ -200,8 +192,10 @@ def _png_bit_depth(path: Path) -> int | None:
     return None
 
 
-def _inspect_image(item: _Image, spec: DatasetSpec, subset: SubsetSpec, buckets) -> None:
-    """Fill ``item``'s file flags, size, bucket and fingerprint (or its error)."""
+def _inspect_image(item: _Image, rgb: Image.Image) -> None:
+    """Fill ``item``'s file flags, scale, crop and fingerprint from its file and ``rgb``, the pixels the trainer
+    read."""
+    transparency = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -212,11 +206,8 @@ def _inspect_image(item: _Image, spec: DatasetSpec, subset: SubsetSpec, buckets)
                     item.orientation = int(header.getexif().get(0x0112, 1) or 1)
                 except Exception:  # a broken EXIF block: the trainer ignores it as well
                     item.orientation = 1
-        rgb = load_rgb(item.path)
-    except Exception as exc:  # UnreadableImage, or Image.open's own errors (UnidentifiedImageError is an OSError)
-        text = str(exc) if isinstance(exc, UnreadableImage) else f"{exc.__class__.__name__}: {exc}"
-        item.error = text.replace(f"'{item.path}'", item.path.name).replace(str(item.path), item.path.name)
-        return
+    except OSError:  # read a moment ago; gone or changed since: no flags
+        pass
     mode = item.mode
     depth = _png_bit_depth(item.path)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N") or (depth == 16):
@@ -231,35 +222,19 @@ def _inspect_image(item: _Image, spec: DatasetSpec, subset: SubsetSpec, buckets)
             item.alpha = "transparent" if alpha is not None and alpha.getextrema()[0] < 255 else "opaque"
         except Exception:
             item.alpha = "transparent"
-    item.size = rgb.size
-    item.bucket = choose_bucket(rgb.size, spec.resolution, spec.enable_bucket, buckets, spec.bucket_reso_steps,
-                                spec.bucket_no_upscale)
     (new_w, new_h), _ = resized_and_crop(rgb.size, item.bucket)
     item.scale = new_w / rgb.size[0]
     item.cut = 1.0 - (item.bucket[0] * item.bucket[1]) / (new_w * new_h)
     item.fingerprint = Fingerprint.of(rgb)
 
 
-def _steady(subset: SubsetSpec) -> SubsetSpec:
-    """The subset's caption rules without their random parts (shuffle, dropout, warm-up)."""
-    return dataclasses.replace(subset, shuffle_caption=False, caption_dropout_rate=0.0, caption_tag_dropout_rate=0.0,
-                               caption_dropout_every_n_epochs=0, token_warmup_step=0)
-
-
-def _read_caption(item: _Image, subset: SubsetSpec, lines: list[str] | None) -> None:
-    if lines is None:
-        caption_path = item.path.with_suffix(subset.caption_extension)
-        item.caption_file = caption_path.is_file()
-        try:
-            lines = read_caption_lines(caption_path) if item.caption_file else []
-        except OSError:  # unreadable (permissions): reported as empty
-            lines = []
-    else:  # a metadata file's entry
-        item.caption_file = True
-    item.caption_lines = lines
-    steady = _steady(subset)
+def _trained_captions(item: ImageItem) -> list[str]:
+    """The caption(s) an image trains with, without their random changes (all lines with enable_wildcard); none when
+    it trains with its folder's class tokens."""
+    subset = item.subset
+    lines = [line for line in item.lines if line.strip()]
     trained = lines if subset.enable_wildcard else lines[:1]
-    item.captions = [vary_caption(line, random.Random(0), steady, 1, None) for line in trained]
+    return [vary_caption(line, random.Random(0), steady_rules(subset), 1, None) for line in trained]
 
 
 # ---------------------------------------------------------------- the report
@@ -286,73 +261,32 @@ class _Report:
         self.issues.append(Issue(level, code, message, advice, list(files or [])))
 
     # ---- scanning
-    def listing(self) -> list[tuple[_Image, list[str] | None]]:
-        from ..data.metadata_file import metadata_captions
-
-        found = []
-        for index, (d, subset) in enumerate(self.subsets):
-            if subset.metadata_file is not None:
-                entries = metadata_captions(subset.metadata_file, subset.image_dir, subset.caption_separator,
-                                            subset.enable_wildcard)
-            else:
-                if subset.image_dir is None or not subset.image_dir.is_dir():
-                    raise UserError(f"image folder not found: {subset.image_dir}")
-                entries = [(p, None) for p in sorted((p for p in subset.image_dir.iterdir() if is_image_file(p)),
-                                                     key=lambda p: p.name)]
-                self._other_files(index, subset)
-            for path, lines in entries:
-                found.append((_Image(path, self.name(path), index), lines))
-        return found
-
-    def _other_files(self, index: int, subset: SubsetSpec) -> None:
-        """Files in an image folder that do not train: other image formats, captions without an image, and images
-        sharing one caption."""
-        files = sorted(p for p in subset.image_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-        stems = Counter(p.stem for p in images)
-        ext = subset.caption_extension.lower()
-        self.extra_files[index] = {
-            "other_formats": [self.name(p) for p in files if p.suffix.lower() in OTHER_IMAGE_EXTENSIONS],
-            "orphan_captions": [self.name(p) for p in files if p.name.lower().endswith(ext)
-                                and p.suffix.lower() not in IMAGE_EXTENSIONS
-                                and p.name[:len(p.name) - len(ext)] not in stems],
-            "shared_captions": [self.name(p) for p in images if stems[p.stem] > 1],
-        }
-
     def scan(self) -> None:
+        """The trainer's scan (``scan_datasets``), each readable image inspected as it is read."""
         from ..tool_progress import phase, track
 
-        phase("listing images")
-        listing = self.listing()
-        bucket_sets = [bucket_resolutions(spec.resolution, spec.min_bucket_reso, spec.max_bucket_reso,
-                                          spec.bucket_reso_steps) if spec.enable_bucket else []
-                       for spec in self.datasets]
-        for item, lines in track(listing, "checking images", unit="image", show=self.options.show_progress):
-            d, subset = self.subsets[item.subset]
-            _inspect_image(item, self.datasets[d], subset, bucket_sets[d])
-            if item.error is None:
-                _read_caption(item, subset, lines)
-            self.items.append(item)
-        self._hold_out()
-        self._count_tokens()
+        index = {id(subset): i for i, (_, subset) in enumerate(self.subsets)}
 
-    def _hold_out(self) -> None:
-        """validation_split as the trainer draws it: each training subset's images shuffled by the seed, the last
-        round(n x split) held out (with no seed known the draw is random; the counts are still right)."""
-        self.hold_out_exact = True
-        for index, (d, subset) in enumerate(self.subsets):
-            spec = self.datasets[d]
-            if not spec.validation_split or subset.is_reg:
-                continue
-            mine = [it for it in self.items if it.subset == index and it.error is None]
-            seed = spec.validation_seed if spec.validation_seed is not None else self.options.seed
-            if seed is None:
-                self.hold_out_exact = False
-                seed = 0
-            order = list(range(len(mine)))
-            random.Random(seed).shuffle(order)
-            for k in order[len(mine) - round(len(mine) * spec.validation_split):]:
-                mine[k].held_out = True
+        def seen(item: ImageItem, rgb: Image.Image) -> None:
+            image = _Image(item.path, self.name(item.path), index[id(item.subset)], item=item)
+            _inspect_image(image, rgb)
+            image.captions = _trained_captions(item)
+            self.items.append(image)
+
+        phase("listing images")
+        self.scanned: DatasetScan = scan_datasets(
+            self.datasets, self.options.seed, on_image=seen,
+            progress=lambda found: track(found, "checking images", unit="image", show=self.options.show_progress))
+        self.items += [_Image(s.path, self.name(s.path), index[id(s.subset)], error=s.reason)
+                       for s in self.scanned.skipped]
+        place = {(i, path): k for i, files in enumerate(self.scanned.files) for k, path in enumerate(files.images)}
+        self.items.sort(key=lambda it: (it.subset, place[(it.subset, it.path)]))  # as listed, skipped ones too
+        for i, files in enumerate(self.scanned.files):
+            self.extra_files[i] = {"other_formats": [self.name(p) for p in files.other_formats],
+                                   "orphan_captions": [self.name(p) for p in files.orphan_captions],
+                                   "shared_captions": [self.name(p) for p in files.shared_captions]}
+        self.plan = plan_batches(self.scanned.items, self.datasets, self.options.seed or 0, 0)
+        self._count_tokens()
 
     def _count_tokens(self) -> None:
         from ..tool_progress import phase
@@ -384,7 +318,7 @@ class _Report:
         training = [it for it in ok if not it.held_out]
         res_area = spec.resolution[0] * spec.resolution[1]
         trigger = trigger_of(subset, self.options.trigger)
-        captioned = [it for it in ok if it.captions and any(c.strip() for c in it.captions)]
+        captioned = [it for it in ok if it.item.captioned]
         captioned_ids = {id(it) for it in captioned}
         tags: Counter = Counter()
         for it in captioned:
@@ -405,6 +339,8 @@ class _Report:
             "images": len(ok),
             "unreadable": len(items) - len(ok),
             "held_out": len(ok) - len(training),
+            "image_files": [it.name for it in ok],  # what trains (or is held out), as the trainer finds it
+            "held_out_files": [it.name for it in ok if it.held_out],
             "samples_per_epoch": samples,
             "steps_alone": math.ceil(samples / spec.batch_size),
             "buckets": _bucket_dict(Counter(it.bucket for it in ok)),
@@ -447,25 +383,19 @@ class _Report:
         }
 
     def dataset_report(self, d: int, folders: list[dict]) -> dict[str, Any]:
-        """The trainer's batches of one epoch: every batch holds one bucket, so each bucket's samples (images x
-        repeats, plus as many regularisation samples as training samples) are divided by the batch size and
-        rounded up on their own."""
+        """The trainer's batches of its first epoch (``plan_batches``): each batch holds one bucket; as many
+        regularisation samples as training samples, drawn over the regularisation images by the seed."""
         spec = self.datasets[d]
-        train: Counter = Counter()
-        reg: Counter = Counter()
-        for it in self.items:
-            dd, subset = self.subsets[it.subset]
-            if dd != d or it.error or it.held_out:
-                continue
-            (reg if subset.is_reg else train)[it.bucket] += subset.num_repeats
-        n_train, n_reg = sum(train.values()), sum(reg.values())
-        samples = Counter(train)
-        exact = self.hold_out_exact or not spec.validation_split
-        if n_reg and n_train:
-            exact = exact and (n_train % n_reg == 0 or len(reg) == 1)  # else the split over buckets is drawn
-            for bucket, count in reg.items():
-                samples[bucket] += round(n_train * count / n_reg)
-        batches = sum(math.ceil(n / spec.batch_size) for n in samples.values())
+        items = self.scanned.items
+        batches = [b for b in self.plan if items[b[0][0]].dataset_index == d]
+        entries = [items[i] for batch in batches for i, _ in batch]
+        samples = Counter(it.bucket for it in entries)
+        n_train = sum(1 for it in entries if not it.subset.is_reg)
+        exact = self.scanned.hold_out_exact or not spec.validation_split
+        reg = [it for it in items if it.dataset_index == d and it.subset.is_reg]
+        if self.options.seed is None and reg and n_train:  # which buckets the regularisation samples fill is drawn
+            drawn = sum(it.subset.num_repeats for it in reg)
+            exact = exact and (n_train % drawn == 0 or len({it.bucket for it in reg}) == 1)
         mine = [f for f in folders if f["dataset"] == d]
         return {"resolution": list(spec.resolution), "batch_size": spec.batch_size,
                 "enable_bucket": spec.enable_bucket, "min_bucket_reso": spec.min_bucket_reso,
@@ -473,8 +403,8 @@ class _Report:
                 "bucket_no_upscale": spec.bucket_no_upscale, "validation_split": spec.validation_split,
                 "folders": [f["name"] for f in mine],
                 "training_images": sum(f["images"] - f["held_out"] for f in mine if not f["is_reg"]),
-                "training_samples": n_train, "reg_samples": n_train if n_reg else 0,
-                "buckets": _bucket_dict(samples), "batches_per_epoch": batches, "exact": exact}
+                "training_samples": n_train, "reg_samples": len(entries) - n_train,
+                "buckets": _bucket_dict(samples), "batches_per_epoch": len(batches), "exact": exact}
 
     # ---- findings
     def judge(self, folders: list[dict], datasets: list[dict], duplicates: list[dict]) -> None:
@@ -622,8 +552,8 @@ class _Report:
     def _judge_counts(self, folders: list[dict], datasets: list[dict]) -> None:
         count = sum(f["images"] - f["held_out"] for f in folders if not f["is_reg"])
         more = "(varied poses, expressions and outfits; plain backgrounds)"
-        if count == 0:
-            self.add("problem", "images.count", "no training image",
+        if count == 0:  # the trainer's own refusal
+            self.add("problem", "images.count", self.scanned.training_problem() or "no training image",
                      f"add {ENOUGH_IMAGES}-{RECOMMENDED_MAX} images of the subject {more}")
         elif count < MIN_IMAGES:
             self.add("problem", "images.count",
