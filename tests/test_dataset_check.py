@@ -311,3 +311,146 @@ def test_bad_input_exits_2(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_cli("dataset", "check", str(tmp_path / "empty"), "--resolution", "500", check=False)
     assert proc.returncode == 2 and "resolution" in proc.stderr
+
+
+# ---------------------------------------------------------------- the check and the trainer agree (data.scan)
+
+def _awkward(root: Path) -> Path:
+    """``img/3_emi person``: 9 captioned pictures of three shapes, one without a caption, one with an empty caption,
+    an unreadable PNG, a GIF, a note, a caption without its image, and a folder without a repeats prefix;
+    ``reg/1_person``: two regularisation pictures."""
+    folder = root / "img" / "3_emi person"
+    shapes = [(64, 64), (96, 64), (64, 96)]
+    for i in range(9):
+        add(folder, f"{i:02d}.png", picture(700 + i, shapes[i % 3]), f"emi, {TAGS[i]}")
+    add(folder, "no_caption.png", picture(720, (64, 64)), None)
+    add(folder, "empty_caption.png", picture(721, (96, 64)), "\n  \n")
+    add(folder, "broken.png", None, "emi, broken")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but nothing after the signature")
+    picture(722, (64, 64)).save(folder / "anim.gif")
+    (folder / "notes.md").write_text("where these came from", encoding="utf-8")
+    (folder / "gone.txt").write_text("emi, the image was deleted", encoding="utf-8")
+    add(root / "img" / "unsorted", "x.png", picture(723, (64, 64)), "emi")
+    for i in range(2):
+        add(root / "reg" / "1_person", f"r{i}.png", picture(730 + i, (64, 64)), None)
+    return root / "img"
+
+
+def _both(img: Path, **settings):
+    """The dataset check's report of a config and the trainer's dataset of it (as ``Trainer._setup_data`` builds it,
+    with the config's seed)."""
+    from lora_studio.config import build_config
+    from lora_studio.data.dataset import TrainingData
+    from lora_studio.data.sources import datasets_from_config
+    from lora_studio.dataset_tools.check_cli import check_config
+
+    cfg = build_config({"output_dir": "out", "pretrained_model_name_or_path": "m", "train_data_dir": str(img),
+                        "reg_data_dir": str(img.parent / "reg"), "resolution": "64", "enable_bucket": True,
+                        "min_bucket_reso": 64, "max_bucket_reso": 128, "bucket_reso_steps": 32,
+                        "train_batch_size": 2, **settings})
+    report = check_config(cfg)
+    seed = cfg.seed if cfg.seed is not None else random.randint(0, 2**32 - 1)  # the trainer's, without a seed
+    return report, TrainingData(datasets_from_config(cfg), cfg.prior_loss_weight, seed)
+
+
+def _name(report: dict, path: Path) -> str:
+    return path.resolve().relative_to(Path(report["root"]).resolve()).as_posix()
+
+
+def test_the_check_reports_the_images_skipped_files_and_held_out_images_training_uses(tmp_path, caplog):
+    img = _awkward(tmp_path)
+    held_sets = set()
+    for seed in (1, 2, 3, 4):
+        caplog.clear()
+        report, data = _both(img, validation_split=0.25, seed=seed)
+        folders = report["folders"]
+        assert [f["name"] for f in folders] == ["img/3_emi person", "reg/1_person"]
+        found = sorted(n for f in folders for n in f["image_files"])
+        assert found == sorted(_name(report, it.path) for it in data.items)
+        assert len(found) == 11 + 2  # 9 + no_caption + empty_caption, and the regularisation pair
+        skipped = [(u["file"], u["error"]) for f in folders for u in f["files"]["unreadable"]]
+        assert skipped == [(_name(report, p), reason) for p, reason in data.skipped]
+        assert [name for name, _ in skipped] == ["img/3_emi person/broken.png"]
+        held = sorted(n for f in folders for n in f["held_out_files"])
+        assert held == sorted(_name(report, it.path) for it in data.items if it.held_out)
+        assert len(held) == round(11 * 0.25) and folders[1]["held_out_files"] == []  # regularisation never
+        held_sets.add(tuple(held))
+        assert "held out for validation: " in report["text"]
+        assert report["batches_per_epoch"] == data.batches_per_epoch and report["datasets"][0]["exact"]
+        assert report["datasets"][0]["training_samples"] == data.num_train_images == (11 - 3) * 3
+        assert report["datasets"][0]["reg_samples"] == data.num_train_images  # one per training sample
+        # the same captions: a missing or empty one trains with the class tokens, in both
+        c = folders[0]["captions"]
+        assert c["missing"] == ["img/3_emi person/no_caption.png"]
+        assert c["empty"] == ["img/3_emi person/empty_caption.png"]
+        by_name = {it.path.name: it for it in data.items}
+        assert by_name["no_caption.png"].caption == by_name["empty_caption.png"].caption == "emi person"
+        # with the two regularisation images, which have none
+        assert "4 image(s) without a caption (3 without a caption file, 1 empty)" in data.summary()
+        # files that do not train: named by both (the trainer in its log)
+        files = folders[0]["files"]
+        assert files["other_formats"] == ["img/3_emi person/anim.gif"]
+        assert files["orphan_captions"] == ["img/3_emi person/gone.txt"]
+        logged = caplog.text
+        assert "anim.gif" in logged and "gone.txt" in logged and "broken.png" in logged
+        assert "notes.md" not in logged and "notes.md" not in report["text"]  # not a picture: left alone
+    assert len(held_sets) > 1  # the seed chooses them, for both
+
+
+def test_without_a_seed_the_check_says_the_held_out_images_are_a_draw(tmp_path):
+    report, _ = _both(_awkward(tmp_path), validation_split=0.25)
+    assert not report["datasets"][0]["exact"] and "about " in report["text"]
+    report, _ = _both(tmp_path / "img", validation_split=0.25, validation_seed=9)
+    assert report["datasets"][0]["exact"]
+
+
+def test_what_the_trainer_refuses_the_check_refuses_with_the_same_message(tmp_path):
+    from lora_studio.errors import UserError
+
+    img = _awkward(tmp_path)
+
+    def refusals(**settings) -> tuple[str, str]:
+        messages = []
+        for which in (0, 1):
+            with pytest.raises(UserError) as err:
+                from lora_studio.config import build_config
+                from lora_studio.data.dataset import TrainingData
+                from lora_studio.data.sources import datasets_from_config
+                from lora_studio.dataset_tools.check_cli import check_config
+
+                cfg = build_config({"output_dir": "out", "pretrained_model_name_or_path": "m", "seed": 1,
+                                    "train_data_dir": str(img), **settings})
+                check_config(cfg) if which else TrainingData(datasets_from_config(cfg), 1.0, cfg.seed)
+            messages.append(str(err.value))
+        return messages[0], messages[1]
+
+    trainer, check = refusals(resolution="500")
+    assert trainer == check == "resolution must be a multiple of 8 and at least 64, got 500,500"
+    trainer, check = refusals(resolution="64", caption_extension="txt")
+    assert trainer == check and "caption_extension must be a file extension starting with a dot" in check
+    masks = tmp_path / "masks"
+    add(masks, "00.png", picture(740, (64, 64)), None)
+    trainer, check = refusals(resolution="64", masked_loss=True, conditioning_data_dir=str(masks))
+    assert trainer == check and "no mask for 11 image(s)" in check  # the unreadable one needs its mask as well
+    toml = tmp_path / "dataset.toml"
+    toml.write_text(f'[[datasets]]\nresolution = 64\nbucket_reso_steps = 12\nenable_bucket = true\n'
+                    f'[[datasets.subsets]]\nimage_dir = "{(img / "3_emi person").as_posix()}"\n', encoding="utf-8")
+    trainer, check = refusals(dataset_config=str(toml))
+    assert trainer == check == "bucket_reso_steps must be a multiple of 8 (the VAE's scale), got 12"
+
+
+def test_when_nothing_would_train_the_check_says_why_in_the_trainers_words(tmp_path):
+    from lora_studio.config import build_config
+    from lora_studio.data.dataset import TrainingData
+    from lora_studio.data.sources import datasets_from_config
+    from lora_studio.dataset_tools.check_cli import check_config
+    from lora_studio.errors import UserError
+
+    add(tmp_path / "img" / "2_cat", "only.png", picture(750, (64, 64)), "cat")
+    cfg = build_config({"output_dir": "out", "pretrained_model_name_or_path": "m", "seed": 1, "resolution": "64",
+                        "train_data_dir": str(tmp_path / "img"), "validation_split": 0.6})
+    with pytest.raises(UserError) as err:
+        TrainingData(datasets_from_config(cfg), 1.0, cfg.seed)
+    issue = _issue(check_config(cfg), "images.count")
+    assert issue["level"] == "problem" and issue["message"] == str(err.value)
+    assert "validation_split = 0.6 holds out every training image" in issue["message"]

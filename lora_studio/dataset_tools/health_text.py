@@ -40,6 +40,8 @@ def _folder_text(f: dict, r: dict[str, Any]) -> list[str]:
     lines.append(f"  images: {f['images']}{bad}{held}; {f['images'] - f['held_out']} x {f['repeats']} repeats = "
                  f"{f['samples_per_epoch']} samples per epoch ({f['steps_alone']} steps at batch size {batch} if "
                  "it were alone)")
+    if f["held_out_files"]:
+        lines.append(f"  held out for validation: {listed(f['held_out_files'])}")
     if f["buckets"]:
         lines.append("  buckets: " + ", ".join(f"{b} x{n}" for b, n in f["buckets"].items()))
     up, crop = f["upscaled"], f["heavily_cropped"]
