@@ -30,13 +30,14 @@ from typing import Any
 
 from PIL import Image
 
+from ..config import BY_NAME
 from ..errors import UserError
 from ..data.buckets import resized_and_crop
 from ..data.captions import steady_rules, vary_caption
 from ..data.dataset import plan_batches
 from ..data.images import READ_FORMATS, is_image_file, load_alpha
 from ..data.scan import DatasetScan, ImageItem, check_caption_extension, check_dataset_settings, scan_datasets
-from ..data.sources import DatasetSpec, SubsetSpec, parse_folder_name, subsets_from_folders
+from ..data.sources import DatasetSpec, SubsetSpec, parse_folder_name, parse_resolution, subsets_from_folders
 from .health_text import clip, listing, render_text, size
 from .image_hash import NEAR_CORRELATION, NEAR_DHASH, NEAR_PHASH, Fingerprint, near_pairs
 
@@ -53,17 +54,22 @@ ORIENTATIONS = {2: "mirrored", 3: "rotated 180°", 4: "flipped upside down", 5: 
 LEVELS = ("problem", "warning", "note")
 
 
+def _default(setting: str) -> Any:
+    return BY_NAME[setting].default
+
+
 @dataclass
 class FolderSettings:
-    """The dataset settings used for a folder given on the command line (a config file has its own)."""
-    resolution: tuple[int, int] = (512, 512)
-    batch_size: int = 1
-    caption_extension: str = ".txt"
+    """The dataset settings used for a folder given on the command line (a config file has its own): a config's
+    defaults, with buckets on."""
+    resolution: tuple[int, int] = parse_resolution(_default("resolution"))
+    batch_size: int = _default("train_batch_size")
+    caption_extension: str = _default("caption_extension")
     enable_bucket: bool = True
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_reso_steps: int = 64
-    bucket_no_upscale: bool = False
+    min_bucket_reso: int = _default("min_bucket_reso")
+    max_bucket_reso: int = _default("max_bucket_reso")
+    bucket_reso_steps: int = _default("bucket_reso_steps")
+    bucket_no_upscale: bool = _default("bucket_no_upscale")
 
 
 @dataclass
