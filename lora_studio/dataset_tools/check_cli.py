@@ -9,10 +9,12 @@ import json
 
 _CHECK_HELP = """\
 A health report of a dataset before training: per folder the images, repeats, samples and steps per epoch, the
-bucket of every image (the trainer's own bucket functions), images that are upscaled, cropped more than 10% or
-smaller than the resolution, near-duplicates (within and across folders), captions (missing, empty, longer than
-max_token_length CLIP tokens, without the trigger word, top tags) and files (alpha, 16-bit, CMYK, EXIF-rotated,
-unreadable); then the findings and a verdict.
+bucket of every image, images that are upscaled, cropped more than 10% or smaller than the resolution,
+near-duplicates (within and across folders), captions (missing, empty, longer than max_token_length CLIP tokens,
+without the trigger word, top tags) and files (alpha, 16-bit, CMYK, EXIF-rotated, unreadable); then the findings and
+a verdict. The images found, the files skipped (and why), the captions, the buckets, the batches and, with --config
+and a seed, the images validation_split holds out are the trainer's own: the check and the trainer read the dataset
+with the same code.
 
 DIR is a Kohya training folder (subfolders 'N_instance class', N repeats; the trigger word is the instance token,
 'emi' for '10_emi person') or one folder of images (repeats 1). With --config, the run's own folders, dataset_config
