@@ -86,10 +86,11 @@ def test_warmup_ratio_and_steps():
         build_config({"resolution": "512x768"})
 
 
-def test_the_kohya_gui_s_hugging_face_keys_load_at_their_defaults():
-    """The Kohya_ss GUI can write sd-scripts' upload keys into its TOML: accepted at their defaults, named when set."""
-    build_config({"async_upload": False, "huggingface_token": "", "huggingface_repo_type": "",
-                  "huggingface_path_in_repo": "", "huggingface_repo_visibility": "",
-                  "save_state_to_huggingface": False, "resume_from_huggingface": False})
-    with pytest.raises(ConfigError, match="'async_upload' is an sd-scripts option that LoRA Studio does not support"):
-        build_config({"async_upload": True})
+def test_the_kohya_gui_s_hugging_face_keys_load_empty_or_set():
+    """sd-scripts' upload keys, as the Kohya_ss GUI writes them (empty fields included), are settings of their own
+    (their use: tests/test_hf_upload.py)."""
+    empty = build_config({"async_upload": False, "huggingface_token": "", "huggingface_repo_type": "",
+                          "huggingface_path_in_repo": "", "huggingface_repo_visibility": "",
+                          "save_state_to_huggingface": False, "resume_from_huggingface": False})
+    assert empty.huggingface_repo_id is None and not empty.async_upload and not empty.huggingface_token
+    assert build_config({"async_upload": True, "huggingface_repo_id": "me/lora"}).async_upload is True

@@ -428,6 +428,31 @@ SETTINGS: tuple[Setting, ...] = (
        maximum=1e6, advanced=True),
     _s("save_last_n_epochs", INT, None, "Save last N epochs", "Keep only the last N intermediate epoch files.",
        "saving", minimum=1, maximum=100_000, advanced=True),
+    # ---- Hugging Face uploads ----
+    _s("huggingface_repo_id", STR, None, "Huggingface repo id",
+       "Upload each saved LoRA file to this Hub repository (owner/name; created when missing), as sd-scripts does. "
+       "A failed upload is said once in the log; the run and its local files go on.", "huggingface",
+       advanced=True),
+    _s("huggingface_token", STR, None, "Huggingface token",
+       "A Hub token with write access (default: HF_TOKEN, or the login of hf auth login). Never written to the "
+       "saved config, the LoRA file or the log.", "huggingface", advanced=True),
+    _s("huggingface_repo_type", STR, None, "Huggingface repo type",
+       "Kind of repository to upload to (empty = model).", "huggingface", advanced=True,
+       suggestions=("model", "dataset")),
+    _s("huggingface_repo_visibility", STR, None, "Huggingface repo visibility",
+       "public makes a new repository public; anything else (or empty) makes it private, as sd-scripts does. An "
+       "existing repository keeps its visibility.", "huggingface", advanced=True, suggestions=("private", "public")),
+    _s("huggingface_path_in_repo", STR, None, "Huggingface path in repo",
+       "Folder in the repository the files go to (empty = its top level).", "huggingface", advanced=True),
+    _s("save_state_to_huggingface", BOOL, False, "Save state to huggingface",
+       "Also upload each saved training state folder (needs Save training state and a repo id).", "huggingface",
+       advanced=True),
+    _s("resume_from_huggingface", BOOL, False, "Resume from huggingface",
+       "Read Resume from saved training state as a state on the Hub: owner/name/<state folder>[:revision[:type]], "
+       "downloaded before training.", "huggingface", advanced=True),
+    _s("async_upload", BOOL, False, "Async upload",
+       "Upload intermediate files and states in the background while training goes on (the final file is "
+       "uploaded before the run ends; the run waits for the rest).", "huggingface", advanced=True),
     # ---- samples ----
     _s("sample_prompts", PATH, None, "Sample prompts file",
        "Text file with one prompt a line; options --n (negative) --w --h --d (seed) --s (steps) --l (CFG).", "samples"),
@@ -457,10 +482,7 @@ UNSUPPORTED: dict[str, Any] = {
     "ddp_timeout": None, "ddp_gradient_as_bucket_view": False,
     "ddp_static_graph": False,
     "initial_epoch": None,
-    "initial_step": None, "skip_until_initial_step": False, "huggingface_repo_id": None,
-    "huggingface_token": None, "huggingface_repo_type": None, "huggingface_path_in_repo": None,
-    "huggingface_repo_visibility": None, "save_state_to_huggingface": False, "resume_from_huggingface": False,
-    "async_upload": False, "sample_every_n_epochs_ratio": None,
+    "initial_step": None, "skip_until_initial_step": False, "sample_every_n_epochs_ratio": None,
     "no_token_padding": False, "mem_eff_save": False, "console_log_level": None, "console_log_file": None,
     "console_log_simple": False, "deepspeed": False, "zero_stage": 2,
     "loraplus_lr_ratio": None, "loraplus_unet_lr_ratio": None, "loraplus_text_encoder_lr_ratio": None,
@@ -473,4 +495,4 @@ IGNORED_GUI_KEYS = frozenset({"epoch", "noise_offset_type", "train_inpainting", 
 # nothing): a top-level value is refused with the fix, a top-level default is accepted.
 NETWORK_ARGS_ONLY = frozenset({"loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"})
 # Settings never written to a saved config, the metadata or a tracker's record of the run.
-SECRET_SETTINGS = frozenset({"wandb_api_key"})
+SECRET_SETTINGS = frozenset({"wandb_api_key", "huggingface_token"})

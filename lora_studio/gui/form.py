@@ -120,8 +120,8 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
             identify(model, cfg.v2)  # a Flux or SD3 model, or v2 that does not fit, said before a start
         except UserError as exc:
             check.problems["pretrained_model_name_or_path"] = str(exc)
-    if cfg.resume and cfg.resume.strip().lower() != "latest" and not (Path(cfg.resume).expanduser() /
-                                                                      "state.json").is_file():
+    if cfg.resume and cfg.resume.strip().lower() != "latest" and not cfg.resume_from_huggingface and not (
+            Path(cfg.resume).expanduser() / "state.json").is_file():  # (a state on the Hub is checked when read)
         check.problems["resume"] = f"not a saved state folder (no state.json): {cfg.resume}"
     dataset_fields = {"train_data_dir", "reg_data_dir", "dataset_config", "train_batch_size", "resolution"}
     if confinement.confined and scan_dataset and not check.problems:

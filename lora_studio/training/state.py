@@ -39,7 +39,10 @@ MAY_CHANGE = {"output_dir", "output_name", "logging_dir", "training_comment", "s
               "validate_every_n_epochs", "validate_every_n_steps", "max_validation_steps", "save_best",
               "early_stop_patience", "early_stop_min_delta", "log_with", "log_prefix", "log_tracker_name",
               "log_tracker_config", "wandb_run_name", "wandb_api_key", "log_config", "metadata_title",
-              "metadata_author", "metadata_description", "metadata_license", "metadata_tags", "highvram", "lowram"}
+              "metadata_author", "metadata_description", "metadata_license", "metadata_tags", "highvram", "lowram",
+              # where the files are uploaded (the token is never written to a state)
+              "huggingface_repo_id", "huggingface_token", "huggingface_repo_type", "huggingface_repo_visibility",
+              "huggingface_path_in_repo", "save_state_to_huggingface", "resume_from_huggingface", "async_upload"}
 
 
 # ---------------------------------------------------------------- (de)serialising nested state dicts
