@@ -43,16 +43,38 @@ def test_a_kohya_gui_config_becomes_the_same_training_settings(tmp_path):
 
 
 def test_unsupported_values_are_listed_not_dropped_silently():
-    result = convert({**KOHYA_GUI_JSON, "LoRA_type": "Flux1", "huggingface_repo_id": "me/lora",
+    result = convert({**KOHYA_GUI_JSON, "LoRA_type": "Flux1", "fused_backward_pass": True,
                       "lr_scheduler": "adafactor", "additional_parameters": "--foo 1", "color_aug": True,
                       "masked_loss": True})
     report = result.report()
     assert "LoRA type 'Flux1' trains a Flux model, which LoRA Studio does not train" in report
-    assert "huggingface_repo_id = 'me/lora'" in report and "does not support yet" in report
+    assert "fused_backward_pass = True is an sd-scripts option LoRA Studio does not support yet" in report
     assert result.settings["color_aug"] is True and result.settings["masked_loss"] is True
     assert "masked_loss = true: set the Mask folder (conditioning_data_dir" in report
     assert "Additional parameters: --foo is not an sd-scripts training option: not imported" in report
     assert result.settings["lr_scheduler"] == "adafactor"
+
+
+def test_the_hugging_face_fields_are_carried_over():
+    fields = {"huggingface_repo_id": "me/emi-lora", "huggingface_token": "hf_abc", "huggingface_repo_type": "",
+              "huggingface_repo_visibility": "public", "huggingface_path_in_repo": "emi",
+              "save_state_to_huggingface": True, "async_upload": True, "resume_from_huggingface": ""}
+    result = convert({**KOHYA_GUI_JSON, **fields})
+    s = result.settings
+    assert (s["huggingface_repo_id"], s["huggingface_token"], s["huggingface_repo_visibility"],
+            s["huggingface_path_in_repo"], s["save_state_to_huggingface"], s["async_upload"]) == (
+        "me/emi-lora", "hf_abc", "public", "emi", True, True)
+    assert "huggingface_repo_type" not in s and "resume_from_huggingface" not in s  # empty fields: not passed
+    assert {"huggingface_repo_id", "async_upload"} <= set(result.carried) and "hf_abc" not in result.report()
+    assert build_config(s).huggingface_repo_id == "me/emi-lora"
+    # the GUI's resume_from_huggingface is a text field: any text turns sd-scripts' switch on; resume holds the path
+    hub = convert({**KOHYA_GUI_JSON, "resume_from_huggingface": "me/emi-lora/emi-state", "resume": ""})
+    assert hub.settings["resume_from_huggingface"] is True and "resume" not in hub.settings
+    assert ("resume_from_huggingface = 'me/emi-lora/emi-state' -> true: sd-scripts takes the state's Hub path from "
+            "resume, which is empty, so nothing is resumed") in hub.report()
+    both = convert({**KOHYA_GUI_JSON, "resume_from_huggingface": "x", "resume": "me/emi-lora/emi-state:main"})
+    assert both.settings["resume"] == "me/emi-lora/emi-state:main" and both.settings["resume_from_huggingface"]
+    assert convert({**KOHYA_GUI_JSON, "resume_from_huggingface": True}).settings["resume_from_huggingface"] is True
 
 
 def test_learning_rate_zeros_keep_the_kohya_meaning():
@@ -135,7 +157,7 @@ def test_kohya_zeros_percentages_and_noise_types_become_what_kohya_passes():
 
 
 def test_the_report_has_four_parts_and_other_tabs_are_named():
-    report = convert({**KOHYA_GUI_JSON, "max_grad_norm": 0, "huggingface_repo_id": "me/lora"}).report()
+    report = convert({**KOHYA_GUI_JSON, "max_grad_norm": 0, "fused_backward_pass": True}).report()
     parts = ["**Carried over as they are**", "**Set to what Kohya_ss trains:**", "**Not supported, left out:**",
              "**Only for the Kohya_ss GUI**"]
     assert all(p in report for p in parts) and [report.index(p) for p in parts] == sorted(report.index(p)

@@ -39,7 +39,8 @@ SPECIAL = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_a
            "multires_noise_discount", "max_grad_norm", "caption_extension", "sdxl_no_half_vae",
            "sdxl_cache_text_encoder_outputs", "rank_dropout", "module_dropout", "use_wandb", "lr_scheduler",
            "learning_rate", "flux1_checkbox", "sd3_checkbox", "LyCORIS_preset", "unit", "constrain",
-           "bucket_reso_steps", "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"}
+           "bucket_reso_steps", "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+           "resume_from_huggingface"}
 # What only the Kohya_ss GUI reads: the accelerate launcher's fields and the GUI's own state.
 GUI_ONLY = {"num_cpu_threads_per_process", "num_processes", "num_machines", "multi_gpu", "gpu_ids",
             "main_process_port", "extra_accelerate_launch_args", "dynamo_mode", "dynamo_use_fullgraph",
@@ -196,6 +197,7 @@ def convert(data: dict[str, Any]) -> KohyaImport:
     _noise(result, data)
     _learning_rates(result, data)
     _renamed_and_defaults(result, data)
+    _resume_from_hub(result, data)
     for key, value in data.items():
         if key in SPECIAL or key in LYCORIS_ARGS or key in BLOCK_ARGS or key in GUI_ONLY:
             continue
@@ -549,6 +551,25 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
     for key in ("sdxl", "flux1_checkbox", "sd3_checkbox", "epoch", "noise_offset_type"):
         if key in data:
             result.ignored.append(key)
+
+
+def _resume_from_hub(result: KohyaImport, data: dict[str, Any]) -> None:
+    """The Kohya_ss GUI's resume_from_huggingface is a text field (for the state's Hub path); any text in it turns
+    sd-scripts' switch on, which then reads that path from resume."""
+    value = data.get("resume_from_huggingface")
+    if _empty(value):
+        return
+    try:
+        parse_value(BY_NAME["resume_from_huggingface"], value)
+    except ConfigError:  # a path, not true/false
+        result.settings["resume_from_huggingface"] = True
+    else:
+        _put(result, "resume_from_huggingface", value, "resume_from_huggingface")
+        return
+    resume = data.get("resume")
+    result.notes.append(f"resume_from_huggingface = {value!r} -> true: sd-scripts takes the state's Hub path from "
+                        + (f"resume ({resume!r})" if not _empty(resume) else
+                           "resume, which is empty, so nothing is resumed (as in Kohya_ss); put the path there"))
 
 
 def _additional_parameters(result: KohyaImport, text: str) -> None:
