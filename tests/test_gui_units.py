@@ -60,6 +60,9 @@ def test_widget_kinds_follow_the_setting_kinds():
     assert widget_spec(S.BY_NAME["network_dim"]).tab == "basic"
     assert widget_spec(S.BY_NAME["gradient_checkpointing"]).tab == "advanced"
     assert widget_spec(S.BY_NAME["sample_sampler"]).tab == "samples"
+    token = widget_spec(S.BY_NAME["huggingface_token"])  # a secret is typed, not shown
+    assert token.component == "textbox" and token.kwargs["type"] == "password" and token.tab == "advanced"
+    assert "type" not in widget_spec(S.BY_NAME["huggingface_repo_id"]).kwargs
     assert widget_spec(S.BY_NAME["pretrained_model_name_or_path"]).tab == "model"
     assert widget_spec(S.BY_NAME["output_dir"]).tab == "folders"
 
@@ -88,9 +91,9 @@ def test_each_changed_setting_survives_widget_save_and_load_zero_included(tmp_pa
     cfg = build_config(raw)
     path = save_config(cfg, tmp_path / "all.toml")
     loaded = load_config(path)
-    assert "wandb_api_key" not in path.read_text("utf-8")
-    assert loaded.wandb_api_key is None  # a secret is never written to a config file
-    loaded = build_config({**loaded.explicit(), "wandb_api_key": cfg.wandb_api_key})
+    for secret in S.SECRET_SETTINGS:  # a key or token is never written to a config file
+        assert secret not in path.read_text("utf-8") and getattr(loaded, secret) is None
+    loaded = build_config({**loaded.explicit(), **{k: getattr(cfg, k) for k in S.SECRET_SETTINGS}})
     assert loaded.as_dict() == cfg.as_dict()
     assert form_values(loaded.as_dict()) == widget_values
     assert loaded.max_grad_norm == 0.0 and loaded.prior_loss_weight == 0.0 and loaded.network_alpha == 0.0
@@ -187,8 +190,8 @@ def test_shipped_presets_are_documented_and_hold_no_paths():
 
 
 def test_user_presets_save_list_and_refuse_paths(tmp_path):
-    values = build_config({"network_dim": 32, "output_dir": "/out", "learning_rate": 2e-4, "noise_offset": 0.0}
-                          ).as_dict()
+    values = build_config({"network_dim": 32, "output_dir": "/out", "learning_rate": 2e-4, "noise_offset": 0.0,
+                           "huggingface_token": "hf_secret", "wandb_api_key": "secret"}).as_dict()
     path = save_user_preset(tmp_path, "My style: v2", values, "for my style")
     preset = list_presets(tmp_path)["user: " + path.stem]
     assert preset.settings == {"network_dim": 32, "learning_rate": 2e-4}

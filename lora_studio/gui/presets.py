@@ -11,7 +11,7 @@ from typing import Any
 import tomli_w
 
 from ..config import build_config, flatten_sections, read_toml
-from ..config.schema import BY_NAME, SETTINGS
+from ..config.schema import BY_NAME, SECRET_SETTINGS, SETTINGS
 from ..errors import ConfigError, UserError
 from ..io_utils import atomic_write_bytes
 
@@ -68,10 +68,11 @@ def _safe_stem(name: str) -> str:
 
 
 def save_user_preset(user_dir: Path, name: str, values: dict[str, Any], description: str = "") -> Path:
-    """Write the non-personal settings that differ from their defaults as ``<user_dir>/<name>.toml``."""
+    """Write the non-personal settings that differ from their defaults as ``<user_dir>/<name>.toml`` (never a key
+    or token)."""
     stem = _safe_stem(name)
     settings = {s.name: values[s.name] for s in SETTINGS
-                if s.name in values and s.name not in PERSONAL and values[s.name] is not None
+                if s.name in values and s.name not in PERSONAL | SECRET_SETTINGS and values[s.name] is not None
                 and values[s.name] != s.default}
     data: dict[str, Any] = {"preset": {"title": name.strip(), "description": description or "Saved from the GUI."}}
     for s in SETTINGS:

@@ -80,6 +80,8 @@ def widget_spec(setting: S.Setting) -> WidgetSpec:
                    S.FLOAT_OR_LIST: "one value, or one per text encoder: 1e-4, 5e-5",
                    S.RESOLUTION: "512 or width,height"}.get(setting.kind, "")
     kwargs = {**common, "value": value, "placeholder": placeholder or None}
+    if setting.name in S.SECRET_SETTINGS:  # a key or token is not shown on the screen
+        kwargs["type"] = "password"
     return WidgetSpec(setting.name, "textbox", tab_of(setting), kwargs, setting.help)
 
 
