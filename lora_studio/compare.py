@@ -313,112 +313,103 @@ def compare_grid(files: Sequence[str | Path], prompts, *, model: str | Path | No
     from tqdm import tqdm
 
     from .lora_delta import read_lora_file
-    from .training.events import EventLog
+    from .training.events import EventLog, reported
     from .training.sampling import make_scheduler
 
     folder = Path(out_dir)
     (folder / "tiles").mkdir(parents=True, exist_ok=True)
     events = EventLog(events_path(folder, output_name))
     started = time.time()
-    try:
-        if not files:
-            raise UserError("no LoRA files to compare")
-        strengths = [float(s) for s in strengths]
-        if not strengths:
-            raise UserError("no strengths to compare")
-        jobs = []  # one grid each: a prompt with its settings and seed
-        for i, p in enumerate(read_prompts(prompts, default_size)):
-            changes = {k: v for k, v in (("steps", steps), ("cfg_scale", cfg_scale), ("negative", negative))
-                       if v is not None}
-            if size is not None:
-                changes.update(width=int(size[0]) - int(size[0]) % 8, height=int(size[1]) - int(size[1]) % 8)
-            p = dataclasses.replace(p, **changes)
-            for s in (seeds if seeds else [p.seed if p.seed is not None else seed + i]):
-                jobs.append(dataclasses.replace(p, seed=int(s)))
-        for p in jobs:  # an unknown sampler or a bad file is refused before the model loads
-            make_scheduler(p.sampler or sampler, {})
-        loras = [read_lora_file(f) for f in files]
-        if renderer is None:
-            events.emit("log", level="info", message=f"loading {model}")
-            renderer = Renderer(model, **model_options)
-        stack = renderer.set_loras(loras)
-        names = [f.name for f in stack.files]
-        nonzero = [s for s in strengths if s != 0]
-        per_grid = len(names) * len(nonzero) + (1 if len(nonzero) < len(strengths) else 0)
-        total = per_grid * len(jobs)
-        index = {"version": INDEX_VERSION, "model": str(renderer.components.source),
-                 "files": [str(f.path) for f in stack.files], "file_names": names, "strengths": strengths,
-                 "output_name": output_name, "folder": str(folder), "report": stack.report, "grids": [],
-                 "status": "running", "started": round(started, 3)}
-        events.emit("start", total_images=total, grids=len(jobs), files=index["files"], strengths=strengths,
-                    output=str(folder))
-        log.info("compare: %d file(s) x %d strength(s) x %d prompt(s) = %d images, into %s", len(names),
-                 len(strengths), len(jobs), total, folder)
-        done = 0
-        bar = tqdm(total=total, desc="compare", unit="image", disable=not show_progress, file=sys.stderr)
-        for number, prompt in enumerate(jobs):
-            stem = f"{output_name}_{number:02d}"
-            base_image = base_path = None
-            grid_tiles, grid_paths = [], []
-            for f, name in enumerate(names):
-                row, row_paths = [], []
-                for s in strengths:
-                    if s == 0 and base_image is not None:  # the base model's image: made once, shared by every row
-                        row.append(base_image)
-                        row_paths.append(str(base_path))
-                        continue
-                    values = [0.0] * len(names)
-                    values[f] = s
-                    image = renderer.image(prompt, values, sampler, prompt.seed)
-                    path = folder / "tiles" / (f"{stem}_base.png" if s == 0 else
-                                               f"{stem}_f{f:02d}_{name}_{_label(s)}.png")
-                    _atomic_png(image, path)
-                    if s == 0:
-                        base_image, base_path = image, path
-                    row.append(image)
-                    row_paths.append(str(path))
-                    done += 1
-                    bar.update(1)
-                    event = {"index": done, "total": total, "grid": number, "file": None if s == 0 else f,
-                             "strength": s, "path": str(path), "prompt": prompt.prompt}
-                    events.emit("image", **event)
-                    if progress is not None:
-                        progress(done, total, event)
-                grid_tiles.append(row)
-                grid_paths.append(row_paths)
-            title = prompt.prompt + (f"  (negative: {prompt.negative})" if prompt.negative else "") + \
-                f"  seed {prompt.seed}"
-            grid, layout = compose_grid(grid_tiles, names, [_label(s) for s in strengths], title)
-            grid_path = folder / f"{output_name}_compare_{number:02d}.png"
-            _atomic_png(grid, grid_path)
-            index["grids"].append({"index": number, "prompt": prompt.prompt, "negative": prompt.negative,
-                                   "seed": prompt.seed, "width": prompt.width, "height": prompt.height,
-                                   "steps": prompt.steps, "cfg_scale": prompt.cfg_scale,
-                                   "sampler": prompt.sampler or sampler, "path": str(grid_path),
-                                   "base": None if base_path is None else str(base_path), "tiles": grid_paths,
-                                   "layout": layout})
+    with reported(events, {"status": "stopped", "output": str(folder)}):
+        try:
+            if not files:
+                raise UserError("no LoRA files to compare")
+            strengths = [float(s) for s in strengths]
+            if not strengths:
+                raise UserError("no strengths to compare")
+            jobs = []  # one grid each: a prompt with its settings and seed
+            for i, p in enumerate(read_prompts(prompts, default_size)):
+                changes = {k: v for k, v in (("steps", steps), ("cfg_scale", cfg_scale), ("negative", negative))
+                           if v is not None}
+                if size is not None:
+                    changes.update(width=int(size[0]) - int(size[0]) % 8, height=int(size[1]) - int(size[1]) % 8)
+                p = dataclasses.replace(p, **changes)
+                for s in (seeds if seeds else [p.seed if p.seed is not None else seed + i]):
+                    jobs.append(dataclasses.replace(p, seed=int(s)))
+            for p in jobs:  # an unknown sampler or a bad file is refused before the model loads
+                make_scheduler(p.sampler or sampler, {})
+            loras = [read_lora_file(f) for f in files]
+            if renderer is None:
+                events.emit("log", level="info", message=f"loading {model}")
+                renderer = Renderer(model, **model_options)
+            stack = renderer.set_loras(loras)
+            names = [f.name for f in stack.files]
+            nonzero = [s for s in strengths if s != 0]
+            per_grid = len(names) * len(nonzero) + (1 if len(nonzero) < len(strengths) else 0)
+            total = per_grid * len(jobs)
+            index = {"version": INDEX_VERSION, "model": str(renderer.components.source),
+                     "files": [str(f.path) for f in stack.files], "file_names": names, "strengths": strengths,
+                     "output_name": output_name, "folder": str(folder), "report": stack.report, "grids": [],
+                     "status": "running", "started": round(started, 3)}
+            events.emit("start", total_images=total, grids=len(jobs), files=index["files"], strengths=strengths,
+                        output=str(folder))
+            log.info("compare: %d file(s) x %d strength(s) x %d prompt(s) = %d images, into %s", len(names),
+                     len(strengths), len(jobs), total, folder)
+            done = 0
+            bar = tqdm(total=total, desc="compare", unit="image", disable=not show_progress, file=sys.stderr)
+            for number, prompt in enumerate(jobs):
+                stem = f"{output_name}_{number:02d}"
+                base_image = base_path = None
+                grid_tiles, grid_paths = [], []
+                for f, name in enumerate(names):
+                    row, row_paths = [], []
+                    for s in strengths:
+                        if s == 0 and base_image is not None:  # the base model's image: made once, shared by every row
+                            row.append(base_image)
+                            row_paths.append(str(base_path))
+                            continue
+                        values = [0.0] * len(names)
+                        values[f] = s
+                        image = renderer.image(prompt, values, sampler, prompt.seed)
+                        path = folder / "tiles" / (f"{stem}_base.png" if s == 0 else
+                                                   f"{stem}_f{f:02d}_{name}_{_label(s)}.png")
+                        _atomic_png(image, path)
+                        if s == 0:
+                            base_image, base_path = image, path
+                        row.append(image)
+                        row_paths.append(str(path))
+                        done += 1
+                        bar.update(1)
+                        event = {"index": done, "total": total, "grid": number, "file": None if s == 0 else f,
+                                 "strength": s, "path": str(path), "prompt": prompt.prompt}
+                        events.emit("image", **event)
+                        if progress is not None:
+                            progress(done, total, event)
+                    grid_tiles.append(row)
+                    grid_paths.append(row_paths)
+                title = prompt.prompt + (f"  (negative: {prompt.negative})" if prompt.negative else "") + \
+                    f"  seed {prompt.seed}"
+                grid, layout = compose_grid(grid_tiles, names, [_label(s) for s in strengths], title)
+                grid_path = folder / f"{output_name}_compare_{number:02d}.png"
+                _atomic_png(grid, grid_path)
+                index["grids"].append({"index": number, "prompt": prompt.prompt, "negative": prompt.negative,
+                                       "seed": prompt.seed, "width": prompt.width, "height": prompt.height,
+                                       "steps": prompt.steps, "cfg_scale": prompt.cfg_scale,
+                                       "sampler": prompt.sampler or sampler, "path": str(grid_path),
+                                       "base": None if base_path is None else str(base_path), "tiles": grid_paths,
+                                       "layout": layout})
+                _atomic_json(index, index_path(folder, output_name))
+                events.emit("grid", grid=number, path=str(grid_path), prompt=prompt.prompt)
+            bar.close()
+            index.update(status="completed", seconds=round(time.time() - started, 1))
             _atomic_json(index, index_path(folder, output_name))
-            events.emit("grid", grid=number, path=str(grid_path), prompt=prompt.prompt)
-        bar.close()
-        index.update(status="completed", seconds=round(time.time() - started, 1))
-        _atomic_json(index, index_path(folder, output_name))
-        events.emit("end", status="completed", output=str(folder), index=str(index_path(folder, output_name)),
-                    seconds=index["seconds"])
-        log.info("compare: %d grid(s) in %s (%.0f s)", len(jobs), folder, index["seconds"])
-        return index
-    except UserError as exc:
-        events.emit("error", kind="config", message=str(exc))
-        raise
-    except KeyboardInterrupt:
-        events.emit("end", status="stopped", output=str(folder))
-        raise
-    except Exception as exc:
-        events.emit("error", kind=type(exc).__name__, message=str(exc))
-        raise
-    finally:
-        if renderer is not None:
-            renderer.close()  # the base model's own weights back
-        events.close()
+            events.emit("end", status="completed", output=str(folder), index=str(index_path(folder, output_name)),
+                        seconds=index["seconds"])
+            log.info("compare: %d grid(s) in %s (%.0f s)", len(jobs), folder, index["seconds"])
+            return index
+        finally:
+            if renderer is not None:
+                renderer.close()  # the base model's own weights back
 
 
 def compare_run(cfg, files: Sequence[str | Path] | None = None, prompts=None, out_dir: str | Path | None = None,

@@ -19,9 +19,8 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
-from .errors import UserError
 from .io_utils import atomic_write_bytes
-from .training.events import EventLog
+from .training.events import EventLog, reported
 
 T = TypeVar("T")
 _events: EventLog | None = None
@@ -61,17 +60,15 @@ def track(items: Iterable[T], desc: str, unit: str = "module", show: bool = True
 def run_tool(name: str, events: str | None, report: str | None, work: Callable[[], tuple[Path | None, dict]]) -> int:
     """Run a tool's ``work`` (it returns the file it wrote, or None, and its report, whose ``text`` is printed) with
     its start, end or error in the ``events`` file, and the report written to ``report`` as JSON."""
-    report_to(events)
-    emit("start", tool=name, total_steps=0, total_epochs=0)
+    log = report_to(events) or EventLog(None)
     try:
-        out, result = work()
-    except Exception as exc:
-        emit("error", kind="config" if isinstance(exc, UserError) else type(exc).__name__, message=str(exc))
+        with reported(log, {"status": "stopped"}):
+            emit("start", tool=name, total_steps=0, total_epochs=0)
+            out, result = work()
+            print(result["text"])
+            if report:
+                atomic_write_bytes(Path(report), json.dumps(result, indent=1, default=str).encode("utf-8"))
+            emit("end", status="completed", output=str(out) if out else None, report=report)
+    finally:
         report_to(None)
-        raise
-    print(result["text"])
-    if report:
-        atomic_write_bytes(Path(report), json.dumps(result, indent=1, default=str).encode("utf-8"))
-    emit("end", status="completed", output=str(out) if out else None, report=report)
-    report_to(None)
     return 0

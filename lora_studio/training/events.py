@@ -16,10 +16,14 @@ Events (one JSON object a line, each with ``type`` and ``time``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from ..errors import UserError
 
 
 class EventLog:
@@ -53,6 +57,29 @@ class EventLog:
         if self._trackers is not None:
             self._trackers.close()
             self._trackers = None
+
+
+@contextlib.contextmanager
+def reported(events: EventLog, interrupted: dict[str, Any],
+             translated: tuple[tuple[type, str, Callable[[BaseException], str]], ...] = ()) -> Iterator[EventLog]:
+    """The end of a piece of work (a training run, a comparison, a tool) in its events file, however it ends: an
+    interruption (Ctrl+C) is an ``end`` event with ``interrupted``'s fields; an error is an ``error`` event, of kind
+    ``config`` for a UserError (what the user can fix), else the exception's class name; ``translated``: (exception
+    class, kind, message) for errors told to the user as a UserError with that message. The file is closed after."""
+    try:
+        yield events
+    except KeyboardInterrupt:
+        events.emit("end", **interrupted)
+        raise
+    except Exception as exc:
+        for cls, kind, message in translated:
+            if isinstance(exc, cls):
+                events.emit("error", kind=kind, message=message(exc))
+                raise UserError(message(exc)) from exc
+        events.emit("error", kind="config" if isinstance(exc, UserError) else type(exc).__name__, message=str(exc))
+        raise
+    finally:
+        events.close()
 
 
 def read_events(path: str | Path) -> list[dict]:

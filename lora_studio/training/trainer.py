@@ -33,7 +33,7 @@ from . import faults, pruning
 from .build import (Trained, build_network, build_optimization, cache_latents, cache_text_encoder_outputs,
                     describe_network, low_ram_loading, place_model, release_unneeded, restore_released)
 from .estimate import GPU, memory_tips, resource_estimate
-from .events import EventLog
+from .events import EventLog, reported
 from .memory import GIB, MemoryLog
 from .guard import Diverged, StepGuard
 from .hub_upload import HubUploads, download_state
@@ -243,28 +243,13 @@ class Trainer:
         self.memory = MemoryLog(self.events, self.device, self.is_main)
         stop = StopRequest(self.paths["stop"])
         stop.install()
-        try:
+        translated = ((Diverged, "diverged", str),
+                      (torch.cuda.OutOfMemoryError, "out_of_memory", lambda exc: _oom_advice(cfg)))
+        with reported(self.events, {"status": "killed"}, translated):
             self._setup()
             if self.is_main:
                 save_config(self.cfg, self.paths["config"])  # with the ranks dim_from_weights read
             return self._loop(stop)
-        except Diverged as exc:
-            self.events.emit("error", kind="diverged", message=str(exc))
-            raise UserError(str(exc)) from None
-        except UserError as exc:
-            self.events.emit("error", kind="config", message=str(exc))
-            raise
-        except torch.cuda.OutOfMemoryError as exc:
-            self.events.emit("error", kind="out_of_memory", message=_oom_advice(cfg))
-            raise UserError(_oom_advice(cfg)) from exc
-        except KeyboardInterrupt:
-            self.events.emit("end", status="killed")
-            raise
-        except Exception as exc:
-            self.events.emit("error", kind=type(exc).__name__, message=str(exc))
-            raise
-        finally:
-            self.events.close()
 
     def _loop(self, stop: StopRequest) -> Path:
         p = self.progress
