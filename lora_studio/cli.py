@@ -147,8 +147,13 @@ def _setup_logging() -> None:
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
 
 
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the ``train`` command line (options that are not settings left out)."""
+    return {k: v for k, v in vars(args).items() if k in S.BY_NAME}
+
+
 def _run_train(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config_file", "allow_dir")}
+    overrides = setting_overrides(args)
     if str(overrides.get("output_config", "")).lower() in ("true", "1"):
         return _output_config(args.config_file, {k: v for k, v in overrides.items() if k != "output_config"})
     from .config.kohya_import import is_kohya_json

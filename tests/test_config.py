@@ -65,14 +65,14 @@ def test_zero_and_false_survive_save_and_load(tmp_path):
 
 
 def test_cli_overrides_beat_the_file(tmp_path):
-    from lora_studio.cli import build_parser
+    from lora_studio.cli import build_parser, setting_overrides
 
     path = tmp_path / "run.toml"
     path.write_text("network_dim = 8\nshuffle_caption = true\n")
     args = build_parser().parse_args(["train", "--config", str(path), "--network_dim", "32", "--shuffle_caption",
                                       "false", "--flip_aug", "--text_encoder_lr", "1e-4", "5e-5",
-                                      "--network_args", "conv_dim=4"])
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config_file")}
+                                      "--network_args", "conv_dim=4", "--allow-dir", str(tmp_path)])
+    overrides = setting_overrides(args)
     cfg = load_config(path, overrides)
     assert (cfg.network_dim, cfg.shuffle_caption, cfg.flip_aug) == (32, False, True)
     assert cfg.text_encoder_lr == [1e-4, 5e-5] and cfg.network_args == ["conv_dim=4"]

@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # the images that train
+# the folder beside a subset's images where latents and text-encoder outputs are cached (cache_*_to_disk)
+CACHE_FOLDER = ".lora_studio_cache"
 READ_FORMATS = ", ".join(ext[1:] for ext in IMAGE_EXTENSIONS)  # as messages name them
 # pictures people keep that the trainer does not read (named as skipped, never silently left out)
 OTHER_IMAGE_EXTENSIONS = (".gif", ".tif", ".tiff", ".avif", ".heic", ".heif", ".jfif", ".jxl", ".jp2", ".ico",

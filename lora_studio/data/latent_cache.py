@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..io_utils import atomic_write, file_sha256
 from .dataset import Entry, TrainingData
+from .images import CACHE_FOLDER
 
 log = logging.getLogger(__name__)
 
-CACHE_FOLDER = ".lora_studio_cache"
 CACHE_VERSION = "1"
 
 

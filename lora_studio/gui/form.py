@@ -100,8 +100,9 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
             check.problems[name] = _field_message(exc)
     for name, value in list(check.raw.items()):
         setting = BY_NAME[name]
-        if setting.kind == "path" and name not in check.problems and not (name == "resume" and
-                                                                          str(value).lower() == "latest"):
+        hub_resume = name == "resume" and str(check.raw.get("resume_from_huggingface", "")).lower() in ("true", "1")
+        if setting.kind == "path" and name not in check.problems and not (name == "resume" and (
+                str(value).lower() == "latest" or hub_resume)):  # "latest" and a Hub state are not local paths
             message = outside_roots(value, roots)
             if message:
                 check.problems[name] = message

@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
-
 log = logging.getLogger("lora_studio")
 
 CPU_GRAD_SCALER = "LORA_STUDIO_TEST_CPU_GRAD_SCALER"  # "1": fp16 loss scaling on the CPU (computing in float32)
@@ -34,6 +32,8 @@ def cpu_loss_scaling() -> bool:
 def install_cpu_grad_scaler(accelerator) -> None:
     """Give accelerate the GradScaler it would make for fp16 on a GPU, on the CPU. Call it after the model is
     prepared (so its forward is not wrapped in fp16 autocast) and before the optimizer is."""
+    import torch
+
     accelerator.scaler = torch.amp.GradScaler("cpu")
     accelerator.native_amp = True
     log.warning("test fault: fp16 loss scaling simulated on the CPU (initial scale %g)",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
@@ -11,6 +10,7 @@ from ..config import Config, parse_key_values
 from ..config.optimizers import EIGHT_BIT, LEARNING_RATE_FREE, SCHEDULE_FREE, optimizer_problem
 from ..confinement import Confinement, active
 from ..errors import UserError
+from .plan import warmup_steps
 
 
 def _import_class(dotted: str, setting: str = "optimizer_type"):
@@ -125,11 +125,6 @@ def _adafactor_arguments(cfg: Config, kwargs: dict, groups: list[dict]) -> tuple
 
 def uses_adafactor_schedule(optimizer) -> bool:
     return type(optimizer).__name__ == "Adafactor" and bool(optimizer.defaults.get("relative_step"))
-
-
-def warmup_steps(cfg: Config, total_steps: int) -> int:
-    value = cfg.lr_warmup_steps or 0
-    return int(math.ceil(value * total_steps)) if isinstance(value, float) and value <= 1 else int(value)
 
 
 def build_scheduler(cfg: Config, optimizer, total_steps: int):

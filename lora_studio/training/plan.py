@@ -26,3 +26,9 @@ def plan_steps(batches_per_epoch: int, cfg: Config, world: int = 1) -> StepPlan:
     total_steps = cfg.max_train_epochs * steps_per_epoch if cfg.max_train_epochs else cfg.max_train_steps
     total_epochs = math.ceil(total_steps / steps_per_epoch)
     return StepPlan(batches_per_epoch, steps_per_epoch, total_steps, total_epochs)
+
+
+def warmup_steps(cfg: Config, total_steps: int) -> int:
+    """lr_warmup_steps as steps: a number up to 1 (a float) is a share of the run, as sd-scripts reads it."""
+    value = cfg.lr_warmup_steps or 0
+    return int(math.ceil(value * total_steps)) if isinstance(value, float) and value <= 1 else int(value)

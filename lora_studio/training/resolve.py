@@ -18,7 +18,7 @@ from ..config.network_args import parse_network_args
 from ..config.optimizers import SCHEDULE_FREE
 from ..data.dataset import TrainingData
 from ..data.prompt_weights import separator_inside_brackets
-from .plan import StepPlan, plan_steps
+from .plan import StepPlan, plan_steps, warmup_steps
 from .trackers import wandb_key_missing
 
 log = logging.getLogger("lora_studio")
@@ -117,8 +117,6 @@ def adafactor_relative_step(cfg: Config) -> bool:
 
 
 def _schedule(r: Resolved, data: TrainingData, cuda: bool) -> None:
-    from .optim import warmup_steps
-
     cfg = r.cfg
     warmup = warmup_steps(cfg, r.plan.total_steps)
     if cfg.lr_scheduler_type and cfg.lr_warmup_steps:

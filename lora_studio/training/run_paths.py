@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import Config
 from ..config.schema import SETTINGS
 from ..confinement import Confinement
-from ..data.latent_cache import CACHE_FOLDER
+from ..data.images import CACHE_FOLDER
 from ..data.metadata_file import metadata_captions
 from ..data.sources import datasets_from_config
 from ..errors import UserError
@@ -28,7 +28,8 @@ def check_run_paths(cfg: Config, confinement: Confinement) -> None:
         return
     for setting in SETTINGS:
         value = getattr(cfg, setting.name)
-        if setting.kind != "path" or not value or (setting.name == "resume" and str(value).lower() == "latest"):
+        if setting.kind != "path" or not value or (setting.name == "resume" and (
+                str(value).lower() == "latest" or cfg.resume_from_huggingface)):  # a state on the Hub, not a path
             continue
         confinement.check(value, setting.name)
         if setting.name in ("pretrained_model_name_or_path", "vae", "resume"):

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..errors import UserError
 from ..io_utils import atomic_write
-from ..data.latent_cache import CACHE_FOLDER
+from ..data.images import CACHE_FOLDER
 
 log = logging.getLogger(__name__)
 
