@@ -79,8 +79,8 @@ def open_tab(page, *names: str) -> None:
 
 
 def tick(workbench, choice: str = "latest", job: dict | None = None) -> dict:
-    """One tick of a page's live view (``Workbench.refresh`` from a fresh page), by output name."""
-    from lora_studio.gui.app import TICK_KEYS
+    """One tick of a page's live view (``RunsTab.refresh`` from a fresh page), by output name."""
+    from lora_studio.gui.runs_tab import TICK_KEYS
 
-    *values, _seen = workbench.refresh({}, choice, job or {})
+    *values, _seen = workbench.runs.refresh({}, choice, job or {})
     return dict(zip(TICK_KEYS, values))

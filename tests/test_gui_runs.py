@@ -159,7 +159,7 @@ def test_a_completed_run_queues_its_comparison_grid_and_the_runs_view_shows_it(t
     assert view["files"]["value"].endswith("test_lora.safetensors")
     assert [value for _, value in view["choices"]["choices"]] == ["latest", run.id]
     # Test this file: the file and its run's base model go to the Test tab, which is shown
-    path, model, tabs, message = w.test_this_file(files[0][1], run.id)
+    path, model, tabs, message = w.test.test_this_file(files[0][1], run.id)
     assert path == files[0][1] and model == str(trained_run["model"]) and tabs.selected == "test"
     # a restarted GUI keeps the kinds and the link
     manager.close()
@@ -176,7 +176,7 @@ def test_the_test_tab_renders_chosen_files_as_a_job_in_the_queue(trained_run, tm
     settings = TestSettings(model=str(trained_run["model"]), files=str(trained_run["file"]),
                             prompts="lsdemo shape, red disc --s 2", seeds="1, 2", strengths="0, 1", steps=3,
                             width=64, height=64, cfg_scale=5.0)
-    message, job = w.render(*settings.values(), {})
+    message, job = w.test.render(*settings.values(), {})
     assert job["kind"] == "compare", message
     rec = w.manager.get(job["id"])
     assert rec.kind == "compare" and rec.parent is None and rec.output_name == "test_lora"

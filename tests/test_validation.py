@@ -117,8 +117,8 @@ def test_a_run_keeps_its_best_file_and_stops_early(tiny_models, dataset, tmp_pat
     assert meta["ss_num_validation_images"] == "2" and meta["ss_validation_split"] == "0.25"
     assert not (out / "test_lora-000005.safetensors").exists()
     # what the GUI shows from the events: the validation loss beside the training loss, the best, why it ended
-    from lora_studio.jobs.live import EventsFollower
     from lora_studio.gui.views import loss_frame
+    from lora_studio.jobs.live import EventsFollower
 
     state = EventsFollower(out / "test_lora_events.jsonl").update()
     frame = loss_frame(state)

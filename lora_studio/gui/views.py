@@ -1,4 +1,5 @@
-"""What the Runs view shows, rendered from a run record and its live state (HTML, tables, chart data)."""
+"""What the Runs view shows, rendered from a run record and its live state (HTML, tables, chart data, gallery
+images)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from ..jobs.live import LiveState, format_seconds, smoothed
 from ..jobs.runs import JOB_WORDS, RunRecord
@@ -146,6 +148,18 @@ def sample_gallery(state: LiveState | None) -> list[tuple[str, str]]:
     items = [s for s in state.samples if s.get("path") and Path(s["path"]).is_file()]
     items.sort(key=lambda s: (-(s.get("epoch") or 0), s.get("step") or 0, s["path"]))
     return [(s["path"], f"Epoch {s.get('epoch')} · step {s.get('step')}: {s.get('prompt') or ''}") for s in items]
+
+
+def gallery_images(items: list[tuple[str, str]]) -> list:
+    """Gallery items as images read now (Gradio then serves its own copies, from any folder)."""
+    out = []
+    for path, caption in items:
+        try:
+            with Image.open(path) as image:
+                out.append((image.copy(), caption))
+        except OSError:
+            continue
+    return out
 
 
 def saved_markdown(state: LiveState | None) -> str:
