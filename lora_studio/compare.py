@@ -201,6 +201,8 @@ def read_prompts(source: str | Path | Sequence, default_size: int = 512) -> list
         return read_prompt_file(Path(source).expanduser(), default_size)
     elif isinstance(source, str) and "\n" not in source and source.strip().lower().endswith(".txt"):
         raise UserError(f"prompts: file not found: {source}")
+    elif isinstance(source, str) and "\n" not in source and len(source) < 1024 and Path(source).expanduser().is_dir():
+        raise UserError(f"prompts: {source} is a folder; give a sample_prompts file or the prompt text")
     else:
         prompts = [p for p in (parse_prompt_line(line, default_size) for line in str(source).splitlines())
                    if p is not None]

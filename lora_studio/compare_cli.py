@@ -63,8 +63,12 @@ def run_compare(args: argparse.Namespace) -> int:
     from .compare import DEFAULT_STRENGTHS, compare_folder, compare_grid, compare_run
 
     for path in args.files or []:
+        if Path(path).expanduser().is_dir():
+            raise UserError(f"--files: {path} is a folder; give the LoRA .safetensors files")
         if not Path(path).expanduser().is_file():
             raise UserError(f"--files: not found: {path}")
+    if args.out and Path(args.out).expanduser().exists() and not Path(args.out).expanduser().is_dir():
+        raise UserError(f"--out: {args.out} is a file; give the folder for the grids")
     options = {"strengths": args.strengths or DEFAULT_STRENGTHS, "seeds": args.seeds, "steps": args.steps,
                "size": _size(args.size), "cfg_scale": args.cfg, "negative": args.negative}
     if args.sampler:

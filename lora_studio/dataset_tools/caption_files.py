@@ -42,6 +42,8 @@ def find_images(folder: str | Path, extension: str = ".txt", recursive: bool = F
     """The folder's images in path order with their captions, and warnings (images left out, with why). Hidden files
     and folders (``.caption_backups``) are left out."""
     root = Path(folder).expanduser()
+    if root.is_file():
+        raise UserError(f"Image folder: {folder} is a file; give the folder of images")
     if not root.is_dir():
         raise UserError(f"Image folder not found: {folder}")
     if not extension.startswith(".") or len(extension) < 2:

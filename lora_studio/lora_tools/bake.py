@@ -41,7 +41,7 @@ def bake(model: str | Path, loras: list[str | Path], ratios: list[float], out: s
     out = check_output(out, [model, *paths])
     files = [read_lora_file(p) for p in paths]
     phase("loading the base model")
-    components = load_components(str(model), None, v2)
+    components = load_components(str(model), None, v2, setting="--model")
     family = components.family
     with LoRAStack(components, files) as stack:
         phase(f"applying {len(files)} LoRA file(s)")

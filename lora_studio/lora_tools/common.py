@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..io_utils import file_sha256
+from ..file_hashes import cached_sha256, folder_sha256
 from ..saving import SAVE_DTYPES, save_lora
 
 HISTORY_KEY = "lora_studio_history"
@@ -28,6 +28,8 @@ def check_output(out: str | Path, inputs: list[Path]) -> Path:
     out = Path(out).expanduser()
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"{out}: the output must be a .safetensors file")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder: give the output's file name")
     for source in inputs:
         if out.exists() and out.resolve() == Path(source).expanduser().resolve():
             raise UserError(f"{out} is also an input: write the result to another file (inputs are never "
@@ -36,10 +38,19 @@ def check_output(out: str | Path, inputs: list[Path]) -> Path:
     return out
 
 
+def _input_record(path: Path) -> dict:
+    """A file: its name and sha256. A diffusers folder: its name, the hash of its weight files (file_hashes) and
+    how many there are."""
+    path = Path(path)
+    if path.is_dir():
+        digest, count = folder_sha256(path)
+        return {"folder": path.name, "sha256": digest, "weight_files": count}
+    return {"file": path.name, "sha256": cached_sha256(path)}
+
+
 def history_entry(tool: str, inputs: list[Path], parameters: dict[str, Any]) -> dict:
     return {"tool": tool, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "inputs": [{"file": Path(p).name, "sha256": file_sha256(p)} for p in inputs],
-            "parameters": parameters}
+            "inputs": [_input_record(p) for p in inputs], "parameters": parameters}
 
 
 def write_output(out: Path, tensors: dict[str, torch.Tensor], precision: str, metadata: dict[str, str],
@@ -51,6 +62,8 @@ def write_output(out: Path, tensors: dict[str, torch.Tensor], precision: str, me
     try:
         history = json.loads(meta.get(HISTORY_KEY, "[]"))
     except json.JSONDecodeError:
+        history = []
+    if not isinstance(history, list):  # another tool's value under our key: not ours to extend
         history = []
     meta[HISTORY_KEY] = [*history, entry]
     meta.update(updates or {})

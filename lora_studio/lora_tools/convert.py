@@ -111,7 +111,7 @@ def convert_lora(source: str | Path, out: str | Path, model: str | Path, to: str
     source, model = Path(source).expanduser(), Path(model).expanduser()
     out = check_output(out, [source])
     phase("loading the base model's layer names")
-    components = load_components(str(model), None, v2)
+    components = load_components(str(model), None, v2, setting="--model")
     tensors, _ = (_to_diffusers if to == "diffusers" else _to_kohya)(source, components)
     phase("writing")
     entry = history_entry("convert", [source], {"to": to, "model": model.name})

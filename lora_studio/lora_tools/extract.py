@@ -38,7 +38,8 @@ def extract_lora(model: str | Path, tuned: str | Path, out: str | Path, dim: int
     model, tuned = Path(model).expanduser(), Path(tuned).expanduser()
     out = check_output(out, [model, tuned])
     phase("loading the models")
-    base_c, tuned_c = load_components(str(model), None, v2), load_components(str(tuned), None, v2)
+    base_c = load_components(str(model), None, v2, setting="--model")
+    tuned_c = load_components(str(tuned), None, v2, setting="--tuned")
     if type(base_c.family) is not type(tuned_c.family):
         raise UserError(f"{model.name} is {base_c.family.title} but {tuned.name} is {tuned_c.family.title}")
     base_t, tuned_t = _targets(base_c, conv_dim is not None), _targets(tuned_c, conv_dim is not None)

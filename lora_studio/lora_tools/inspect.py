@@ -121,7 +121,7 @@ def inspect_lora(path: str | Path, show_progress: bool = False) -> dict[str, Any
     try:
         for folder, counts in json.loads(meta.get("ss_tag_frequency", "{}")).items():
             tags[folder] = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:20])
-    except (json.JSONDecodeError, AttributeError):
+    except (json.JSONDecodeError, AttributeError, TypeError):  # another tool's form: left out
         pass
     skip = {"ss_tag_frequency", "ss_bucket_info", "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_datasets"}
     return {
@@ -159,7 +159,10 @@ def describe(report: dict[str, Any]) -> str:
         lines += [f"    {k.removeprefix('ss_')}: {v}" for k, v in training.items()]
     for folder, counts in report["tag_frequency"].items():
         lines.append(f"  tags in {folder}: " + ", ".join(f"{t} ({n})" for t, n in list(counts.items())[:10]))
-    for step in report["history"] if isinstance(report["history"], list) else []:
+    history = report["history"] if isinstance(report["history"], list) else []  # another tool's form: left out
+    for step in (s for s in history if isinstance(s, dict)):
+        inputs = step.get("inputs") if isinstance(step.get("inputs"), list) else []
         lines.append(f"  history: {step.get('tool')} {step.get('parameters')} from "
-                     + ", ".join(i.get("file", "?") for i in step.get("inputs", [])))
+                     + ", ".join(str(i.get("file") or i.get("folder")) if isinstance(i, dict) else "?"
+                                 for i in inputs))
     return "\n".join(lines)

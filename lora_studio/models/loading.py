@@ -6,6 +6,7 @@ components are built is the family's business (``registry``, ``sd1`` ...).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -123,8 +124,8 @@ def read_pickle_weights(path: Path, setting: str, allow_pickle: bool) -> dict[st
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
-def load_single_file(path: Path, v2: bool, allow_pickle: bool = False) -> Components:
-    setting = "pretrained_model_name_or_path"
+def load_single_file(path: Path, v2: bool, allow_pickle: bool = False,
+                     setting: str = "pretrained_model_name_or_path") -> Components:
     sd = read_pickle_weights(path, setting, allow_pickle) if is_pickle_file(path) else SafetensorsView(path, setting)
     keys = list(sd)
     family = checked_family(family_of_checkpoint(keys), str(path), v2, keys)
@@ -135,9 +136,19 @@ def load_single_file(path: Path, v2: bool, allow_pickle: bool = False) -> Compon
                         f"(no {exc.args[0]}); is the download complete?") from None
 
 
-def load_diffusers_folder(path: Path, v2: bool) -> Components:
-    family, model_index = family_of_diffusers_folder(path)
-    return checked_family(family, str(path), v2).load_diffusers(path, model_index)
+def load_diffusers_folder(path: Path, v2: bool, setting: str = "pretrained_model_name_or_path") -> Components:
+    """A diffusers folder's components; a damaged or incomplete folder (a part or a config missing, a weights file
+    cut short) is a UserError naming the folder, not diffusers' traceback."""
+    family, model_index = family_of_diffusers_folder(path, setting)
+    family = checked_family(family, str(path), v2)
+    for weights in sorted(path.glob("*/*.safetensors")):
+        read_safetensors_header(weights, setting)
+    try:
+        return family.load_diffusers(path, model_index)
+    except (OSError, json.JSONDecodeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300].rstrip(".")
+        raise UserError(f"{setting}: cannot load the diffusers folder {path}: {reason}; is it complete (each part's "
+                        "folder with its config.json and weights)?") from None
 
 
 def load_vae(path: Path, allow_pickle: bool = False) -> torch.nn.Module:
@@ -146,7 +157,13 @@ def load_vae(path: Path, allow_pickle: bool = False) -> torch.nn.Module:
 
     if path.is_dir():
         sub = "vae" if (path / "vae" / "config.json").is_file() else None
-        return AutoencoderKL.from_pretrained(path, subfolder=sub, local_files_only=True)
+        if sub is None and not (path / "config.json").is_file():
+            raise UserError(f"vae: {path} is not a diffusers VAE folder (no config.json in it or in vae/); give a "
+                            "VAE .safetensors file or a diffusers folder")
+        try:
+            return AutoencoderKL.from_pretrained(path, subfolder=sub, local_files_only=True)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"vae: cannot load the VAE in {path}: {str(exc).strip()[:300]}") from None
     sd = read_pickle_weights(path, "vae", allow_pickle) if is_pickle_file(path) else read_safetensors(path, "vae")
     if any(k.startswith(ldm_keys.VAE_PREFIX) for k in sd):
         prefix = ldm_keys.VAE_PREFIX
@@ -160,12 +177,15 @@ def load_vae(path: Path, allow_pickle: bool = False) -> torch.nn.Module:
     return ldm_build.build_vae(ldm, SD_VAE, str(path))
 
 
-def load_components(model_path: str, vae_path: str | None, v2: bool, allow_pickle: bool = False) -> Components:
+def load_components(model_path: str, vae_path: str | None, v2: bool, allow_pickle: bool = False,
+                    setting: str = "pretrained_model_name_or_path") -> Components:
+    """The base model; ``setting`` is the option that named it (for the error messages: a tool's ``--model``)."""
     path = Path(model_path).expanduser()
     if not path.exists():
-        raise UserError(f"pretrained_model_name_or_path: not found: {path}. Give a local .safetensors checkpoint or "
-                        "a diffusers folder (LoRA Studio never downloads models while training).")
-    components = load_diffusers_folder(path, v2) if path.is_dir() else load_single_file(path, v2, allow_pickle)
+        raise UserError(f"{setting}: not found: {path}. Give a local .safetensors checkpoint or a diffusers folder "
+                        "(LoRA Studio never downloads models).")
+    components = (load_diffusers_folder(path, v2, setting) if path.is_dir()
+                  else load_single_file(path, v2, allow_pickle, setting))
     if vae_path:
         vpath = Path(vae_path).expanduser()
         if not vpath.exists():

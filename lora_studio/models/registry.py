@@ -33,18 +33,29 @@ def family_of_checkpoint(keys) -> ModelFamily | None:
     return next((f for f in FAMILIES if f.matches_checkpoint(keys)), None)
 
 
-def family_of_diffusers_folder(folder: Path) -> tuple[ModelFamily, dict]:
-    """(family, model_index) of a diffusers model folder."""
+def _json_file(path: Path, setting: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{setting}: cannot read {path} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{setting}: {path} is not a JSON object")
+    return data
+
+
+def family_of_diffusers_folder(folder: Path, setting: str = "pretrained_model_name_or_path"
+                               ) -> tuple[ModelFamily, dict]:
+    """(family, model_index) of a diffusers model folder (``setting``: the option that named it, for the errors)."""
     index_file = folder / "model_index.json"
     unet_cfg_file = folder / "unet" / "config.json"
-    model_index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    model_index = _json_file(index_file, setting) if index_file.is_file() else {}
     other = not_trained_family(pipeline=model_index.get("_class_name", ""))
     if other:
         raise UserError(_not_trained(folder, other))
     if not unet_cfg_file.is_file():
-        raise UserError(f"pretrained_model_name_or_path: {folder} is not a diffusers model folder "
+        raise UserError(f"{setting}: {folder} is not a diffusers model folder "
                         "(no unet/config.json). Give a .safetensors checkpoint or a diffusers folder.")
-    unet_config = json.loads(unet_cfg_file.read_text())
+    unet_config = _json_file(unet_cfg_file, setting)
     return next(f for f in FAMILIES if f.matches_diffusers(model_index, unet_config)), model_index
 
 
