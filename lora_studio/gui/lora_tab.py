@@ -272,7 +272,7 @@ class LoraTab:
         if problems:
             return gr.update(value="", visible=True), "❌ Fix the marked settings first."
         config_path = output_paths(cfg)["config"] if cfg.output_dir else Path("<output_dir>/config.toml")
-        text = (f"# Start training runs:\n{display(engine_argv(cfg, config_path))}\n\n"
+        text = (f"# Start training runs:\n{display(engine_argv(cfg, config_path, self.manager.allowed_dirs))}\n\n"
                 f"# with this config, written to {config_path}:\n{dumps_config(cfg)}")
         return gr.update(value=text, visible=True), "The command and config are shown below."
 

@@ -1,6 +1,6 @@
 """Schema setting -> GUI widget: which component, its label, default, choices, range and help.
 
-The mapping is plain data (``WidgetSpec``) so it can be tested without a browser; ``app`` turns specs into Gradio
+The mapping is plain data (``WidgetSpec``) so it can be tested without a browser; ``lora_tab`` turns specs into Gradio
 components. Values cross the boundary in two functions: ``to_widget`` (setting value -> what the widget shows) and
 ``from_widget`` (what the widget holds -> raw setting value, parsed by the schema like any TOML value).
 """
