@@ -91,6 +91,25 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
+_M1, _M2, _M4, _H01 = (np.uint64(m) for m in (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F,
+                                               0x0101010101010101))
+
+
+def popcount_swar(x: np.ndarray) -> np.ndarray:
+    """The set bits of each element of a uint64 array, as uint8: the classic bit-parallel count (pairs, nibbles,
+    bytes, then one multiply sums the bytes into the top one). NumPy 1 has no ``bitwise_count``."""
+    shape = np.shape(x)
+    x = np.array(x, dtype=np.uint64, ndmin=1)  # an array, even for one value: array arithmetic wraps silently
+    x = x - ((x >> np.uint64(1)) & _M1)
+    x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
+    x = (x + (x >> np.uint64(4))) & _M4
+    return ((x * _H01) >> np.uint64(56)).astype(np.uint8).reshape(shape)  # the multiply wraps modulo 2**64
+
+
+# NumPy 2's own (one instruction where the CPU has it), else the same result from the portable count
+popcount = getattr(np, "bitwise_count", popcount_swar)
+
+
 def correlation(a: Fingerprint, b: Fingerprint) -> float:
     """1.0 for the same picture (up to brightness and contrast), about 0 for unrelated ones. A flat picture (one
     colour) matches only another flat one of about the same grey level."""
@@ -110,8 +129,8 @@ def near_pairs(prints: list[Fingerprint], max_phash: int = NEAR_PHASH, max_dhash
     pairs = []
     block = 512
     for start in range(0, len(prints), block):
-        dp = np.bitwise_count(p[start:start + block, None] ^ p[None, :])
-        dd = np.bitwise_count(d[start:start + block, None] ^ d[None, :])
+        dp = popcount(p[start:start + block, None] ^ p[None, :])
+        dd = popcount(d[start:start + block, None] ^ d[None, :])
         for i, j in zip(*np.nonzero((dp <= max_phash) & (dd <= max_dhash))):
             i, j = int(i) + start, int(j)
             if i < j:
