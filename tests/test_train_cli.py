@@ -302,3 +302,31 @@ def test_learning_rate_free_and_schedule_free_optimizers_train_through_the_engin
     assert all(bool(torch.isfinite(v.float()).all()) for v in weights.values())
     if optimizer == "DAdaptAdam":
         assert "takes one learning rate for every part" in proc.stderr
+
+
+def test_a_kohya_ss_gui_json_trains_from_the_command_line_with_the_guis_report(tiny_models, dataset, tmp_path):
+    """``train --config preset.json`` imports a Kohya_ss GUI JSON as the GUI's Load does: the same report (carried
+    over / changed / not supported / GUI only), its sample prompts written to a file, and the run trains."""
+    import json
+
+    from kohya_shapes import KOHYA_GUI_JSON
+    from lora_studio.gui.lora_tab import ConfigurationTab
+
+    out = tmp_path / "model"
+    preset = {**KOHYA_GUI_JSON, "pretrained_model_name_or_path": str(tiny_models["single"]),
+              "train_data_dir": str(dataset), "output_dir": str(out), "logging_dir": "", "max_resolution": "64,64",
+              "max_train_steps": 2, "mixed_precision": "no", "sample_every_n_epochs": 0, "save_every_n_epochs": 0,
+              "min_bucket_reso": 64, "sample_prompts": "emi, 1girl --w 64 --h 64 --s 2"}
+    path = tmp_path / "emi.json"
+    path.write_text(json.dumps(preset, indent=2), encoding="utf-8")
+    proc = run_cli("train", "--config", str(path))
+    gui_report = ConfigurationTab(tmp_path / "state", None).load_path(str(path))[-1]
+    assert "**Carried over as they are**" in gui_report and "**Set to what Kohya_ss trains:**" in gui_report
+    cli_prompts, gui_prompts = out / "emi_prompts.txt", tmp_path / "state" / "imported" / "emi_prompts.txt"
+    assert proc.stdout.strip() == gui_report.replace(str(gui_prompts), str(cli_prompts))
+    assert cli_prompts.read_text(encoding="utf-8") == gui_prompts.read_text(encoding="utf-8") == \
+        "emi, 1girl --w 64 --h 64 --s 2\n"
+    cfg = load_config(out / "emi_v1_config.toml")
+    assert (cfg.sample_prompts, cfg.network_dim, cfg.optimizer_type) == (str(cli_prompts), 16, "AdamW8bit")
+    assert (out / "emi_v1.safetensors").is_file()
+    assert read_events(out / "emi_v1_events.jsonl")[-1]["status"] == "completed"
