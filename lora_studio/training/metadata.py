@@ -16,8 +16,8 @@ from ..saving import legacy_model_hash, utc_now_iso
 
 
 def _model_hashes(path: str | None) -> tuple[str | None, str | None]:
-    """(sshs_legacy-style 8-character hash, sha256) of a model file; a diffusers folder has neither (A1111 and
-    civitai identify single files). The sha256 comes from the cache when the file is unchanged."""
+    """(A1111's old 8-character hash, sha256) of a model file; a diffusers folder has neither (A1111 and civitai
+    identify single files). The sha256 comes from the cache (file_hashes) when the file is unchanged."""
     if not path or not os.path.isfile(path):
         return None, None
     return legacy_model_hash(path), cached_sha256(path)
