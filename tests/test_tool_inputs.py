@@ -129,6 +129,8 @@ def test_a_folder_where_a_file_goes_and_the_reverse(tiny_models, lora, tmp_path)
              str(text), "is a file")
     _refused(["compare", "--files", str(lora), "--model", str(tiny_models["single"]), "--prompts", str(tmp_path),
               "--out", str(tmp_path / "grids")], str(tmp_path), "is a folder")
+    _refused(["train", "--config", str(folder)], str(folder), "is a folder")
+    _refused(["dataset", "check", "--config", str(folder)], str(folder), "is a folder")
     (tmp_path / "no vae here").mkdir()
     _refused(["compare", "--files", str(lora), "--model", str(tiny_models["single"]), *prompt, "--vae",
               str(tmp_path / "no vae here"), "--out", str(tmp_path / "grids")], "vae: ", "not a diffusers VAE folder")

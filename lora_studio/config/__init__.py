@@ -98,6 +98,8 @@ def build_config(raw: dict[str, Any], source: str | None = None) -> Config:
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give the config file (.toml) in it")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
