@@ -54,8 +54,8 @@ def resolve(cfg: Config, data: TrainingData, world: int = 1, cuda: bool = False)
 def _save_n_epoch_ratio(r: Resolved) -> None:
     if r.cfg.save_n_epoch_ratio:  # sd-scripts: about this many epoch files over the run
         every = math.floor(r.plan.total_epochs / r.cfg.save_n_epoch_ratio) or 1
-        r.notes.append(("save_n_epoch_ratio", f"{r.cfg.save_n_epoch_ratio}: a LoRA file every {every} epoch(s) of "
-                                              f"{r.plan.total_epochs}"))
+        r.notes.append(("save_n_epoch_ratio", f"a LoRA file every {every} epoch(s) of {r.plan.total_epochs} (about "
+                                              f"{r.cfg.save_n_epoch_ratio} over the run)"))
         r.cfg = r.cfg.replace(save_every_n_epochs=every)
 
 
