@@ -83,6 +83,10 @@ def test_a_link_inside_that_leads_outside_is_refused(place):
     (images / "linked.png").unlink()
     (place["allowed"] / "data" / "more").symlink_to(place["outside"] / "secret", target_is_directory=True)
     _refused(place, match="reg_data_dir", reg_data_dir=str(place["allowed"] / "data" / "more"))
+    # and a cache folder in the output folder that leads outside (latents of a read-only image folder go there)
+    (place["allowed"] / "out").mkdir()
+    (place["allowed"] / "out" / "latent_cache").symlink_to(place["outside"], target_is_directory=True)
+    _refused(place, match="latent_cache")
 
 
 def test_sample_prompts_resume_and_network_weights_outside_are_refused(place):

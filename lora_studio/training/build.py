@@ -19,6 +19,7 @@ from ..models.fp8 import fp8_problem, store_fp8
 from ..network.lora import LoRANetwork
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
+from .outputs import latent_cache_fallback
 from .te_cache import build_te_cache, check_te_cache_allowed, te_fingerprint
 from .vae import encode_latents
 
@@ -201,7 +202,7 @@ def cache_latents(c: Components, data, cfg: Config, device: torch.device, seed: 
     scale_shift = c.family.vae_scale_and_shift(c.vae)
     vae_id = vae_fingerprint(c.vae) + f"|{scale_shift}"
     generator = torch.Generator(device=device).manual_seed(seed)
-    fallback = Path(cfg.output_dir) / "latent_cache"
+    fallback = latent_cache_fallback(cfg)
 
     def encode(pixels):
         return encode_latents(c.vae, pixels, device, generator, scale_shift)

@@ -17,6 +17,11 @@ def output_paths(cfg: Config) -> dict[str, Path]:
             "pause": out / f"{name}.pause", "tests": out / f"{name}.tests"}
 
 
+def latent_cache_fallback(cfg: Config) -> Path:
+    """Where latents are cached when an image folder is read-only."""
+    return Path(cfg.output_dir) / "latent_cache"
+
+
 def epoch_file(cfg: Config, epoch: int) -> Path:
     return Path(cfg.output_dir) / f"{cfg.output_name}-{epoch:06d}.safetensors"
 

@@ -14,7 +14,7 @@ from ..data.images import CACHE_FOLDER
 from ..data.metadata_file import metadata_captions
 from ..data.sources import datasets_from_config
 from ..errors import UserError
-from .outputs import best_file, latest_state, output_paths
+from .outputs import best_file, latent_cache_fallback, latest_state, output_paths
 
 # keys of a log_tracker_config table that name a folder the tracker writes to
 _TRACKER_FOLDER_KEYS = {"dir", "logdir", "log_dir", "logging_dir", "save_dir", "root_dir"}
@@ -57,6 +57,7 @@ def _check_outputs(cfg: Config, confinement: Confinement) -> None:
     out = Path(cfg.output_dir).expanduser()
     for path in [*output_paths(cfg).values(), best_file(cfg)]:
         confinement.check(path, "output_dir")
+    confinement.check_folder_entries(latent_cache_fallback(cfg), "output_dir")  # latents of read-only image folders
     if out.is_dir():  # epoch, step and state files of an earlier run: a link among them must not be written through
         for entry in out.iterdir():
             if entry.name.startswith(cfg.output_name):
