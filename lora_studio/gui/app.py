@@ -1,7 +1,7 @@
 """The LoRA Studio page: LoRA tab (Configuration, Model, Folders, Parameters, Dataset preparation), Runs, Test,
 Dataset (tagging, captions, health report) and Tools.
 
-Each tab is a room of its own (``lora_tab``, ``runs_tab``, ``test_tab``, ``dataset_tab``, ``tools_tab``) that builds
+Each tab is a room of its own (``lora_tab``, ``runs_tab``, ``tester_tab``, ``dataset_tab``, ``tools_tab``) that builds
 its layout and wires its own events; the job queue they share is the job service (``lora_studio.jobs``). This module
 builds the page and wires what crosses between the tabs: Start training shows the Runs tab, Test this file fills the
 Test tab, both Stop buttons, and the one live view (``RunsTab.refresh``) that updates every tab's live outputs.
@@ -19,7 +19,7 @@ from ..jobs.runs import RunManager
 from .dataset_tab import DatasetTab
 from .lora_tab import LoraTab
 from .runs_tab import RunsTab
-from .test_tab import TestTab
+from .tester_tab import TestTab
 from .tools_tab import ToolsTab
 
 CSS = """
