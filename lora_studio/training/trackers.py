@@ -121,7 +121,10 @@ class Trackers:
             self._tb.close()
             self._tb = None
         if self._wandb is not None:
+            import wandb
+
             self._wandb.finish()
+            wandb.teardown()  # waits until W&B's service process has written (or sent) all of the run's data
             self._wandb = None
 
 
