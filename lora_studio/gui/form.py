@@ -118,7 +118,8 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
     model = cfg.pretrained_model_name_or_path
     if model and "pretrained_model_name_or_path" not in check.problems:
         try:
-            identify(model, cfg.v2)  # a Flux or SD3 model, or v2 that does not fit, said before a start
+            # the file read as far as it can be without torch: its type, family, completeness
+            identify(model, cfg.v2, cfg.allow_pickle, own_vae=bool(cfg.vae))
         except UserError as exc:
             check.problems["pretrained_model_name_or_path"] = str(exc)
     if cfg.resume and cfg.resume.strip().lower() != "latest" and not cfg.resume_from_huggingface and not (

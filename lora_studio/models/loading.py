@@ -19,12 +19,11 @@ from ..errors import UserError
 from ..io_utils import read_safetensors_header
 from . import ldm_build, ldm_keys
 from .family import Components
-from .registry import checked_family, family_of_checkpoint, family_of_diffusers_folder
+from .registry import checked_family, family_of_checkpoint, family_of_diffusers_folder, is_pickle_file, pickle_refusal
 from .stable_diffusion import SD_VAE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -101,17 +100,11 @@ def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{what}: cannot read {path} as a .safetensors file ({exc.__class__.__name__}: {exc})") from None
 
 
-def is_pickle_file(path: Path) -> bool:
-    return path.suffix.lower() in PICKLE_SUFFIXES
-
-
 def read_pickle_weights(path: Path, setting: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """Tensors of a .ckpt/.pt/.bin file, only with ``allow_pickle`` and only as plain data (``weights_only=True``:
     a file that holds code is refused, never run)."""
     if not allow_pickle:
-        raise UserError(f"{setting}: {path.name} is a pickle file ({path.suffix}), which can run code when opened. "
-                        "Use a .safetensors version of the model, or set allow_pickle = true if you trust this file "
-                        "(it is then read as plain data only).")
+        raise UserError(pickle_refusal(path, setting))
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -76,19 +76,69 @@ def _not_trained(source, other: str) -> str:
             "choose an SD1.5, SD2 or SDXL base model")
 
 
-def identify(model: str | Path, v2: bool) -> ModelFamily | None:
-    """The family of a model file or folder from its names alone (no weights read, no torch), checked against the
-    config's v2; a UserError says what is wrong. None for a file whose header cannot be read or a pickle file (the
-    engine opens those, and says what is wrong with them)."""
-    from ..io_utils import safetensors_shapes
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # torch.load files: they can run code when opened
+MODEL_SETTING = "pretrained_model_name_or_path"
+
+
+def is_pickle_file(path: Path) -> bool:
+    return Path(path).suffix.lower() in PICKLE_SUFFIXES
+
+
+def pickle_refusal(path: Path, setting: str) -> str:
+    return (f"{setting}: {Path(path).name} is a pickle file ({Path(path).suffix}), which can run code when opened. "
+            "Use a .safetensors version of the model, or set allow_pickle = true if you trust this file (it is then "
+            "read as plain data only).")
+
+
+def identify(model: str | Path, v2: bool, allow_pickle: bool = False, own_vae: bool = False) -> ModelFamily | None:
+    """The family of a model file or folder, read as far as it can be without torch: a folder's configs and the
+    headers of its weights, a single file's header (its type, its tensors' names, that its data is all there) and
+    that it holds a U-Net, text encoder(s) and a VAE (not needed with ``own_vae``: the config's own VAE file). A
+    UserError says what is wrong, before a run starts. None for a pickle file allowed by ``allow_pickle`` (only the
+    engine opens those)."""
+    from ..io_utils import SafetensorsFormatError, read_safetensors_header
 
     path = Path(model).expanduser()
+    if not path.exists():
+        raise UserError(f"{MODEL_SETTING}: not found: {path}")
     if path.is_dir():
-        return checked_family(family_of_diffusers_folder(path)[0], str(path), v2)
-    if path.suffix.lower() != ".safetensors":
+        family, model_index = family_of_diffusers_folder(path)
+        family = checked_family(family, str(path), v2)
+        _check_folder_parts(path, model_index, own_vae)
+        return family
+    if is_pickle_file(path):
+        if not allow_pickle:
+            raise UserError(pickle_refusal(path, MODEL_SETTING))
         return None
     try:
-        keys = list(safetensors_shapes(path))
-    except (OSError, ValueError):
-        return None
-    return checked_family(family_of_checkpoint(keys), str(path), v2, keys)
+        header = read_safetensors_header(path, MODEL_SETTING)
+    except SafetensorsFormatError as exc:
+        raise UserError(f"{exc}. Give a .safetensors checkpoint or a diffusers model folder") from None
+    keys = list(header.tensors)
+    family = checked_family(family_of_checkpoint(keys), str(path), v2, keys)
+    counts = family.parameter_counts({k: v["shape"] for k, v in header.tensors.items()})
+    missing = [part for part in ("unet", "text_encoders", *(() if own_vae else ("vae",))) if not counts[part]]
+    if missing:
+        names = {"unet": "U-Net", "text_encoders": "text encoder", "vae": "VAE"}
+        raise UserError(f"{MODEL_SETTING}: {path} is an incomplete {family.title} checkpoint (no "
+                        f"{' or '.join(names[m] for m in missing)} weights); is the download complete?"
+                        + (" A checkpoint without its VAE trains with a VAE file given in vae" if missing == ["vae"]
+                           else ""))
+    return family
+
+
+def _check_folder_parts(folder: Path, model_index: dict, own_vae: bool) -> None:
+    """Each part a diffusers model folder names (U-Net, text encoders, VAE) has its config and complete weights."""
+    from ..io_utils import read_safetensors_header
+
+    parts = [name for name, value in model_index.items() if isinstance(value, list) and
+             name in ("unet", "vae", "text_encoder", "text_encoder_2") and not (own_vae and name == "vae")]
+    for part in parts or ["unet"]:
+        where = folder / part
+        weights = sorted(p for p in where.glob("*") if p.suffix in (".safetensors", ".bin"))
+        if not (where / "config.json").is_file() or not weights:
+            raise UserError(f"{MODEL_SETTING}: the diffusers folder {folder} is incomplete: {part}/ has no "
+                            f"{'config.json' if not (where / 'config.json').is_file() else 'weights file'}")
+        for file in weights:
+            if file.suffix == ".safetensors":
+                read_safetensors_header(file, MODEL_SETTING)
