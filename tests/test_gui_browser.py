@@ -157,6 +157,14 @@ def test_a_bad_field_shows_its_message_and_starts_nothing(page, gui):
     page.get_by_role("button", name="Check settings").click()
     expect(report).to_contain_text("Ready: 60 steps = 2 epoch(s) of 30 step(s)")  # 2 of 8 images validate
     expect(page.locator("#setting-output_name")).not_to_contain_text("must be a plain file name")
+    # a text file given as the model is named at Check settings, next to its field (not after Start)
+    notes = gui["root"] / "model.txt"
+    notes.write_text("the model is on civitai\n", encoding="utf-8")
+    open_tab(page, "Model")
+    set_field(page, "pretrained_model_name_or_path", str(notes))
+    page.get_by_role("button", name="Check settings").click()
+    expect(page.locator("#setting-pretrained_model_name_or_path")).to_contain_text("cannot read")
+    expect(report).to_contain_text("Fix 1 setting(s)")
 
 
 def test_demo_run_shows_progress_chart_samples_file_validation_grid_and_tests_a_file(page, gui):
