@@ -10,7 +10,8 @@ Outputs, in ``<output_dir>/compare/`` (or the folder given):
   ``<name>_compare_<NN>.png``       one grid per prompt (and seed): rows = files, columns = strengths
   ``tiles/<name>_<NN>_...png``      each image on its own
   ``<name>_compare.json``          the index: files, strengths, prompts, grid and tile paths (rewritten per grid)
-  ``<name>_compare_events.jsonl``  progress for the GUI: start, image, grid, end / error (``training.events``)
+  ``<name>_compare_events.jsonl``  progress for the GUI: start, image (its index, the total and the ETA from the
+                                   images so far), grid, end / error (``training.events``)
 
 Importing this module does not import torch (the GUI reads the index and builds the command with it).
 """
@@ -90,6 +91,23 @@ def run_files(output_dir: str | Path, output_name: str) -> list[Path]:
     else:
         found.sort(key=lambda e: (e[1], e[2]))
     return [e[0] for e in found]
+
+
+def sample_size(cfg) -> int:
+    """The size of a run's sample images where a prompt gives no --w/--h: its training resolution (the first value
+    of "width,height"), as the engine samples."""
+    return int(str(cfg.resolution).split(",")[0])
+
+
+def run_seed(cfg, files: Sequence[str | Path]) -> int:
+    """The seed a run's sample images of prompts without --d start from (prompt i: seed + i): the config's, else the
+    one the run drew, from its files' metadata (0 when neither says)."""
+    if cfg.seed is not None:
+        return int(cfg.seed)
+    try:
+        return int(_header_metadata(Path(files[-1])).get("ss_seed"))
+    except (TypeError, ValueError, IndexError, OSError):
+        return 0
 
 
 def _label(value: float) -> str:
@@ -254,11 +272,12 @@ def compose_grid(tiles: Sequence[Sequence], row_labels: Sequence[str], column_la
 
     rows, columns = len(tiles), len(tiles[0])
     tw, th = tiles[0][0].size
-    size = max(10, min(28, min(tw, th) // 12))
+    # the labels grow with the tiles: readable at full size, and when a wide grid is shrunk to fit a page
+    size = max(12, min(tw, th) // 12)
     font, pad = _font(size), max(3, size // 3)
     line_h = size + pad
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(tw, 96)  # the row-label column: room for a file name in a few lines
+    label_w = max(tw, 10 * size)  # the row-label column: room for a file name in a few lines
     row_lines = [_wrap(probe, label, font, label_w - 2 * pad, max(1, (th - 2 * pad) // line_h)) for label in
                  row_labels]
     left = min(label_w, max(int(max(probe.textlength(line, font=font) for lines in row_lines for line in lines)),
@@ -316,6 +335,7 @@ def compare_grid(files: Sequence[str | Path], prompts, *, model: str | Path | No
 
     from .lora_delta import read_lora_file
     from .training.events import EventLog, reported
+    from .training.faults import hold_after_image
     from .training.sampling import make_scheduler
 
     folder = Path(out_dir)
@@ -357,7 +377,7 @@ def compare_grid(files: Sequence[str | Path], prompts, *, model: str | Path | No
                         output=str(folder))
             log.info("compare: %d file(s) x %d strength(s) x %d prompt(s) = %d images, into %s", len(names),
                      len(strengths), len(jobs), total, folder)
-            done = 0
+            done, rendering_since = 0, time.time()
             bar = tqdm(total=total, desc="compare", unit="image", disable=not show_progress, file=sys.stderr)
             for number, prompt in enumerate(jobs):
                 stem = f"{output_name}_{number:02d}"
@@ -382,9 +402,12 @@ def compare_grid(files: Sequence[str | Path], prompts, *, model: str | Path | No
                         row_paths.append(str(path))
                         done += 1
                         bar.update(1)
+                        per_image = (time.time() - rendering_since) / done  # from the first image on
                         event = {"index": done, "total": total, "grid": number, "file": None if s == 0 else f,
-                                 "strength": s, "path": str(path), "prompt": prompt.prompt}
+                                 "strength": s, "path": str(path), "prompt": prompt.prompt,
+                                 "eta_s": round(per_image * (total - done), 1)}
                         events.emit("image", **event)
+                        hold_after_image(done)
                         if progress is not None:
                             progress(done, total, event)
                     grid_tiles.append(row)
@@ -430,13 +453,8 @@ def compare_run(cfg, files: Sequence[str | Path] | None = None, prompts=None, ou
         if not cfg.sample_prompts:
             raise UserError("no prompts: the config has no sample_prompts; give --prompts (a file or the text)")
         prompts = Path(cfg.sample_prompts)
-    seed = cfg.seed
-    if seed is None:  # the seed the run drew, from its file's metadata, so the grid matches its sample images
-        try:
-            seed = int(_header_metadata(Path(files[-1])).get("ss_seed"))
-        except (TypeError, ValueError):
-            seed = 0
-    default_size = int(str(cfg.resolution).split(",")[0])
+    seed = run_seed(cfg, files)  # the seed of the run's sample images, so the grid matches them
+    default_size = sample_size(cfg)
     options.setdefault("sampler", cfg.sample_sampler)
     if cfg.mixed_precision in ("fp16", "bf16") and "dtype" not in options:
         import torch

@@ -62,6 +62,9 @@ def test_cli_grid_has_files_x_strengths_tiles_per_prompt(cli_grid, trained_run):
     kinds = [e["type"] for e in events]
     assert kinds[:2] == ["log", "start"] and kinds[-1] == "end" and events[-1]["status"] == "completed"
     assert kinds.count("image") == events[1]["total_images"] == 2 * (1 + 2 * 4) and kinds.count("grid") == 2
+    images = [e for e in events if e["type"] == "image"]  # "image 3 of 18", and the time the rest will take
+    assert [(e["index"], e["total"]) for e in images] == [(i, 18) for i in range(1, 19)]
+    assert all(e["eta_s"] >= 0 for e in images) and images[-1]["eta_s"] == 0
     assert cli_grid["proc"].stdout.split() == [g["path"] for g in index["grids"]]
 
 

@@ -98,6 +98,7 @@ class EventsFollower:
             s.tests.append({k: event.get(k) for k in ("id", "images", "error", "step", "epoch")})
         elif kind == "image":
             s.step, s.last_time = event.get("index", s.step + 1), event.get("time")
+            s.eta_s = event.get("eta_s")
             s.images.append({k: event.get(k) for k in ("path", "file", "strength", "grid")})
         elif kind == "grid":
             s.grids.append({k: event.get(k) for k in ("grid", "path", "prompt")})

@@ -1,7 +1,8 @@
 """Faults the test suite injects into real runs, through environment variables that normal use never sets.
 
 They reach code that a CPU cannot reach otherwise: fp16 loss scaling (accelerate gives a GradScaler only on a GPU)
-and gradients that overflow on chosen steps.
+and gradients that overflow on chosen steps; and a moment a fast CPU passes before the page can show it: a render
+half done.
 """
 
 from __future__ import annotations
@@ -14,6 +15,23 @@ log = logging.getLogger("lora_studio")
 CPU_GRAD_SCALER = "LORA_STUDIO_TEST_CPU_GRAD_SCALER"  # "1": fp16 loss scaling on the CPU (computing in float32)
 OVERFLOW_STEPS = "LORA_STUDIO_TEST_OVERFLOW_STEPS"  # "1,2,3": these optimizer steps' gradients become inf
 VALIDATION_LOSSES = "LORA_STUDIO_TEST_VALIDATION_LOSSES"  # "1.0,0.9,...": the n-th validation reports the n-th
+HOLD_AFTER_IMAGE = "LORA_STUDIO_TEST_HOLD_AFTER_IMAGE"  # "N:PATH": a comparison job waits after its N-th image
+
+
+def hold_after_image(index: int) -> None:
+    """The test suite's hold in a comparison job: after its N-th image it waits (up to 5 minutes) until the file
+    PATH appears, and removes it, so that the next job holds again."""
+    number, _, path = os.environ.get(HOLD_AFTER_IMAGE, "").partition(":")
+    if not path or index != int(number):
+        return
+    import time
+    from pathlib import Path
+
+    log.warning("test fault: holding after image %d until %s appears", index, path)
+    deadline = time.time() + 300
+    while not Path(path).exists() and time.time() < deadline:
+        time.sleep(0.1)
+    Path(path).unlink(missing_ok=True)
 
 
 def scripted_validation_loss(index: int) -> float | None:

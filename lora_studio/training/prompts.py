@@ -65,11 +65,16 @@ def parse_prompt_line(line: str, default_size: int) -> SamplePrompt | None:
     return sample
 
 
-def read_prompt_file(path: str | Path, default_size: int) -> list[SamplePrompt]:
+def read_prompt_lines(path: str | Path) -> list[str]:
+    """A prompt file's lines, decoded as the engine reads them (comments and empty lines too)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sample_prompts: file not found: {path}")
-    lines = _decode_lines(path.read_bytes())
+    return _decode_lines(path.read_bytes())
+
+
+def read_prompt_file(path: str | Path, default_size: int) -> list[SamplePrompt]:
+    lines = read_prompt_lines(path)
     prompts = [p for p in (parse_prompt_line(line, default_size) for line in lines) if p is not None]
     if not prompts:
         raise UserError(f"sample_prompts: no prompt in {path} (one prompt a line; # starts a comment)")
