@@ -31,9 +31,10 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def running_gui(cli: str, state_dir: Path, log_path: Path, allow: list[Path] = ()):
+def running_gui(cli: str, state_dir: Path, log_path: Path, allow: list[Path] = (), env: dict | None = None):
+    """``env``: more environment variables for the GUI (and the jobs it starts)."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "wb") as log:
         argv = [cli, "gui", "--no-browser", "--port", str(port), "--state-dir", str(state_dir)]
         for folder in allow:
@@ -84,3 +85,35 @@ def tick(workbench, choice: str = "latest", job: dict | None = None) -> dict:
 
     *values, _seen = workbench.runs.refresh({}, choice, job or {})
     return dict(zip(TICK_KEYS, values))
+
+
+def finished_copy_of(trained_run: dict, root: Path, prompts: str | None = None) -> tuple[Path, Path]:
+    """The trained run's outputs in ``root/out`` (its grid is made there), with ``prompts`` as its sample prompts
+    when given, and the run record a GUI with the state folder ``root/state`` wrote while it trained: the GUI was
+    away when it ended, and finds it completed. Returns the output folder and the run's config."""
+    import json
+
+    from lora_studio.config import load_config, save_config
+
+    out = root / "out"
+    shutil.copytree(trained_run["out"], out, ignore=shutil.ignore_patterns("compare", "sample"))
+    cfg = load_config(trained_run["config"]).replace(output_dir=str(out))
+    if prompts is not None:
+        (root / "prompts.txt").write_text(prompts, encoding="utf-8")
+        cfg = cfg.replace(sample_prompts=str(root / "prompts.txt"))
+    folder = root / "state" / "runs" / "20250101-000000-abcdef"
+    folder.mkdir(parents=True)
+    config = save_config(cfg, folder / "config.toml")
+    record = {"id": folder.name, "output_name": cfg.output_name, "output_dir": str(out), "config": str(config),
+              "status": "running", "started": time.time() - 60, "pid": None,
+              "events": str(out / "test_lora_events.jsonl"), "log": str(folder / "engine.log"),
+              "output": str(out / "test_lora.safetensors")}
+    (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    return out, config
+
+
+def contains(text: str):
+    """A pattern for ``expect(...).to_have_value`` / ``to_have_css``: the value holds ``text``."""
+    import re
+
+    return re.compile(".*" + re.escape(text) + ".*", re.S)

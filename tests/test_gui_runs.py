@@ -11,7 +11,7 @@ from lora_studio.config import load_config
 from lora_studio.jobs.runs import RunManager
 
 from conftest import run_cli
-from gui_helpers import tick
+from gui_helpers import finished_copy_of, tick
 
 
 @pytest.fixture(scope="module")
@@ -103,36 +103,13 @@ def test_resume_last_run_continues_a_killed_run_from_its_state(demo, tmp_path):
 
 
 # ---------------------------------------------------------------- comparison jobs
-def _finished_copy_of(trained_run, tmp_path) -> tuple[Path, Path]:
-    """The trained run's outputs in a folder of this test (its grid is made there), with one prompt, and the run
-    record a GUI wrote while it trained: the GUI was away when it ended."""
-    import json
-    import shutil
-
-    from lora_studio.config import save_config
-
-    out = tmp_path / "out"
-    shutil.copytree(trained_run["out"], out, ignore=shutil.ignore_patterns("compare", "sample"))
-    (tmp_path / "prompts.txt").write_text("lsdemo shape, red disc --w 64 --h 64 --d 3 --s 2 --l 5\n",
-                                          encoding="utf-8")
-    cfg = load_config(trained_run["config"]).replace(output_dir=str(out), sample_prompts=str(tmp_path / "prompts.txt"))
-    folder = tmp_path / "state" / "runs" / "20250101-000000-abcdef"
-    folder.mkdir(parents=True)
-    config = save_config(cfg, folder / "config.toml")
-    record = {"id": folder.name, "output_name": cfg.output_name, "output_dir": str(out), "config": str(config),
-              "status": "running", "started": time.time() - 60, "pid": None,
-              "events": str(out / "test_lora_events.jsonl"), "log": str(folder / "engine.log"),
-              "output": str(out / "test_lora.safetensors")}
-    (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
-    return out, config
-
-
 def test_a_completed_run_queues_its_comparison_grid_and_the_runs_view_shows_it(trained_run, tmp_path):
     from lora_studio.compare import compare_argv, events_path, index_path, read_index
     from lora_studio.gui.app import Workbench
+    from lora_studio.gui.tester import TestSettings
     from lora_studio.gui.views import history_rows
 
-    out, config = _finished_copy_of(trained_run, tmp_path)
+    out, config = finished_copy_of(trained_run, tmp_path, "lsdemo shape, red disc --w 64 --h 64 --d 3 --s 2 --l 5\n")
     manager = RunManager(tmp_path / "state", poll_seconds=0.2)
     run = manager.get("20250101-000000-abcdef")
     job = wait_for(lambda: manager.compare_job(run.id), timeout=30, what="the queued grid")
@@ -153,14 +130,16 @@ def test_a_completed_run_queues_its_comparison_grid_and_the_runs_view_shows_it(t
     w = Workbench(tmp_path / "state", manager=manager)
     view = tick(w)
     assert "Comparison grid" in view["compare"] and "rows are the saved files" in view["compare"]
-    assert len(view["grid"]) == 1 and "lsdemo shape" in view["grid"][0][1]
+    assert view["grid"].count("<img ") == 1 and "lsdemo shape" in view["grid"]
     files = view["files"]["choices"]
     assert [Path(path).name for _, path in files] == ["test_lora-000001.safetensors", "test_lora.safetensors"]
     assert view["files"]["value"].endswith("test_lora.safetensors")
     assert [value for _, value in view["choices"]["choices"]] == ["latest", run.id]
-    # Test this file: the file and its run's base model go to the Test tab, which is shown
-    path, model, tabs, message = w.test.test_this_file(files[0][1], run.id)
-    assert path == files[0][1] and model == str(trained_run["model"]) and tabs.selected == "test"
+    # Test this file: the file, its run's base model and sample settings go to the Test tab, which is shown
+    *values, tabs, message = w.test.test_this_file(files[0][1], run.id, *TestSettings().values())
+    shown = TestSettings.from_values(values)
+    assert shown.files == files[0][1] and shown.model == str(trained_run["model"]) and tabs.selected == "test"
+    assert shown.prompts == "lsdemo shape, red disc --w 64 --h 64 --d 3 --s 2 --l 5" and shown.width == 64
     # a restarted GUI keeps the kinds and the link
     manager.close()
     again = RunManager(tmp_path / "state", poll_seconds=0.2)
@@ -191,6 +170,6 @@ def test_the_test_tab_renders_chosen_files_as_a_job_in_the_queue(trained_run, tm
     assert [caption for _, caption in view["test_gallery"]] == [
         "base model · strength 0 · seed 1", "test_lora · strength 1 · seed 1",
         "base model · strength 0 · seed 2", "test_lora · strength 1 · seed 2"]
-    assert len(view["test_grids"]) == 2
-    assert "Image 4 / 4" in view["mini"] and "Test tab images" in view["mini"]
+    assert view["test_grids"].count("<img ") == 2
+    assert "Test tab images" not in view["mini"] and "No run yet" in view["mini"]  # the LoRA tab's card: training
     w.manager.close()

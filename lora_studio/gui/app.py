@@ -72,8 +72,8 @@ class Workbench:
             lora["start"].click(self.lora.start, lora["inputs"], lora["inputs"] + [lora["check_md"], main_tabs])
             for button in (lora["stop"], runs["stop"]):
                 button.click(self.runs.stop, [], [runs["stop_message"]])
-            runs["test_btn"].click(self.test.test_this_file, [runs["file"], runs["choice"]],
-                                   [test["files"], test["model"], main_tabs, runs["stop_message"]])
+            runs["test_btn"].click(self.test.test_this_file, [runs["file"], runs["choice"]] + test["inputs"],
+                                   test["inputs"] + [main_tabs, runs["stop_message"]])
             test_tab.select(self.test.test_tab_opened, [lora["fields"]["pretrained_model_name_or_path"],
                                                         test["model"]], [test["model"], test["add"]])
             page.load(self.test.test_defaults, [], test["inputs"] + [test["job"], test["add"]])
@@ -83,7 +83,7 @@ class Workbench:
             tick_outputs = [runs["progress"], lora["mini_progress"], runs["status"], runs["plot"], runs["gallery"],
                             runs["saved"], runs["log"], runs["queue"], runs["history"], lora["stop"], runs["stop"],
                             runs["pause"], runs["choice"], runs["file"], runs["compare"], runs["grid"],
-                            test["status"], test["gallery"], test["grids"], seen]
+                            test["status"], test["progress"], test["gallery"], test["grids"], seen]
             tick_inputs = [seen, runs["choice"], test["job"]]
             timer.tick(self.runs.refresh, tick_inputs, tick_outputs, show_progress="hidden")
             page.load(self.runs.refresh, tick_inputs, tick_outputs, show_progress="hidden")

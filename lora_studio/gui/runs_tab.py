@@ -20,7 +20,8 @@ from .tester import index_grids
 
 # the outputs of one tick of the live view, in order (the last output is the page's ``seen`` markers)
 TICK_KEYS = ("progress", "mini", "status", "plot", "gallery", "saved", "log", "queue", "history", "stop", "stop2",
-             "pause", "choices", "files", "compare", "grid", "test_status", "test_gallery", "test_grids")
+             "pause", "choices", "files", "compare", "grid", "test_status", "test_progress", "test_gallery",
+             "test_grids")
 
 
 def _log_marker(path: str) -> tuple:
@@ -53,8 +54,12 @@ def shown_run(manager: RunManager, choice: str | None) -> RunRecord | None:
     return next((r for r in manager.queued() if r.kind == "train"), None) or manager.latest("train")
 
 
+GRID_TITLE = "Comparison grid (rows: saved files, columns: strengths)"
+
+
 class RunsTab:
-    """``test_parts(job)``: the Test tab's (marker, make) for its status, images and grids, sent by the same tick."""
+    """``test_parts(job)``: the Test tab's (marker, make) for its status, progress, images and grids, sent by the same
+    tick."""
 
     def __init__(self, manager: RunManager, test_parts: Callable[[dict | None], tuple[Any, Callable[[], tuple]]]):
         self.manager = manager
@@ -157,14 +162,14 @@ class RunsTab:
             "compare": ((grid_job.id if grid_job else None, grid_job.status if grid_job else None,
                          grid_state.step if grid_state else 0, index_marker, run.status if run else None),
                         lambda: views.compare_markdown(grid_job, grid_state, index(), run)),
-            "grid": ((run_id, index_marker), lambda: views.gallery_images(index_grids(index()))),
+            "grid": ((run_id, index_marker), lambda: views.grids_html(index_grids(index()), GRID_TITLE)),
             "test": (test_marker, test_make),
         }
         out = []
         assert [k for k in TICK_KEYS if not k.startswith("test_")] + ["test"] == list(entries)
         for key, (marker, make) in entries.items():
             marker = json.dumps(marker, default=str)
-            width = 3 if key == "test" else 1
+            width = sum(k.startswith("test_") for k in TICK_KEYS) if key == "test" else 1
             if seen.get(key) == marker:
                 out += [gr.skip()] * width
                 continue
@@ -191,9 +196,7 @@ class RunsTab:
             gallery = gr.Gallery(label="Sample images (newest epoch first)", columns=4, height=280,
                                  elem_id="sample-gallery", format="png", interactive=False)
         compare = gr.Markdown(elem_id="compare-status")
-        grid = gr.Gallery(label="Comparison grid (rows: saved files, columns: strengths)", columns=1, height=480,
-                          elem_id="compare-grid", format="png", interactive=False, object_fit="scale-down",
-                          preview=True)
+        grid = gr.HTML(elem_id="compare-grid")
         saved = gr.Markdown(elem_id="saved-files")
         with gr.Row(equal_height=True):
             file = gr.Dropdown(choices=[], value=None, label="Saved files of this run", elem_id="run-file", scale=3)

@@ -14,10 +14,11 @@ import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from ..compare import run_seed, sample_size
 from ..config.schema import BY_NAME
 from ..errors import UserError
 from ..io_utils import atomic_write_bytes
-from ..training.prompts import parse_prompt_line, prompt_options
+from ..training.prompts import SamplePrompt, parse_prompt_line, prompt_options, read_prompt_lines
 from ..training.render_requests import RenderRequest
 from .form import outside_roots
 
@@ -82,6 +83,34 @@ def remember(state_dir: str | Path, settings: TestSettings, job: dict | None = N
     _, old_job = load_remembered(state_dir)
     doc = {"settings": asdict(settings), "job": old_job if job is None else job}
     atomic_write_bytes(Path(state_dir) / SETTINGS_FILE, json.dumps(doc, indent=1).encode("utf-8"))
+
+
+# ---------------------------------------------------------------- a run's settings
+def settings_from_run(cfg, file: str, current: TestSettings) -> tuple[TestSettings, str]:
+    """What "Test this file" puts in the Test tab, and a line saying so: the run's base model, the file, and the
+    run's sample images as the engine makes them: its prompt file's lines (each keeps its own --n --w --h --s --l
+    --ss; a line without --d gets the seed the engine gave it, the run's seed + its number), its sampler, and where a
+    line gives no option of its own, the training resolution, 30 steps and CFG 7.5 (sd-scripts' defaults). Only the
+    strengths stay as the user set them; a run without sample prompts keeps the prompts typed."""
+    engine = SamplePrompt("")  # the engine's defaults for a line without --s / --l
+    size = sample_size(cfg)
+    sampler = (cfg.sample_sampler or "").lower().removeprefix("k_")
+    settings = TestSettings(model=cfg.pretrained_model_name_or_path or current.model, files=file,
+                            prompts=current.prompts, negative="", seeds="", strengths=current.strengths,
+                            sampler=sampler if sampler in SAMPLERS else TestSettings.sampler, steps=engine.steps,
+                            width=size, height=size, cfg_scale=engine.cfg_scale)
+    note = "the run has no sample prompts: type one"
+    if cfg.sample_prompts:
+        try:
+            lines = prompt_lines("\n".join(read_prompt_lines(cfg.sample_prompts)))
+        except (UserError, OSError) as exc:
+            lines, note = [], f"its prompts could not be read ({exc})"
+        if lines:
+            seed = run_seed(cfg, [file])
+            settings.prompts = "\n".join(line if "d" in split_prompt(line)[1] else f"{line} --d {seed + i}"
+                                          for i, line in enumerate(lines))
+            note = f"{len(lines)} prompt(s) of `{Path(cfg.sample_prompts).name}`"
+    return settings, f"{size} px, {settings.sampler}, {note}"
 
 
 # ---------------------------------------------------------------- checks

@@ -18,7 +18,9 @@ from ..training.outputs import output_paths
 from . import views
 from .runs_tab import shown_run
 from .tester import SAMPLERS, TestSettings, answer_gallery, check, compare_options, index_grids, index_tiles, \
-    load_remembered, read_answers, remember, write_requests
+    load_remembered, read_answers, remember, settings_from_run, write_requests
+
+GRIDS_TITLE = "Grids (rows: files, columns: strengths)"
 
 
 class TestTab:
@@ -77,18 +79,24 @@ class TestTab:
             lines.append(path)
         return "\n".join(lines), gr.update(value=None)
 
-    def test_this_file(self, path: str, choice: str):
-        """The Runs view's "Test this file": the file (and its run's base model) into the Test tab, shown."""
+    def test_this_file(self, path: str, choice: str, *values):
+        """The Runs view's "Test this file": the file with its run's base model and sample settings
+        (``settings_from_run``) into the Test tab, shown, and remembered as the tab's settings; ``values``: the Test
+        tab's fields now (their strengths stay)."""
+        skip = [gr.skip()] * len(TestSettings.names())
         if not path:
-            return gr.skip(), gr.skip(), gr.skip(), "Choose one of the run's saved files first."
+            return *skip, gr.skip(), "Choose one of the run's saved files first."
+        current = TestSettings.from_values(values)
         run = shown_run(self.manager, choice)
-        model = gr.skip()
+        settings, note = TestSettings(**{**current.__dict__, "files": path}), "its run is not known"
         if run is not None:
             try:
-                model = load_config(run.config).pretrained_model_name_or_path or gr.skip()
+                settings, note = settings_from_run(load_config(run.config), path, current)
             except (ConfigError, UserError, OSError):
-                pass
-        return path, model, gr.Tabs(selected="test"), f"{Path(path).name} is in the Test tab."
+                note = "its run's config cannot be read"
+        remember(self.state_dir, settings)
+        return (*settings.values(), gr.Tabs(selected="test"),
+                f"{Path(path).name} is in the Test tab with its run's settings ({note}); press Render.")
 
     def render(self, *args):
         """Render: on a paused run's current weights (a request it answers), else a comparison job in the queue."""
@@ -137,13 +145,13 @@ class TestTab:
                 if rec.status == "queued":
                     text = f"Queued (position {queue.index(rec.id) + 1}): it starts when the job before it ends."
                 elif rec.status in ("running", "stopping"):
-                    done, total = (state.step, state.total_steps or "?") if state else (0, "?")
-                    text = f"Rendering: image {done} of {total} …"
+                    text = f"Rendering: {views.images_progress(state)}"
                 elif rec.status == "completed":
                     text = f"Done: {rec.message}."
                 else:
                     text = f"❌ {views.STATUS_WORDS.get(rec.status, rec.status)}: {rec.message} (log: `{rec.log}`)"
-                return text, views.gallery_images(index_tiles(index)), views.gallery_images(index_grids(index))
+                return (text, views.progress_html(rec, state) if rec.started else "",
+                        views.gallery_images(index_tiles(index)), views.grids_html(index_grids(index), GRIDS_TITLE))
             return marker, make
         if job.get("kind") == "paused":
             requests = list(job.get("requests") or [])
@@ -161,9 +169,9 @@ class TestTab:
                 else:
                     text = f"Done: {len(images)} image(s) on {job.get('label')}'s weights."
                 text += "".join(f"\n\n❌ {e}" for e in errors)
-                return text, views.gallery_images(answer_gallery(images, job.get("label") or "")), []
+                return text, "", views.gallery_images(answer_gallery(images, job.get("label") or "")), ""
             return marker, make
-        return None, lambda: ("", [], [])
+        return None, lambda: ("", "", [], "")
 
     def build(self) -> dict:
         gr.Markdown("Make images with LoRA files at several strengths (0 is the base model) and fixed seeds, to "
@@ -194,15 +202,14 @@ class TestTab:
         gr.Markdown("Steps, size and CFG apply to the prompts that do not give their own.")
         render = gr.Button("Render", variant="primary", elem_id="test-render")
         status = gr.Markdown(elem_id="test-status")
+        progress = gr.HTML(elem_id="test-progress")
         gallery = gr.Gallery(label="Images (file · strength · seed)", columns=5, height="auto",
                              elem_id="test-gallery", format="png", interactive=False, fit_columns=False)
-        grids = gr.Gallery(label="Grids (rows: files, columns: strengths)", columns=1, height=480,
-                           elem_id="test-grids", format="png", interactive=False, object_fit="scale-down",
-                           preview=True)
+        grids = gr.HTML(elem_id="test-grids")
         inputs = [model, files, prompts, negative, seeds, strengths, sampler, steps, width, height, cfg]
         assert len(inputs) == len(TestSettings.names())
         job = gr.State({})
         add.input(self.add_file, [add, files], [files, add])
         render.click(self.render, inputs + [job], [status, job])
-        return dict(model=model, files=files, add=add, inputs=inputs, job=job, status=status, gallery=gallery,
-                    grids=grids)
+        return dict(model=model, files=files, add=add, inputs=inputs, job=job, status=status, progress=progress,
+                    gallery=gallery, grids=grids)

@@ -29,6 +29,8 @@ def progress_html(run: RunRecord | None, state: LiveState | None) -> str:
     grid = run.kind != "train"
     if run.kind == "tool":
         parts = [f"{state.phase}: {state.step} / {total}" if total else state.phase or "starting"]
+    elif run.kind == "compare" and not total and run.status == "running":
+        parts = ["Loading the model"]
     else:
         parts = [f"{'Image' if grid else 'Step'} {state.step} / {total or '?'}"]
     if run.kind == "compare":
@@ -39,7 +41,7 @@ def progress_html(run: RunRecord | None, state: LiveState | None) -> str:
         parts.append(f"{state.steps_per_s:.2f} it/s")
     if state.samples_per_s:
         parts.append(f"{state.samples_per_s:.1f} samples/s")
-    if run.status in ("running", "stopping") and not grid:
+    if run.status in ("running", "stopping") and (not grid or run.kind == "compare" and state.eta_s is not None):
         parts.append(f"ETA {format_seconds(state.eta_s)}")
     if state.losses:
         parts.append(f"loss {state.losses[-1][1]:.4f}")
@@ -95,13 +97,54 @@ def compare_markdown(job: RunRecord | None, state: LiveState | None, index: dict
     if job.status == "queued":
         return "**Comparison grid**: queued (it starts when the job before it ends)."
     if job.status in ("running", "stopping"):
-        total = state.total_steps or "?"
-        return f"**Comparison grid**: making image {state.step} of {total} …"
+        return f"**Comparison grid**: {images_progress(state)}"
     if job.status == "completed":
         return (f"**Comparison grid**: rows are the saved files, columns the strengths (0 is the base model). "
                 f"{html.escape(job.message)}.")
     return f"**Comparison grid** {STATUS_WORDS.get(job.status, job.status).lower()}: {html.escape(job.message)} " \
            f"(log: `{job.log}`)"
+
+
+def images_progress(state: LiveState | None) -> str:
+    """A comparison job's progress in words: "image 2 of 6 · ETA 0:12" (the ETA from the images so far)."""
+    if not state or not state.total_steps:
+        return "loading the model …"
+    eta = state.eta_s if state.step < state.total_steps else None
+    return f"image {state.step} of {state.total_steps}" + ("" if eta is None else f" · ETA {format_seconds(eta)}")
+
+
+def _served(path: str) -> str:
+    """A URL of the page's server for a copy of this file (in Gradio's upload folder, which it serves)."""
+    from urllib.parse import quote
+
+    from gradio.processing_utils import save_file_to_cache
+    from gradio.utils import get_upload_folder
+
+    return "gradio_api/file=" + quote(save_file_to_cache(path, get_upload_folder()))
+
+
+def grids_html(items: list[tuple[str, str]], title: str) -> str:
+    """Grid images at their natural size (narrowed only to fit the page), each with its caption, its size and a link
+    that opens it on its own: a gallery's square tiles would letterbox a wide grid or blow up a tiny one."""
+    figures = []
+    for path, caption in items:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+            url = html.escape(_served(path), quote=True)
+        except OSError:
+            continue
+        figures.append(
+            f"<figure class='ls-grid' style='margin:0 0 14px 0'>"
+            f"<figcaption style='margin-bottom:4px'>{html.escape(caption)} · {width}x{height} px · "
+            f"<a href='{url}' target='_blank' rel='noopener'>open full size</a></figcaption>"
+            f"<a href='{url}' target='_blank' rel='noopener'><img src='{url}' width='{width}' height='{height}' "
+            f"alt='{html.escape(caption, quote=True)}' style='max-width:100%;height:auto;display:block'></a>"
+            f"</figure>")
+    if not figures:
+        return ""
+    return f"<div class='ls-grids'><div style='font-weight:600;margin:6px 0'>{html.escape(title)}</div>" + \
+        "".join(figures) + "</div>"
 
 
 def run_choices(runs: list[RunRecord]) -> list[tuple[str, str]]:
