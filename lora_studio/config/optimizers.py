@@ -5,23 +5,32 @@ from __future__ import annotations
 
 import importlib.util
 
+# Each table is keyed by the name as sd-scripts users write it (the GUI's list, ``OPTIMIZER_NAMES``); a lookup is by
+# its lower case (``EIGHT_BIT`` ... ``NAMED``), as sd-scripts compares them.
 # 8-bit optimizers (bitsandbytes) -> (bitsandbytes class, the 32-bit optimizer that stands in where it cannot run)
-EIGHT_BIT = {"adamw8bit": ("AdamW8bit", "adamw"), "pagedadamw8bit": ("PagedAdamW8bit", "adamw"),
-             "pagedadamw": ("PagedAdamW", "adamw"), "pagedadamw32bit": ("PagedAdamW32bit", "adamw"),
-             "lion8bit": ("Lion8bit", "lion"), "pagedlion8bit": ("PagedLion8bit", "lion"),
-             "sgdnesterov8bit": ("SGD8bit", "sgdnesterov")}
+_EIGHT_BIT = {"AdamW8bit": ("AdamW8bit", "adamw"), "PagedAdamW8bit": ("PagedAdamW8bit", "adamw"),
+              "PagedAdamW": ("PagedAdamW", "adamw"), "PagedAdamW32bit": ("PagedAdamW32bit", "adamw"),
+              "Lion8bit": ("Lion8bit", "lion"), "PagedLion8bit": ("PagedLion8bit", "lion"),
+              "SGDNesterov8bit": ("SGD8bit", "sgdnesterov")}
 # D-Adaptation (package dadaptation) and schedule-free (package schedulefree) optimizers by their sd-scripts names.
-LEARNING_RATE_FREE = {"dadaptation": "dadaptation.experimental.DAdaptAdamPreprint",
-                      "dadaptadampreprint": "dadaptation.experimental.DAdaptAdamPreprint",
-                      "dadaptadagrad": "dadaptation.DAdaptAdaGrad", "dadaptadam": "dadaptation.DAdaptAdam",
-                      "dadaptadan": "dadaptation.DAdaptAdan", "dadaptadanip": "dadaptation.experimental.DAdaptAdanIP",
-                      "dadaptlion": "dadaptation.DAdaptLion", "dadaptsgd": "dadaptation.DAdaptSGD"}
-SCHEDULE_FREE = {"adamwschedulefree": "schedulefree.AdamWScheduleFree",
-                 "radamschedulefree": "schedulefree.RAdamScheduleFree",
-                 "sgdschedulefree": "schedulefree.SGDScheduleFree"}
+_LEARNING_RATE_FREE = {"DAdaptation": "dadaptation.experimental.DAdaptAdamPreprint",
+                       "DAdaptAdamPreprint": "dadaptation.experimental.DAdaptAdamPreprint",
+                       "DAdaptAdaGrad": "dadaptation.DAdaptAdaGrad", "DAdaptAdam": "dadaptation.DAdaptAdam",
+                       "DAdaptAdan": "dadaptation.DAdaptAdan", "DAdaptAdanIP": "dadaptation.experimental.DAdaptAdanIP",
+                       "DAdaptLion": "dadaptation.DAdaptLion", "DAdaptSGD": "dadaptation.DAdaptSGD"}
+_SCHEDULE_FREE = {"AdamWScheduleFree": "schedulefree.AdamWScheduleFree",
+                  "RAdamScheduleFree": "schedulefree.RAdamScheduleFree",
+                  "SGDScheduleFree": "schedulefree.SGDScheduleFree"}
 # Other names sd-scripts knows, with the package each needs (None: torch itself)
-NAMED = {"": None, "adamw": None, "sgdnesterov": None, "lion": "lion_pytorch", "prodigy": "prodigyopt",
-         "adafactor": "transformers"}
+_NAMED = {"AdamW": None, "SGDNesterov": None, "Lion": "lion_pytorch", "Prodigy": "prodigyopt",
+          "Adafactor": "transformers"}
+# Every optimizer sd-scripts knows by name, in the order the GUI lists them
+OPTIMIZER_NAMES = tuple(sorted({**_NAMED, **_EIGHT_BIT, **_LEARNING_RATE_FREE, **_SCHEDULE_FREE}, key=lambda n: (
+    n not in ("AdamW", "AdamW8bit"), n.lower())))
+EIGHT_BIT = {k.lower(): v for k, v in _EIGHT_BIT.items()}
+LEARNING_RATE_FREE = {k.lower(): v for k, v in _LEARNING_RATE_FREE.items()}
+SCHEDULE_FREE = {k.lower(): v for k, v in _SCHEDULE_FREE.items()}
+NAMED = {"": None, **{k.lower(): v for k, v in _NAMED.items()}}
 TORCH_OPTIMIZERS = {"adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "asgd", "lbfgs", "nadam", "radam",
                     "rmsprop", "rprop", "sgd", "sparseadam", "muon"}
 PIP_NAMES = {"lion_pytorch": "lion-pytorch", "prodigyopt": "prodigyopt", "pytorch_optimizer": "pytorch-optimizer",

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .optimizers import OPTIMIZER_NAMES
+
 # Kinds of value a setting holds. Each kind has one parser in ``config.values``.
 STR, PATH, INT, FLOAT, BOOL = "str", "path", "int", "float", "bool"
 STR_LIST = "str_list"  # ["k=v", ...] or a table {k = v}
@@ -185,12 +187,13 @@ SETTINGS: tuple[Setting, ...] = (
     _s("prior_loss_weight", FLOAT, 1.0, "Prior loss weight", "Loss weight of regularisation images.", "dataset",
        minimum=0.0, maximum=100.0, advanced=True),
     # ---- network ----
-    _s("network_module", STR, "networks.lora", "LoRA type",
+    _s("network_module", STR, "networks.lora", "Network module",
+       "The module that trains the adapter (the LoRA type on the Basic tab sets it, and Network args). "
        "networks.lora: LoRA (LoCon with conv_dim in Network args). networks.lora_fa: LoRA-FA (only the up weights "
        "train). networks.dylora: DyLoRA (unit=N in Network args). lycoris.kohya: the LyCORIS types, chosen with "
        "algo=locon|loha|lokr|ia3|dylora|glora|diag-oft|boft|full in Network args (dora_wd=true for DoRA).",
        "network", choices=("networks.lora", "lora_studio.lora", "networks.lora_fa", "networks.dylora",
-                           "lycoris.kohya")),
+                           "lycoris.kohya"), advanced=True),
     _s("network_dim", INT, 4, "Network Rank (Dimension)",
        "Rank of each adapter: capacity and file size. 100000 with LyCORIS LoKr: a full-matrix LoKr.", "network",
        minimum=1, maximum=100000),
@@ -211,11 +214,11 @@ SETTINGS: tuple[Setting, ...] = (
        "network", minimum=0.0, maximum=1.0, advanced=True),
     # ---- optimizer and schedule ----
     _s("optimizer_type", STR, "AdamW", "Optimizer",
-       "AdamW, AdamW8bit, Lion, Prodigy, Adafactor, the D-Adaptation ones (DAdaptAdam, DAdaptLion, ...; learning "
-       "rate about 1.0), the schedule-free ones (AdamWScheduleFree, ...), any torch.optim class, or a dotted path "
-       "(package.Class).", "optimizer",
-       suggestions=("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGD", "DAdaptAdam", "DAdaptLion",
-                    "AdamWScheduleFree", "RAdamScheduleFree")),
+       "The list holds every optimizer sd-scripts names; type any torch.optim class or a dotted path "
+       "(package.Class) for another. The 8-bit and Paged ones use bitsandbytes (their 32-bit form trains where it "
+       "cannot run); Prodigy and the D-Adaptation ones (DAdaptAdam, ...) want a learning rate of about 1.0.",
+       "optimizer",
+       suggestions=OPTIMIZER_NAMES),
     _s("optimizer_args", STR_LIST, None, "Optimizer extra arguments",
        "Extra optimizer arguments as key=value strings, e.g. weight_decay=0.01 betas=(0.9,0.99).", "optimizer"),
     _s("learning_rate", FLOAT, 1e-4, "Learning rate", "Learning rate of every adapter unless overridden below.",
@@ -468,6 +471,46 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+# Parameters > Advanced in sections, as sd-scripts' documentation and the Kohya_ss GUI group them: section -> its
+# settings in the order the GUI shows them (a switch beside the settings it goes with). Every advanced setting is in
+# exactly one section (tested): a new one goes where a user would look for it.
+ADVANCED_SECTIONS: dict[str, tuple[str, ...]] = {
+    "Network": ("network_module", "network_args", "network_dropout", "scale_weight_norms"),
+    "Optimizer and schedule": ("lr_scheduler_type", "lr_scheduler_args", "lr_scheduler_num_cycles",
+                               "lr_scheduler_power", "max_grad_norm"),
+    "Memory and speed": ("gradient_checkpointing", "gradient_accumulation_steps", "full_fp16", "full_bf16",
+                         "fp8_base", "fp8_base_unet", "lowram", "highvram", "xformers", "sdpa", "mem_eff_attn",
+                         "channels_last", "torch_compile", "dynamo_backend", "sync_every_n_steps"),
+    "Caching and data loading": ("vae_batch_size", "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
+                                 "max_data_loader_n_workers", "persistent_data_loader_workers"),
+    "Captions": ("shuffle_caption", "keep_tokens", "keep_tokens_separator", "caption_separator",
+                 "secondary_separator", "caption_prefix", "caption_suffix", "enable_wildcard", "weighted_captions",
+                 "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
+                 "token_warmup_min", "token_warmup_step"),
+    "Images and augmentation": ("bucket_reso_steps", "bucket_no_upscale", "flip_aug", "color_aug", "random_crop",
+                                "in_json", "dataset_repeats"),
+    "Noise and loss": ("noise_offset", "noise_offset_random_strength", "adaptive_noise_scale",
+                       "multires_noise_iterations", "multires_noise_discount", "ip_noise_gamma",
+                       "ip_noise_gamma_random_strength", "min_timestep", "max_timestep", "zero_terminal_snr",
+                       "loss_type", "huber_schedule", "huber_c", "huber_scale", "min_snr_gamma",
+                       "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
+                       "prior_loss_weight", "masked_loss", "alpha_mask", "conditioning_data_dir"),
+    "Model and text encoder": ("clip_skip", "max_token_length", "no_half_vae", "allow_pickle"),
+    "Saving and validation": ("save_every_n_steps", "save_n_epoch_ratio", "save_last_n_epochs", "save_last_n_steps",
+                              "save_state_on_train_end", "save_last_n_epochs_state", "save_last_n_steps_state",
+                              "nan_policy", "output_config", "validation_seed", "validate_every_n_epochs",
+                              "validate_every_n_steps", "max_validation_steps", "early_stop_patience",
+                              "early_stop_min_delta"),
+    "Logging": ("log_with", "log_prefix", "log_tracker_name", "log_tracker_config", "wandb_run_name",
+                "wandb_api_key", "log_config"),
+    "Metadata": ("metadata_title", "metadata_author", "metadata_description", "metadata_license", "metadata_tags"),
+    "Hugging Face": ("huggingface_repo_id", "huggingface_repo_type", "huggingface_repo_visibility",
+                     "huggingface_path_in_repo", "huggingface_token", "save_state_to_huggingface",
+                     "resume_from_huggingface", "async_upload"),
+    "Multi-GPU (accelerate)": ("num_processes",),
+}
+SECTION_OF: dict[str, str] = {name: section for section, names in ADVANCED_SECTIONS.items() for name in names}
 
 # sd-scripts settings that LoRA Studio does not implement (yet). At their sd-scripts default they change nothing and
 # are accepted with a notice; any other value is an error, never silently ignored.
