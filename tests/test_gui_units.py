@@ -50,7 +50,7 @@ def test_widget_kinds_follow_the_setting_kinds():
     assert "AdamW8bit" in optimizer.kwargs["choices"]
     dim = widget_spec(S.BY_NAME["network_dim"])
     assert dim.component == "number" and dim.kwargs["precision"] == 0 and dim.kwargs["value"] == 4
-    assert dim.kwargs["info"] == "1 to 100000 · default 4"
+    assert dim.kwargs["info"] == "Rank of each adapter: capacity and file size. (1 to 100000 · default 4)"
     assert widget_spec(S.BY_NAME["learning_rate"]).kwargs["precision"] is None
     seed = widget_spec(S.BY_NAME["seed"])  # optional numbers are text: a number box would show an empty value as 0
     assert seed.component == "textbox" and seed.kwargs["value"] == "" and "optional" in seed.kwargs["info"]
@@ -106,19 +106,17 @@ def test_empty_fields_mean_the_default_and_numbers_keep_their_type():
     assert from_widget(S.BY_NAME["caption_extension"], "") == ""  # sd-scripts allows an empty extension
 
 
-def _demo_values(root: Path) -> dict:
+def _demo_values(root: Path, model: Path) -> dict:
     from lora_studio.demo import demo_settings, write_dataset
 
     write_dataset(root, count=8, repeats=10)
-    model = root / "model.safetensors"
-    model.write_bytes(b"placeholder")  # the form only checks that it exists; the engine reads it
     settings = demo_settings(root, model)
     settings.pop("sample_prompts")
     return form_values(build_config(settings).as_dict())
 
 
-def test_check_form_reports_each_problem_at_its_field(tmp_path):
-    values = _demo_values(tmp_path)
+def test_check_form_reports_each_problem_at_its_field(tmp_path, tiny_models):
+    values = _demo_values(tmp_path, tiny_models["single"])
     values.update(learning_rate=-1, output_name="a/b", train_data_dir=str(tmp_path / "nope"), network_dim=None)
     check = check_form(values)
     assert not check.ok
@@ -202,7 +200,7 @@ def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def test_dataset_preparation_copies_into_the_kohya_layout(tmp_path):
+def test_dataset_preparation_copies_into_the_kohya_layout(tmp_path, tiny_models):
     from lora_studio.demo import write_dataset
 
     source = write_dataset(tmp_path / "mine", count=5) / "10_lsdemo shape"
@@ -225,8 +223,8 @@ def test_dataset_preparation_copies_into_the_kohya_layout(tmp_path):
         prepare_folders(tmp_path / "train", "emi", "person", source, 20)
     assert (img / "000.txt").read_text(encoding="utf-8") != "changed"
 
-    values = form_values(build_config({**result.settings(), "pretrained_model_name_or_path": str(source / "000.png"),
-                                       "train_batch_size": 2}).as_dict())
+    values = form_values(build_config({**result.settings(), "train_batch_size": 2,
+                                       "pretrained_model_name_or_path": str(tiny_models["single"])}).as_dict())
     check = check_form(values)
     assert check.ok, check.problems
     summary = check.data.summary()
