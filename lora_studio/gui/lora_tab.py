@@ -28,7 +28,8 @@ from .dataset_prep import prepare_folders
 from .dataset_tab import dataset_markdown
 from .form import NAMES, check_form, form_values, outside_roots
 from .presets import describe, list_presets, save_user_preset
-from .widgets import TAB_LABELS, WidgetSpec, range_hint, widget_specs
+from .settings_layout import build_advanced, place_help, wire_lora_type
+from .widgets import LORA_TYPE, TAB_LABELS, WidgetSpec, field_info, widget_specs, with_lora_type
 
 
 def _make(spec: WidgetSpec):
@@ -62,7 +63,7 @@ def _field_updates(problems: dict[str, str]) -> list:
         if setting.name in problems:
             updates.append(gr.update(info=f"⚠ {problems[setting.name]}", elem_classes=["ls-invalid"]))
         else:
-            updates.append(gr.update(info=range_hint(setting) or None, elem_classes=[]))
+            updates.append(gr.update(info=field_info(setting), elem_classes=[]))
     return updates
 
 
@@ -289,7 +290,7 @@ class LoraTab:
 
     # ---------------------------------------------------------- layout
     def build(self) -> dict:
-        specs = widget_specs()
+        specs = with_lora_type(widget_specs())
         fields: dict[str, Any] = {}
         with gr.Tabs(elem_id="lora-tabs"):
             with gr.Tab("Configuration", id="configuration"):
@@ -297,11 +298,16 @@ class LoraTab:
             for tab in ("model", "folders"):
                 with gr.Tab(TAB_LABELS[tab], id=tab):
                     _place_fields(specs, tab, fields)
+                    place_help([s for s in specs if s.tab == tab])
             with gr.Tab("Parameters", id="parameters"):
                 with gr.Tabs(elem_id="parameter-tabs"):
                     for tab in ("basic", "advanced", "samples"):
                         with gr.Tab(TAB_LABELS[tab], id=tab):
-                            _place_fields(specs, tab, fields)
+                            if tab == "advanced":
+                                build_advanced(specs, fields, _make)
+                            else:
+                                _place_fields(specs, tab, fields)
+                                place_help([s for s in specs if s.tab == tab])
             with gr.Tab("Dataset preparation", id="dataset"):
                 prep = self._preparation_tab()
         with gr.Row():
@@ -314,6 +320,8 @@ class LoraTab:
         mini_progress = gr.HTML(elem_id="mini-progress")
         command_box = gr.Textbox(label="Training command and config", lines=12, max_lines=40, interactive=False,
                                  visible=False, buttons=["copy"], elem_id="command-box")
+        lora_type = fields.pop(LORA_TYPE)  # not a setting: it sets network_module and network_args
+        wire_lora_type(lora_type, fields)
         inputs = [fields[n] for n in NAMES]
         outputs = inputs
         self.config.wire(config, inputs)

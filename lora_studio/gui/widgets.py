@@ -8,10 +8,12 @@ components. Values cross the boundary in two functions: ``to_widget`` (setting v
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import schema as S
+from ..config.lora_types import LORA_TYPES, describe_lora_type
 
 # Where each setting appears: the LoRA tab's sub-tabs and the Parameters sub-tabs.
 TABS = ("model", "folders", "basic", "advanced", "samples")
@@ -47,7 +49,7 @@ def _fmt(number: float) -> str:
 
 
 def range_hint(setting: S.Setting) -> str:
-    """Short text under a numeric field: its range and default (the full help is on hover)."""
+    """A numeric field's range and default, for the line under it (``field_info``)."""
     parts = []
     if setting.minimum is not None and setting.maximum is not None:
         parts.append(f"{_fmt(setting.minimum)} to {_fmt(setting.maximum)}")
@@ -62,8 +64,23 @@ def range_hint(setting: S.Setting) -> str:
     return " · ".join(parts)
 
 
+# a sentence ends at . ! or ? before a space, but not after "e.g." and its kind
+_SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)(?<!etc\.)(?<!vs\.)\s+")
+
+
+def first_sentence(text: str) -> str:
+    return _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
+
+
+def field_info(setting: S.Setting) -> str | None:
+    """The line under a field: the first sentence of its help, then its range and default. The full help is the
+    block's tooltip and in the tab's "Full help" (on screen, for touch)."""
+    sentence, hint = first_sentence(setting.help), range_hint(setting)
+    return f"{sentence} ({hint})" if sentence and hint else (sentence or hint or None)
+
+
 def widget_spec(setting: S.Setting) -> WidgetSpec:
-    common = {"label": setting.label, "elem_id": elem_id(setting.name), "info": range_hint(setting) or None}
+    common = {"label": setting.label, "elem_id": elem_id(setting.name), "info": field_info(setting)}
     value = to_widget(setting, setting.default)
     if setting.kind == S.BOOL:
         return WidgetSpec(setting.name, "checkbox", tab_of(setting), {**common, "value": value}, setting.help)
@@ -87,6 +104,35 @@ def widget_spec(setting: S.Setting) -> WidgetSpec:
 
 def widget_specs() -> list[WidgetSpec]:
     return [widget_spec(s) for s in S.SETTINGS]
+
+
+# The LoRA type as the Kohya_ss GUI names it: not a setting of its own, it sets network_module and network_args
+LORA_TYPE = "lora_type"
+LORA_TYPE_SPEC = WidgetSpec(LORA_TYPE, "dropdown", "basic", {
+    "label": "LoRA type", "elem_id": "lora-type", "choices": list(LORA_TYPES), "value": "Standard",
+    "allow_custom_value": False, "info": describe_lora_type("Standard")},
+    "The kind of adapter, by the Kohya_ss GUI's names: it sets Network module and Network args (Advanced > "
+    "Network).")
+
+
+def with_lora_type(specs: list[WidgetSpec]) -> list[WidgetSpec]:
+    """The specs with the LoRA type field where Kohya_ss shows it: before the rank."""
+    at = next(i for i, spec in enumerate(specs) if spec.name == "network_dim")
+    return specs[:at] + [LORA_TYPE_SPEC] + specs[at:]
+
+
+def advanced_sections(specs: list[WidgetSpec]) -> list[tuple[str, list[WidgetSpec]]]:
+    """The Advanced tab's specs by section (``schema.ADVANCED_SECTIONS``), in their order; one no section names
+    goes to "Other" (a test keeps that empty)."""
+    by_name = {spec.name: spec for spec in specs if spec.tab == "advanced"}
+    sections = [(title, [by_name[n] for n in names if n in by_name]) for title, names in S.ADVANCED_SECTIONS.items()]
+    rest = [spec for name, spec in by_name.items() if name not in S.SECTION_OF]
+    return [(title, group) for title, group in sections + [("Other", rest)] if group]
+
+
+def search_text(setting: S.Setting) -> str:
+    """What the Advanced filter matches: the label, the name (with and without underscores) and the help."""
+    return " ".join((setting.label, setting.name, setting.name.replace("_", " "), setting.help)).lower()
 
 
 def to_widget(setting: S.Setting, value: Any) -> Any:

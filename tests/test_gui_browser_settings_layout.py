@@ -1,0 +1,107 @@
+"""The settings' layout in a real browser: Advanced in sections with a filter, each field's help on screen, the LoRA
+type by Kohya_ss's names and the full optimizer list. One GUI and one page for the module."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from conftest import cli_path
+from gui_helpers import CHROMIUM_ARGS, chromium_path, field, open_tab, running_gui
+from lora_studio.config.schema import BY_NAME
+from lora_studio.gui.settings_layout import section_id
+from lora_studio.gui.widgets import first_sentence
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def gui(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gui-layout")
+    with running_gui(cli_path(), root / "state", root / "gui.log", allow=[root]) as (url, proc):
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.goto(url)
+            expect(page.get_by_role("button", name="Start training")).to_be_visible(timeout=30_000)
+            yield {"page": page, "root": root}
+            browser.close()
+
+
+def _header(page, title: str):
+    """A section's heading: the button that opens and closes it."""
+    return page.locator(f"#{section_id(title)} > button.label-wrap")
+
+
+def _filter(page, text: str) -> None:
+    page.locator("#advanced-filter textarea, #advanced-filter input").first.fill(text)
+
+
+def test_advanced_sections_filter_and_help_on_screen(gui):
+    page = gui["page"]
+    open_tab(page, "LoRA", "Parameters", "Advanced")
+    for title in ("Captions", "Noise and loss", "Memory and speed", "Saving and validation", "Logging", "Metadata"):
+        expect(_header(page, title)).to_be_visible()
+        expect(_header(page, title)).to_contain_text(title)
+    # each field's first help sentence is on the page, not only in a tooltip
+    for name in ("gradient_checkpointing", "noise_offset", "keep_tokens"):
+        expect(page.locator(f"#setting-{name}").get_by_text(first_sentence(BY_NAME[name].help), exact=False)) \
+            .to_be_visible()
+
+    _header(page, "Memory and speed").click()  # closed by the user
+    expect(page.locator("#setting-gradient_checkpointing")).to_be_hidden()
+    _filter(page, "Gradient Checkpointing")
+    expect(page.locator("#setting-gradient_checkpointing")).to_be_visible()  # its section opened again
+    expect(page.locator("#ls-filter-note")).to_contain_text("1 setting(s) here match")
+    for hidden in ("full_fp16", "keep_tokens", "noise_offset", "log_with"):
+        expect(page.locator(f"#setting-{hidden}")).to_be_hidden()
+    expect(page.locator("#section-memory-and-speed")).to_be_visible()
+    for section in ("captions", "noise-and-loss", "logging"):
+        expect(page.locator(f"#section-{section}")).to_be_hidden()
+
+    _filter(page, "cache latents")  # a Basic setting is named where it is
+    expect(page.locator("#ls-filter-note")).to_contain_text("Cache latents (Parameters > Basic)")
+    _filter(page, "")
+    for shown in ("keep_tokens", "noise_offset", "log_with"):
+        expect(page.locator(f"#setting-{shown}")).to_be_visible()
+    expect(page.locator("#setting-gradient_checkpointing")).to_be_hidden()  # the section the user closed is closed
+
+    # the whole help without hovering (touch): the tab's "Full help" expander
+    open_tab(page, "Basic")
+    page.locator("#parameter-tabs").get_by_role("button", name="Full help of these settings").first.click()
+    expect(page.get_by_text(BY_NAME["network_dim"].help.split(". ")[1])).to_be_visible()
+
+
+def test_lora_type_by_kohya_names_sets_the_module_and_args_and_shows_a_loaded_one(gui):
+    page, root = gui["page"], gui["root"]
+    open_tab(page, "LoRA", "Parameters", "Basic")
+    lora_type = page.locator("#lora-type input")
+    expect(lora_type).to_have_value("Standard")
+    lora_type.click()
+    lora_type.fill("LoHa")  # the list filters as one types
+    page.get_by_role("option", name="LyCORIS/LoHa").click()
+    expect(page.locator("#lora-type")).to_contain_text("algo=loha")
+    page.get_by_role("button", name="Print training command").click()
+    command = page.locator("#command-box textarea")
+    expect(command).to_have_value(re.compile(r'network_module = "lycoris.kohya".*"algo=loha"', re.S))
+    open_tab(page, "Advanced")
+    expect(field(page, "network_module")).to_have_value("lycoris.kohya")
+    expect(field(page, "network_args")).to_have_value("algo=loha")
+
+    config = root / "lokr.toml"  # a loaded config shows its Kohya_ss name
+    config.write_text('network_module = "lycoris.kohya"\nnetwork_args = ["algo=lokr", "factor=4"]\n', encoding="utf-8")
+    open_tab(page, "Configuration")
+    page.locator("#config-path textarea, #config-path input").first.fill(str(config))
+    page.get_by_role("button", name="Load", exact=True).click()
+    expect(page.locator("#config-status")).to_contain_text("Loaded")
+    open_tab(page, "Parameters", "Basic")
+    expect(lora_type).to_have_value("LyCORIS/LoKr")
+
+    optimizer = page.locator("#setting-optimizer_type input")  # every optimizer sd-scripts names is listed
+    optimizer.click()
+    for name in ("SGDNesterov", "DAdaptAdaGrad", "SGDScheduleFree", "PagedAdamW8bit"):
+        expect(page.get_by_role("option", name=name, exact=True)).to_be_attached()
+    optimizer.press("Escape")
