@@ -117,3 +117,20 @@ def contains(text: str):
     import re
 
     return re.compile(".*" + re.escape(text) + ".*", re.S)
+
+
+@contextmanager
+def gui_page(cli: str, root: Path, viewport: tuple[int, int] = (1400, 1000)):
+    """One GUI (confined to ``root``, its state in ``root/state``) and one page on it, loaded: a module's tests that
+    share one page (one GUI process and one page load for the module). Yields (page, GUI process)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_gui(cli, root / "state", root / "gui.log", allow=[root]) as (url, proc):
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            page = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}).new_page()
+            page.goto(url)
+            expect(page.get_by_role("button", name="Start training")).to_be_visible(timeout=30_000)
+            yield page, proc
+            browser.close()
+        assert proc.poll() is None, "the GUI process died during the tests"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from conftest import cli_path
-from gui_helpers import CHROMIUM_ARGS, chromium_path, field, open_tab, running_gui
+from gui_helpers import field, gui_page, open_tab
 from lora_studio.config.schema import BY_NAME
 from lora_studio.gui.settings_layout import section_id
 from lora_studio.gui.widgets import first_sentence
@@ -20,15 +20,8 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def gui(tmp_path_factory):
     root = tmp_path_factory.mktemp("gui-layout")
-    with running_gui(cli_path(), root / "state", root / "gui.log", allow=[root]) as (url, proc):
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            page = context.new_page()
-            page.goto(url)
-            expect(page.get_by_role("button", name="Start training")).to_be_visible(timeout=30_000)
-            yield {"page": page, "root": root}
-            browser.close()
+    with gui_page(cli_path(), root) as (page, _proc):
+        yield {"page": page, "root": root}
 
 
 def _header(page, title: str):
