@@ -107,7 +107,7 @@ class RunsTab:
         active = m.active()
         run = shown_run(m, choice)
         state = m.live(run) if run else None
-        latest = m.latest()
+        latest = shown_run(m, None)  # the LoRA tab's card shows training runs only (tools and tests: their tabs)
         latest_state = state if latest is run else m.live(latest) if latest else None
         active_state = state if active is run else m.live(active) if active else None
         run_id = run.id if run else None

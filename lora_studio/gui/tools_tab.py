@@ -236,7 +236,9 @@ class ToolsTab:
             return f"❌ {exc}", gr.skip()
         busy = self.manager.active() is not None
         rec = self.manager.enqueue_tool(tool.command, options, label, tool.group)
-        return (f"Queued behind the current job ({rec.id})." if busy else f"Running ({rec.id}) …"), {"id": rec.id}
+        # said as what was done, not as the job's state (which the status line below follows): never stale
+        where = ", behind the current job" if busy else ""
+        return f"Added to the queue as {rec.id}{where}: its progress and report show below.", {"id": rec.id}
 
     def tick(self, job: dict | None, seen: str | None):
         """The shown job's progress, status and report; nothing is sent while they have not changed."""
