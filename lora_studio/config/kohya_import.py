@@ -108,6 +108,16 @@ LYCORIS_ARGS = ("use_tucker", "use_cp", "use_scalar", "train_norm", "decompose_b
                 "bypass_mode", "rescaled", "train_on_input", "dora_wd", "factor")
 BLOCK_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
               "block_alphas", "conv_block_dims", "conv_block_alphas")
+# Settings a Kohya_ss field decides besides its own name (its value may leave them unset, as sd-scripts then runs)
+_RUN_LENGTH = ("max_train_epochs", "max_train_steps")
+_TRAINED_PARTS = ("unet_lr", "text_encoder_lr", "network_train_unet_only", "network_train_text_encoder_only")
+DECIDES = {"LoRA_type": ("network_module", "network_args"), "xformers": ("xformers", "sdpa"), "epoch": _RUN_LENGTH,
+           "max_train_epochs": _RUN_LENGTH, "max_train_steps": _RUN_LENGTH, "lr_warmup": ("lr_warmup_steps",),
+           "unet_lr": _TRAINED_PARTS, "text_encoder_lr": _TRAINED_PARTS, "max_resolution": ("resolution",),
+           "sdxl_no_half_vae": ("no_half_vae",), "sdxl_cache_text_encoder_outputs": ("cache_text_encoder_outputs",),
+           "noise_offset_type": ("noise_offset", "adaptive_noise_scale", "noise_offset_random_strength",
+                                 "multires_noise_iterations", "multires_noise_discount"),
+           "use_wandb": ("log_with",)}
 GUI_DEFAULT_STEPS = 1600  # the Kohya_ss GUI's Max train steps field
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # what the Kohya_ss GUI counts when it computes steps
 
@@ -120,6 +130,7 @@ class KohyaImport:
     unsupported: list[str] = field(default_factory=list)  # what it does, and that it was left out
     ignored: list[str] = field(default_factory=list)  # only for the Kohya_ss GUI
     sample_prompt_text: str = ""  # the GUI keeps prompts as text; the caller writes them to a file
+    named: set[str] = field(default_factory=set)  # every setting the file decides: set, or left unset (its default)
 
     def report(self) -> str:
         lines = [f"Imported {len(self.settings)} setting(s) from the Kohya_ss configuration."]
@@ -214,6 +225,8 @@ def convert(data: dict[str, Any]) -> KohyaImport:
     _check_optimizer(result)
     _say_masks(result)
     _say_filled(result, filled)
+    result.named = set(result.settings) | {RENAMED.get(k, k) for k in data if RENAMED.get(k, k) in BY_NAME} | {
+        name for k in data for name in DECIDES.get(k, ())}
     return result
 
 

@@ -77,6 +77,7 @@ class Workbench:
             test_tab.select(self.test.test_tab_opened, [lora["fields"]["pretrained_model_name_or_path"],
                                                         test["model"]], [test["model"], test["add"]])
             page.load(self.test.test_defaults, [], test["inputs"] + [test["job"], test["add"]])
+            page.load(self.lora.restore_form, [], lora["restore"], show_progress="hidden")  # the form as last edited
             # the live view: one tick updates the Runs tab, the LoRA tab's progress and Stop, and the Test tab
             seen = gr.State({})
             timer = gr.Timer(1.0)

@@ -27,6 +27,7 @@ from ..training.outputs import output_paths
 from .dataset_prep import prepare_folders
 from .dataset_tab import dataset_markdown
 from .form import NAMES, check_form, form_values, outside_roots
+from .form_state import DEFAULTS, clear_form, fingerprint, form_dict, load_form, merge, named_in_toml, save_form
 from .presets import describe, list_presets, save_user_preset
 from .settings_layout import build_advanced, place_help, wire_lora_type
 from .widgets import LORA_TYPE, TAB_LABELS, WidgetSpec, field_info, widget_specs, with_lora_type
@@ -67,18 +68,23 @@ def _field_updates(problems: dict[str, str]) -> list:
     return updates
 
 
-def _fill(values: dict[str, Any], partial: bool) -> list:
-    """Widget updates for loaded settings; with ``partial`` the settings not named keep what the user typed."""
-    shown = form_values(values)
-    out = []
-    for setting in SETTINGS:
+def _show(shown: dict[str, Any], clear_marks: bool = True) -> list:
+    """Widget updates that show ``shown`` (widget values by name); the other fields keep what the user typed. With
+    ``clear_marks`` every field's problem mark goes too (the form was refilled: the old problems no longer hold)."""
+    if not clear_marks:
+        return [shown[s.name] if s.name in shown else gr.skip() for s in SETTINGS]
+    updates = _field_updates({})
+    for setting, update in zip(SETTINGS, updates):
         if setting.name in shown:
-            out.append(shown[setting.name])
-        elif partial:
-            out.append(gr.skip())
-        else:
-            out.append(form_values({setting.name: setting.default})[setting.name])
-    return out
+            update["value"] = shown[setting.name]
+    return updates
+
+
+def _fill(values: dict[str, Any], partial: bool) -> list:
+    """Widget updates for loaded settings; with ``partial`` the settings not named keep what the user typed (and
+    their marks); without, every field is refilled."""
+    shown = form_values(values)
+    return _show(shown if partial else {**DEFAULTS, **shown}, clear_marks=not partial)
 
 
 def _values(args) -> dict[str, Any]:
@@ -99,31 +105,43 @@ class ConfigurationTab:
         self.roots = roots
         self.user_presets = self.state_dir / "presets"
 
-    def load_path(self, path: str, confine: bool = True):
+    def load_path(self, path: str, *form, confine: bool = True):
+        """Load a config (TOML, or a Kohya_ss JSON imported) into the form: only the settings it names change
+        (``form_state.merge``). ``form``: the form's values; none: a fresh form, and the report is the file's own."""
         path = (path or "").strip()
         if not path:
-            return [gr.skip()] * len(NAMES) + ["Type the path of a .toml (or Kohya_ss .json) config to load."]
+            return self._not_loaded("Type the path of a .toml (or Kohya_ss .json) config to load.")
         outside = outside_roots(path, self.roots) if confine else None
         if outside:
-            return [gr.skip()] * len(NAMES) + [f"❌ Not loaded: {outside}"]
+            return self._not_loaded(f"❌ Not loaded: {outside}")
         try:
             if path.lower().endswith(".json"):
-                return self._import_kohya(Path(path))
+                result = import_kohya_json(Path(path), self.state_dir / "imported")
+                return self._merged(form, result.settings, result.named, result.report())
             cfg = load_config(Path(path).expanduser())
+            named = named_in_toml(Path(path).expanduser())
         except (ConfigError, UserError) as exc:
-            return [gr.skip()] * len(NAMES) + [f"❌ {exc}"]
-        return _fill(cfg.as_dict(), partial=False) + [f"Loaded {path}."]
+            return self._not_loaded(f"❌ {exc}")
+        return self._merged(form, cfg.as_dict(), named, f"Loaded {path}.")
 
-    def load_upload(self, file):
+    def load_upload(self, file, *form):
         """Load an uploaded config, then empty the upload box so the next file can be dropped in."""
         if not file:
-            return [gr.skip()] * (len(NAMES) + 1) + [gr.skip()]
+            return self._not_loaded(gr.skip()) + [gr.skip()]
         # an upload is a file the browser sent (in Gradio's upload folder), not a server path the user typed
-        return self.load_path(file if isinstance(file, str) else file.name, confine=False) + [None]
+        return self.load_path(file if isinstance(file, str) else file.name, *form, confine=False) + [None]
 
-    def _import_kohya(self, path: Path):
-        result = import_kohya_json(path, self.state_dir / "imported")
-        return _fill(result.settings, partial=False) + [result.report()]
+    @staticmethod
+    def _not_loaded(message) -> list:
+        """The form, its check report and its marks as they were; ``message`` in the status."""
+        return [gr.skip()] * (len(NAMES) + 1) + [message]
+
+    @staticmethod
+    def _merged(form: tuple, settings: dict[str, Any], named, report: str, source: str = "file") -> list:
+        """The form refilled (marks cleared), the check report emptied (its problems were the old settings'), and
+        the status: the source's report, then (when the form was given) what changed in the form and what stayed."""
+        merged = merge(form_dict(form), settings, named, source)
+        return _show(merged.values) + ["", report + (f"\n\n{merged.report()}" if form else "")]
 
     def save_path(self, path: str, *args):
         cfg, problems = _checked_config(args, self.roots)
@@ -157,12 +175,12 @@ class ConfigurationTab:
     def preset_choices(self) -> list[str]:
         return list(list_presets(self.user_presets))
 
-    def apply_preset(self, key: str):
+    def apply_preset(self, key: str, *form):
         presets = list_presets(self.user_presets)
         if not key or key not in presets:
-            return [gr.skip()] * len(NAMES) + ["Choose a preset."]
+            return self._not_loaded("Choose a preset.")
         preset = presets[key]
-        return _fill(preset.settings, partial=True) + [describe(preset)]
+        return self._merged(form, preset.settings, preset.settings, describe(preset), "preset")
 
     def save_preset(self, name: str, *args):
         cfg, problems = _checked_config(args, self.roots)
@@ -181,17 +199,32 @@ class ConfigurationTab:
             proc = subprocess.run([sys.executable, "-m", "lora_studio.cli", "demo", str(folder)], capture_output=True,
                                   text=True, timeout=600)
             if proc.returncode != 0:
-                return [gr.skip()] * len(NAMES) + [f"❌ Could not write the demo: {proc.stderr.strip()[-800:]}"]
+                return self._not_loaded(f"❌ Could not write the demo: {proc.stderr.strip()[-800:]}")
         cfg = load_config(config)
         return _fill(cfg.as_dict(), partial=False) + [
-            f"Demo loaded from {folder}: a tiny offline model and 8 images. Press **Start training** (it trains in "
+            "", f"Demo loaded from {folder}: a tiny offline model and 8 images. Press **Start training** (it trains in "
             "under a minute on a CPU)."]
+
+    def new_config(self, *form):
+        """Every field back to its default and the saved form cleared; the form as it was is kept for Undo."""
+        clear_form(self.state_dir)
+        return _show(dict(DEFAULTS)) + ["", "**New config:** every setting is back to its default. **Undo new "
+                                        "config** brings back what the form held.", form_dict(form),
+                                        gr.update(visible=True)]
+
+    def undo_new_config(self, previous: dict | None):
+        if not previous:
+            return self._not_loaded("Nothing to undo.") + [{}, gr.update(visible=False)]
+        return _show(previous) + ["", "The settings the form held before **New config** are back.", {},
+                                  gr.update(visible=False)]
 
     def build(self) -> dict:
         with gr.Row():
             preset = gr.Dropdown(choices=self.preset_choices(), value=None, label="Presets", elem_id="preset",
                                  info="Sets only the settings it names; your model and folders stay.")
             demo_btn = gr.Button("Try the demo", elem_id="try-demo")
+            new_btn = gr.Button("New config", elem_id="config-new")
+            undo_btn = gr.Button("Undo new config", visible=False, elem_id="config-undo-new")
         with gr.Row():
             path = gr.Textbox(label="Config file", placeholder="/path/to/config.toml (or a Kohya_ss .json)",
                               elem_id="config-path", scale=3)
@@ -209,26 +242,60 @@ class ConfigurationTab:
         status = gr.Markdown(elem_id="config-status")
         return dict(preset=preset, demo_btn=demo_btn, path=path, load_btn=load_btn, save_btn=save_btn, upload=upload,
                     download_btn=download_btn, download=download, preset_name=preset_name,
-                    save_preset_btn=save_preset_btn, status=status)
+                    save_preset_btn=save_preset_btn, status=status, new_btn=new_btn, undo_btn=undo_btn,
+                    previous=gr.State({}))
 
-    def wire(self, c: dict, inputs: list) -> None:
-        """The sub-tab's events, once the form's fields (``inputs``, in ``NAMES`` order) exist."""
+    def wire(self, c: dict, inputs: list, check_md) -> list:
+        """The sub-tab's events, once the form's fields (``inputs``, in ``NAMES`` order) and the check report
+        (``check_md``, emptied when the form is refilled) exist. Returns the events that refill the form."""
         outputs = inputs
         status = c["status"]
-        c["load_btn"].click(self.load_path, [c["path"]], outputs + [status])
-        c["upload"].upload(self.load_upload, [c["upload"]], outputs + [status, c["upload"]])
+        refilled = inputs + [check_md, status]
+        events = [c["load_btn"].click(self.load_path, [c["path"]] + inputs, refilled),
+                  c["upload"].upload(self.load_upload, [c["upload"]] + inputs, refilled + [c["upload"]])]
         c["save_btn"].click(self.save_path, [c["path"]] + inputs, outputs + [status])
         c["download_btn"].click(self.download, inputs, [c["download"], status])
-        c["preset"].input(self.apply_preset, [c["preset"]], outputs + [status])
+        events.append(c["preset"].input(self.apply_preset, [c["preset"]] + inputs, refilled))
         c["save_preset_btn"].click(self.save_preset, [c["preset_name"]] + inputs, [c["preset"], status])
-        c["demo_btn"].click(self.try_demo, [], outputs + [status])
+        undo = [c["previous"], c["undo_btn"]]
+        return events + [c["demo_btn"].click(self.try_demo, [], refilled),
+                          c["new_btn"].click(self.new_config, inputs, refilled + undo),
+                          c["undo_btn"].click(self.undo_new_config, [c["previous"]], refilled + undo)]
+
+
+COMMAND_LABEL = "Training command and config"
+COMMAND_STALE = ("Training command and config: OUT OF DATE, the form changed since it was printed (press Print "
+                 "training command again)")
 
 
 class LoraTab:
     def __init__(self, state_dir: Path, manager: RunManager, roots: list[Path] | None):
         self.manager = manager
         self.roots = roots
+        self.state_dir = state_dir
         self.config = ConfigurationTab(state_dir, roots)
+
+    # ---------------------------------------------------------- the form saved as it is edited
+    def restore_form(self):
+        """On opening the page: the form as it was last edited (``<state>/form.toml``); then the form is saved."""
+        saved = load_form(self.state_dir)
+        if saved is None:
+            return [gr.skip()] * (len(NAMES) + 1) + [True]
+        return _show(saved, clear_marks=False) + [
+            "Your settings from last time are back (the form is saved as you edit it). **New config** starts from "
+            "the defaults.", True]
+
+    def form_changed(self, restored: bool, printed: str, *form):
+        """Any field changed: the form is saved (once the page has restored it), and a printed command is marked
+        out of date while the form differs from the one it was printed from."""
+        if restored:
+            try:
+                save_form(self.state_dir, form_dict(form))
+            except OSError:
+                pass  # a read-only state folder: the form works, it is just not remembered
+        if not printed:
+            return gr.skip()
+        return gr.update(label=COMMAND_LABEL if fingerprint(form) == printed else COMMAND_STALE)
 
     # ---------------------------------------------------------- dataset preparation
     def prepare(self, instance, klass, images, repeats, reg_images, reg_repeats, destination):
@@ -271,11 +338,12 @@ class LoraTab:
     def print_command(self, *args):
         cfg, problems = _checked_config(args, self.roots)
         if problems:
-            return gr.update(value="", visible=True), "❌ Fix the marked settings first."
+            return gr.update(value="", visible=True, label=COMMAND_LABEL), "❌ Fix the marked settings first.", ""
         config_path = output_paths(cfg)["config"] if cfg.output_dir else Path("<output_dir>/config.toml")
         text = (f"# Start training runs:\n{display(engine_argv(cfg, config_path, self.manager.allowed_dirs))}\n\n"
                 f"# with this config, written to {config_path}:\n{dumps_config(cfg)}")
-        return gr.update(value=text, visible=True), "The command and config are shown below."
+        return (gr.update(value=text, visible=True, label=COMMAND_LABEL), "The command and config are shown below.",
+                fingerprint(args))
 
     def start(self, *args):
         check = check_form(_values(args), roots=self.roots)
@@ -318,20 +386,30 @@ class LoraTab:
             print_btn = gr.Button("Print training command", elem_id="print-command")
         check_md = gr.Markdown(elem_id="check-report")
         mini_progress = gr.HTML(elem_id="mini-progress")
-        command_box = gr.Textbox(label="Training command and config", lines=12, max_lines=40, interactive=False,
+        command_box = gr.Textbox(label=COMMAND_LABEL, lines=12, max_lines=40, interactive=False,
                                  visible=False, buttons=["copy"], elem_id="command-box")
+        restored, printed = gr.State(False), gr.State("")  # the saved form is back; the printed form's fingerprint
         lora_type = fields.pop(LORA_TYPE)  # not a setting: it sets network_module and network_args
         wire_lora_type(lora_type, fields)
         inputs = [fields[n] for n in NAMES]
         outputs = inputs
-        self.config.wire(config, inputs)
-        prep["button"].click(self.prepare, prep["inputs"], outputs + [prep["report"]])
+        refills = self.config.wire(config, inputs, check_md)
+        refills.append(prep["button"].click(self.prepare, prep["inputs"], outputs + [prep["report"]]))
         prep["summary_btn"].click(self.summary, inputs, outputs + [prep["summary"]])
         check_btn.click(self.check, inputs, outputs + [check_md])
         dataset_btn.click(self.check_dataset, inputs, outputs + [check_md])
-        print_btn.click(self.print_command, inputs, [command_box, check_md])
+        print_btn.click(self.print_command, inputs, [command_box, check_md, printed])
+        # The form is saved after each edit (a field left, a box ticked, a choice made) and each refill; not on
+        # every field's change: a refill changes them all at once, which would send one event per field.
+        saving = dict(fn=self.form_changed, inputs=[restored, printed] + inputs, outputs=[command_box],
+                      show_progress="hidden", concurrency_limit=1, concurrency_id="form-save")
+        edits = [f.blur if isinstance(f, (gr.Textbox, gr.Number)) else f.input for f in inputs]
+        gr.on(edits + [fields["network_module"].change, fields["network_args"].change], trigger_mode="always_last",
+              **saving)  # (the LoRA type sets those two)
+        for event in refills:
+            event.then(**saving)
         return dict(fields=fields, inputs=inputs, start=start_btn, stop=stop_btn, check_md=check_md,
-                    mini_progress=mini_progress)
+                    mini_progress=mini_progress, restore=inputs + [config["status"], restored])
 
     @staticmethod
     def _preparation_tab() -> dict:
