@@ -109,7 +109,7 @@ def test_the_dataset_tabs_editor_and_tagging_fields(tmp_path):
     assert tab.bulk(str(root), ".txt", "remove", "1girl", "", False) == "Changed 3 caption(s). Undo puts them back."
     assert _captions(root)["a"] == "emi, smile" and _captions(root)["d"] == "emi, new"
     assert tab.undo(str(root)).startswith("Undid: remove '1girl'") and _captions(root)["a"] == "emi, 1girl, smile"
-    assert tab.show(str(tmp_path.parent), ".txt", 1, "")[3].startswith("❌") and "outside the folders" in \
+    assert tab.show(str(tmp_path.parent), ".txt", 1, "")[3].startswith("✗") and "outside the folders" in \
         tab.show(str(tmp_path.parent), ".txt", 1, "")[3]
     wd14 = CAPTION_TOOLS[0]
     values = {f.name: f.default for f in wd14.fields} | {"folder": str(root), "trigger": "emi", "dry_run": True}

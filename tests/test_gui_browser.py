@@ -365,7 +365,7 @@ def test_a_run_that_dies_says_why(page, gui, tiny_models):
 def test_dataset_tab_edits_captions_and_reports_health(page, gui):
     load_demo(page)
     page.get_by_role("button", name="Check dataset").click()  # the LoRA tab's own folders
-    expect(page.locator("#check-report")).to_contain_text("Dataset: ❌ not ready", timeout=60_000)
+    expect(page.locator("#check-report")).to_contain_text("Dataset: ✗ not ready", timeout=60_000)
     expect(page.locator("#check-report")).to_contain_text("steps per epoch")
     folder = gui["state"] / "demo" / "img" / "10_lsdemo shape"
     first = sorted(folder.glob("*.png"))[0]
@@ -394,6 +394,6 @@ def test_dataset_tab_edits_captions_and_reports_health(page, gui):
     page.locator("#health-folder textarea").fill(str(folder.parent))
     page.locator("#health-check").click()
     report = page.locator("#health-report")
-    expect(report).to_contain_text("Dataset: ❌ not ready", timeout=60_000)
+    expect(report).to_contain_text("Dataset: ✗ not ready", timeout=60_000)
     expect(report).to_contain_text("10_lsdemo shape")
     page.screenshot(path=str(ARTIFACTS / "gui-dataset-tab.png"), full_page=True)

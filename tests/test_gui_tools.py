@@ -74,12 +74,12 @@ def test_tools_run_as_queued_jobs_with_progress_reports_and_errors(trained_run, 
     message, job3 = tab.run("convert", *_values("convert", source=str(lora), out=str(tmp_path / "c.safetensors"),
                                                 to="kohya", model=str(trained_run["model"])).values())
     message, bad = tab.run("resize", *_values("resize", source=str(lora), out=str(lora)).values())
-    assert message.startswith("❌ New file:") and "also an input" in message and bad is not None
+    assert message.startswith("✗ New file:") and "also an input" in message and bad is not None
 
     rec = _wait(manager, job["id"])
     assert rec.status == "completed" and rec.message == f"wrote {out}", Path(rec.log).read_text()[-2000:]
     progress, status, report, marker = tab.tick(job, None)
-    assert "resize: test_lora" in progress and "ls-completed" in progress and status.startswith("✅")
+    assert "resize: test_lora" in progress and "ls-completed" in progress and status.startswith("✓")
     assert "mean Frobenius share kept" in report and "rank 4 -> 2" in report  # verbose: a line per module
     assert tab.tick(job, marker) == (gr.skip(),) * 3 + (marker,)  # nothing changed: nothing is sent
     events = read_events(rec.events)
@@ -97,6 +97,6 @@ def test_tools_run_as_queued_jobs_with_progress_reports_and_errors(trained_run, 
     assert "family: SD1.x" in text and "diffusers: yes" in text
     rec3 = _wait(manager, job3["id"])
     assert rec3.status == "failed" and "diffusers / peft LoRA weights" in rec3.message
-    assert tab.tick(job3, None)[1].startswith("❌")
+    assert tab.tick(job3, None)[1].startswith("✗")
     assert not (tmp_path / "c.safetensors").exists()
     manager.close()

@@ -312,7 +312,7 @@ def test_test_tab_settings_are_remembered_and_checked(tmp_path):
                          height=96, cfg_scale=5.5)
     w = Workbench(tmp_path / "state")
     message, job = w.test.render(*typed.values(), {})
-    assert message.startswith("❌ Base model not found") and job == gr_skip()
+    assert message.startswith("✗ Base model not found") and job == gr_skip()
     assert w.manager.ordered() == []  # nothing queued
     w.manager.close()
 

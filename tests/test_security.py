@@ -138,7 +138,7 @@ def test_on_this_computer_any_path_is_accepted_and_on_the_network_only_the_allow
     assert local.lora.config.load_path(str(elsewhere))[-1] == f"Loaded {elsewhere}."
     shared = Workbench(tmp_path / "state2", allowed_roots=allowed_folders("0.0.0.0", None))
     message = shared.lora.config.load_path(str(elsewhere))[-1]
-    assert message.startswith("❌ Not loaded") and "outside the folders allowed" in message
+    assert message.startswith("✗ Not loaded") and "outside the folders allowed" in message
     # the training runs it starts confine themselves to the same folders (the engine's --allow-dir)
     from lora_studio.config import build_config
     from lora_studio.jobs.command import engine_argv

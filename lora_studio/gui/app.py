@@ -16,6 +16,8 @@ import gradio as gr
 
 from ..config.schema import SETTINGS
 from ..jobs.runs import RunManager
+from .browse import PathPicker
+from .carry import FORM_KEYS, FORM_PLACES
 from .dataset_tab import DatasetTab
 from .lora_tab import LoraTab
 from .runs_tab import RunsTab
@@ -29,6 +31,14 @@ CSS = """
 .ls-bar { height: 18px; background: #e4e4e7; border-radius: 9px; overflow: hidden; margin: 6px 0; }
 .ls-fill { height: 100%; background: linear-gradient(90deg, #6366f1, #22c55e); transition: width .5s; }
 .ls-failed .ls-fill { background: #dc2626; }
+.ls-mono textarea, .ls-mono .prose, .ls-mono .prose p, .ls-mono .prose li, .ls-mono pre, .ls-mono code {
+  font-family: 'DejaVu Sans Mono', ui-monospace, Menlo, Consolas, monospace !important; }
+.ls-mono .prose p, .ls-mono .prose li { white-space: pre-wrap; }
+.ls-picker { position: fixed !important; z-index: 1000; top: 8vh; left: 50%; transform: translateX(-50%);
+  width: min(760px, 94vw); max-height: 84vh; overflow: auto; padding: 14px !important;
+  background: var(--background-fill-primary); border: 1px solid var(--border-color-primary); border-radius: 10px;
+  box-shadow: 0 12px 40px rgba(0, 0, 0, .35); }
+.ls-browse { align-self: end; }
 """
 
 
@@ -54,24 +64,38 @@ class Workbench:
         self.lora = LoraTab(self.state_dir, self.manager, self.roots)
         self.test = TestTab(self.state_dir, self.manager, self.roots)
         self.runs = RunsTab(self.manager, self.test.parts)
+        self.picker = PathPicker(self.roots, self._latest_output)
+
+    def _latest_output(self) -> list[tuple[str, str]]:
+        """The latest training run's output folder, a place for the picker."""
+        rec = self.manager.latest("train")
+        return [(f"Latest run's output ({rec.output_name})", rec.output_dir)] if rec else []
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="LoRA Studio") as page:
             gr.Markdown("# LoRA Studio\nTrain LoRA adapters for Stable Diffusion on your own images.")
-            with gr.Tabs(selected="lora", elem_id="main-tabs") as main_tabs:
+            with gr.Tabs(selected="lora", elem_id="main-tabs") as main_tabs, self.picker.collecting():
                 with gr.Tab("LoRA", id="lora"):
                     lora = self.lora.build()
                 with gr.Tab("Runs", id="runs"):
                     runs = self.runs.build()
                 with gr.Tab("Test", id="test", elem_id="test") as test_tab:
                     test = self.test.build()
-                with gr.Tab("Dataset", id="dataset-tools", elem_id="dataset-tools"):
-                    DatasetTab(self.manager, self.roots).build()
-                with gr.Tab("Tools", id="tools", elem_id="tools"):
-                    ToolsTab(self.manager, self.roots).build()
-            lora["start"].click(self.lora.start, lora["inputs"], lora["inputs"] + [lora["check_md"], main_tabs])
-            for button in (lora["stop"], runs["stop"]):
-                button.click(self.runs.stop, [], [runs["stop_message"]])
+                with gr.Tab("Dataset", id="dataset-tools", elem_id="dataset-tools") as dataset_tab:
+                    dataset = DatasetTab(self.manager, self.roots).build()
+                with gr.Tab("Tools", id="tools", elem_id="tools") as tools_tab:
+                    tools = ToolsTab(self.manager, self.roots).build()
+            # the path fields' Browse picker, and what the Dataset and Tools tabs take from the form when opened
+            self.picker.build([(label, lora["fields"][name]) for label, name in FORM_PLACES])
+            form = [lora["fields"][name] for name in FORM_KEYS]
+            dataset_tab.select(dataset["opened"], form + dataset["carried"], dataset["carried"],
+                               show_progress="hidden")
+            tools_tab.select(tools["opened"], [form[0], form[1]] + tools["carried"], tools["carried"],
+                             show_progress="hidden")
+            started = lora["start"].click(self.lora.start, lora["inputs"],
+                                          lora["inputs"] + [lora["check_md"], main_tabs])
+            actions = [started] + runs["actions"] + [button.click(self.runs.stop, [], [runs["stop_message"]])
+                                                     for button in (lora["stop"], runs["stop"])]
             runs["test_btn"].click(self.test.test_this_file, [runs["file"], runs["choice"]] + test["inputs"],
                                    test["inputs"] + [main_tabs, runs["stop_message"]])
             test_tab.select(self.test.test_tab_opened, [lora["fields"]["pretrained_model_name_or_path"],
@@ -80,23 +104,37 @@ class Workbench:
             page.load(self.lora.restore_form, [], lora["restore"], show_progress="hidden")  # the form as last edited
             # the live view: one tick updates the Runs tab, the LoRA tab's progress and Stop, and the Test tab
             seen = gr.State({})
-            timer = gr.Timer(1.0)
+            timer = gr.Timer(1.0)  # each tick sets the next one's interval: every second while a job runs, else 5 s
             tick_outputs = [runs["progress"], lora["mini_progress"], runs["status"], runs["plot"], runs["gallery"],
                             runs["saved"], runs["log"], runs["queue"], runs["history"], lora["stop"], runs["stop"],
-                            runs["pause"], runs["choice"], runs["file"], runs["compare"], runs["grid"],
+                            runs["pause"], runs["resume"], runs["remove"], timer, runs["choice"], runs["file"],
+                            runs["compare"], runs["grid"],
                             test["status"], test["progress"], test["gallery"], test["grids"], seen]
             tick_inputs = [seen, runs["choice"], test["job"]]
             timer.tick(self.runs.refresh, tick_inputs, tick_outputs, show_progress="hidden")
             page.load(self.runs.refresh, tick_inputs, tick_outputs, show_progress="hidden")
             runs["choice"].input(self.runs.refresh, tick_inputs, tick_outputs, show_progress="hidden")
             test["job"].change(self.runs.refresh, tick_inputs, tick_outputs, show_progress="hidden")
+            for event in actions:  # Start, Stop, Pause, Resume, Remove: the view follows at once
+                event.then(self.runs.refresh, tick_inputs, tick_outputs, show_progress="hidden")
         return page
+
+
+def _calm_queue(page: gr.Blocks) -> None:
+    """Gradio's event queue looks for work every millisecond while it has none (every 50 ms on Windows), and for
+    progress to send every 10 ms: a few percent of a core for an idle GUI. Every 20 ms and 100 ms cost next to
+    nothing and are not felt (a tick, a click, waits at most 20 ms to start)."""
+    queue = getattr(page, "_queue", None)
+    if queue is not None and hasattr(queue, "sleep_when_free"):
+        queue.sleep_when_free = max(queue.sleep_when_free, 0.02)
+        queue.progress_update_sleep_when_free = max(getattr(queue, "progress_update_sleep_when_free", 0), 0.1)
 
 
 def serve(host: str, port: int, open_browser: bool, state_dir: Path, auth: tuple[str, str] | None,
           allowed_roots: list[Path] | None = None) -> None:
     page = Workbench(state_dir, allowed_roots=allowed_roots).build()
     page.queue(default_concurrency_limit=4)
+    _calm_queue(page)
     page.launch(server_name=host, server_port=port, share=False, inbrowser=open_browser, auth=auth,
                 max_file_size="20mb", strict_cors=True, ssr_mode=False, mcp_server=False, show_error=True,
                 css=CSS, head=_help_script(), footer_links=[])

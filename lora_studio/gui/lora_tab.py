@@ -24,11 +24,13 @@ from ..errors import ConfigError, UserError
 from ..jobs.command import display, engine_argv
 from ..jobs.runs import RunManager
 from ..training.outputs import output_paths
+from .browse import browse_button
 from .dataset_prep import prepare_folders
 from .dataset_tab import dataset_markdown
 from .form import NAMES, check_form, form_values, outside_roots
 from .form_state import DEFAULTS, clear_form, fingerprint, form_dict, load_form, merge, named_in_toml, save_form
 from .presets import describe, list_presets, save_user_preset
+from .sample_prompts import SamplePrompts
 from .settings_layout import build_advanced, place_help, wire_lora_type
 from .widgets import LORA_TYPE, TAB_LABELS, WidgetSpec, field_info, widget_specs, with_lora_type
 
@@ -41,7 +43,10 @@ def _make(spec: WidgetSpec):
         return gr.Dropdown(**kw)
     if spec.component == "number":
         return gr.Number(**kw)
-    return gr.Textbox(**kw)
+    box = gr.Textbox(**kw)
+    if spec.kwargs.get("placeholder") == "path on this computer":
+        browse_button(box)  # a Browse button beside it (the row it is made in)
+    return box
 
 
 def _place_fields(specs: list[WidgetSpec], tab: str, fields: dict) -> None:
@@ -113,7 +118,7 @@ class ConfigurationTab:
             return self._not_loaded("Type the path of a .toml (or Kohya_ss .json) config to load.")
         outside = outside_roots(path, self.roots) if confine else None
         if outside:
-            return self._not_loaded(f"❌ Not loaded: {outside}")
+            return self._not_loaded(f"✗ Not loaded: {outside}")
         try:
             if path.lower().endswith(".json"):
                 result = import_kohya_json(Path(path), self.state_dir / "imported")
@@ -121,7 +126,7 @@ class ConfigurationTab:
             cfg = load_config(Path(path).expanduser())
             named = named_in_toml(Path(path).expanduser())
         except (ConfigError, UserError) as exc:
-            return self._not_loaded(f"❌ {exc}")
+            return self._not_loaded(f"✗ {exc}")
         return self._merged(form, cfg.as_dict(), named, f"Loaded {path}.")
 
     def load_upload(self, file, *form):
@@ -146,7 +151,7 @@ class ConfigurationTab:
     def save_path(self, path: str, *args):
         cfg, problems = _checked_config(args, self.roots)
         if problems:
-            return _field_updates(problems) + ["❌ Not saved: " + "; ".join(f"{BY_NAME[k].label}: {v}"
+            return _field_updates(problems) + ["✗ Not saved: " + "; ".join(f"{BY_NAME[k].label}: {v}"
                                                                             for k, v in problems.items())]
         path = (path or "").strip()
         if not path:
@@ -154,20 +159,20 @@ class ConfigurationTab:
         target = Path(path).expanduser()
         outside = outside_roots(target, self.roots)
         if outside:
-            return _field_updates({}) + [f"❌ Not saved: {outside}"]
+            return _field_updates({}) + [f"✗ Not saved: {outside}"]
         if target.suffix.lower() != ".toml":
             target = target.with_suffix(target.suffix + ".toml") if target.suffix else target.with_suffix(".toml")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             save_config(cfg, target)
         except OSError as exc:
-            return _field_updates({}) + [f"❌ Cannot write {target}: {exc}"]
+            return _field_updates({}) + [f"✗ Cannot write {target}: {exc}"]
         return _field_updates({}) + [f"Saved {target}."]
 
     def download(self, *args):
         cfg, problems = _checked_config(args, self.roots)
         if problems:
-            return None, "❌ Fix the marked settings first."
+            return None, "✗ Fix the marked settings first."
         folder = Path(tempfile.mkdtemp(prefix="lora-studio-"))
         target = save_config(cfg, folder / f"{cfg.output_name or 'config'}.toml")
         return str(target), f"Ready to download: {target.name}"
@@ -185,11 +190,11 @@ class ConfigurationTab:
     def save_preset(self, name: str, *args):
         cfg, problems = _checked_config(args, self.roots)
         if problems:
-            return gr.skip(), "❌ Fix the marked settings first."
+            return gr.skip(), "✗ Fix the marked settings first."
         try:
             path = save_user_preset(self.user_presets, name or "", cfg.as_dict())
         except UserError as exc:
-            return gr.skip(), f"❌ {exc}"
+            return gr.skip(), f"✗ {exc}"
         return gr.update(choices=self.preset_choices(), value="user: " + path.stem), f"Saved preset {path}."
 
     def try_demo(self):
@@ -199,7 +204,7 @@ class ConfigurationTab:
             proc = subprocess.run([sys.executable, "-m", "lora_studio.cli", "demo", str(folder)], capture_output=True,
                                   text=True, timeout=600)
             if proc.returncode != 0:
-                return self._not_loaded(f"❌ Could not write the demo: {proc.stderr.strip()[-800:]}")
+                return self._not_loaded(f"✗ Could not write the demo: {proc.stderr.strip()[-800:]}")
         cfg = load_config(config)
         return _fill(cfg.as_dict(), partial=False) + [
             "", f"Demo loaded from {folder}: a tiny offline model and 8 images. Press **Start training** (it trains in "
@@ -228,6 +233,7 @@ class ConfigurationTab:
         with gr.Row():
             path = gr.Textbox(label="Config file", placeholder="/path/to/config.toml (or a Kohya_ss .json)",
                               elem_id="config-path", scale=3)
+            browse_button(path)
             load_btn = gr.Button("Load", elem_id="config-load")
             save_btn = gr.Button("Save", elem_id="config-save")
         with gr.Row():
@@ -274,6 +280,7 @@ class LoraTab:
         self.roots = roots
         self.state_dir = state_dir
         self.config = ConfigurationTab(state_dir, roots)
+        self.prompts = SamplePrompts(state_dir, roots)
 
     # ---------------------------------------------------------- the form saved as it is edited
     def restore_form(self):
@@ -302,12 +309,12 @@ class LoraTab:
         for path in (images, reg_images, destination):
             outside = outside_roots(path, self.roots) if (path or "").strip() else None
             if outside:
-                return [gr.skip()] * len(NAMES) + [f"❌ {outside}"]
+                return [gr.skip()] * len(NAMES) + [f"✗ {outside}"]
         try:
             result = prepare_folders(destination, instance, klass, images, repeats or 0, reg_images or None,
                                      reg_repeats or 1)
         except UserError as exc:
-            return [gr.skip()] * len(NAMES) + [f"❌ {exc}"]
+            return [gr.skip()] * len(NAMES) + [f"✗ {exc}"]
         return _fill(result.settings(), partial=True) + [result.report()]
 
     def summary(self, *args):
@@ -332,13 +339,13 @@ class LoraTab:
         try:
             report = check_config(check.cfg if check.ok else check.parsed)
         except (UserError, ConfigError) as exc:
-            return _field_updates({}) + [f"❌ {exc}"]
+            return _field_updates({}) + [f"✗ {exc}"]
         return _field_updates({}) + [dataset_markdown(report)]
 
     def print_command(self, *args):
         cfg, problems = _checked_config(args, self.roots)
         if problems:
-            return gr.update(value="", visible=True, label=COMMAND_LABEL), "❌ Fix the marked settings first.", ""
+            return gr.update(value="", visible=True, label=COMMAND_LABEL), "✗ Fix the marked settings first.", ""
         config_path = output_paths(cfg)["config"] if cfg.output_dir else Path("<output_dir>/config.toml")
         text = (f"# Start training runs:\n{display(engine_argv(cfg, config_path, self.manager.allowed_dirs))}\n\n"
                 f"# with this config, written to {config_path}:\n{dumps_config(cfg)}")
@@ -375,16 +382,18 @@ class LoraTab:
                                 build_advanced(specs, fields, _make)
                             else:
                                 _place_fields(specs, tab, fields)
+                                if tab == "samples":  # typed prompts, beside the prompts file field
+                                    prompts_box = self.prompts.build()
                                 place_help([s for s in specs if s.tab == tab])
             with gr.Tab("Dataset preparation", id="dataset"):
                 prep = self._preparation_tab()
         with gr.Row():
             start_btn = gr.Button("Start training", variant="primary", elem_id="start-training")
-            stop_btn = gr.Button("Stop training", variant="stop", elem_id="stop-training")
+            stop_btn = gr.Button("Stop training", variant="secondary", interactive=False, elem_id="stop-training")
             check_btn = gr.Button("Check settings", elem_id="check-settings")
             dataset_btn = gr.Button("Check dataset", elem_id="check-dataset")
             print_btn = gr.Button("Print training command", elem_id="print-command")
-        check_md = gr.Markdown(elem_id="check-report")
+        check_md = gr.Markdown(elem_id="check-report", elem_classes=["ls-mono"])  # its columns line up
         mini_progress = gr.HTML(elem_id="mini-progress")
         command_box = gr.Textbox(label=COMMAND_LABEL, lines=12, max_lines=40, interactive=False,
                                  visible=False, buttons=["copy"], elem_id="command-box")
@@ -394,6 +403,7 @@ class LoraTab:
         inputs = [fields[n] for n in NAMES]
         outputs = inputs
         refills = self.config.wire(config, inputs, check_md)
+        self.prompts.wire(prompts_box, fields["sample_prompts"], fields["output_name"])
         refills.append(prep["button"].click(self.prepare, prep["inputs"], outputs + [prep["report"]]))
         prep["summary_btn"].click(self.summary, inputs, outputs + [prep["summary"]])
         check_btn.click(self.check, inputs, outputs + [check_md])
@@ -421,12 +431,16 @@ class LoraTab:
         with gr.Row():
             images = gr.Textbox(label="Training images", placeholder="folder with your images (and .txt captions)",
                                 elem_id="prep-images", scale=3)
+            browse_button(images, "folder")
             repeats = gr.Number(label="Repeats", value=10, precision=0, elem_id="prep-repeats")
         with gr.Row():
             reg_images = gr.Textbox(label="Regularisation images (optional)", elem_id="prep-reg-images", scale=3)
+            browse_button(reg_images, "folder")
             reg_repeats = gr.Number(label="Regularisation repeats", value=1, precision=0, elem_id="prep-reg-repeats")
-        destination = gr.Textbox(label="Destination training folder", placeholder="e.g. /home/me/lora/emi",
-                                 elem_id="prep-destination")
+        with gr.Row(equal_height=True):
+            destination = gr.Textbox(label="Destination training folder", placeholder="e.g. /home/me/lora/emi",
+                                     elem_id="prep-destination", scale=3)
+            browse_button(destination, "folder")
         with gr.Row():
             button = gr.Button("Prepare training folders", variant="primary", elem_id="prep-run")
             summary_btn = gr.Button("Dataset summary", elem_id="prep-summary")

@@ -20,7 +20,7 @@ from .tester import index_grids
 
 # the outputs of one tick of the live view, in order (the last output is the page's ``seen`` markers)
 TICK_KEYS = ("progress", "mini", "status", "plot", "gallery", "saved", "log", "queue", "history", "stop", "stop2",
-             "pause", "choices", "files", "compare", "grid", "test_status", "test_progress", "test_gallery",
+             "pause", "resume", "remove", "timer", "choices", "files", "compare", "grid", "test_status", "test_progress", "test_gallery",
              "test_grids")
 
 
@@ -32,7 +32,15 @@ def _log_marker(path: str) -> tuple:
         return ()
 
 
-def _default_file(choices: list[tuple[str, str]]) -> str | None:
+LIVE_TICK, IDLE_TICK = 1.0, 5.0  # seconds between the live view's ticks: while a job runs or waits, and idle
+
+
+def _stop_button(label: str, running: bool):
+    """Stop is red and pressable only while a job runs."""
+    return gr.update(value=label, interactive=running, variant="stop" if running else "secondary")
+
+
+def default_file(choices: list[tuple[str, str]]) -> str | None:
     """The file a run's list starts on: the best one, else the final one, else the last saved."""
     for word in ("lowest validation", "final"):
         found = next((path for label, path in choices if word in label), None)
@@ -68,10 +76,24 @@ class RunsTab:
     def stop(self):
         return self.manager.stop()
 
-    def remove_queued(self, run_id: str):
-        if self.manager.remove_queued((run_id or "").strip()):
-            return f"Removed {run_id} from the queue."
-        return f"No queued run with id '{run_id}'."
+    def remove_queued(self, run_id: str | None):
+        """The queued job chosen (clicked in the queue) out of the queue."""
+        rec = self.manager.get((run_id or "").strip())
+        if not run_id:
+            return "Click a queued job in the queue first, then Remove.", gr.skip()
+        if rec is None or not self.manager.remove_queued(rec.id):
+            return f"{rec.output_name if rec else run_id} is no longer in the queue.", gr.update(value=None)
+        return f"Removed {rec.output_name} ({rec.id}) from the queue.", gr.update(value=None)
+
+    def pick_queued(self, evt: gr.SelectData):
+        """A click on a row of the queue chooses that job for Remove."""
+        row = getattr(evt, "row_value", None) or []
+        run_id = row[0] if row else None
+        if not run_id:
+            index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            queued = self.manager.queued()
+            run_id = queued[index].id if isinstance(index, int) and 0 <= index < len(queued) else None
+        return gr.update(value=run_id) if run_id else gr.skip()
 
     def _run_index(self, run: RunRecord | None, job: RunRecord | None) -> tuple[str | None, Any]:
         """Where the shown run's comparison index is, and a cheap marker that changes when it does."""
@@ -113,6 +135,11 @@ class RunsTab:
         run_id = run.id if run else None
         stop_label = "Stop now (kill)" if active and active.status == "stopping" else "Stop training"
         pause_label = "Resume" if active and active.kind == "train" and active_state.paused else "Pause"
+        # Stop and Pause work only while something runs; Resume last run only after a run that stopped or died
+        running, training = active is not None, active is not None and active.kind == "train"
+        resumable = self.manager.resumable() is not None and not running
+        queued = [(f"{r.output_name} · {views.job_word(r)} ({r.id})", r.id) for r in m.queued()]
+        interval = LIVE_TICK if running or queued else IDLE_TICK
         progress = views.progress_html(run, state)
         mini = views.progress_html(latest, latest_state)
         status = views.status_markdown(run, state)
@@ -153,12 +180,15 @@ class RunsTab:
             "log": ((run.log, _log_marker(run.log)) if run else "", lambda: m.log_tail(run) if run else ""),
             "queue": (views.queue_rows(m.queued()), lambda: views.queue_rows(m.queued())),
             "history": (views.history_rows(m.history()), lambda: views.history_rows(m.history())),
-            "stop": (stop_label, lambda: gr.update(value=stop_label)),
-            "stop2": (stop_label, lambda: gr.update(value=stop_label)),
-            "pause": (pause_label, lambda: gr.update(value=pause_label)),
+            "stop": ((stop_label, running), lambda: _stop_button(stop_label, running)),
+            "stop2": ((stop_label, running), lambda: _stop_button(stop_label, running)),
+            "pause": ((pause_label, training), lambda: gr.update(value=pause_label, interactive=training)),
+            "resume": (resumable, lambda: gr.update(visible=resumable)),
+            "remove": (queued, lambda: gr.update(choices=queued)),
+            "timer": (interval, lambda: gr.Timer(interval)),
             "choices": ([r.id + r.status for r in m.ordered() if r.kind == "train"],
                         lambda: gr.update(choices=views.run_choices(m.ordered()))),
-            "files": ((run_id, choices), lambda: gr.update(choices=choices, value=_default_file(choices))),
+            "files": ((run_id, choices), lambda: gr.update(choices=choices, value=default_file(choices))),
             "compare": ((grid_job.id if grid_job else None, grid_job.status if grid_job else None,
                          grid_state.step if grid_state else 0, index_marker, run.status if run else None),
                         lambda: views.compare_markdown(grid_job, grid_state, index(), run)),
@@ -186,9 +216,9 @@ class RunsTab:
         progress = gr.HTML(elem_id="run-progress")
         status = gr.Markdown(elem_id="run-status")
         with gr.Row():
-            stop = gr.Button("Stop training", variant="stop", elem_id="runs-stop")
-            pause = gr.Button("Pause", elem_id="pause-run")
-            resume = gr.Button("Resume last run", elem_id="resume-last")
+            stop = gr.Button("Stop training", variant="secondary", interactive=False, elem_id="runs-stop")
+            pause = gr.Button("Pause", interactive=False, elem_id="pause-run")
+            resume = gr.Button("Resume last run", visible=False, elem_id="resume-last")
             stop_message = gr.Markdown(elem_id="stop-message")
         with gr.Row():
             plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss",
@@ -206,14 +236,17 @@ class RunsTab:
         gr.Markdown("## Queue\nRuns started while another trains wait here and start in order.")
         queue = gr.Dataframe(headers=views.QUEUE_HEADERS, value=[], interactive=False, elem_id="run-queue")
         with gr.Row():
-            remove_id = gr.Textbox(label="Run id to remove from the queue", elem_id="queue-remove-id")
+            remove_id = gr.Dropdown(choices=[], value=None, label="Queued job to remove (click it in the queue)",
+                                    elem_id="queue-remove-id", scale=3)
             remove_btn = gr.Button("Remove from queue", elem_id="queue-remove")
         gr.Markdown("## History")
         history = gr.Dataframe(headers=views.HISTORY_HEADERS, value=[], interactive=False, wrap=True,
                                elem_id="run-history")
-        remove_btn.click(self.remove_queued, [remove_id], [stop_message])
-        resume.click(self.manager.resume_last, [], [stop_message])
-        pause.click(self.manager.pause, [], [stop_message])
+        queue.select(self.pick_queued, [], [remove_id])
+        # what these buttons change shows at once: the page chains a tick of the live view to each (``actions``)
+        actions = [remove_btn.click(self.remove_queued, [remove_id], [stop_message, remove_id]),
+                   resume.click(self.manager.resume_last, [], [stop_message]),
+                   pause.click(self.manager.pause, [], [stop_message])]
         return dict(progress=progress, status=status, stop=stop, stop_message=stop_message, plot=plot, choice=choice,
                     compare=compare, grid=grid, file=file, test_btn=test_btn, gallery=gallery, saved=saved, log=log,
-                    queue=queue, history=history, pause=pause)
+                    queue=queue, history=history, pause=pause, resume=resume, remove=remove_id, actions=actions)

@@ -16,6 +16,7 @@ from ..errors import ConfigError, UserError
 from ..jobs.runs import RunManager, RunRecord
 from ..training.outputs import output_paths
 from . import views
+from .browse import browse_button
 from .runs_tab import shown_run
 from .tester import SAMPLERS, TestSettings, answer_gallery, check, compare_options, index_grids, index_tiles, \
     load_remembered, read_answers, remember, settings_from_run, write_requests
@@ -107,7 +108,7 @@ class TestTab:
         try:
             plan = check(settings, self.roots, need_files=run is None)
         except UserError as exc:
-            return f"❌ {exc}", gr.skip()
+            return f"✗ {exc}", gr.skip()
         if run is not None:
             tests = output_paths(load_config(run.config))["tests"]
             requests = write_requests(tests, plan)
@@ -149,7 +150,7 @@ class TestTab:
                 elif rec.status == "completed":
                     text = f"Done: {rec.message}."
                 else:
-                    text = f"❌ {views.STATUS_WORDS.get(rec.status, rec.status)}: {rec.message} (log: `{rec.log}`)"
+                    text = f"✗ {views.STATUS_WORDS.get(rec.status, rec.status)}: {rec.message} (log: `{rec.log}`)"
                 return (text, views.progress_html(rec, state) if rec.started else "",
                         views.gallery_images(index_tiles(index)), views.grids_html(index_grids(index), GRIDS_TITLE))
             return marker, make
@@ -162,13 +163,13 @@ class TestTab:
             def make():
                 images, errors, waiting = read_answers(requests)
                 if waiting and run is not None and run.status not in ("running", "stopping"):
-                    text = f"❌ {run.output_name} ended before answering {waiting} request(s)."
+                    text = f"✗ {run.output_name} ended before answering {waiting} request(s)."
                 elif waiting:
                     text = (f"Rendering on {job.get('label')}'s current weights: {len(requests) - waiting} of "
                             f"{len(requests)} prompt(s) done …")
                 else:
                     text = f"Done: {len(images)} image(s) on {job.get('label')}'s weights."
-                text += "".join(f"\n\n❌ {e}" for e in errors)
+                text += "".join(f"\n\n✗ {e}" for e in errors)
                 return text, "", views.gallery_images(answer_gallery(images, job.get("label") or "")), ""
             return marker, make
         return None, lambda: ("", "", [], "")
@@ -180,10 +181,13 @@ class TestTab:
         d = load_remembered(self.state_dir)[0] or TestSettings()
         if not d.model:
             d.model = self._latest_model()
-        model = gr.Textbox(d.model, label="Base model", elem_id="test-model",
-                           placeholder="the .safetensors checkpoint or diffusers folder the LoRA was trained on")
+        with gr.Row(equal_height=True):
+            model = gr.Textbox(d.model, label="Base model", elem_id="test-model", scale=8,
+                               placeholder="the .safetensors checkpoint or diffusers folder the LoRA was trained on")
+            browse_button(model)
         with gr.Row():
             files = gr.Textbox(d.files, label="LoRA files (one a line)", lines=3, elem_id="test-files", scale=3)
+            browse_button(files, "lines")
             add = gr.Dropdown(choices=self.latest_files(), value=None, label="Add a saved file of the latest run",
                               elem_id="test-add-file", scale=2)
         prompts = gr.Textbox(d.prompts, label="Prompts (one a line; --n --w --h --d --s --l as in sample prompt files)",

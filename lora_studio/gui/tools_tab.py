@@ -18,10 +18,13 @@ from typing import Any
 import gradio as gr
 
 from ..errors import UserError
-from ..jobs.runs import RunManager, RunRecord
+from ..jobs.runs import ACTIVE, RunManager, RunRecord
 from . import views
+from .browse import browse_button
+from .carry import image_folder, is_empty, latest_file
 from .form import outside_roots
 
+PATH_KINDS = ("lora", "loras", "model", "out", "folder")
 PRECISIONS = ("", "float", "fp16", "bf16")
 DYNAMIC = ("", "sv_ratio", "sv_fro", "sv_cumulative")
 
@@ -212,7 +215,7 @@ def job_status(rec: RunRecord | None, manager: RunManager) -> str:
     if rec.status in ("running", "stopping"):
         return f"**{html.escape(rec.output_name)}**: {html.escape(state.phase if state else '') or 'starting'} …"
     words = views.STATUS_WORDS.get(rec.status, rec.status)
-    prefix = "❌ " if rec.status == "failed" else "✅ " if rec.status == "completed" else ""
+    prefix = "✗ " if rec.status == "failed" else "✓ " if rec.status == "completed" else ""
     return f"{prefix}**{html.escape(rec.output_name)}**: {words}. {html.escape(rec.message)}\n\nLog: `{rec.log}`"
 
 
@@ -227,13 +230,14 @@ class ToolsTab:
         self.tools = {t.key: t for t in tools}
         self.prefix = prefix
         self.intro = intro
+        self.carried: list[tuple[Field, Any]] = []  # the input fields filled from the LoRA tab when opened
 
     def run(self, key: str, *values):
         tool = self.tools[key]
         try:
             options, label = tool_options(tool, dict(zip([f.name for f in tool.fields], values)), self.roots)
         except UserError as exc:
-            return f"❌ {exc}", gr.skip()
+            return f"✗ {exc}", gr.skip()
         busy = self.manager.active() is not None
         rec = self.manager.enqueue_tool(tool.command, options, label, tool.group)
         # said as what was done, not as the job's state (which the status line below follows): never stale
@@ -252,6 +256,23 @@ class ToolsTab:
         progress = views.progress_html(rec, state) if rec else ""
         return progress, job_status(rec, self.manager), (report or {}).get("text", ""), marker
 
+    def live_tick(self, job: dict | None, seen: str | None):
+        """``tick``, and the timer on while the shown job waits or runs, off once it ended (an idle page polls
+        nothing)."""
+        rec = self.manager.get((job or {}).get("id"))
+        return (*self.tick(job, seen), gr.Timer(active=bool(rec and rec.status in ("queued", *ACTIVE))))
+
+    def opened(self, model: str, train_dir: str, *values):
+        """The tab opened: its empty input fields take the LoRA tab's model and image folder and the latest run's
+        best file (``carried``, in order)."""
+        suggestions = {"model": (model or "").strip(), "folder": image_folder(train_dir)}
+        newest = latest_file(self.manager)
+        out = []
+        for (f, _), value in zip(self.carried, values):
+            suggestion = newest if f.kind in ("lora", "loras") else suggestions.get(f.name, "")
+            out.append(suggestion if is_empty(value) and suggestion else gr.skip())
+        return out
+
     def build(self) -> dict:
         gr.Markdown(self.intro)
         message = gr.Markdown(elem_id=f"{self.prefix}-message")
@@ -261,18 +282,21 @@ class ToolsTab:
                 with gr.Tab(tool.title, id=f"{self.prefix}-{tool.key}"):
                     gr.Markdown(tool.about)
                     widgets = [self._widget(f, f"{self.prefix}-{tool.key}-{f.name}") for f in tool.fields]
+                    self.carried += [(f, w) for f, w in zip(tool.fields, widgets) if f.kind in ("lora", "loras") or
+                                     (f.kind, f.name) in (("model", "model"), ("folder", "folder"))]
                     button = gr.Button(tool.title, variant="primary", elem_id=f"{self.prefix}-{tool.key}-run")
                     button.click(partial(self.run, tool.key), widgets, [message, job])
         progress = gr.HTML(elem_id=f"{self.prefix}-progress")
         status = gr.Markdown(elem_id=f"{self.prefix}-status")
         report = gr.Textbox(label="Report", lines=16, max_lines=40, interactive=False, buttons=["copy"],
-                            elem_id=f"{self.prefix}-report")
+                            elem_id=f"{self.prefix}-report", elem_classes=["ls-mono"])
         seen = gr.State(None)
-        timer = gr.Timer(1.0)
-        outputs = [progress, status, report, seen]
-        timer.tick(self.tick, [job, seen], outputs, show_progress="hidden")
-        job.change(self.tick, [job, seen], outputs, show_progress="hidden")
-        return dict(job=job, progress=progress, status=status, report=report, message=message)
+        timer = gr.Timer(1.0, active=False)  # ticks only while the shown job waits or runs
+        outputs = [progress, status, report, seen, timer]
+        timer.tick(self.live_tick, [job, seen], outputs, show_progress="hidden")
+        job.change(self.live_tick, [job, seen], outputs, show_progress="hidden")
+        return dict(job=job, progress=progress, status=status, report=report, message=message,
+                    carried=[w for _, w in self.carried], opened=self.opened)
 
     @staticmethod
     def _widget(f: Field, elem_id: str):
@@ -285,5 +309,10 @@ class ToolsTab:
         placeholder = {"lora": "/path/to/file.safetensors", "model": "checkpoint .safetensors or diffusers folder",
                        "out": "/path/to/new.safetensors", "folder": "/path/to/folder"}.get(f.kind)
         value = "" if f.default is None else str(f.default)
-        return gr.Textbox(value, label=f.label, elem_id=elem_id, info=info, placeholder=placeholder,
-                          lines=3 if f.kind == "loras" else 1)
+        if f.kind not in PATH_KINDS:
+            return gr.Textbox(value, label=f.label, elem_id=elem_id, info=info, placeholder=placeholder)
+        with gr.Row(equal_height=True):
+            box = gr.Textbox(value, label=f.label, elem_id=elem_id, info=info, placeholder=placeholder,
+                             lines=3 if f.kind == "loras" else 1, scale=8)
+            browse_button(box, {"loras": "lines", "out": "out"}.get(f.kind, "path"))
+        return box

@@ -60,7 +60,7 @@ def status_markdown(run: RunRecord | None, state: LiveState | None) -> str:
         return "No run yet. Fill in the LoRA tab (or press **Try the demo**) and press **Start training**."
     lines = [f"**{html.escape(run.output_name)}**: {STATUS_WORDS.get(run.status, run.status)}"]
     if run.message:
-        prefix = "❌ " if run.status == "failed" else ""
+        prefix = "✗ " if run.status == "failed" else ""
         lines.append(f"{prefix}{run.message}")
     if state and state.skipped:
         lines.append(f"Skipped unreadable image(s): {', '.join(state.skipped)}")

@@ -35,6 +35,7 @@ from .live import EventsFollower, LiveState, log_tail
 ACTIVE = ("running", "stopping")
 JOB_WORDS = {"train": "training run", "compare": "comparison job", "tool": "tool job"}
 FINISHED = ("completed", "stopped", "failed", "killed", "cancelled")
+RESUMABLE = ("stopped", "failed", "killed")
 
 
 @dataclass
@@ -232,11 +233,17 @@ class RunManager:
             return (f"Pausing {rec.output_name} after the current step. While it waits, the Test tab renders on its "
                     "current weights; press Resume to go on.")
 
+    def resumable(self) -> RunRecord | None:
+        """The run "Resume last run" continues: the newest training run, when it was stopped or died (not one that
+        completed, nor while a newer one runs or waits)."""
+        runs = [r for r in self.ordered() if r.kind == "train" and r.status != "cancelled"]
+        return runs[-1] if runs and runs[-1].status in RESUMABLE else None
+
     def resume_last(self) -> str:
-        """Queue the newest stopped, failed or killed run again, continuing from its latest saved state."""
+        """Queue the newest training run again when it was stopped or died, continuing from its latest saved
+        state."""
         with self._lock:
-            rec = next((r for r in self.history() if r.kind == "train" and r.status in ("failed", "killed", "stopped")),
-                       None)
+            rec = self.resumable()
         if rec is None:
             return "There is no stopped or failed run to resume."
         cfg = self._cfg(rec)
