@@ -34,7 +34,7 @@ QUICK = {"test_attention.py", "test_caption_edit.py", "test_captioning.py", "tes
          "test_gui_units.py", "test_loss_options.py", "test_masked_loss.py", "test_fp8.py", "test_block_lora.py",
          "test_sampling.py", "test_lora_tools_families.py", "test_gui_tools.py", "test_io_utils.py",
          "test_file_hashes.py", "test_tool_inputs.py", "test_image_hash.py", "test_model_check.py",
-         "test_gui_test_and_grid_units.py", "test_settings_layout.py"}
+         "test_gui_test_and_grid_units.py", "test_settings_layout.py", "test_gui_runs_and_tabs_units.py"}
 
 
 def pytest_configure(config):

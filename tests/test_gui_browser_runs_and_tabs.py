@@ -12,10 +12,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from conftest import cli_path
-from gui_helpers import CHROMIUM_ARGS, chromium_path, contains, field, open_tab, running_gui, set_field
+from gui_helpers import contains, field, gui_page, open_tab, set_field
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -28,19 +28,11 @@ def gui(tmp_path_factory):
     (root / "files").mkdir()
     (root / "files" / "mine.safetensors").write_bytes(b"0" * 2048)
     (root / "files" / "leads-outside").symlink_to(outside, target_is_directory=True)
-    with running_gui(cli_path(), root / "state", root / "gui.log", allow=[root]) as (url, proc):
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            page = context.new_page()
-            page.goto(url)
-            expect(page.get_by_role("button", name="Start training")).to_be_visible(timeout=30_000)
-            open_tab(page, "LoRA", "Configuration")
-            page.get_by_role("button", name="Try the demo").click()
-            expect(page.locator("#config-status")).to_contain_text("Demo loaded", timeout=120_000)
-            yield {"page": page, "root": root, "state": root / "state", "proc": proc, "outside": outside}
-            browser.close()
-        assert proc.poll() is None, "the GUI process died during the tests"
+    with gui_page(cli_path(), root) as (page, proc):
+        open_tab(page, "LoRA", "Configuration")
+        page.get_by_role("button", name="Try the demo").click()
+        expect(page.locator("#config-status")).to_contain_text("Demo loaded", timeout=120_000)
+        yield {"page": page, "root": root, "state": root / "state", "proc": proc, "outside": outside}
 
 
 def test_nothing_runs_so_stop_and_pause_are_disabled_and_resume_hidden(gui):
