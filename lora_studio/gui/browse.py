@@ -242,7 +242,7 @@ class PathPicker:
             gr.Markdown("**Browse**: click a folder to open it, a file to choose it.")
             with gr.Row(equal_height=True):
                 places = gr.Dropdown(choices=[], value=None, label="Place", elem_id="picker-places", scale=4)
-                up = gr.Button("Up one folder", elem_id="picker-up", scale=1)
+                up = gr.Button("Up one folder", size="sm", elem_id="picker-up", scale=1)
             where = gr.Textbox(label="Folder", interactive=False, elem_id="picker-where")
             listing = gr.Dataframe(headers=LIST_HEADERS, value=[], interactive=False, elem_id="picker-list",
                                    max_height=380, wrap=True)
