@@ -79,6 +79,7 @@ def test_every_reader_of_a_model_or_lora_gives_the_same_error(good, tmp_path, ca
     from lora_studio.compare import _header_metadata
     from lora_studio.lora_delta import read_lora_file
     from lora_studio.models.loading import SafetensorsView, load_components, read_safetensors
+    from lora_studio.errors import UserError
     from lora_studio.models.registry import identify
 
     (tmp_path / "bad").mkdir()
@@ -96,10 +97,12 @@ def test_every_reader_of_a_model_or_lora_gives_the_same_error(good, tmp_path, ca
             with pytest.raises(SafetensorsFormatError) as info:
                 call()
             assert str(info.value).endswith(reason), (reader, str(info.value))
+        with pytest.raises(UserError) as info:  # Check settings reads the model as the engine will
+            identify(path, False)
+        assert reason in str(info.value)
         if name == "text":  # the shapes' reader does not need the weights: a truncated file passes it
             with pytest.raises(SafetensorsFormatError, match=words):
                 safetensors_shapes(path)
-            assert identify(path, False) is None  # the config check leaves it to the engine's message
         assert _header_metadata(path) == {}  # a run's file list: an unreadable file has no step
         for argv in (["lora", "inspect", str(path)],
                      ["lora", "merge", "--lora", str(path), "--out", str(tmp_path / "o.safetensors")],
