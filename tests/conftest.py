@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Test files that take a minute or more of a worker: handed out first so that no worker is left with one at the end
 # (pytest-xdist's --dist loadfile hands out whole files in the order they are collected).
-LONGEST_FIRST = ["test_gui_browser.py", "test_resume.py", "test_train_cli.py", "test_gui_runs.py",
-                 "test_training_options.py", "test_kohya_corpus.py", "test_lora_tools.py", "test_processes.py",
-                 "test_lycoris.py", "test_step_guard.py", "test_sdxl.py"]
+LONGEST_FIRST = ["test_gui_browser.py", "test_gui_browser_runs_and_tabs.py", "test_resume.py", "test_train_cli.py",
+                 "test_gui_runs.py", "test_training_options.py", "test_kohya_corpus.py", "test_lora_tools.py", "test_processes.py",
+                 "test_lycoris.py", "test_step_guard.py", "test_sdxl.py", "test_gui_browser_test_and_grid.py",
+                 "test_gui_browser_form_state.py", "test_gui_browser_settings_layout.py"]
 
 # Modules whose tests need no training run, no trained file and no engine process: ``./test.sh --quick``.
 QUICK = {"test_attention.py", "test_caption_edit.py", "test_captioning.py", "test_config.py", "test_data.py",
