@@ -77,6 +77,11 @@ def open_tab(page, *names: str) -> None:
     for name in names:
         page.get_by_role("tab", name=name, exact=True).click()
     page.wait_for_timeout(300)
+    if names and names[-1] == "Advanced":  # its sections start folded: unfold them all, as a user looking would
+        folded = page.locator(".ls-section > button.label-wrap:not(.open)")
+        for _ in range(folded.count()):
+            folded.first.click()
+        page.wait_for_timeout(200)
 
 
 def tick(workbench, choice: str = "latest", job: dict | None = None) -> dict:

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import cli_path
-from gui_helpers import field, gui_page, open_tab
+from gui_helpers import field, gui_page, open_tab, set_field
 from lora_studio.config.schema import BY_NAME
 from lora_studio.gui.settings_layout import section_id
 from lora_studio.gui.widgets import first_sentence
@@ -61,6 +61,15 @@ def test_advanced_sections_filter_and_help_on_screen(gui):
     for shown in ("keep_tokens", "noise_offset", "log_with"):
         expect(page.locator(f"#setting-{shown}")).to_be_visible()
     expect(page.locator("#setting-gradient_checkpointing")).to_be_hidden()  # the section the user closed is closed
+
+    # a field Check settings marks opens its folded section: no problem stays hidden
+    set_field(page, "keep_tokens", "-1")
+    _header(page, "Captions").click()  # folded by the user
+    expect(page.locator("#setting-keep_tokens")).to_be_hidden()
+    page.get_by_role("button", name="Check settings").click()
+    expect(page.locator("#setting-keep_tokens")).to_be_visible()
+    expect(page.locator("#setting-keep_tokens")).to_contain_text("must be")
+    set_field(page, "keep_tokens", "0")
 
     # the whole help without hovering (touch): the tab's "Full help" expander
     open_tab(page, "Basic")

@@ -43,12 +43,17 @@ CSS = """
 
 
 def _help_script() -> str:
-    """Help text on hover: each setting's block gets its schema help as a tooltip (title attribute)."""
+    """Help text on hover: each setting's block gets its schema help as a tooltip (title attribute); a folded
+    Advanced section that holds a field Check settings marked (``ls-invalid``) opens, so no problem stays hidden."""
     helps = {f"setting-{s.name}": s.help for s in SETTINGS}
     return ("<script>(function(){const H=" + json.dumps(helps) + ";"
             "function apply(){for(const id in H){const el=document.getElementById(id);"
-            "if(el&&el.title!==H[id]){el.title=H[id];}}}"
-            "new MutationObserver(apply).observe(document.documentElement,{childList:true,subtree:true});"
+            "if(el&&el.title!==H[id]){el.title=H[id];}}"
+            "document.querySelectorAll('.ls-section').forEach(sec=>{"
+            "const h=sec.querySelector(':scope > button.label-wrap');"
+            "if(h&&!h.classList.contains('open')&&sec.querySelector('.ls-invalid')){h.click();}});}"
+            "new MutationObserver(apply).observe(document.documentElement,{childList:true,subtree:true,"
+            "attributes:true,attributeFilter:['class']});"
             "document.addEventListener('DOMContentLoaded',apply);})();</script>")
 
 

@@ -108,7 +108,8 @@ def filter_js(sections: dict[str, dict[str, list[str]]], elsewhere: dict[str, st
 
 
 def build_advanced(specs: list[WidgetSpec], fields: dict, make: Callable[[WidgetSpec], Any]) -> None:
-    """Parameters > Advanced: the filter box, then one open section per group of ``schema.ADVANCED_SECTIONS``."""
+    """Parameters > Advanced: the filter box, then one folded section per group of ``schema.ADVANCED_SECTIONS`` (a
+    page of headings; the filter and a field Check settings marks open the sections they need)."""
     query = gr.Textbox(label="Filter settings", placeholder="e.g. gradient checkpointing, caption, noise offset",
                        info="Shows only the settings whose label, name or help holds every word; clear it to see "
                             "them all.", elem_id="advanced-filter")
@@ -116,7 +117,7 @@ def build_advanced(specs: list[WidgetSpec], fields: dict, make: Callable[[Widget
     layout: dict[str, dict[str, list[str]]] = {}
     for title, group in advanced_sections(specs):
         sid = section_id(title)
-        with gr.Accordion(title, open=True, elem_id=sid, elem_classes=["ls-section"]):
+        with gr.Accordion(title, open=False, elem_id=sid, elem_classes=["ls-section"]):
             rows = _rows(group, fields, make, f"{sid}-row")
             place_help(group)
         layout[sid] = {f"{sid}-row-{i}": names for i, names in enumerate(rows)}
