@@ -320,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
 
             counts: dict[str, dict] = {}
 
-            def shot(name: str) -> None:
+            def shot(name: str, settle_ms: int = 0) -> None:
+                """Let the page settle (images load, charts draw), move the pointer off it, save the screenshot."""
+                if settle_ms:
+                    page.wait_for_timeout(settle_ms)
+                page.mouse.move(0, 0)
                 try:
                     counts[name] = page_counts(page)
                     log(f"{name}: {counts[name]}")
@@ -352,7 +356,6 @@ def main(argv: list[str] | None = None) -> int:
             if "advanced" in wanted:
                 try:
                     if open_tab(page, "LoRA", "Parameters", "Advanced") or open_tab(page, "Advanced"):
-                        page.mouse.move(0, 0)
                         shot("advanced")
                 except Exception as exc:
                     warn(f"advanced: {exc}")
@@ -382,9 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                             grid = first_visible([page.locator("#compare-grid img")], 60_000)
                             if grid is None:
                                 warn("no comparison grid image on the Runs tab")
-                        page.wait_for_timeout(2500)  # the gallery's images load, the chart draws
-                        page.mouse.move(0, 0)
-                        shot("runs")
+                        shot("runs", 2500)
                 except Exception as exc:
                     warn(f"runs: {exc}")
 
@@ -405,9 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                     selected = page.locator("[role=tab][aria-selected=true]")
                     if not any(re.fullmatch(r"\s*test\s*", t, re.I) for t in selected.all_inner_texts()):
                         open_tab(page, "Test")
-                    page.wait_for_timeout(2000)
-                    page.mouse.move(0, 0)
-                    shot("test_tab")
+                    shot("test_tab", 2000)
                 except Exception as exc:
                     warn(f"test_tab: {exc}")
             if "runs_reloaded" in wanted:
@@ -420,9 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                     if open_tab(page, "Runs"):
                         if run_started and first_visible([page.locator("#compare-grid img")], 30_000) is None:
                             warn("no comparison grid image on the reloaded Runs tab")
-                        page.wait_for_timeout(2500)
-                        page.mouse.move(0, 0)
-                        shot("runs_reloaded")
+                        shot("runs_reloaded", 2500)
                 except Exception as exc:
                     warn(f"runs_reloaded: {exc}")
             (out / "counts.json").write_text(json.dumps(counts, indent=1) + "\n", encoding="utf-8")
