@@ -127,14 +127,15 @@ def load_kohya_config(path: str | Path, overrides: dict[str, Any] | None = None,
     """A Kohya_ss GUI JSON imported as the GUI imports it, ``overrides`` on top: ``(Config, KohyaImport)``. Its sample
     prompts (text in the JSON) go to the run's output folder (beside the JSON when it names none), which must lie in
     ``confinement`` (a ``Confinement``) before it is written."""
-    from .kohya_import import import_kohya_json, read_kohya_json
+    from .kohya_import import read_kohya_json, write_sample_prompts
 
     overrides = overrides or {}
-    output_dir = overrides.get("output_dir") or read_kohya_json(path).settings.get("output_dir")
+    result = read_kohya_json(path)
+    output_dir = overrides.get("output_dir") or result.settings.get("output_dir")
     prompts_dir = Path(output_dir).expanduser() if output_dir else Path(path).parent
     if confinement is not None:
         confinement.check(prompts_dir, "output_dir")
-    result = import_kohya_json(path, prompts_dir)
+    write_sample_prompts(result, path, prompts_dir)
     cfg = build_config({**result.settings, **overrides}, source=str(path))
     return cfg, result
 

@@ -653,14 +653,18 @@ def is_kohya_json(path: str | Path) -> bool:
 
 
 def import_kohya_json(path: str | Path, prompts_dir: str | Path) -> KohyaImport:
-    """``read_kohya_json`` with the sample prompts (text in the JSON) written to ``<prompts_dir>/<stem>_prompts.txt``
-    and ``sample_prompts`` set to that file: what the GUI's Load and ``train --config preset.json`` both do."""
+    """``read_kohya_json`` with its sample prompts written to ``prompts_dir`` (``write_sample_prompts``): what the GUI's
+    Load and ``train --config preset.json`` both do."""
+    return write_sample_prompts(read_kohya_json(path), path, prompts_dir)
+
+
+def write_sample_prompts(result: KohyaImport, path: str | Path, prompts_dir: str | Path) -> KohyaImport:
+    """The sample prompts (text in the JSON at ``path``) written to ``<prompts_dir>/<stem>_prompts.txt`` and
+    ``sample_prompts`` set to that file."""
     from ..io_utils import atomic_write_bytes
 
-    path = Path(path)
-    result = read_kohya_json(path)
     if result.sample_prompt_text:
-        prompts = Path(prompts_dir) / f"{path.stem}_prompts.txt"
+        prompts = Path(prompts_dir) / f"{Path(path).stem}_prompts.txt"
         prompts.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(prompts, (result.sample_prompt_text.rstrip() + "\n").encode("utf-8"))
         result.settings["sample_prompts"] = str(prompts)
