@@ -117,9 +117,9 @@ class OurLoop:
         if compile_backend:
             self.unet.compile(backend=compile_backend)
         groups, optimizer, scheduler = build_optimization(self.network, cfg, 1_000_000)
-        schedule = family.noise_schedule(components, False, False)
+        objective = family.objective(components, cfg)
         self.te_cache: dict = {}
-        loss = BatchLoss(components, schedule, cfg, device, Precision(precision, dtype), False, self.te_cache)
+        loss = BatchLoss(components, objective, cfg, device, Precision(precision, dtype), False, self.te_cache)
         self.model = self.accelerator.prepare(TrainingStep(self.network, loss))
         self.optimizer = self.accelerator.prepare(optimizer)
         self.guard = StepGuard(self.accelerator, self.optimizer, scheduler, [p for g in groups for p in g["params"]],

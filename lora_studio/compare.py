@@ -126,15 +126,16 @@ class Renderer:
     def __init__(self, model: str | Path | None = None, *, components=None, vae: str | None = None, v2: bool = False,
                  v_parameterization: bool | None = None, zero_terminal_snr: bool = False, clip_skip: int = 1,
                  max_token_length: int = 75, device=None, dtype=None, allow_pickle: bool = False,
-                 no_half_vae: bool = False):
+                 no_half_vae: bool = False, settings: dict | None = None):
         import torch
 
+        from .config import build_config
         from .models.loading import load_components
 
         if components is None:
             if not model:
                 raise UserError("no base model: give --model (or a config with pretrained_model_name_or_path)")
-            components = load_components(str(model), vae, v2, allow_pickle)
+            components = load_components(str(model), vae, v2, allow_pickle, options=settings)
         self.components = components
         self.device = torch.device(device) if device is not None else \
             torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,13 +143,16 @@ class Renderer:
             dtype = torch.float32 if self.device.type == "cpu" else \
                 torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.dtype = dtype
-        self.clip_skip, self.max_token_length = clip_skip, max_token_length
         family = components.family
+        options = build_config({"clip_skip": clip_skip, "max_token_length": max_token_length,
+                                "v_parameterization": bool(v_parameterization),
+                                "zero_terminal_snr": zero_terminal_snr, **(settings or {})})
+        self.prompt_options = family.prompt_options(options)
         if v_parameterization is not None or zero_terminal_snr:  # as training: the prediction type the run used
-            family.noise_schedule(components, bool(v_parameterization), zero_terminal_snr)
+            family.objective(components, options)
         mode = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
         vae_dtype = torch.float32 if family.vae_needs_float32(mode, no_half_vae) else dtype
-        for module, want in [(components.unet, dtype), (components.vae, vae_dtype)] + \
+        for module, want in [(components.denoiser, dtype), (components.vae, vae_dtype)] + \
                 [(te, dtype) for te in components.text_encoders]:
             same = next(module.parameters()).dtype == want  # (a .to(dtype) that changes nothing still warns)
             module.to(self.device) if same else module.to(self.device, want)
@@ -186,8 +190,8 @@ class Renderer:
         autocast = contextlib.nullcontext() if self.dtype == torch.float32 else \
             torch.autocast(self.device.type, dtype=self.dtype)
         with autocast:
-            return generate(self.components, prompt, sampler, self.clip_skip, self.max_token_length, self.device,
-                            self.dtype, seed, output_type=output_type)
+            return generate(self.components, prompt, sampler, self.prompt_options, self.device, self.dtype, seed,
+                            output_type=output_type)
 
     def close(self) -> None:
         """Put the base model's own weights back."""

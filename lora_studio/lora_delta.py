@@ -274,34 +274,8 @@ def read_lora_file(path: str | Path) -> LoRAFile:
 
 
 def lora_module_table(components) -> dict[str, nn.Module]:
-    """Every LoRA stem a file may use for this model -> the module it changes. U-Net modules answer to the family's
-    own naming (what LoRA Studio and sd-scripts write), to ``lora_unet_`` + the diffusers path (SD1/SD2 files,
-    ComfyUI) and to the LDM path (SDXL files, A1111); text-encoder layers to sd-scripts' names."""
-    from .models.family import TargetSpec
-    from .models.ldm_keys import unet_key
-
-    family, unet = components.family, components.unet
-    config = unet.config
-    up_attn = ["CrossAttn" in t for t in config.up_block_types]
-    layers = config.layers_per_block if isinstance(config.layers_per_block, int) else config.layers_per_block[0]
-    table: dict[str, nn.Module] = {}
-    kinds = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
-    for path, module in unet.named_modules():
-        if not path or not isinstance(module, kinds):
-            continue
-        names = ["lora_unet_" + path.replace(".", "_")]
-        for make in (lambda: family.unet_lora_stem(path, config),
-                     lambda: "lora_unet_" + unet_key(path + ".weight", layers, up_attn).removesuffix(".weight")
-                     .replace(".", "_")):
-            try:
-                names.append(make())
-            except (KeyError, ValueError, IndexError):
-                pass
-        for name in names:
-            table.setdefault(name, module)
-    for target in family.adapter_targets(components, False, True, TargetSpec()):
-        table[target.stem] = target.module
-    return table
+    """Every LoRA stem a file may use for this model -> the module it changes (the family's names and aliases)."""
+    return components.family.lora_names(components)
 
 
 class LoRAStack:

@@ -47,7 +47,7 @@ def bake(model: str | Path, loras: list[str | Path], ratios: list[float], out: s
         phase(f"applying {len(files)} LoRA file(s)")
         stack.apply(ratios)
         te = components.text_encoders if len(components.text_encoders) > 1 else components.text_encoders[0]
-        converted = single_file_state_dict(components.unet, components.vae, te)
+        converted = single_file_state_dict(components.denoiser, components.vae, te)
     if model.is_file():
         base = read_safetensors(model, "--model")
         resblocks = [int(m[1]) for k in base if (m := re.match(r"cond_stage_model\.model\.transformer\.resblocks\."

@@ -1,16 +1,19 @@
 """What a model family is: the whole recipe for training a LoRA on its models.
 
-A family (SD1.x, SD2.x, SDXL; later others) answers every question whose answer depends on the kind of model: how its
-files are recognised and loaded, which modules get adapters and their names in a LoRA file, how a prompt is encoded
-and what the denoiser is conditioned on, how noise and timesteps are drawn, what the model predicts and what the loss
-compares it with, how pixels become latents, how a sample image is made, what the resource estimate assumes, and which
-ids the metadata carries. The loop, the data, the networks and saving ask the family and never branch on its name.
+A family (SD1.x, SD2.x, SDXL, Flux.1, Chroma ...) answers every question whose answer depends on the kind of model:
+how its files are recognised and loaded (one file, or a denoiser with separate autoencoder and text-encoder files),
+which modules get adapters and their names in a LoRA file, how a prompt is encoded and what the denoiser is
+conditioned on, the training objective (``Objective``: how noise and timesteps or sigmas are drawn, what the model is
+given and predicts, what the loss compares it with and how it is weighted, the validation points), how pixels become
+latents (the normalisation, applied once, and the pixel multiple), how a sample image is made, what the resource
+estimate assumes, which ids the metadata carries, and which settings are its own. The loop, the data, the networks and
+saving ask the family and never branch on its name.
 
 Importing this module (and the family modules) does not import torch: the GUI and the estimate use the families'
 recognition rules and constants, and they never load torch. Methods that compute import what they need.
 
-Adding a family: one module beside ``sd1.py`` with its subclass, one line in ``registry.py``, a tiny builder in
-``tiny.py`` for the tests, and its tests.
+Adding a family: one module beside ``sd1.py`` or ``flux.py`` with its subclass, one line in ``registry.py``, a tiny
+builder for the tests, and its tests; its own settings are one group in ``config/schema.py`` (``families=``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 class Components:
     """A loaded base model."""
     family: ModelFamily
-    unet: Any  # the denoiser
+    denoiser: Any  # the U-Net or the transformer
     vae: Any
     text_encoders: list
     tokenizers: list
@@ -65,16 +68,55 @@ class EstimateConstants:
     vae_fp32_under_fp16: bool = False  # the VAE overflows in fp16 and stays in float32
 
 
-class ModelFamily:
-    """The interface the engine uses. Every method is implemented by ``StableDiffusionFamily`` for the UNet/DDPM
-    families; a family of another kind (a DiT with flow matching, say) implements them its own way."""
+class Objective:
+    """A family's training objective for one run: how the noise and the per-image timesteps (DDPM: whole-number
+    timesteps; flow matching: sigmas in [0, 1]) are drawn, what the denoiser is given and what the loss compares its
+    output with, the per-image loss weights the objective adds, and the fixed points validation measures at."""
 
-    name = ""  # short id, also in caches' fingerprints: "sd1", "sd2", "sdxl"
+    validation_points: list  # the timesteps (or sigmas) the validation loss is measured at, each for every batch
+
+    def sample_noise(self, latents, generator=None):
+        raise NotImplementedError
+
+    def sample_timesteps(self, latents):
+        """One timestep (or sigma) per image of the batch ``latents``."""
+        raise NotImplementedError
+
+    def fixed_timesteps(self, point, batch_size: int, device):
+        """``point`` (one of ``validation_points``) for every image of a batch."""
+        raise NotImplementedError
+
+    def prediction_and_target(self, components: Components, latents, noise, timesteps, cond):
+        """(what the model predicts for the noised latents, what the loss compares it with), in the latents' layout."""
+        raise NotImplementedError
+
+    def huber_thresholds(self, timesteps, c: float, kind: str, scale: float):
+        """The Huber loss threshold per image for huber_schedule ``kind`` (constant, exponential, snr)."""
+        raise NotImplementedError
+
+    def loss_weights(self, timesteps, options):
+        """The per-image factor the objective applies to the loss after the loss function (``training.loss.
+        LossOptions``: min-SNR, v-pred-like ... for DDPM; the weighting scheme for flow matching), or None."""
+        raise NotImplementedError
+
+
+class ModelFamily:
+    """The interface the engine uses. ``StableDiffusionFamily`` implements it for the U-Net/DDPM families and
+    ``FluxFamily`` for the flow-matching transformers."""
+
+    name = ""  # short id, also in caches' fingerprints: "sd1", "sd2", "sdxl", "flux", "chroma"
     title = ""  # for people: "SD1.x"
     # metadata ids
     base_model_version = ""  # ss_base_model_version
     modelspec_implementation = "diffusers"
     estimate: EstimateConstants
+    pixel_multiple = 8  # image sides are multiples of this (the autoencoder's scale x the denoiser's patch size)
+    # settings naming files the family loads besides pretrained_model_name_or_path, with the part each holds
+    separate_files: dict[str, str] = {}
+    # settings of the other families that mean nothing here: named at Check settings and at the start of a run
+    # (name -> why), when they are set to something else than their default
+    ignored_settings: dict[str, str] = {}
+    denoiser_title = "U-Net"
 
     # ---- recognising and loading models
     def matches_checkpoint(self, keys: set[str]) -> bool:
@@ -88,15 +130,35 @@ class ModelFamily:
         """Refuse a config whose model-type switches (v2) contradict this family's model."""
         raise NotImplementedError
 
-    def load_single_file(self, state_dict: dict, source: str) -> Components:
+    def load_single_file(self, state_dict: dict, source: str, options=None) -> Components:
+        """The model in a single file. ``options``: the run's settings (a Config, or None for the defaults), for the
+        families that load separate files (``separate_files``) or have loading options (fp8 files)."""
         raise NotImplementedError
 
-    def load_diffusers(self, folder, model_index: dict) -> Components:
+    def load_diffusers(self, folder, model_index: dict, options=None) -> Components:
         raise NotImplementedError
+
+    def variant(self, keys) -> ModelFamily:
+        """The family of this checkpoint when one module covers several (Flux dev / schnell); ``self`` otherwise."""
+        return self
+
+    def place_denoiser(self, components: Components, cfg, device, dtype) -> None:
+        """Move the frozen denoiser to the device in the training dtype (a family with block swap keeps some of its
+        blocks on the CPU)."""
+        components.denoiser.to(device, dtype)
 
     # ---- adapters
     def adapter_targets(self, components: Components, train_unet: bool, train_text_encoder: bool,
                         spec: TargetSpec) -> list[AdapterTarget]:
+        raise NotImplementedError
+
+    def denoiser_lora_stem(self, module_path: str, components: Components) -> str:
+        """The LoRA-file name of the denoiser module at ``module_path``."""
+        raise NotImplementedError
+
+    def lora_names(self, components: Components) -> dict:
+        """Every LoRA stem a file may use for this model -> the module it changes: the names the family writes and
+        the aliases other trainers use, which the tools (merge, bake, the Test tab) read."""
         raise NotImplementedError
 
     def lora_blocks(self):
@@ -108,60 +170,43 @@ class ModelFamily:
         return -1
 
     # ---- prompts and conditioning
-    def encode_prompt(self, components: Components, captions: list[str], clip_skip: int, max_token_length: int,
-                      device, weighted: bool = False) -> dict:
-        """The text conditioning of ``captions`` as a dict of batched tensors (cacheable per caption). ``weighted``
-        (weighted_captions): the captions use A1111 emphasis, ``(word:1.2)``, weighting their tokens."""
+    def prompt_options(self, settings) -> dict:
+        """The settings prompt encoding depends on (a Config or any object with those attributes), as a dict for
+        ``encode_prompt`` and the text-encoder cache's fingerprint."""
+        raise NotImplementedError
+
+    def encode_prompt(self, components: Components, captions: list[str], device, options: dict,
+                      weighted: bool = False) -> dict:
+        """The text conditioning of ``captions`` as a dict of batched tensors (cacheable per caption); ``options``
+        from ``prompt_options``. ``weighted`` (weighted_captions): the captions use A1111 emphasis, ``(word:1.2)``."""
         raise NotImplementedError
 
     def add_image_conditioning(self, cond: dict, batch: dict, device) -> dict:
         """Conditioning that comes from the image rather than the caption (SDXL: size and crop)."""
         return cond
 
-    # ---- noise, timesteps, prediction and loss inputs
-    def noise_schedule(self, components: Components, v_parameterization: bool, zero_terminal_snr: bool):
-        """The training noise schedule; also makes sample images use the same prediction type and schedule."""
-        raise NotImplementedError
-
-    def sample_noise(self, latents, recipe, generator=None):
-        """The noise of a batch; ``recipe`` is a ``noise.NoiseRecipe`` (offset, multires ... as sd-scripts)."""
-        raise NotImplementedError
-
-    def sample_timesteps(self, schedule, batch_size: int, device, recipe):
-        raise NotImplementedError
-
-    def prediction_and_target(self, components: Components, schedule, latents, noise, timesteps, cond, recipe):
-        """(what the model predicts for the noised latents, what the loss compares it with)."""
-        raise NotImplementedError
-
-    def min_snr_weights(self, schedule, timesteps, gamma: float):
-        raise NotImplementedError
-
-    def snr_scale(self, schedule, timesteps):
-        """SNR / (SNR + 1) per timestep (scale_v_pred_loss_like_noise_pred, v_pred_like_loss)."""
-        raise NotImplementedError
-
-    def huber_thresholds(self, schedule, timesteps, c: float, kind: str, scale: float):
-        """The Huber loss threshold per image for huber_schedule ``kind`` (constant, exponential, snr)."""
-        raise NotImplementedError
-
-    def debiased_weights(self, schedule, timesteps):
+    # ---- the training objective
+    def objective(self, components: Components, cfg) -> Objective:
+        """The run's training objective from its settings."""
         raise NotImplementedError
 
     # ---- latents
     def vae_scale_and_shift(self, vae) -> tuple[float, float]:
-        """latents = (VAE latent - shift) * scale."""
+        """latents = (VAE latent - shift) * scale: the family's latent normalisation, applied once, at encoding."""
         raise NotImplementedError
 
     def vae_needs_float32(self, precision: str, no_half_vae: bool) -> bool:
         raise NotImplementedError
 
     # ---- sample images
-    def pipeline(self, components: Components, scheduler):
-        """A diffusers pipeline over the loaded components (the network attached), for sample images."""
+    def samplers(self) -> tuple[str, ...]:
+        """The sampler names sample prompts may ask for (``--ss``)."""
         raise NotImplementedError
 
-    def pipeline_prompt_kwargs(self, cond: dict, uncond: dict, dtype) -> dict:
+    def render(self, components: Components, prompt, sampler: str, options: dict, device, dtype, seed: int,
+               output_type: str = "pil"):
+        """One image for ``prompt`` (``training.prompts.SamplePrompt``) with the network as attached: a PIL image,
+        or with ``output_type="np"`` a float array [H, W, 3] in 0..1."""
         raise NotImplementedError
 
     # ---- metadata
@@ -169,7 +214,12 @@ class ModelFamily:
         """The modelspec architecture of a LoRA for this family."""
         raise NotImplementedError
 
+    def metadata(self, cfg) -> dict:
+        """The family's own ``ss_*`` recipe keys of a LoRA trained with ``cfg`` (sd-scripts' update_metadata)."""
+        return {}
+
     # ---- resource estimate (torch-free: from a safetensors header)
     def parameter_counts(self, shapes: dict[str, list[int]]) -> dict[str, int]:
-        """{"unet", "text_encoders", "vae", "lora_linear", "lora_te"} from tensor shapes by name."""
+        """{"unet", "text_encoders", "vae", "lora_linear", "lora_te"} from tensor shapes by name ("unet": the
+        denoiser)."""
         raise NotImplementedError

@@ -118,18 +118,19 @@ def read_pickle_weights(path: Path, setting: str, allow_pickle: bool) -> dict[st
 
 
 def load_single_file(path: Path, v2: bool, allow_pickle: bool = False,
-                     setting: str = "pretrained_model_name_or_path") -> Components:
+                     setting: str = "pretrained_model_name_or_path", options=None) -> Components:
     sd = read_pickle_weights(path, setting, allow_pickle) if is_pickle_file(path) else SafetensorsView(path, setting)
     keys = list(sd)
     family = checked_family(family_of_checkpoint(keys), str(path), v2, keys)
     try:
-        return family.load_single_file(sd, str(path))
+        return family.variant(keys).load_single_file(sd, str(path), options)
     except KeyError as exc:
         raise UserError(f"{setting}: {path} is an incomplete {family.title} checkpoint "
                         f"(no {exc.args[0]}); is the download complete?") from None
 
 
-def load_diffusers_folder(path: Path, v2: bool, setting: str = "pretrained_model_name_or_path") -> Components:
+def load_diffusers_folder(path: Path, v2: bool, setting: str = "pretrained_model_name_or_path",
+                          options=None) -> Components:
     """A diffusers folder's components; a damaged or incomplete folder (a part or a config missing, a weights file
     cut short) is a UserError naming the folder, not diffusers' traceback."""
     family, model_index = family_of_diffusers_folder(path, setting)
@@ -137,7 +138,7 @@ def load_diffusers_folder(path: Path, v2: bool, setting: str = "pretrained_model
     for weights in sorted(path.glob("*/*.safetensors")):
         read_safetensors_header(weights, setting)
     try:
-        return family.load_diffusers(path, model_index)
+        return family.load_diffusers(path, model_index, options)
     except (OSError, json.JSONDecodeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300].rstrip(".")
         raise UserError(f"{setting}: cannot load the diffusers folder {path}: {reason}; is it complete (each part's "
@@ -171,14 +172,20 @@ def load_vae(path: Path, allow_pickle: bool = False) -> torch.nn.Module:
 
 
 def load_components(model_path: str, vae_path: str | None, v2: bool, allow_pickle: bool = False,
-                    setting: str = "pretrained_model_name_or_path") -> Components:
-    """The base model; ``setting`` is the option that named it (for the error messages: a tool's ``--model``)."""
+                    setting: str = "pretrained_model_name_or_path", options=None) -> Components:
+    """The base model; ``setting`` is the option that named it (for the error messages: a tool's ``--model``);
+    ``options``: the run's settings (a Config or a dict of setting values), which a family with separate files
+    (Flux: ae, clip_l, t5xxl) or loading options (fp8_base) reads."""
     path = Path(model_path).expanduser()
     if not path.exists():
         raise UserError(f"{setting}: not found: {path}. Give a local .safetensors checkpoint or a diffusers folder "
                         "(LoRA Studio never downloads models).")
-    components = (load_diffusers_folder(path, v2, setting) if path.is_dir()
-                  else load_single_file(path, v2, allow_pickle, setting))
+    if isinstance(options, dict):
+        from ..config import build_config
+
+        options = build_config(options)
+    components = (load_diffusers_folder(path, v2, setting, options) if path.is_dir()
+                  else load_single_file(path, v2, allow_pickle, setting, options))
     if vae_path:
         vpath = Path(vae_path).expanduser()
         if not vpath.exists():
@@ -187,7 +194,7 @@ def load_components(model_path: str, vae_path: str | None, v2: bool, allow_pickl
         components.vae = load_vae(vpath, allow_pickle)
         components.vae.register_to_config(scaling_factor=scale)
         components.info["vae"] = str(vpath)
-    for module in [components.unet, components.vae, *components.text_encoders]:
+    for module in [components.denoiser, components.vae, *components.text_encoders]:
         module.requires_grad_(False)
         module.eval()
     return components

@@ -38,7 +38,7 @@ class SD1(StableDiffusionFamily):
     def matches_diffusers(self, model_index, unet_config):
         return True  # the last one asked: any other UNet2DConditionModel folder
 
-    def load_single_file(self, sd, source):
+    def load_single_file(self, sd, source, options=None):
         from . import ldm_build, ldm_keys
         from .tokenizer import clip_tokenizer
 
@@ -47,9 +47,9 @@ class SD1(StableDiffusionFamily):
         te = ldm_build.build_clip_text_encoder(sd, ldm_keys.TE_PREFIX, SD1_TEXT_ENCODER, source)
         return self._components(unet, vae, [te], [clip_tokenizer(pad_token=self.tokenizer_pad)], source)
 
-    def encode_prompt(self, components, captions, clip_skip, max_token_length, device, weighted=False):
+    def encode_prompt(self, components, captions, device, options, weighted=False):
         from .clip import encode_with_clip
 
-        hidden = encode_with_clip(components.text_encoders[0], components.tokenizers[0], captions, clip_skip,
-                                  max_token_length, device, weighted=weighted)
+        hidden = encode_with_clip(components.text_encoders[0], components.tokenizers[0], captions,
+                                  options["clip_skip"], options["max_token_length"], device, weighted=weighted)
         return {"encoder_hidden_states": hidden}

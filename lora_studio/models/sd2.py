@@ -38,7 +38,7 @@ class SD2(SD1):
             raise UserError(f"{source} is an SD2.x model: set v2 = true (and v_parameterization = true for 768-v "
                             "models)")
 
-    def load_single_file(self, sd, source):
+    def load_single_file(self, sd, source, options=None):
         from . import ldm_build, ldm_keys
         from .stable_diffusion import SD_VAE
         from .tokenizer import clip_tokenizer

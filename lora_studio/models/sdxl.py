@@ -43,7 +43,7 @@ class SDXL(StableDiffusionFamily):
     def matches_diffusers(self, model_index, unet_config):
         return "text_encoder_2" in model_index or unet_config.get("addition_embed_type") == "text_time"
 
-    def load_single_file(self, sd, source):
+    def load_single_file(self, sd, source, options=None):
         from . import ldm_build, ldm_keys
         from .tokenizer import clip_tokenizer
 
@@ -92,7 +92,7 @@ class SDXL(StableDiffusionFamily):
             return 0
         return 22 if name.startswith("out_") else -1
 
-    def encode_prompt(self, components, captions, clip_skip, max_token_length, device, weighted=False):
+    def encode_prompt(self, components, captions, device, options, weighted=False):
         """Penultimate hidden states of both encoders side by side, and the second one's pooled projection (never
         weighted by the captions' emphasis, as in sd-scripts)."""
         import torch
@@ -101,9 +101,9 @@ class SDXL(StableDiffusionFamily):
 
         te1, te2 = components.text_encoders
         tok1, tok2 = components.tokenizers
-        hidden1 = encode_with_clip(te1, tok1, captions, 2, max_token_length, device, final_norm=False,
+        hidden1 = encode_with_clip(te1, tok1, captions, 2, options["max_token_length"], device, final_norm=False,
                                    weighted=weighted)
-        hidden2, pooled = encode_with_clip(te2, tok2, captions, 2, max_token_length, device, final_norm=False,
+        hidden2, pooled = encode_with_clip(te2, tok2, captions, 2, options["max_token_length"], device, final_norm=False,
                                            pooled=True, weighted=weighted)
         return {"encoder_hidden_states": torch.cat([hidden1, hidden2.to(hidden1.dtype)], dim=-1),
                 "text_embeds": pooled}
@@ -118,7 +118,7 @@ class SDXL(StableDiffusionFamily):
         return StableDiffusionXLPipeline(vae=components.vae, text_encoder=components.text_encoders[0],
                                          text_encoder_2=components.text_encoders[1],
                                          tokenizer=components.tokenizers[0], tokenizer_2=components.tokenizers[1],
-                                         unet=components.unet, scheduler=scheduler)
+                                         unet=components.denoiser, scheduler=scheduler)
 
     def pipeline_prompt_kwargs(self, cond, uncond, dtype):
         return {**super().pipeline_prompt_kwargs(cond, uncond, dtype),

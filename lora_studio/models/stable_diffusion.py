@@ -84,7 +84,7 @@ class StableDiffusionFamily(ModelFamily):
         if v2:
             raise UserError(f"{source} is an {self.title} model but the config sets v2 = true; remove v2")
 
-    def load_diffusers(self, folder: Path, model_index: dict) -> Components:
+    def load_diffusers(self, folder: Path, model_index: dict, options=None) -> Components:
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
         opts = {"local_files_only": True}
@@ -120,6 +120,9 @@ class StableDiffusionFamily(ModelFamily):
         return Components(self, unet, vae, text_encoders, tokenizers, dict(SD_SCHEDULER), source)
 
     # ---- adapters
+    def denoiser_lora_stem(self, module_path, components):
+        return self.unet_lora_stem(module_path, components.denoiser.config)
+
     def unet_lora_stem(self, module_path: str, unet_config) -> str:
         return "lora_unet_" + module_path.replace(".", "_")
 
@@ -128,14 +131,45 @@ class StableDiffusionFamily(ModelFamily):
 
         targets = []
         if train_unet:
-            for path, module, kind in unet_targets(components.unet, spec):
-                targets.append(AdapterTarget(self.unet_lora_stem(path, components.unet.config), module, None,
+            for path, module, kind in unet_targets(components.denoiser, spec):
+                targets.append(AdapterTarget(self.unet_lora_stem(path, components.denoiser.config), module, None,
                                              conv=kind == "conv", norm=kind == "norm"))
         if train_text_encoder and spec.text_encoder:
             for index, te in enumerate(components.text_encoders):
                 targets += [AdapterTarget(stem, module, index)
                             for stem, module in adapted_layers(te, self.te_prefixes[index], spec.attention_only)]
         return targets
+
+    def lora_names(self, components):
+        """U-Net modules answer to the family's own naming (what LoRA Studio and sd-scripts write), to ``lora_unet_``
+        + the diffusers path (SD1/SD2 files, ComfyUI) and to the LDM path (SDXL files, A1111); text-encoder layers to
+        sd-scripts' names."""
+        from torch import nn
+
+        from .ldm_keys import unet_key
+
+        unet = components.denoiser
+        config = unet.config
+        up_attn = ["CrossAttn" in t for t in config.up_block_types]
+        layers = config.layers_per_block if isinstance(config.layers_per_block, int) else config.layers_per_block[0]
+        table = {}
+        kinds = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
+        for path, module in unet.named_modules():
+            if not path or not isinstance(module, kinds):
+                continue
+            names = ["lora_unet_" + path.replace(".", "_")]
+            for make in (lambda: self.unet_lora_stem(path, config),
+                         lambda: "lora_unet_" + unet_key(path + ".weight", layers, up_attn).removesuffix(".weight")
+                         .replace(".", "_")):
+                try:
+                    names.append(make())
+                except (KeyError, ValueError, IndexError):
+                    pass
+            for name in names:
+                table.setdefault(name, module)
+        for target in self.adapter_targets(components, False, True, TargetSpec()):
+            table[target.stem] = target.module
+        return table
 
     def lora_blocks(self):
         from ..network.blocks import BlockLayout
@@ -152,94 +186,18 @@ class StableDiffusionFamily(ModelFamily):
             return 1 + index if side == "down" else 13 + index
         return 12 if "mid_block_" in stem else -1
 
-    # ---- noise, timesteps, prediction
-    def noise_schedule(self, components, v_parameterization, zero_terminal_snr):
-        from diffusers import DDPMScheduler
+    # ---- prompts
+    def prompt_options(self, settings):
+        return {"clip_skip": int(getattr(settings, "clip_skip", None) or 1),
+                "max_token_length": int(getattr(settings, "max_token_length", None) or 75)}
 
-        if v_parameterization and not self.v_prediction_models:
-            import logging
+    # ---- the training objective
+    def objective(self, components, cfg):
+        from ..training.step import noise_recipe
+        from .ddpm import DDPMObjective
 
-            logging.getLogger("lora_studio").warning(
-                "v_parameterization with an %s model: no %s base predicts v (sd-scripts warns the same); train with it "
-                "only if yours does", self.title, self.title)
-        components.scheduler_config.update(prediction_type="v_prediction" if v_parameterization else "epsilon")
-        if zero_terminal_snr:
-            components.scheduler_config["rescale_betas_zero_snr"] = True
-        return DDPMScheduler.from_config(components.scheduler_config)
-
-    def sample_noise(self, latents, recipe, generator=None):
-        from .noise import training_noise
-
-        return training_noise(latents, recipe, generator)
-
-    def sample_timesteps(self, schedule, batch_size, device, recipe):
-        from .noise import timesteps_in_range
-
-        return timesteps_in_range(schedule.config.num_train_timesteps, batch_size, device, recipe)
-
-    def prediction_and_target(self, components, schedule, latents, noise, timesteps, cond, recipe):
-        from .fp8 import compute_dtype
-        from .noise import input_noise
-
-        unet = components.unet
-        noisy = schedule.add_noise(latents, input_noise(noise, recipe), timesteps)
-        dtype = compute_dtype(unet)  # the mixed precision, also when fp8_base stores the weights in float8
-        extra = {k: v for k, v in cond.items() if k != "encoder_hidden_states"}
-        pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
-                    return_dict=False, **({"added_cond_kwargs": extra} if extra else {}))[0]
-        if schedule.config.prediction_type == "v_prediction":
-            return pred, schedule.get_velocity(latents, noise, timesteps)
-        return pred, noise
-
-    def _snr(self, schedule, timesteps):
-        alphas_cumprod = schedule.alphas_cumprod.to(timesteps.device)[timesteps].float()
-        return alphas_cumprod / (1 - alphas_cumprod)
-
-    def min_snr_weights(self, schedule, timesteps, gamma):
-        """Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR, or / (SNR + 1) for v-prediction."""
-        import torch
-
-        snr = self._snr(schedule, timesteps)
-        clipped = torch.clamp(snr, max=gamma)
-        if schedule.config.prediction_type == "v_prediction":
-            return clipped / (snr + 1)
-        return torch.where(snr > 0, clipped / snr.clamp(min=1e-12), torch.ones_like(snr))  # zero terminal SNR: 1
-
-    def snr_scale(self, schedule, timesteps):
-        """SNR / (SNR + 1), SNR capped at 1000: sd-scripts' scale for scale_v_pred_loss_like_noise_pred (the loss
-        times it) and v_pred_like_loss (the loss divided by it, times the weight, added)."""
-        import torch
-
-        snr = torch.clamp(self._snr(schedule, timesteps), max=1000.0)
-        return snr / (snr + 1)
-
-    def huber_thresholds(self, schedule, timesteps, c, kind, scale):
-        """sd-scripts' Huber threshold for each image's timestep t: constant c x scale; exponential
-        exp(-alpha t) x scale with alpha = -ln(c) / T (c at the last timestep, 1 at the first); snr
-        (1 - c) / (1 + sigma)^2 + c with sigma = sqrt((1 - alpha_bar) / alpha_bar) (huber_scale not used, as in
-        sd-scripts)."""
-        import math
-
-        import torch
-
-        if kind == "constant":
-            return torch.full((len(timesteps),), c * scale, device=timesteps.device)
-        if kind == "exponential":
-            alpha = -math.log(c) / schedule.config.num_train_timesteps
-            return torch.exp(-alpha * timesteps.float()) * scale
-        alpha_bar = schedule.alphas_cumprod.to(timesteps.device)[timesteps].float()
-        sigmas = ((1.0 - alpha_bar) / alpha_bar) ** 0.5
-        return (1 - c) / (1 + sigmas) ** 2 + c
-
-    def debiased_weights(self, schedule, timesteps):
-        """sd-scripts' debiased estimation: 1 / sqrt(SNR), or 1 / (SNR + 1) for v-prediction, SNR capped at 1000
-        (timestep 0 has an infinite SNR)."""
-        import torch
-
-        snr = torch.clamp(self._snr(schedule, timesteps), max=1000.0)
-        if schedule.config.prediction_type == "v_prediction":
-            return 1 / (snr + 1)
-        return 1 / torch.sqrt(snr)
+        return DDPMObjective.for_model(components, bool(cfg.v_parameterization), bool(cfg.zero_terminal_snr),
+                                       noise_recipe(cfg))
 
     # ---- latents
     def vae_scale_and_shift(self, vae):
@@ -249,12 +207,37 @@ class StableDiffusionFamily(ModelFamily):
         return precision == "no" or no_half_vae or (precision == "fp16" and self.estimate.vae_fp32_under_fp16)
 
     # ---- sample images
+    def samplers(self):
+        from ..training.sampling import SAMPLERS
+
+        return tuple(SAMPLERS)
+
+    def render(self, components, prompt, sampler, options, device, dtype, seed, output_type="pil"):
+        """Through the family's diffusers pipeline, with the run's prediction type and schedule."""
+        import torch
+
+        from ..training.sampling import make_scheduler
+
+        pipe = self.pipeline(components, make_scheduler(prompt.sampler or sampler, components.scheduler_config))
+        pipe.set_progress_bar_config(disable=True)
+        cond = self.encode_prompt(components, [prompt.prompt], device, options)
+        uncond = self.encode_prompt(components, [prompt.negative], device, options)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        scale = pipe.vae_scale_factor
+        latents = torch.randn((1, components.denoiser.config.in_channels, prompt.height // scale,
+                               prompt.width // scale), generator=generator).to(device, dtype)
+        return pipe(**self.pipeline_prompt_kwargs(cond, uncond, dtype), latents=latents,
+                    num_inference_steps=prompt.steps, guidance_scale=prompt.cfg_scale, height=prompt.height,
+                    width=prompt.width, output_type=output_type).images[0]
+
     def pipeline(self, components, scheduler):
+        """A diffusers pipeline over the loaded components (the network attached), for sample images."""
         from diffusers import StableDiffusionPipeline
 
         return StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoders[0],
-                                       tokenizer=components.tokenizers[0], unet=components.unet, scheduler=scheduler,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                                       tokenizer=components.tokenizers[0], unet=components.denoiser,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
 
     def pipeline_prompt_kwargs(self, cond, uncond, dtype):
         return {"prompt_embeds": cond["encoder_hidden_states"].to(dtype),

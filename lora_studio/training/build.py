@@ -88,18 +88,19 @@ def low_ram_loading(cfg: Config, device: torch.device, is_main: bool = True):
 def place_model(c: Components, cfg: Config, precision: Precision, device: torch.device, trained: Trained) -> str:
     """Frozen weights in the training precision on the device (the VAE as the family needs it); returns the
     attention used."""
-    attention = choose_attention(c.unet, cfg)
-    c.unet.to(device, precision.weight_dtype)
+    attention = choose_attention(c.denoiser, cfg) if hasattr(c.denoiser, "set_attn_processor") \
+        else "PyTorch SDPA" + (" (xformers is for U-Nets; SDPA does its job)" if cfg.xformers else "")
+    c.family.place_denoiser(c, cfg, device, precision.weight_dtype)
     if cfg.channels_last:
-        c.unet.to(memory_format=torch.channels_last)
+        c.denoiser.to(memory_format=torch.channels_last)
     for te in c.text_encoders:
         te.to(device, precision.weight_dtype)
     vae_fp32 = c.family.vae_needs_float32(precision.mode, cfg.no_half_vae) or precision.cpu_loss_scaling
     c.vae.to(device, torch.float32 if vae_fp32 else precision.weight_dtype)
     store_frozen_fp8(c, precision, device)
     if cfg.gradient_checkpointing:
-        c.unet.enable_gradient_checkpointing()
-        c.unet.train()
+        c.denoiser.enable_gradient_checkpointing()
+        c.denoiser.train()
         if trained.text_encoder:
             for te in c.text_encoders:
                 te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -137,7 +138,7 @@ def restore_released(c: Components, cfg: Config, precision: Precision, device: t
 
     log.info("loading the VAE and text encoders back for the test images")
     with load_dtypes(unet=precision.weight_dtype, text_encoder=precision.weight_dtype):
-        fresh = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2, cfg.allow_pickle)
+        fresh = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2, cfg.allow_pickle, options=cfg)
     if c.vae is None:
         vae_fp32 = c.family.vae_needs_float32(precision.mode, cfg.no_half_vae) or precision.cpu_loss_scaling
         c.vae = fresh.vae.to(device, torch.float32 if vae_fp32 else precision.weight_dtype)
@@ -148,7 +149,7 @@ def restore_released(c: Components, cfg: Config, precision: Precision, device: t
 def store_frozen_fp8(c: Components, precision: Precision, device: torch.device) -> None:
     """fp8_base / fp8_base_unet: the U-Net's (and the text encoders') Linear and Conv2d weights in float8, computed
     in the training precision; before the adapters wrap those layers."""
-    parts = ([("U-Net", c.unet)] if precision.fp8_unet else []) + \
+    parts = ([("U-Net", c.denoiser)] if precision.fp8_unet else []) + \
         ([("text encoder", te) for te in c.text_encoders] if precision.fp8_text_encoders else [])
     if not parts:
         return
@@ -173,7 +174,7 @@ def build_network(c: Components, cfg: Config, net_args: NetworkArgs, trained: Tr
         network.load_weights(cfg.network_weights)
     network.attach().to(device, dtype)  # float32 unless full_fp16 / full_bf16
     if cfg.torch_compile:  # after the LoRA hooks are in place, so the compiled graph includes them
-        c.unet.compile(backend=cfg.dynamo_backend)  # in place: the same module object everywhere
+        c.denoiser.compile(backend=cfg.dynamo_backend)  # in place: the same module object everywhere
     network.train()
     return network
 
@@ -223,17 +224,18 @@ def cache_text_encoder_outputs(c: Components, data, cfg: Config, trained: Traine
     folders = {}
     for i, item in enumerate(data.items):
         folders.setdefault(data.caption_for(i, 0, (0,)), item.path.parent)
-    fingerprint = te_fingerprint(c.text_encoders, cfg.clip_skip, cfg.max_token_length,
-                                 cfg.weighted_captions) + c.family.name
+    options = c.family.prompt_options(cfg)
+    fingerprint = te_fingerprint(c.text_encoders, options, cfg.weighted_captions,
+                                 c.info.get("text_encoder_identity")) + c.family.name
 
     def encode(captions):
         with precision.autocast(device):
-            return c.family.encode_prompt(c, captions, cfg.clip_skip, cfg.max_token_length, device,
-                                          weighted=cfg.weighted_captions)
+            return c.family.encode_prompt(c, captions, device, options, weighted=cfg.weighted_captions)
 
     to_disk = cfg.cache_text_encoder_outputs_to_disk
+    batch = getattr(cfg, "text_encoder_batch_size", None) or 8  # sd-scripts' text_encoder_batch_size
     if to_disk and accelerator.num_processes > 1:
         if accelerator.is_local_main_process:
-            build_te_cache(folders, encode, fingerprint, True)
+            build_te_cache(folders, encode, fingerprint, True, batch)
         accelerator.wait_for_everyone()
-    return build_te_cache(folders, encode, fingerprint, to_disk, show_progress=accelerator.is_main_process)
+    return build_te_cache(folders, encode, fingerprint, to_disk, batch, show_progress=accelerator.is_main_process)

@@ -1,7 +1,8 @@
 """The training loss of one batch: the family's prediction against its target, weighted per image and per timestep.
 
-What the model predicts and what it is compared with belong to the model family (and so do the weights that depend on
-the noise schedule's SNR); how the difference becomes one number (the loss function) is the same for every family.
+What the model predicts and what it is compared with belong to the family's objective (and so do the weights that
+depend on the timestep: SNR weights for DDPM, the weighting scheme for flow matching); how the difference becomes one
+number (the loss function) is the same for every family.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models.family import Components
-from ..models.noise import NoiseRecipe
+from ..models.family import Components, Objective
 
 LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
 HUBER_SCHEDULES = ("constant", "exponential", "snr")
@@ -49,32 +49,26 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str,
     return 2 * c * root if loss_type == "huber" else 2 * root
 
 
-def denoising_loss(components: Components, schedule, latents: torch.Tensor, cond: dict[str, torch.Tensor],
+def denoising_loss(components: Components, objective: Objective, latents: torch.Tensor, cond: dict[str, torch.Tensor],
                    loss_weights: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                   options: LossOptions = LossOptions(), recipe: NoiseRecipe = NoiseRecipe(),
-                   masks: torch.Tensor | None = None) -> torch.Tensor:
-    """The mean over the batch of the per-image loss, weighted per image (loss_weights), then as sd-scripts does:
-    Min-SNR-gamma, scale_v_pred_loss_like_noise_pred, v_pred_like_loss, debiased estimation.
+                   options: LossOptions = LossOptions(), masks: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean over the batch of the per-image loss, weighted per image (loss_weights), then by the objective's
+    weights (``Objective.loss_weights``: for DDPM Min-SNR-gamma, scale_v_pred_loss_like_noise_pred, v_pred_like_loss,
+    debiased estimation, in sd-scripts' order).
 
     ``masks`` ([B, 1, h, w] at the latents' size, in [0, 1]): masked_loss / alpha_mask, as sd-scripts applies them:
     each latent pixel's loss times its mask, then the mean over all pixels (so a half-masked image weighs half)."""
-    family = components.family
-    pred, target = family.prediction_and_target(components, schedule, latents, noise, timesteps, cond, recipe)
+    pred, target = objective.prediction_and_target(components, latents, noise, timesteps, cond)
     huber_c = None
     if options.loss_type in ("huber", "smooth_l1"):
-        huber_c = family.huber_thresholds(schedule, timesteps, options.huber_c, options.huber_schedule,
-                                          options.huber_scale).to(pred.device)
+        huber_c = objective.huber_thresholds(timesteps, options.huber_c, options.huber_schedule,
+                                             options.huber_scale).to(pred.device)
     loss = elementwise_loss(pred.float(), target.float(), options.loss_type, huber_c)
     if masks is not None:
         loss = loss * masks.to(loss.device, loss.dtype)
     loss = loss.mean(dim=list(range(1, pred.ndim)))
     loss = loss * loss_weights.to(loss.device)
-    if options.min_snr_gamma:
-        loss = loss * family.min_snr_weights(schedule, timesteps, options.min_snr_gamma)
-    if options.scale_v_pred_loss_like_noise_pred:
-        loss = loss * family.snr_scale(schedule, timesteps)
-    if options.v_pred_like_loss:
-        loss = loss + loss / family.snr_scale(schedule, timesteps) * options.v_pred_like_loss
-    if options.debiased_estimation:
-        loss = loss * family.debiased_weights(schedule, timesteps)
+    weights = objective.loss_weights(timesteps, options)
+    if weights is not None:
+        loss = loss * weights.to(loss.device)
     return loss.mean()

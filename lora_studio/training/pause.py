@@ -92,7 +92,7 @@ class TestStudio:
         prompt = SamplePrompt(text, request.negative, request.width, request.height, seed, request.steps,
                               request.cfg_scale, request.sampler)
         with self.precision.autocast(self.device):
-            image = generate(self.components, prompt, request.sampler, cfg.clip_skip, cfg.max_token_length,
+            image = generate(self.components, prompt, request.sampler, self.components.family.prompt_options(cfg),
                              self.device, self.precision.weight_dtype, seed)
         path = folder / f"{k:02d}_seed{seed}_x{strength:g}.png"
         atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..models.family import Components
 from .prompts import SamplePrompt, parse_prompt_line, read_prompt_file  # noqa: F401  (re-exported)
 
-_SAMPLERS = {
+SAMPLERS = {
     "ddim": ("DDIMScheduler", {}), "pndm": ("PNDMScheduler", {}), "lms": ("LMSDiscreteScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}), "euler_a": ("EulerAncestralDiscreteScheduler", {}),
     "heun": ("HeunDiscreteScheduler", {}), "dpm_2": ("KDPM2DiscreteScheduler", {}),
@@ -26,29 +26,18 @@ def make_scheduler(name: str, scheduler_config: dict):
     import diffusers
 
     key = name.lower().removeprefix("k_")
-    if key not in _SAMPLERS:
-        raise UserError(f"sample_sampler: unknown sampler '{name}'; use one of {', '.join(_SAMPLERS)}")
-    class_name, extra = _SAMPLERS[key]
+    if key not in SAMPLERS:
+        raise UserError(f"sample_sampler: unknown sampler '{name}'; use one of {', '.join(SAMPLERS)}")
+    class_name, extra = SAMPLERS[key]
     if key == "lms" and importlib.util.find_spec("scipy") is None:
         raise UserError("sample_sampler lms needs scipy (pip install scipy); or choose euler, ddim or dpmsolver++")
     return getattr(diffusers, class_name).from_config({**scheduler_config, **extra})
 
 
 @torch.no_grad()
-def generate(components: Components, prompt: SamplePrompt, sampler: str, clip_skip: int, max_token_length: int,
-             device, dtype, generator_seed: int, output_type: str = "pil"):
-    """One PIL image for ``prompt`` with the network as currently attached, through the family's pipeline
-    (``output_type="np"``: the pipeline's float array [H, W, 3] in 0..1 instead)."""
-    family = components.family
-    pipe = family.pipeline(components, make_scheduler(prompt.sampler or sampler, components.scheduler_config))
-    pipe.set_progress_bar_config(disable=True)
-    cond = family.encode_prompt(components, [prompt.prompt], clip_skip, max_token_length, device)
-    uncond = family.encode_prompt(components, [prompt.negative], clip_skip, max_token_length, device)
+def generate(components: Components, prompt: SamplePrompt, sampler: str, options: dict, device, dtype,
+             generator_seed: int, output_type: str = "pil"):
+    """One PIL image for ``prompt`` with the network as currently attached, made the family's way (``options``: its
+    ``prompt_options``; ``output_type="np"``: a float array [H, W, 3] in 0..1 instead)."""
     seed = prompt.seed if prompt.seed is not None else generator_seed
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    scale = pipe.vae_scale_factor
-    latents = torch.randn((1, components.unet.config.in_channels, prompt.height // scale, prompt.width // scale),
-                          generator=generator).to(device, dtype)
-    return pipe(**family.pipeline_prompt_kwargs(cond, uncond, dtype), latents=latents,
-                num_inference_steps=prompt.steps, guidance_scale=prompt.cfg_scale, height=prompt.height,
-                width=prompt.width, output_type=output_type).images[0]
+    return components.family.render(components, prompt, sampler, options, device, dtype, seed, output_type)

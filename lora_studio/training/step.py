@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..models.family import Components
+from ..models.family import Components, Objective
 from ..models.noise import NoiseRecipe
 from .loss import LossOptions, denoising_loss
 from .precision import Precision
@@ -22,12 +22,12 @@ from .vae import encode_latents
 class BatchLoss:
     """The denoising loss of a batch from the data loader, with the family's conditioning, noise and target."""
 
-    def __init__(self, components: Components, schedule, cfg: Config, device: torch.device, precision: Precision,
-                 train_text_encoder: bool, te_cache: dict | None):
-        self.components, self.family, self.schedule = components, components.family, schedule
+    def __init__(self, components: Components, objective: Objective, cfg: Config, device: torch.device,
+                 precision: Precision, train_text_encoder: bool, te_cache: dict | None):
+        self.components, self.family, self.objective = components, components.family, objective
         self.cfg, self.device, self.precision = cfg, device, precision
         self.train_text_encoder, self.te_cache = train_text_encoder, te_cache
-        self.noise = noise_recipe(cfg)
+        self.prompt_options = self.family.prompt_options(cfg)
         self.loss_options = LossOptions.from_config(cfg)
 
     def latents(self, batch: dict) -> torch.Tensor:
@@ -48,23 +48,23 @@ class BatchLoss:
             cond = cached_condition(self.te_cache, batch["captions"], self.device)
         else:
             with torch.set_grad_enabled(self.train_text_encoder), self.precision.autocast(self.device):
-                cond = self.family.encode_prompt(self.components, batch["captions"], self.cfg.clip_skip,
-                                                 self.cfg.max_token_length, self.device,
+                cond = self.family.encode_prompt(self.components, batch["captions"], self.device, self.prompt_options,
                                                  weighted=self.cfg.weighted_captions)
         return self.family.add_image_conditioning(cond, batch, self.device)
 
-    def __call__(self, batch: dict, timestep: int | None = None) -> torch.Tensor:
-        """The batch's loss at random timesteps, or at ``timestep`` for every image (validation)."""
+    def __call__(self, batch: dict, timestep=None) -> torch.Tensor:
+        """The batch's loss at random timesteps, or at ``timestep`` (one of the objective's validation points) for
+        every image (validation)."""
         latents = self.latents(batch)
         cond = self.condition(batch)
-        noise = self.family.sample_noise(latents, self.noise)
+        noise = self.objective.sample_noise(latents)
         if timestep is None:
-            timesteps = self.family.sample_timesteps(self.schedule, latents.shape[0], self.device, self.noise)
+            timesteps = self.objective.sample_timesteps(latents)
         else:
-            timesteps = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=self.device)
+            timesteps = self.objective.fixed_timesteps(timestep, latents.shape[0], self.device)
         with self.precision.autocast(self.device):
-            return denoising_loss(self.components, self.schedule, latents, cond, batch["loss_weights"], noise,
-                                  timesteps, self.loss_options, self.noise, batch.get("masks"))
+            return denoising_loss(self.components, self.objective, latents, cond, batch["loss_weights"], noise,
+                                  timesteps, self.loss_options, batch.get("masks"))
 
 
 def noise_recipe(cfg: Config) -> NoiseRecipe:

@@ -33,10 +33,16 @@ def check_te_cache_allowed(cfg: Config, train_te: bool, data) -> None:
         raise UserError(f"cache_text_encoder_outputs needs fixed captions; turn off {', '.join(varying)}")
 
 
-def te_fingerprint(text_encoders, clip_skip: int, max_token_length: int, weighted: bool = False) -> str:
-    """What the cached outputs depend on besides the caption; weighted_captions (emphasis read, not literal text)
-    counts only when on, so an older cache stays valid."""
-    digest = hashlib.sha256(f"{clip_skip}|{max_token_length}{'|weighted' if weighted else ''}".encode())
+def te_fingerprint(text_encoders, options: dict, weighted: bool = False, identity: str | None = None) -> str:
+    """What the cached outputs depend on besides the caption: the family's prompt options (SD: clip skip and token
+    length) and the encoders' weights, or ``identity`` when the family knows its encoders by their files' hashes (a
+    5-billion-parameter T5 is not read twice); weighted_captions (emphasis read, not literal text) counts only when
+    on, so an older cache stays valid."""
+    values = "|".join(str(v) for v in options.values())
+    digest = hashlib.sha256(f"{values}{'|weighted' if weighted else ''}".encode())
+    if identity is not None:
+        digest.update(identity.encode())
+        return digest.hexdigest()[:16]
     for te in text_encoders:
         for name, tensor in sorted(te.state_dict().items()):
             digest.update(name.encode())
@@ -45,7 +51,7 @@ def te_fingerprint(text_encoders, clip_skip: int, max_token_length: int, weighte
 
 
 def build_te_cache(captions_by_folder: dict[str, Path], encode, fingerprint: str, to_disk: bool,
-                   batch_size: int = 8, show_progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+                   batch_size: int | None = 8, show_progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """caption -> {"encoder_hidden_states": [T, C], ...} for every caption; ``encode(list[str])`` gives batches."""
     cache: dict[str, dict[str, torch.Tensor]] = {}
     todo: list[tuple[str, Path | None]] = []

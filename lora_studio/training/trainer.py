@@ -137,9 +137,10 @@ class Trainer:
         cfg = self.cfg
         dtype = self.precision.weight_dtype  # frozen weights in the training dtype as they are read (VAE: later)
         with low_ram_loading(cfg, self.device, self.is_main), load_dtypes(unet=dtype, text_encoder=dtype):
-            c = self.components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2, cfg.allow_pickle)
+            c = self.components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v2,
+                                                  cfg.allow_pickle, options=cfg)
         self.memory.phase("loading the model")
-        self.schedule = c.family.noise_schedule(c, cfg.v_parameterization, cfg.zero_terminal_snr)
+        self.objective = c.family.objective(c, cfg)
         attention = place_model(c, cfg, self.precision, self.device, self.trained)
         self.memory.phase("placing the model")
         if self.is_main:
@@ -164,10 +165,9 @@ class Trainer:
                                                   self.accelerator)
             self.memory.phase("caching text encoder outputs")
         release_unneeded(c, self.latents is not None, te_cache is not None, self.trained, bool(self.prompts))
-        self.batch_loss = BatchLoss(c, self.schedule, cfg, self.device, self.precision, self.trained.text_encoder,
+        self.batch_loss = BatchLoss(c, self.objective, cfg, self.device, self.precision, self.trained.text_encoder,
                                     te_cache)
-        self.validation = Validation(cfg, self.data, self.latents, self.batch_loss, self.seed, self.total_steps,
-                                     self.schedule.config.num_train_timesteps)
+        self.validation = Validation(cfg, self.data, self.latents, self.batch_loss, self.seed, self.total_steps)
         self.best = BestTracker(cfg.early_stop_patience, cfg.early_stop_min_delta)
 
     def _setup_training(self) -> None:
@@ -538,7 +538,7 @@ class Trainer:
         self.network.eval()
         for i, prompt in enumerate(self.prompts):
             with self.precision.autocast(self.device):
-                image = generate(c, prompt, cfg.sample_sampler, cfg.clip_skip, cfg.max_token_length, self.device,
+                image = generate(c, prompt, cfg.sample_sampler, c.family.prompt_options(cfg), self.device,
                                  self.precision.weight_dtype, self.seed + i)
             path = self.paths["samples"] / f"{cfg.output_name}_e{epoch:06d}_s{step:08d}_{i:02d}.png"
             atomic_write(path, lambda tmp, img=image: img.save(tmp, format="PNG"))

@@ -1,7 +1,8 @@
 """The validation loss (sd-scripts' validation_split and validate_* settings), and what it decides: which weights
 are the best so far (save_best) and when the run stops improving (early_stop_patience).
 
-As sd-scripts measures it: every held-out batch at 4 fixed timesteps spread over [min_timestep, max_timestep], with
+As sd-scripts measures it: every held-out batch at the objective's fixed points (DDPM: 4 timesteps spread over
+[min_timestep, max_timestep]; flow matching: fixed sigmas), with
 the random state seeded by validation_seed (else the seed) for the evaluation, so the same weights always give the
 same number; the training's random state is set aside and restored.
 """
@@ -12,30 +13,19 @@ import math
 import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..config import Config
 from ..data.dataset import TrainingData
 from ..data.loader import make_batch
 
-NUM_TIMESTEPS = 4  # sd-scripts' NUM_VALIDATION_TIMESTEPS: 200, 400, 600, 800 of 1000
-
-
-def validation_timesteps(min_timestep: int | None, max_timestep: int | None, num_train_timesteps: int) -> list[int]:
-    low = 0 if min_timestep is None else min_timestep
-    high = num_train_timesteps if max_timestep is None else max_timestep
-    return [int(t) for t in np.linspace(low, high, NUM_TIMESTEPS + 2, dtype=int)[1:-1]]
-
-
 class Validation:
     """Measures the loss of the held-out images with the network as it is now."""
 
-    def __init__(self, cfg: Config, data: TrainingData, latents, batch_loss, seed: int, total_steps: int,
-                 num_train_timesteps: int):
+    def __init__(self, cfg: Config, data: TrainingData, latents, batch_loss, seed: int, total_steps: int):
         self.cfg, self.data, self.latents, self.batch_loss = cfg, data, latents, batch_loss
         self.batches = data.validation_batches()[:cfg.max_validation_steps or None]
-        self.timesteps = validation_timesteps(cfg.min_timestep, cfg.max_timestep, num_train_timesteps)
+        self.timesteps = list(batch_loss.objective.validation_points)
         self.seed = cfg.validation_seed if cfg.validation_seed is not None else seed
         self.total_steps = total_steps
 
