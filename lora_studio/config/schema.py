@@ -6,7 +6,7 @@ is generated from ``SETTINGS``. Names are sd-scripts' names so that an sd-script
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .optimizers import OPTIMIZER_NAMES
@@ -33,6 +33,7 @@ class Setting:
     required: bool = False
     advanced: bool = False  # shown under Parameters > Advanced in the GUI
     suggestions: tuple | None = None  # common values offered in the GUI; other values are allowed too
+    families: tuple[str, ...] | None = None  # the model families it applies to (None: every family)
 
 
 def _s(name, kind, default, label, help, group, **kw) -> Setting:
@@ -470,6 +471,73 @@ SETTINGS: tuple[Setting, ...] = (
        "samples"),
 )
 
+FLUX = ("flux-dev", "flux-schnell", "chroma")  # models.flux: the families of this group
+SD = ("sd1", "sd2", "sdxl")
+
+
+def _flux(name, kind, default, label, help, **kw) -> Setting:
+    return Setting(name, kind, default, label, help, "flux", families=FLUX, **kw)
+
+
+# Flux.1 and Chroma (sd-scripts' flux_train_network.py names; empty = the family's recommended value)
+FLUX_SETTINGS: tuple[Setting, ...] = (
+    _flux("ae", PATH, None, "AE (autoencoder)", "Flux's autoencoder file (ae.safetensors from FLUX.1-dev / schnell)."),
+    _flux("clip_l", PATH, None, "CLIP-L", "The CLIP-L text encoder file (clip_l.safetensors; not used by Chroma)."),
+    _flux("t5xxl", PATH, None, "T5-XXL", "The T5-XXL text encoder file (t5xxl_fp16.safetensors, or "
+          "t5xxl_fp8_e4m3fn.safetensors with fp8 base)."),
+    _flux("model_type", STR, None, "Model type", "flux or chroma, as sd-scripts; empty: told from the weights.",
+          choices=(None, "flux", "chroma")),
+    _flux("tokenizer_cache_dir", PATH, None, "Tokenizer cache folder",
+          "Where the CLIP and T5 tokenizers are kept (sd-scripts' layout: google_t5-v1_1-xxl/ and "
+          "openai_clip-vit-large-patch14/ inside); else the Hugging Face cache; else downloaded once.", advanced=True),
+    _flux("timestep_sampling", STR, None, "Timestep sampling",
+          "How each image's noise level (sigma) is drawn: sigma (the scheduler's table), uniform, sigmoid "
+          "(logit-normal), shift (sigmoid, shifted by Discrete flow shift) or flux_shift (shifted by the image's "
+          "size). Empty: shift for Flux (sd-scripts' recommendation), sigmoid for Chroma.",
+          choices=(None, "sigma", "uniform", "sigmoid", "shift", "flux_shift")),
+    _flux("sigmoid_scale", FLOAT, 1.0, "Sigmoid scale", "Scale of the normal draw of sigmoid / shift / flux_shift.",
+          minimum=0.01, maximum=100.0, advanced=True),
+    _flux("discrete_flow_shift", FLOAT, 3.1582, "Discrete flow shift",
+          "The shift of shift sampling (and of the sigma table); 3.1582 as sd-scripts' Flux documentation "
+          "recommends.", minimum=0.01, maximum=100.0),
+    _flux("model_prediction_type", STR, "raw", "Model prediction type",
+          "raw (recommended: the velocity the model predicts), additive, or sigma_scaled (sd-scripts' default).",
+          choices=("raw", "additive", "sigma_scaled")),
+    _flux("weighting_scheme", STR, "uniform", "Weighting scheme",
+          "Density of the sigma draw (sigma sampling) and loss weighting (sigma_scaled): uniform, none, "
+          "logit_normal, mode, cosmap, sigma_sqrt.", choices=("uniform", "none", "logit_normal", "mode", "cosmap",
+                                                             "sigma_sqrt"), advanced=True),
+    _flux("logit_mean", FLOAT, 0.0, "Logit mean", "Mean of logit_normal weighting.", advanced=True),
+    _flux("logit_std", FLOAT, 1.0, "Logit std", "Standard deviation of logit_normal weighting.", minimum=0.01,
+          advanced=True),
+    _flux("mode_scale", FLOAT, 1.29, "Mode scale", "Scale of mode weighting.", advanced=True),
+    _flux("guidance_scale", FLOAT, None, "Guidance scale",
+          "The guidance value the transformer is given in training. Empty: 1.0 for Flux dev (sd-scripts' "
+          "documentation: the distilled guidance must be 1.0 for LoRA), 0 for Chroma (required).",
+          minimum=0.0, maximum=100.0),
+    _flux("t5xxl_max_token_length", INT, None, "T5 max token length",
+          "Caption length for T5. Empty: 512 for dev and Chroma, 256 for schnell.", minimum=16, maximum=512,
+          advanced=True),
+    _flux("apply_t5_attn_mask", BOOL, None, "Apply T5 attention mask",
+          "Mask T5's padding in T5 and in the transformer's attention. Empty: on for Chroma (required), off for "
+          "Flux.", advanced=True),
+    _flux("text_encoder_batch_size", INT, None, "Text encoder batch size",
+          "Captions encoded at once when caching text-encoder outputs (empty: 8).", minimum=1, maximum=1024,
+          advanced=True),
+    _flux("blocks_to_swap", INT, None, "Blocks to swap",
+          "Keep this many of the 57 transformer blocks on the CPU and bring each in when it runs: less VRAM, "
+          "slower (sd-scripts: about 18 for 16 GB, 35 for 12 GB cards).", minimum=0, maximum=55),
+    _flux("cpu_offload_checkpointing", BOOL, False, "CPU offload checkpointing",
+          "With gradient checkpointing, keep the checkpointed activations on the CPU (not with blocks to swap).",
+          advanced=True),
+)
+# Settings of the Stable Diffusion families only: DDPM noise and SNR options, CLIP prompt options, SD2 / v-prediction
+# switches. The GUI hides them for another family; Check settings and the run name them when set for one.
+SD_ONLY = frozenset({"v2", "v_parameterization", "clip_skip", "max_token_length", "vae", "zero_terminal_snr",
+                     "min_snr_gamma", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
+                     "debiased_estimation_loss", "noise_offset", "noise_offset_random_strength", "adaptive_noise_scale",
+                     "multires_noise_iterations", "multires_noise_discount", "weighted_captions"})
+SETTINGS = tuple(replace(s, families=SD) if s.name in SD_ONLY else s for s in SETTINGS) + FLUX_SETTINGS
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 # Parameters > Advanced in sections, as sd-scripts' documentation and the Kohya_ss GUI group them: section -> its
@@ -509,19 +577,20 @@ ADVANCED_SECTIONS: dict[str, tuple[str, ...]] = {
                      "huggingface_path_in_repo", "huggingface_token", "save_state_to_huggingface",
                      "resume_from_huggingface", "async_upload"),
     "Multi-GPU (accelerate)": ("num_processes",),
+    "Flux": ("tokenizer_cache_dir", "sigmoid_scale", "weighting_scheme", "logit_mean", "logit_std", "mode_scale",
+             "t5xxl_max_token_length", "apply_t5_attn_mask", "text_encoder_batch_size", "cpu_offload_checkpointing"),
 }
 SECTION_OF: dict[str, str] = {name: section for section, names in ADVANCED_SECTIONS.items() for name in names}
 
 # sd-scripts settings that LoRA Studio does not implement (yet). At their sd-scripts default they change nothing and
 # are accepted with a notice; any other value is an error, never silently ignored.
 UNSUPPORTED: dict[str, Any] = {
-    "tokenizer_cache_dir": None, "base_weights": None,
+    "base_weights": None,
     "base_weights_multiplier": None,
     "resize_interpolation": None, "face_crop_aug_range": None, "skip_cache_check": False,
     "debug_dataset": False, "no_metadata": False,
     "fused_backward_pass": False, "use_8bit_adam": False, "use_lion_optimizer": False,
     "lr_decay_steps": 0, "lr_scheduler_timescale": None, "lr_scheduler_min_lr_ratio": None,
-"cpu_offload_checkpointing": False,
     "ddp_timeout": None, "ddp_gradient_as_bucket_view": False,
     "ddp_static_graph": False,
     "initial_epoch": None,
@@ -529,7 +598,7 @@ UNSUPPORTED: dict[str, Any] = {
     "no_token_padding": False, "mem_eff_save": False, "console_log_level": None, "console_log_file": None,
     "console_log_simple": False, "deepspeed": False, "zero_stage": 2,
     "loraplus_lr_ratio": None, "loraplus_unet_lr_ratio": None, "loraplus_text_encoder_lr_ratio": None,
-    "blocks_to_swap": None, "disable_mmap_load_safetensors": False, "dataset_class": None,
+    "disable_mmap_load_safetensors": False, "dataset_class": None,
 }
 
 # Keys the Kohya_ss GUI writes into its TOML that no sd-scripts script reads; they carry no meaning.

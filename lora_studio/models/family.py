@@ -56,6 +56,7 @@ class TargetSpec:
     stem: tuple[str, ...] = ()  # single layers outside the blocks: "conv_in", "conv_out", "time_embedding"
     text_encoder: bool = True  # the text encoders' attention and MLP layers
     norms: bool = False  # the normalisation layers inside the chosen denoiser blocks
+    t5: bool = False  # a T5 text encoder's layers too (sd-scripts' train_t5xxl)
 
 
 @dataclass(frozen=True)
@@ -137,15 +138,6 @@ class ModelFamily:
 
     def load_diffusers(self, folder, model_index: dict, options=None) -> Components:
         raise NotImplementedError
-
-    def variant(self, keys) -> ModelFamily:
-        """The family of this checkpoint when one module covers several (Flux dev / schnell); ``self`` otherwise."""
-        return self
-
-    def place_denoiser(self, components: Components, cfg, device, dtype) -> None:
-        """Move the frozen denoiser to the device in the training dtype (a family with block swap keeps some of its
-        blocks on the CPU)."""
-        components.denoiser.to(device, dtype)
 
     # ---- adapters
     def adapter_targets(self, components: Components, train_unet: bool, train_text_encoder: bool,

@@ -123,7 +123,7 @@ def load_single_file(path: Path, v2: bool, allow_pickle: bool = False,
     keys = list(sd)
     family = checked_family(family_of_checkpoint(keys), str(path), v2, keys)
     try:
-        return family.variant(keys).load_single_file(sd, str(path), options)
+        return family.load_single_file(sd, str(path), options)
     except KeyError as exc:
         raise UserError(f"{setting}: {path} is an incomplete {family.title} checkpoint "
                         f"(no {exc.args[0]}); is the download complete?") from None

@@ -7,15 +7,16 @@ from pathlib import Path
 
 from ..errors import UserError
 from .family import ModelFamily
+from .flux import Chroma, FluxFamily, FluxSchnell
 from .sd1 import SD1
 from .sd2 import SD2
 from .sdxl import SDXL
 
 # Asked in this order: a family's rule may assume the ones before it did not match.
-FAMILIES: tuple[ModelFamily, ...] = (SDXL(), SD2(), SD1())
+FAMILIES: tuple[ModelFamily, ...] = (Chroma(), FluxFamily(), FluxSchnell(), SDXL(), SD2(), SD1())
 BY_NAME = {f.name: f for f in FAMILIES}
 # Families people bring that LoRA Studio does not train (yet): a weight name only they have, and their pipelines.
-NOT_TRAINED = {"Flux": ("double_blocks.", "FluxPipeline"), "SD3 / SD3.5": ("joint_blocks.", "StableDiffusion3Pipeline"),
+NOT_TRAINED = {"SD3 / SD3.5": ("joint_blocks.", "StableDiffusion3Pipeline"),
                "Stable Cascade": ("down_blocks.0.0.channelwise", "StableCascadeDecoderPipeline")}
 
 
@@ -47,14 +48,16 @@ def family_of_diffusers_folder(folder: Path, setting: str = "pretrained_model_na
                                ) -> tuple[ModelFamily, dict]:
     """(family, model_index) of a diffusers model folder (``setting``: the option that named it, for the errors)."""
     index_file = folder / "model_index.json"
-    unet_cfg_file = folder / "unet" / "config.json"
     model_index = _json_file(index_file, setting) if index_file.is_file() else {}
     other = not_trained_family(pipeline=model_index.get("_class_name", ""))
     if other:
         raise UserError(_not_trained(folder, other))
-    if not unet_cfg_file.is_file():
+    unet_cfg_file = next((folder / part / "config.json" for part in ("unet", "transformer")
+                          if (folder / part / "config.json").is_file()), None)
+    if unet_cfg_file is None:
         raise UserError(f"{setting}: {folder} is not a diffusers model folder "
-                        "(no unet/config.json). Give a .safetensors checkpoint or a diffusers folder.")
+                        "(no unet/config.json or transformer/config.json). Give a .safetensors checkpoint or a "
+                        "diffusers folder.")
     unet_config = _json_file(unet_cfg_file, setting)
     return next(f for f in FAMILIES if f.matches_diffusers(model_index, unet_config)), model_index
 
@@ -72,8 +75,8 @@ def checked_family(family: ModelFamily | None, source: str, v2: bool, keys=()) -
 
 
 def _not_trained(source, other: str) -> str:
-    return (f"{source} is a {other} model, which LoRA Studio does not train (it trains SD1.x, SD2.x and SDXL); "
-            "choose an SD1.5, SD2 or SDXL base model")
+    return (f"{source} is a {other} model, which LoRA Studio does not train yet (it trains "
+            f"{', '.join(f.title for f in reversed(FAMILIES))}); choose one of those base models")
 
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # torch.load files: they can run code when opened
@@ -117,9 +120,10 @@ def identify(model: str | Path, v2: bool, allow_pickle: bool = False, own_vae: b
     keys = list(header.tensors)
     family = checked_family(family_of_checkpoint(keys), str(path), v2, keys)
     counts = family.parameter_counts({k: v["shape"] for k, v in header.tensors.items()})
-    missing = [part for part in ("unet", "text_encoders", *(() if own_vae else ("vae",))) if not counts[part]]
+    parts = ("unet",) if family.separate_files else ("unet", "text_encoders", *(() if own_vae else ("vae",)))
+    missing = [part for part in parts if not counts[part]]
     if missing:
-        names = {"unet": "U-Net", "text_encoders": "text encoder", "vae": "VAE"}
+        names = {"unet": family.denoiser_title, "text_encoders": "text encoder", "vae": "VAE"}
         raise UserError(f"{MODEL_SETTING}: {path} is an incomplete {family.title} checkpoint (no "
                         f"{' or '.join(names[m] for m in missing)} weights); is the download complete?"
                         + (" A checkpoint without its VAE trains with a VAE file given in vae" if missing == ["vae"]
@@ -131,8 +135,9 @@ def _check_folder_parts(folder: Path, model_index: dict, own_vae: bool) -> None:
     """Each part a diffusers model folder names (U-Net, text encoders, VAE) has its config and complete weights."""
     from ..io_utils import read_safetensors_header
 
+    known = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2")
     parts = [name for name, value in model_index.items() if isinstance(value, list) and
-             name in ("unet", "vae", "text_encoder", "text_encoder_2") and not (own_vae and name == "vae")]
+             name in known and not (own_vae and name == "vae")]
     for part in parts or ["unet"]:
         where = folder / part
         weights = sorted(p for p in where.glob("*") if p.suffix in (".safetensors", ".bin"))

@@ -227,7 +227,8 @@ class StableDiffusionFamily(ModelFamily):
         latents = torch.randn((1, components.denoiser.config.in_channels, prompt.height // scale,
                                prompt.width // scale), generator=generator).to(device, dtype)
         return pipe(**self.pipeline_prompt_kwargs(cond, uncond, dtype), latents=latents,
-                    num_inference_steps=prompt.steps, guidance_scale=prompt.cfg_scale, height=prompt.height,
+                    num_inference_steps=prompt.steps, height=prompt.height,
+                    guidance_scale=7.5 if prompt.cfg_scale is None else prompt.cfg_scale,
                     width=prompt.width, output_type=output_type).images[0]
 
     def pipeline(self, components, scheduler):

@@ -95,6 +95,7 @@ class RunMetadata:
             "ss_validation_seed": cfg.validation_seed, "ss_max_validation_steps": cfg.max_validation_steps,
             "ss_validate_every_n_epochs": cfg.validate_every_n_epochs,
             "ss_validate_every_n_steps": cfg.validate_every_n_steps,
+            **family.metadata(cfg),  # the family's own recipe keys (Flux: sd-scripts' ss_timestep_sampling ...)
         }
         self.modelspec: dict[str, Any] = {
             "sai_model_spec": "1.0.1", "architecture": family.architecture(cfg.v_parameterization),
@@ -103,6 +104,8 @@ class RunMetadata:
             "prediction_type": "v" if cfg.v_parameterization else "epsilon",
             "implementation_version": f"lora-studio/{__version__}",
         }
+        if family.separate_files:  # sd-scripts stamps no prediction type on Flux files (a flow model)
+            del self.modelspec["prediction_type"]
         self.title = cfg.metadata_title
         for key in ("author", "description", "license", "tags"):  # sd-scripts' metadata_* settings
             value = getattr(cfg, f"metadata_{key}")

@@ -1,4 +1,4 @@
-"""Prompt lines in sd-scripts' sample-prompt format (``--n --w --h --d --s --l --ss``), without torch: read by the
+"""Prompt lines in sd-scripts' sample-prompt format (``--n --w --h --d --s --l --g --ss``), without torch: read by the
 engine's sample images and by the GUI's Test tab."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-_OPTION = re.compile(r"^(n|w|h|d|s|l|ss)\s+(.*)$", re.DOTALL)
+_OPTION = re.compile(r"^(n|w|h|d|s|l|g|ss)\s+(.*)$", re.DOTALL)
 
 
 def prompt_options(line: str) -> tuple[str, list[tuple[str, str]]]:
@@ -32,11 +32,13 @@ class SamplePrompt:
     height: int = 512
     seed: int | None = None
     steps: int = 30
-    cfg_scale: float = 7.5
+    cfg_scale: float | None = None  # --l: classifier-free guidance (None: the family's default, 7.5 for SD)
     sampler: str | None = None
+    guidance: float | None = None  # --g: Flux dev's embedded guidance (None: 3.5, as sd-scripts' samples)
 
 
-def parse_prompt_line(line: str, default_size: int) -> SamplePrompt | None:
+def parse_prompt_line(line: str, default_size: int, pixel_multiple: int = 8) -> SamplePrompt | None:
+    """One prompt line; sizes are rounded down to ``pixel_multiple`` (the family's: 8, or 16 for Flux)."""
     line = line.strip()
     if not line or line.startswith("#"):
         return None
@@ -56,12 +58,14 @@ def parse_prompt_line(line: str, default_size: int) -> SamplePrompt | None:
                 sample.steps = max(1, min(1000, int(value)))
             elif key == "l":
                 sample.cfg_scale = float(value)
+            elif key == "g":
+                sample.guidance = float(value)
             elif key == "ss":
                 sample.sampler = value
         except ValueError:
             raise UserError(f"sample_prompts: option --{key} needs a number, got '{value}' in: {line}") from None
-    sample.width -= sample.width % 8
-    sample.height -= sample.height % 8
+    sample.width -= sample.width % pixel_multiple
+    sample.height -= sample.height % pixel_multiple
     return sample
 
 
@@ -73,9 +77,9 @@ def read_prompt_lines(path: str | Path) -> list[str]:
     return _decode_lines(path.read_bytes())
 
 
-def read_prompt_file(path: str | Path, default_size: int) -> list[SamplePrompt]:
+def read_prompt_file(path: str | Path, default_size: int, pixel_multiple: int = 8) -> list[SamplePrompt]:
     lines = read_prompt_lines(path)
-    prompts = [p for p in (parse_prompt_line(line, default_size) for line in lines) if p is not None]
+    prompts = [p for p in (parse_prompt_line(line, default_size, pixel_multiple) for line in lines) if p is not None]
     if not prompts:
         raise UserError(f"sample_prompts: no prompt in {path} (one prompt a line; # starts a comment)")
     return prompts

@@ -41,14 +41,61 @@ class Resolved:
             log.warning("%s: %s", name, message)
 
 
-def resolve(cfg: Config, data: TrainingData, world: int = 1, cuda: bool = False) -> Resolved:
+def resolve(cfg: Config, data: TrainingData, world: int = 1, cuda: bool = False, family=None) -> Resolved:
+    """``family``: the model family, when the caller knows it; else read from the model's header (None when it
+    cannot be: loading then says why)."""
     plan = plan_steps(data.batches_per_epoch, cfg, world)
     result = Resolved(cfg, plan)
     _save_n_epoch_ratio(result)
     _dim_from_weights(result)
     for check in (_data_loading, _captions_and_caches, _validation, _schedule, _network, _precision, _wandb_key):
         check(result, data, cuda)
+    _family(result, data, family if family is not None else family_of_config(cfg))
     return result
+
+
+def family_of_config(cfg: Config):
+    """The family of the config's model as far as its header tells (torch-free), or None."""
+    from ..errors import UserError
+    from ..models.registry import identify
+
+    if not cfg.pretrained_model_name_or_path:
+        return None
+    try:
+        return identify(cfg.pretrained_model_name_or_path, cfg.v2, cfg.allow_pickle, own_vae=bool(cfg.vae))
+    except UserError:
+        return None
+
+
+def _family(r: Resolved, data: TrainingData, family) -> None:
+    """What the model family makes of the settings: the settings of other families that mean nothing for it (named,
+    never silently ignored), its pixel multiple, its own requirements."""
+    from ..config.schema import SETTINGS
+    from ..errors import UserError
+
+    if family is None:
+        return
+    cfg = r.cfg
+    for setting in SETTINGS:
+        value = getattr(cfg, setting.name)
+        if setting.families and family.name not in setting.families and value not in (setting.default, None, False):
+            why = family.ignored_settings.get(setting.name, "it applies to other model families")
+            r.warnings.append((setting.name, f"has no effect with {family.title} ({why})"))
+    multiple = family.pixel_multiple
+    for dataset in data.datasets:
+        w, h = dataset.resolution
+        if w % multiple or h % multiple:
+            raise UserError(f"resolution must be a multiple of {multiple} for {family.title} (its autoencoder's "
+                            f"8 x the transformer's 2 x 2 patches), got {w},{h}")
+        if dataset.bucket_reso_steps % multiple:
+            raise UserError(f"bucket_reso_steps must be a multiple of {multiple} for {family.title}, got "
+                            f"{dataset.bucket_reso_steps}")
+    check = getattr(family, "check_settings", None)
+    if check is not None:
+        r.warnings.extend(check(cfg))
+    if cfg.loss_type in ("huber", "smooth_l1") and cfg.huber_schedule == "snr" and family.separate_files:
+        raise UserError(f"huber_schedule = \"snr\" needs a DDPM noise schedule, which {family.title} has not; set "
+                        "huber_schedule to constant or exponential")
 
 
 def _save_n_epoch_ratio(r: Resolved) -> None:

@@ -1,0 +1,625 @@
+"""Flux.1 (dev, schnell) and Chroma: rectified-flow transformers in Black Forest Labs' layout, trained as sd-scripts'
+flux_train_network.py trains them.
+
+- Files: the transformer is one file (BFL layout, optionally with ComfyUI's ``model.diffusion_model.`` prefix) or a
+  diffusers folder's ``transformer/``; the autoencoder (``ae``), CLIP-L (``clip_l``, not for Chroma) and T5-XXL
+  (``t5xxl``) come from their own files. dev and schnell are told apart by ``guidance_in`` in the weights, Chroma by
+  its ``distilled_guidance_layer``.
+- Latents: the 16-channel AE's ``(z - 0.1159) * 0.3611``, applied once at encoding; packed 2x2 into 64-channel tokens
+  for the transformer, so image sides are multiples of 16.
+- Conditioning: CLIP-L's pooled output (768) and T5's last hidden states (512 tokens for dev and Chroma, 256 for
+  schnell), with T5's attention mask when ``apply_t5_attn_mask`` (always for Chroma).
+- Objective: x_t = (1 - sigma) x0 + sigma eps, the model gets sigma (and the guidance vector for dev), the target is
+  eps - x0 (``flow_matching``).
+- LoRA names: ``lora_unet_`` + the BFL module path (fused qkv and single-block linear1 are one module each: 304
+  modules for dev and schnell, 228 for Chroma), ``lora_te1_`` for CLIP-L, ``lora_te3_`` for T5 (``train_t5xxl``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .family import AdapterTarget, Components, EstimateConstants, ModelFamily, Objective
+
+BFL_PREFIX = "model.diffusion_model."
+CLIP_REPO, T5_REPO = "openai/clip-vit-large-patch14", "google/t5-v1_1-xxl"
+# sd-scripts' Flux LoRA targets every Linear of these blocks (networks/lora_flux.py)
+TARGET_BLOCKS = ("double_blocks.", "single_blocks.")
+# in_dims of sd-scripts' network_args: [img, time, vector, guidance, txt] -> the layers of each
+IN_LAYERS = (("img_in",), ("time_in.in_layer", "time_in.out_layer"), ("vector_in.in_layer", "vector_in.out_layer"),
+             ("guidance_in.in_layer", "guidance_in.out_layer"), ("txt_in",))
+# sd-scripts' per-type dims (network_args): module name suffix -> the argument
+TYPE_DIMS = {"img_attn.qkv": "img_attn_dim", "img_attn.proj": "img_attn_dim", "img_mlp.": "img_mlp_dim",
+             "img_mod.": "img_mod_dim", "txt_attn.qkv": "txt_attn_dim", "txt_attn.proj": "txt_attn_dim",
+             "txt_mlp.": "txt_mlp_dim", "txt_mod.": "txt_mod_dim", "linear1": "single_dim", "linear2": "single_dim",
+             "modulation.": "single_mod_dim"}
+SD_ERA = "a DDPM-noise option; flow matching has no SNR schedule (sd-scripts ignores it for Flux too)"
+
+
+def strip_prefix(keys) -> list[str]:
+    return [k.removeprefix(BFL_PREFIX) for k in keys]
+
+
+class FluxFamily(ModelFamily):
+    """Flux.1 dev; ``FluxSchnell`` and ``Chroma`` change what differs."""
+
+    name = "flux-dev"
+    title = "Flux.1 dev"
+    base_model_version = "flux1"
+    model_description = "dev"  # modelspec.architecture "flux-1-dev/lora"
+    modelspec_implementation = "https://github.com/black-forest-labs/flux"
+    pixel_multiple = 16
+    denoiser_title = "transformer"
+    separate_files = {"ae": "autoencoder (ae.safetensors)", "clip_l": "CLIP-L text encoder (clip_l.safetensors)",
+                      "t5xxl": "T5-XXL text encoder (t5xxl_fp16.safetensors)"}
+    ignored_settings = {name: SD_ERA for name in (
+        "min_snr_gamma", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "debiased_estimation_loss",
+        "noise_offset", "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
+        "zero_terminal_snr", "v_parameterization")}
+    ignored_settings.update({
+        "clip_skip": "Flux reads CLIP-L's pooled output and T5's last layer (sd-scripts ignores clip_skip too)",
+        "max_token_length": "Flux's T5 length is t5xxl_max_token_length", "v2": "a Stable Diffusion 2 switch",
+        "vae": "Flux's autoencoder is the ae setting", "weighted_captions": "sd-scripts' Flux training reads no "
+        "emphasis; write the caption as it should be read"})
+    uses_clip = True
+    guidance_embed = True
+    # Flux.1-dev LoRA at 1024 px: ~4096 tokens through 57 blocks of width 3072; 6 x 11.9e9 x 4096 x (1 + 2/3 for
+    # the frozen weights' backward to the inputs) ~ 4.9e14 FLOPs a sample (perf.md's rule for LoRA).
+    estimate = EstimateConstants(activation_bytes_per_latent_pixel=1.6e6, step_flops=4.9e14,
+                                 native_pixels=1024 * 1024, te_cache_bytes_per_caption=512 * 4096 * 4 + 768 * 4)
+
+    # ---- recognising and loading
+    def matches_checkpoint(self, keys):
+        keys = set(strip_prefix(keys))
+        return (any(k.startswith("double_blocks.") for k in keys) and "guidance_in.in_layer.weight" in keys
+                and not any(k.startswith("distilled_guidance_layer.") for k in keys))
+
+    def matches_diffusers(self, model_index, unet_config):
+        return model_index.get("_class_name") == "FluxPipeline" and bool(unet_config.get("guidance_embeds", True))
+
+    def check_flags(self, v2, source):
+        from ..errors import UserError
+
+        if v2:
+            raise UserError(f"{source} is a {self.title} model but the config sets v2 = true; remove v2")
+
+    def check_model_type(self, model_type: str | None, source: str) -> None:
+        """sd-scripts' model_type (flux / chroma) against what the weights are."""
+        from ..errors import UserError
+
+        wanted = "chroma" if isinstance(self, Chroma) else "flux"
+        if model_type and model_type != wanted:
+            raise UserError(f"model_type = {model_type!r}, but {source} is a {self.title} model; set model_type = "
+                            f"{wanted!r} or leave it empty (LoRA Studio tells them apart from the weights)")
+
+    def check_settings(self, cfg) -> list[tuple[str, str]]:
+        """Check settings and the run's start: the family's own requirements (a UserError names the setting) and
+        the recommended values it will use, as (setting, message) warnings."""
+        from ..errors import UserError
+
+        source = cfg.pretrained_model_name_or_path
+        self.check_model_type(cfg.model_type, source)
+        if cfg.blocks_to_swap and cfg.cpu_offload_checkpointing:
+            raise UserError("blocks_to_swap and cpu_offload_checkpointing cannot be used together (as in sd-scripts); "
+                            "turn one off")
+        if not Path(str(source)).expanduser().is_dir():
+            self._require_files({name: getattr(cfg, name) for name in self.separate_files}, source)
+        for name in self.separate_files:
+            if getattr(cfg, name):
+                check_part_file(name, Path(getattr(cfg, name)).expanduser())
+        notes = []
+        if isinstance(self, Chroma):
+            if cfg.apply_t5_attn_mask is False:
+                raise UserError("apply_t5_attn_mask: Chroma trains with T5's attention mask (sd-scripts requires it); "
+                                "set it to true or leave it empty")
+            if cfg.guidance_scale not in (None, 0.0):
+                notes.append(("guidance_scale", f"{cfg.guidance_scale:g} with Chroma, which is not guidance-"
+                                                "distilled: sd-scripts requires 0"))
+        elif self.guidance_embed and cfg.guidance_scale is not None and cfg.guidance_scale != 1.0:
+            notes.append(("guidance_scale", f"{cfg.guidance_scale:g}: Flux dev is guidance-distilled; sd-scripts' "
+                                            "documentation says to train LoRA with 1.0"))
+        if cfg.model_prediction_type == "sigma_scaled":
+            notes.append(("model_prediction_type", "sigma_scaled turns the output into an x0 estimate but the "
+                                                   "target stays the velocity; raw is the consistent choice"))
+        return notes
+
+    def load_single_file(self, sd, source, options=None):
+        from .flux_net import config_from_state_dict
+
+        shapes = {k.removeprefix(BFL_PREFIX): tuple(sd[k].shape) for k in sd}
+        config = config_from_state_dict(shapes)
+        prefixed = any(k.startswith(BFL_PREFIX) for k in sd)
+        denoiser = self._transformer(config, lambda name: sd.get(BFL_PREFIX + name if prefixed else name), source)
+        return self._with_other_parts(denoiser, source, options)
+
+    def load_diffusers(self, folder, model_index, options=None):
+        from .flux_net import config_from_state_dict, diffusers_to_bfl
+        from .loading import SafetensorsView
+
+        files = sorted((Path(folder) / "transformer").glob("*.safetensors"))
+        views = [SafetensorsView(f, "pretrained_model_name_or_path") for f in files]
+        merged = {k: v for view in views for k, v in ((key, view) for key in view)}
+        lazy = _LazyUnion(merged)
+        bfl = diffusers_to_bfl(lazy, self._diffusers_config(folder, lazy))
+        config = config_from_state_dict({k: tuple(v.shape) for k, v in bfl.items()})
+        denoiser = self._transformer(config, bfl.get, str(folder))
+        return self._with_other_parts(denoiser, str(folder), options, folder)
+
+    def _diffusers_config(self, folder, state):
+        from .flux_net import config_from_diffusers
+
+        return config_from_diffusers(state, isinstance(self, Chroma))
+
+    def _transformer(self, config, lookup, source: str):
+        from . import ldm_build
+        from .flux_net import FluxTransformer
+
+        model = ldm_build.empty(lambda: FluxTransformer(config))
+        ldm_build._fill(model, lambda name, shape: lookup(name), "UNet", source)
+        return model
+
+    def _with_other_parts(self, denoiser, source: str, options, folder=None) -> Components:
+        """The AE, the text encoders and the tokenizers from their settings (a diffusers folder's own parts when a
+        setting is empty)."""
+        import torch
+
+        from .flux_parts import load_ae, load_clip_l, load_t5xxl, load_tokenizers
+        from .ldm_build import wanted_dtype
+
+        get = (lambda name: getattr(options, name, None)) if options is not None else (lambda name: None)
+        paths = {name: get(name) or (self._folder_part(folder, name) if folder else None)
+                 for name in self.separate_files}
+        self._require_files(paths, source)
+        te_dtype = wanted_dtype("text encoder") or torch.float32
+        keep_fp8 = bool(get("fp8_base"))
+        t5 = load_t5xxl(Path(paths["t5xxl"]).expanduser(), te_dtype, keep_fp8)
+        clip = load_clip_l(Path(paths["clip_l"]).expanduser(), te_dtype) if self.uses_clip else None
+        ae = load_ae(Path(paths["ae"]).expanduser(), torch.float32)
+        clip_tok, t5_tok = load_tokenizers(get("tokenizer_cache_dir"), need_clip=self.uses_clip)
+        encoders = [clip, t5] if self.uses_clip else [t5]
+        tokenizers = [clip_tok, t5_tok] if self.uses_clip else [t5_tok]
+        info = {"text_encoder_identity": self._files_identity([paths[n] for n in ("clip_l", "t5xxl") if paths.get(n)])}
+        return Components(self, denoiser, ae, encoders, tokenizers, {}, source, info)
+
+    @staticmethod
+    def _folder_part(folder, name: str):
+        part = {"ae": "vae", "clip_l": "text_encoder", "t5xxl": "text_encoder_2"}[name]
+        files = sorted((Path(folder) / part).glob("*.safetensors"))
+        return files[0] if len(files) == 1 else None
+
+    def _require_files(self, paths: dict, source: str) -> None:
+        from ..errors import UserError
+
+        missing = [name for name, path in paths.items() if not path and (name != "clip_l" or self.uses_clip)]
+        if missing:
+            raise UserError(f"{source} is a {self.title} transformer; it trains with its other parts in their own "
+                            "files: set " + ", ".join(f"{n} (the {self.separate_files[n]})" for n in missing))
+        for name, path in paths.items():
+            if path and not Path(path).expanduser().is_file():
+                raise UserError(f"{name}: not found: {path}")
+
+    @staticmethod
+    def _files_identity(paths) -> str:
+        from ..file_hashes import cached_sha256
+
+        return "|".join(cached_sha256(Path(p).expanduser()) for p in paths)
+
+    # ---- adapters
+    def adapter_targets(self, components, train_unet, train_text_encoder, spec):
+        from torch import nn
+
+        from .clip import adapted_layers
+
+        targets = []
+        model = components.denoiser
+        if train_unet:
+            for path, module in model.named_modules():
+                if isinstance(module, nn.Linear) and path.startswith(TARGET_BLOCKS):
+                    if spec.attention_only and not (".img_attn." in path or ".txt_attn." in path
+                                                    or path.endswith(("linear1", "linear2"))):
+                        continue
+                    targets.append(AdapterTarget(self.denoiser_lora_stem(path, components), module, None))
+            for name in spec.stem:
+                for path in self.stem_layers().get(name, ()):
+                    if _has(model, path):
+                        targets.append(AdapterTarget(self.denoiser_lora_stem(path, components),
+                                                     model.get_submodule(path), None))
+        if train_text_encoder and spec.text_encoder:
+            for index, encoder in enumerate(components.text_encoders):
+                if self._is_clip(encoder):
+                    targets += [AdapterTarget(stem, module, index)
+                                for stem, module in adapted_layers(encoder, "lora_te1", spec.attention_only)]
+                elif spec.t5:
+                    targets += [AdapterTarget(stem, module, index) for stem, module in t5_layers(encoder)]
+        return targets
+
+    @staticmethod
+    def stem_layers() -> dict[str, tuple[str, ...]]:
+        """sd-scripts' in_dims entries [img, time, vector, guidance, txt] as TargetSpec.stem names."""
+        return dict(zip(("img", "time", "vector", "guidance", "txt"), IN_LAYERS))
+
+    @staticmethod
+    def _is_clip(encoder) -> bool:
+        return type(encoder).__name__.startswith("CLIP")
+
+    def denoiser_lora_stem(self, module_path, components):
+        return "lora_unet_" + module_path.replace(".", "_")
+
+    def lora_names(self, components):
+        """``lora_unet_`` + every BFL module path (sd-scripts, ComfyUI's native names), the bare and
+        ``diffusion_model.`` paths (ComfyUI accepts both), and the text encoders' sd-scripts names."""
+        from torch import nn
+
+        from .family import TargetSpec
+
+        table = {}
+        for path, module in components.denoiser.named_modules():
+            if path and isinstance(module, nn.Linear):
+                for name in ("lora_unet_" + path.replace(".", "_"), path, "diffusion_model." + path):
+                    table.setdefault(name, module)
+        for target in self.adapter_targets(components, False, True, TargetSpec(t5=True)):
+            table[target.stem] = target.module
+        return table
+
+    def lora_block_index(self, stem):
+        """Flux has no U-Net block numbering; block-wise LoRA uses train_double_block_indices /
+        train_single_block_indices instead (sd-scripts)."""
+        return -1
+
+    def place_denoiser(self, components, cfg, device, dtype):
+        from .block_swap import swap_blocks
+
+        model = components.denoiser
+        count = int(getattr(cfg, "blocks_to_swap", None) or 0)
+        if getattr(cfg, "cpu_offload_checkpointing", False):
+            model.cpu_offload_checkpointing = True
+        if not count or device.type != "cuda":
+            model.to(device, dtype)
+            return
+        blocks = list(model.double_blocks) + list(model.single_blocks)
+        if count >= len(blocks):
+            from ..errors import UserError
+
+            raise UserError(f"blocks_to_swap = {count}, but this model has {len(blocks)} blocks; at most "
+                            f"{len(blocks) - 2}")
+        model.to(dtype)
+        swapped = {id(p) for b in blocks[len(blocks) - count:] for p in b.parameters()}
+        for module in model.modules():  # everything but the swapped blocks' weights on the device
+            for name, param in list(module.named_parameters(recurse=False)):
+                if id(param) not in swapped:
+                    param.data = param.data.to(device)
+            for name, buf in list(module.named_buffers(recurse=False)):
+                module._buffers[name] = buf.to(device)
+        model.block_swap = swap_blocks(blocks, count, device)
+
+    # ---- prompts
+    def prompt_options(self, settings):
+        length = getattr(settings, "t5xxl_max_token_length", None) or self.default_t5_length
+        mask = getattr(settings, "apply_t5_attn_mask", None)
+        return {"t5xxl_max_token_length": int(length), "apply_t5_attn_mask": bool(mask if mask is not None
+                                                                                   else self.t5_mask_default)}
+
+    default_t5_length = 512
+    t5_mask_default = False
+
+    def encode_prompt(self, components, captions, device, options, weighted=False):
+        from .flux_parts import encode_prompts
+
+        if self.uses_clip:
+            clip, t5 = components.text_encoders
+            clip_tok, t5_tok = components.tokenizers
+        else:
+            clip, clip_tok = None, None
+            (t5,), (t5_tok,) = components.text_encoders, components.tokenizers
+        return encode_prompts(clip, t5, clip_tok, t5_tok, captions, options["t5xxl_max_token_length"],
+                              options["apply_t5_attn_mask"], device)
+
+    # ---- objective
+    def flow_recipe(self, cfg):
+        from .flow_matching import FlowRecipe
+
+        return FlowRecipe(
+            timestep_sampling=getattr(cfg, "timestep_sampling", None) or self.default_sampling,
+            sigmoid_scale=float(getattr(cfg, "sigmoid_scale", None) or 1.0),
+            discrete_flow_shift=float(getattr(cfg, "discrete_flow_shift", None) or 3.1582),
+            weighting_scheme=getattr(cfg, "weighting_scheme", None) or "uniform",
+            logit_mean=float(getattr(cfg, "logit_mean", 0.0) or 0.0),
+            logit_std=float(getattr(cfg, "logit_std", 1.0) or 1.0),
+            mode_scale=float(getattr(cfg, "mode_scale", 1.29) or 1.29),
+            model_prediction_type=getattr(cfg, "model_prediction_type", None) or "raw",
+            min_timestep=getattr(cfg, "min_timestep", None), max_timestep=getattr(cfg, "max_timestep", None),
+            ip_noise_gamma=getattr(cfg, "ip_noise_gamma", None),
+            ip_noise_gamma_random_strength=bool(getattr(cfg, "ip_noise_gamma_random_strength", False)))
+
+    default_sampling = "shift"  # sd-scripts' docs: shift 3.1582, raw prediction, guidance 1.0 for dev LoRA
+
+    def guidance(self, cfg) -> float | None:
+        """The guidance vector's value in training (dev: sd-scripts' docs say 1.0), None without guidance_in."""
+        value = getattr(cfg, "guidance_scale", None)
+        return float(value) if value is not None else 1.0
+
+    def objective(self, components, cfg):
+        return FlowObjective(self.flow_recipe(cfg), self.guidance(cfg) if self.guidance_embed else None,
+                             chroma=isinstance(self, Chroma))
+
+    # ---- latents
+    def vae_scale_and_shift(self, vae):
+        return float(vae.config.scaling_factor), float(vae.config.shift_factor)
+
+    def vae_needs_float32(self, precision, no_half_vae):
+        return precision == "no" or no_half_vae
+
+    # ---- sample images
+    def samplers(self):
+        return ("euler",)
+
+    def render(self, components, prompt, sampler, options, device, dtype, seed, output_type="pil"):
+        """sd-scripts' Flux sampling: Euler over the shifted schedule (unshifted for schnell); dev gets the
+        embedded guidance (``--g``, default 3.5), Chroma classifier-free guidance with the negative prompt
+        (``--l``)."""
+        import torch
+
+        from . import flow_matching as fm
+
+        cond = self.encode_prompt(components, [prompt.prompt], device, options)
+        cfg_scale = prompt.cfg_scale if prompt.cfg_scale is not None else self.sample_cfg_default
+        uncond = self.encode_prompt(components, [prompt.negative], device, options) if cfg_scale != 1.0 else None
+        m = self.pixel_multiple
+        h, w = prompt.height // m * 2, prompt.width // m * 2  # latent size (8x AE)
+        channels = components.vae.config.latent_channels
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        latents = torch.randn((1, channels, h, w), generator=generator).to(device, torch.float32)
+        guidance = prompt.guidance if prompt.guidance is not None else 3.5
+        objective = FlowObjective(fm.FlowRecipe(model_prediction_type="raw"),
+                                  guidance if self.guidance_embed else None, isinstance(self, Chroma))
+
+        def velocity(condition):
+            def call(x, sigmas):
+                return objective.velocity(components, x, sigmas, condition).float()
+            return call
+        sigmas = fm.sampling_sigmas(prompt.steps, fm.packed_token_count(h, w), shift=self.shifted_sampling)
+        latents = fm.euler_sample(velocity(cond), latents, sigmas, cfg_scale,
+                                  velocity(uncond) if uncond is not None else None)
+        return decode_image(components.vae, latents, self.vae_scale_and_shift(components.vae), output_type)
+
+    shifted_sampling = True
+    sample_cfg_default = 1.0
+
+    # ---- metadata
+    def architecture(self, v_parameterization):
+        return f"flux-1-{self.model_description}/lora"
+
+    def metadata(self, cfg):
+        """sd-scripts' FluxNetworkTrainer.update_metadata keys, with the values this run used."""
+        recipe = self.flow_recipe(cfg)
+        return {"ss_model_type": "chroma" if isinstance(self, Chroma) else "flux",
+                "ss_apply_t5_attn_mask": self.prompt_options(cfg)["apply_t5_attn_mask"],
+                "ss_weighting_scheme": recipe.weighting_scheme, "ss_logit_mean": recipe.logit_mean,
+                "ss_logit_std": recipe.logit_std, "ss_mode_scale": recipe.mode_scale,
+                "ss_guidance_scale": self.guidance(cfg) if self.guidance_embed else None,
+                "ss_timestep_sampling": recipe.timestep_sampling, "ss_sigmoid_scale": recipe.sigmoid_scale,
+                "ss_model_prediction_type": recipe.model_prediction_type,
+                "ss_discrete_flow_shift": recipe.discrete_flow_shift,
+                "ss_t5xxl_max_token_length": self.prompt_options(cfg)["t5xxl_max_token_length"]}
+
+    # ---- estimate
+    def parameter_counts(self, shapes):
+        import math
+
+        denoiser = lora = 0
+        for key, shape in shapes.items():
+            name = key.removeprefix(BFL_PREFIX)
+            denoiser += math.prod(shape)
+            if name.startswith(TARGET_BLOCKS) and name.endswith(".weight") and len(shape) == 2:
+                lora += shape[0] + shape[1]
+        return {"unet": denoiser, "text_encoders": 0, "vae": 0, "lora_linear": lora, "lora_te": 0}
+
+
+class FluxSchnell(FluxFamily):
+    name = "flux-schnell"
+    title = "Flux.1 schnell"
+    model_description = "schnell"
+    guidance_embed = False
+    default_t5_length = 256  # sd-scripts: 256 for schnell
+    shifted_sampling = False
+
+    def matches_checkpoint(self, keys):
+        keys = set(strip_prefix(keys))
+        return (any(k.startswith("double_blocks.") for k in keys) and "guidance_in.in_layer.weight" not in keys
+                and not any(k.startswith("distilled_guidance_layer.") for k in keys))
+
+    def matches_diffusers(self, model_index, unet_config):
+        return model_index.get("_class_name") == "FluxPipeline" and not unet_config.get("guidance_embeds", True)
+
+
+class Chroma(FluxFamily):
+    """Flux-schnell derived (8.9 B), T5 only; the blocks' modulations come from the distilled guidance layer, so it
+    has no ``*_mod.lin`` to adapt; trained with the T5 mask and guidance 0 (sd-scripts requires both)."""
+
+    name = "chroma"
+    title = "Chroma"
+    base_model_version = "chroma"
+    modelspec_implementation = "https://huggingface.co/lodestones/Chroma"
+    separate_files = {"ae": FluxFamily.separate_files["ae"], "t5xxl": FluxFamily.separate_files["t5xxl"]}
+    uses_clip = False
+    guidance_embed = True  # the approximator takes a guidance value; 0 in training
+    t5_mask_default = True
+    default_sampling = "sigmoid"  # sd-scripts' Chroma recommendation, with raw prediction
+    sample_cfg_default = 4.0  # sd-scripts' Chroma samples: --g 0 --l 4.0 with a negative prompt
+    ignored_settings = {**FluxFamily.ignored_settings, "clip_l": "Chroma has no CLIP-L"}
+
+    def matches_checkpoint(self, keys):
+        keys = set(strip_prefix(keys))
+        return any(k.startswith("distilled_guidance_layer.") for k in keys)
+
+    def matches_diffusers(self, model_index, unet_config):
+        return model_index.get("_class_name") == "ChromaPipeline"
+
+    def guidance(self, cfg):
+        value = getattr(cfg, "guidance_scale", None)
+        return float(value) if value is not None else 0.0
+
+    def architecture(self, v_parameterization):
+        return "chroma/lora"
+
+    def render(self, components, prompt, sampler, options, device, dtype, seed, output_type="pil"):
+        import dataclasses
+
+        if prompt.guidance is None:
+            prompt = dataclasses.replace(prompt, guidance=0.0)
+        return super().render(components, prompt, sampler, options, device, dtype, seed, output_type)
+
+
+class FlowObjective(Objective):
+    """Rectified flow as sd-scripts trains Flux and Chroma: noise eps ~ N(0, 1) (the SD noise options do not apply),
+    sigma per image from ``recipe``, x_t = (1 - sigma) x0 + sigma eps packed into tokens, target eps - x0, the
+    prediction type's transform and weighting."""
+
+    def __init__(self, recipe, guidance: float | None, chroma: bool = False):
+        from .flow_matching import validation_sigmas
+
+        self.recipe, self.guidance, self.chroma = recipe, guidance, chroma
+        self.validation_points = [float(s) for s in validation_sigmas(4, recipe.min_timestep, recipe.max_timestep)]
+
+    def sample_noise(self, latents, generator=None):
+        import torch
+
+        return torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+
+    def sample_timesteps(self, latents):
+        from .flow_matching import sample_sigmas
+
+        return sample_sigmas(self.recipe, latents.shape[0], latents.shape[2], latents.shape[3], latents.device)
+
+    def fixed_timesteps(self, point, batch_size, device):
+        import torch
+
+        return torch.full((batch_size,), float(point), dtype=torch.float32, device=device)
+
+    def velocity(self, components, noisy, sigmas, cond):
+        """The transformer's output for ``noisy`` latents [B, C, H, W] at ``sigmas``, unpacked to [B, C, H, W]."""
+        import torch
+
+        from . import flow_matching as fm
+        from .fp8 import compute_dtype
+
+        model = components.denoiser
+        dtype = compute_dtype(model)
+        b, _, h, w = noisy.shape
+        device = noisy.device
+        guidance = torch.full((b,), self.guidance, device=device, dtype=torch.float32) \
+            if self.guidance is not None else None
+        t5 = cond["t5"]
+        mask = cond.get("t5_mask")
+        out = model(img=fm.pack_latents(noisy).to(dtype), img_ids=fm.image_ids(b, h, w, device),
+                    txt=t5.to(device, dtype), txt_ids=fm.text_ids(b, t5.shape[1], device),
+                    timesteps=sigmas.to(device, torch.float32),
+                    y=cond["pooled"].to(device, dtype) if "pooled" in cond else None,
+                    guidance=guidance, txt_mask=mask.to(device) if mask is not None and cond.get("use_mask", True)
+                    else None)
+        return fm.unpack_latents(out, h, w)
+
+    def prediction_and_target(self, components, latents, noise, timesteps, cond):
+        from . import flow_matching as fm
+
+        sigmas = timesteps
+        noisy = fm.model_input(self.recipe, latents, noise, sigmas)
+        pred = self.velocity(components, noisy, sigmas, cond)
+        pred, self._weighting = fm.apply_prediction_type(self.recipe.model_prediction_type, pred, noisy, sigmas,
+                                                         self.recipe.weighting_scheme)
+        return pred, fm.velocity_target(latents, noise)
+
+    def loss_weights(self, timesteps, options):
+        """The prediction type's weighting (sigma_scaled with a weighting scheme), as sd-scripts; the SD-era SNR
+        options do not apply (Check settings names them)."""
+        return getattr(self, "_weighting", None)
+
+    def huber_thresholds(self, timesteps, c, kind, scale):
+        """sd-scripts' constant and exponential schedules over timestep = sigma x 1000; "snr" needs a DDPM schedule
+        (sd-scripts raises; Check settings refuses it)."""
+        import math
+
+        import torch
+
+        if kind == "constant":
+            return torch.full((len(timesteps),), c * scale, device=timesteps.device)
+        if kind == "exponential":
+            return torch.exp(math.log(c) * timesteps.float()) * scale
+        from ..errors import UserError
+
+        raise UserError("huber_schedule = \"snr\" needs a DDPM noise schedule; with Flux use constant or exponential")
+
+
+def decode_image(vae, latents, scale_and_shift, output_type: str = "pil"):
+    """Latents back to an image: undo the family's normalisation, decode, map [-1, 1] to [0, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    scale, shift = scale_and_shift
+    with torch.no_grad():
+        decoded = vae.decode((latents / scale + shift).to(next(vae.parameters()).dtype)).sample
+    array = ((decoded[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
+    if output_type == "np":
+        return array
+    return Image.fromarray((array * 255).round().astype(np.uint8))
+
+
+def t5_layers(t5) -> list[tuple[str, object]]:
+    """(LoRA stem, module) of T5's attention and gated MLP Linears with sd-scripts' ``lora_te3_`` names (the
+    module path under the encoder, e.g. ``lora_te3_encoder_block_0_layer_0_SelfAttention_q``)."""
+    from torch import nn
+
+    found = []
+    for path, module in t5.named_modules():
+        if isinstance(module, nn.Linear) and path.startswith("encoder.block.") and (
+                ".SelfAttention." in path or ".DenseReluDense." in path):
+            found.append(("lora_te3_" + path.replace(".", "_"), module))
+    return found
+
+
+def _has(model, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+class _LazyUnion(dict):
+    """name -> tensor over several safetensors views (a diffusers transformer in shards), read on access."""
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self, key)[key]
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def items(self):
+        return ((k, self[k]) for k in self.keys())
+
+    def values(self):
+        return (self[k] for k in self.keys())
+
+
+PART_CHECKS = {"ae": ("is_flux_ae", "a Flux autoencoder (ae.safetensors)"),
+               "clip_l": ("is_clip_l", "a CLIP-L text encoder (clip_l.safetensors)"),
+               "t5xxl": ("is_t5", "a T5-XXL encoder (t5xxl_fp16.safetensors)")}
+
+
+def check_part_file(setting: str, path: Path) -> None:
+    """The file a separate-part setting names is that part, from its header only (torch-free): a swapped file is
+    named before the run starts."""
+    from ..errors import UserError
+    from ..io_utils import SafetensorsFormatError, read_safetensors_header
+    from . import flux_parts
+
+    if not path.is_file():
+        raise UserError(f"{setting}: not found: {path}")
+    try:
+        header = read_safetensors_header(path, setting)
+    except SafetensorsFormatError as exc:
+        raise UserError(f"{exc}; {setting} needs a .safetensors file") from None
+    test, what = PART_CHECKS[setting]
+    if not getattr(flux_parts, test)(list(header.tensors)):
+        raise UserError(f"{setting}: {path.name} is not {what}; is it the right file for this setting?")
