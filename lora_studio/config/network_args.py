@@ -13,6 +13,9 @@ Each network module reads the arguments its sd-scripts (or LyCORIS) namesake rea
   which ``lycoris.kohya`` does not read: accepted, and said to have no effect.
 - ``networks.lora`` and ``networks.lora_fa`` also read the block-wise arguments (``network.blocks``).
 - All of them: LoRA+ (``loraplus_lr_ratio``, ``loraplus_unet_lr_ratio``, ``loraplus_text_encoder_lr_ratio``).
+- Flux.1 / Chroma (sd-scripts' ``networks.lora_flux``, also accepted as ``network_module``): ``train_blocks``,
+  ``in_dims``, the per-type dims (``img_attn_dim`` ... ``single_mod_dim``), ``train_double_block_indices``,
+  ``train_single_block_indices``, ``split_qkv``, ``train_t5xxl``; the Flux family reads them (``models.flux``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ..models.family import TargetSpec
 from .values import parse_key_values
 
 LYCORIS_MODULE = "lycoris.kohya"
-LORA_MODULES = ("networks.lora", "lora_studio.lora")
+LORA_MODULES = ("networks.lora", "lora_studio.lora", "networks.lora_flux")
 NETWORK_MODULES = LORA_MODULES + ("networks.lora_fa", "networks.dylora", LYCORIS_MODULE)
 ALGOS = ("lora", "locon", "loha", "lokr", "ia3", "dylora", "glora", "diag-oft", "boft", "full")
 FULL_MATRIX_DIM = 100000  # a rank this large means "no factorisation" to LyCORIS's LoKr
@@ -39,11 +42,17 @@ LYCORIS_NOT_READ = ("rank_dropout_scale", "train_on_input")  # Kohya_ss passes t
 _TUCKER_ALIASES = ("use_cp", "use_conv_cp")
 BLOCK_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
               "block_alphas", "conv_block_dims", "conv_block_alphas")
-SUPPORTED = {**{m: _LORA_ARGS + BLOCK_ARGS for m in LORA_MODULES + ("networks.lora_fa",)},
+# sd-scripts' networks.lora_flux arguments (the Flux family reads them; other families refuse them)
+FLUX_ARGS = ("train_blocks", "in_dims", "img_attn_dim", "txt_attn_dim", "img_mlp_dim", "txt_mlp_dim", "img_mod_dim",
+             "txt_mod_dim", "single_dim", "single_mod_dim", "train_double_block_indices", "train_single_block_indices",
+             "split_qkv", "train_t5xxl", "verbose")
+SUPPORTED = {**{m: _LORA_ARGS + BLOCK_ARGS + FLUX_ARGS for m in LORA_MODULES + ("networks.lora_fa",)},
              "networks.dylora": ("conv_dim", "conv_alpha", "unit") + LORAPLUS,
              LYCORIS_MODULE: _LORA_ARGS + ("algo", "dora_wd", "factor", "preset", "constraint", "block_size",
                                            "wd_on_output", "disable_conv_cp", "dropout")
-             + LYCORIS_FLAGS + _TUCKER_ALIASES + LYCORIS_NOT_READ}
+             + LYCORIS_FLAGS + _TUCKER_ALIASES + LYCORIS_NOT_READ + ("train_t5xxl", "train_blocks",
+                                                                     "train_double_block_indices",
+                                                                     "train_single_block_indices")}
 
 # LyCORIS's built-in presets: which layers of an SD UNet and its text encoders get adapters.
 _BLOCKS = dict(conv_blocks=True, kxk_convs=True)
@@ -80,6 +89,7 @@ class NetworkArgs:
     loraplus_unet: float | None = None  # LoRA+: the up weights' learning rate x this (U-Net)
     loraplus_text_encoder: float | None = None  # (text encoders)
     blocks: tuple[tuple[str, Any], ...] = ()  # the block-wise LoRA arguments as given (network.blocks reads them)
+    family_args: tuple[tuple[str, Any], ...] = ()  # a family's own arguments as given (FLUX_ARGS: models.flux)
 
     @property
     def lycoris(self) -> bool:
@@ -99,9 +109,11 @@ class NetworkArgs:
         (LyCORIS adapts k x k convolutions at network_dim when conv_dim is not given)."""
         if not self.lycoris:
             convs = bool(self.conv_dim) or any(name == "conv_block_dims" for name, _ in self.blocks)
-            return TargetSpec(conv_blocks=convs, kxk_convs=convs)
+            return TargetSpec(conv_blocks=convs, kxk_convs=convs, family_args=self.family_args,
+                              t5=_truthy(dict(self.family_args).get("train_t5xxl", False)))
         spec = LYCORIS_PRESETS[self.preset]
-        return TargetSpec(**{**spec.__dict__, "norms": self.flag("train_norm")})
+        return TargetSpec(**{**spec.__dict__, "norms": self.flag("train_norm"), "family_args": self.family_args,
+                             "t5": _truthy(dict(self.family_args).get("train_t5xxl", False))})
 
     def describe(self) -> str:
         if self.module == "networks.lora_fa":
@@ -194,6 +206,7 @@ def parse_network_args(items: list[str] | None, network_module: str = "networks.
         ratios[name] = None if value is None else float(value)
     # sd-scripts: the part's own ratio, else loraplus_lr_ratio
     args = replace(args, blocks=tuple((k, values[k]) for k in BLOCK_ARGS if k in values),
+                   family_args=tuple((k, values[k]) for k in FLUX_ARGS if k in values),
                    loraplus_unet=ratios["loraplus_unet_lr_ratio"] or ratios["loraplus_lr_ratio"],
                    loraplus_text_encoder=ratios["loraplus_text_encoder_lr_ratio"] or ratios["loraplus_lr_ratio"])
     problem = lycoris_rank_problem("conv_dim", conv_dim, args) if conv_dim else None

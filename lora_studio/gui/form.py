@@ -116,12 +116,18 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
         if path and not Path(path).expanduser().exists():
             check.problems[name] = f"not found: {path}"
     model = cfg.pretrained_model_name_or_path
+    family = None
     if model and "pretrained_model_name_or_path" not in check.problems:
         try:
             # the file read as far as it can be without torch: its type, family, completeness
-            identify(model, cfg.v2, cfg.allow_pickle, own_vae=bool(cfg.vae))
+            family = identify(model, cfg.v2, cfg.allow_pickle, own_vae=bool(cfg.vae))
         except UserError as exc:
             check.problems["pretrained_model_name_or_path"] = str(exc)
+    if family is not None:
+        try:  # its separate files and requirements, also when the dataset cannot be read yet
+            family.check_settings(cfg)
+        except UserError as exc:
+            check.problems[_setting_named(str(exc), "pretrained_model_name_or_path")] = str(exc)
     if cfg.resume and cfg.resume.strip().lower() != "latest" and not cfg.resume_from_huggingface and not (
             Path(cfg.resume).expanduser() / "state.json").is_file():  # (a state on the Hub is checked when read)
         check.problems["resume"] = f"not a saved state folder (no state.json): {cfg.resume}"
@@ -139,11 +145,11 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
             check.problems[_dataset_field(cfg, str(exc))] = _field_message(exc)
     if check.data is not None:
         try:  # what the engine will change and warn about, as it will (the same step)
-            resolved = resolve(cfg, check.data, cfg.num_processes, detect_gpu() is not None)
+            resolved = resolve(cfg, check.data, cfg.num_processes, detect_gpu() is not None, family)
             check.plan = resolved.plan
             check.warnings.extend(f"{name}: {message}" for name, message in resolved.notes + resolved.warnings)
         except (UserError, ConfigError) as exc:  # dim_from_weights: a network_weights file without LoRA ranks
-            check.problems["dim_from_weights"] = _field_message(exc)
+            check.problems.setdefault(_setting_named(str(exc), "dim_from_weights"), _field_message(exc))
     if not check.problems:
         check.cfg = cfg
         if check.plan is not None and check.data is not None:
@@ -160,3 +166,9 @@ def check_form(values: dict[str, Any], scan_dataset: bool = True, roots: list[Pa
 def form_values(cfg_values: dict[str, Any]) -> dict[str, Any]:
     """Setting values (a loaded config or preset) -> widget values by name."""
     return {name: to_widget(BY_NAME[name], value) for name, value in cfg_values.items() if name in BY_NAME}
+
+
+def _setting_named(message: str, fallback: str) -> str:
+    """The setting a message starts with ("t5xxl: not found ..."), or ``fallback``."""
+    first = message.split(":")[0].split(" ")[0]
+    return first if first in BY_NAME else fallback

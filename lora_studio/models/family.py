@@ -43,6 +43,8 @@ class AdapterTarget:
     text_encoder: int | None  # index of the text encoder it belongs to; None for the denoiser
     conv: bool = False  # a k x k convolution (LoCon's conv_dim / conv_alpha apply)
     norm: bool = False  # a normalisation layer (LyCORIS train_norm: its scale and shift are trained)
+    rank: int | None = None  # the family's own rank for it (Flux's per-type dims, in_dims), else network_dim
+    split: tuple[int, ...] = ()  # a fused projection trained as these separate output parts (Flux split_qkv)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class TargetSpec:
     text_encoder: bool = True  # the text encoders' attention and MLP layers
     norms: bool = False  # the normalisation layers inside the chosen denoiser blocks
     t5: bool = False  # a T5 text encoder's layers too (sd-scripts' train_t5xxl)
+    family_args: tuple = ()  # a family's own network_args, (name, value) as given (Flux: train_blocks, in_dims ...)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,11 @@ class ModelFamily:
         """Refuse a config whose model-type switches (v2) contradict this family's model."""
         raise NotImplementedError
 
+    def check_settings(self, cfg) -> list[tuple[str, str]]:
+        """The family's own requirements on a config (a UserError names the setting), and (setting, message)
+        warnings about values it will use; Check settings and the start of a run both ask."""
+        return []
+
     def load_single_file(self, state_dict: dict, source: str, options=None) -> Components:
         """The model in a single file. ``options``: the run's settings (a Config, or None for the defaults), for the
         families that load separate files (``separate_files``) or have loading options (fp8 files)."""
@@ -143,6 +151,10 @@ class ModelFamily:
     def adapter_targets(self, components: Components, train_unet: bool, train_text_encoder: bool,
                         spec: TargetSpec) -> list[AdapterTarget]:
         raise NotImplementedError
+
+    def network_args(self) -> tuple[str, ...]:
+        """The family's own network_args names it reads (``config.network_args.FLUX_ARGS`` for Flux)."""
+        return ()
 
     def denoiser_lora_stem(self, module_path: str, components: Components) -> str:
         """The LoRA-file name of the denoiser module at ``module_path``."""

@@ -205,25 +205,37 @@ class FluxFamily(ModelFamily):
         return "|".join(cached_sha256(Path(p).expanduser()) for p in paths)
 
     # ---- adapters
+    def network_args(self):
+        from ..config.network_args import FLUX_ARGS
+
+        return FLUX_ARGS
+
     def adapter_targets(self, components, train_unet, train_text_encoder, spec):
+        """sd-scripts' networks.lora_flux: every Linear of the double and single blocks (fused qkv and linear1 are
+        one module each), chosen by train_blocks and the block indices, at the per-type dims; in_dims adds the input
+        layers; CLIP-L's attention and MLP as lora_te1_, T5's with train_t5xxl as lora_te3_."""
         from torch import nn
 
         from .clip import adapted_layers
 
+        plan = FluxAdapterPlan.of(dict(spec.family_args), components.denoiser)
         targets = []
         model = components.denoiser
         if train_unet:
             for path, module in model.named_modules():
-                if isinstance(module, nn.Linear) and path.startswith(TARGET_BLOCKS):
-                    if spec.attention_only and not (".img_attn." in path or ".txt_attn." in path
-                                                    or path.endswith(("linear1", "linear2"))):
-                        continue
-                    targets.append(AdapterTarget(self.denoiser_lora_stem(path, components), module, None))
-            for name in spec.stem:
-                for path in self.stem_layers().get(name, ()):
-                    if _has(model, path):
-                        targets.append(AdapterTarget(self.denoiser_lora_stem(path, components),
-                                                     model.get_submodule(path), None))
+                if not (isinstance(module, nn.Linear) and path.startswith(TARGET_BLOCKS)):
+                    continue
+                if spec.attention_only and not (".img_attn." in path or ".txt_attn." in path
+                                                or path.endswith(("linear1", "linear2"))):
+                    continue
+                rank = plan.rank(path)
+                if rank == 0:
+                    continue
+                targets.append(AdapterTarget(self.denoiser_lora_stem(path, components), module, None, rank=rank,
+                                             split=plan.split(path, module)))
+            for path, rank in plan.input_layers(model):
+                targets.append(AdapterTarget(self.denoiser_lora_stem(path, components), model.get_submodule(path),
+                                             None, rank=rank))
         if train_text_encoder and spec.text_encoder:
             for index, encoder in enumerate(components.text_encoders):
                 if self._is_clip(encoder):
@@ -232,11 +244,6 @@ class FluxFamily(ModelFamily):
                 elif spec.t5:
                     targets += [AdapterTarget(stem, module, index) for stem, module in t5_layers(encoder)]
         return targets
-
-    @staticmethod
-    def stem_layers() -> dict[str, tuple[str, ...]]:
-        """sd-scripts' in_dims entries [img, time, vector, guidance, txt] as TargetSpec.stem names."""
-        return dict(zip(("img", "time", "vector", "guidance", "txt"), IN_LAYERS))
 
     @staticmethod
     def _is_clip(encoder) -> bool:
@@ -576,6 +583,106 @@ def t5_layers(t5) -> list[tuple[str, object]]:
                 ".SelfAttention." in path or ".DenseReluDense." in path):
             found.append(("lora_te3_" + path.replace(".", "_"), module))
     return found
+
+
+class FluxAdapterPlan:
+    """sd-scripts' networks.lora_flux arguments read for one model: which blocks train (train_blocks,
+    train_double_block_indices, train_single_block_indices), each module type's rank (img_attn_dim ...
+    single_mod_dim; None: network_dim, 0: not trained), the input layers' ranks (in_dims) and split_qkv."""
+
+    def __init__(self, type_dims: dict[str, int], doubles: list[bool] | None, singles: list[bool] | None,
+                 train_blocks: str, in_dims: list[int] | None, split_qkv: bool):
+        self.type_dims, self.doubles, self.singles = type_dims, doubles, singles
+        self.train_blocks, self.in_dims, self.split_qkv = train_blocks, in_dims, split_qkv
+
+    @classmethod
+    def of(cls, args: dict, model) -> FluxAdapterPlan:
+        from ..errors import UserError
+
+        def whole(name):
+            try:
+                return int(args[name])
+            except (TypeError, ValueError):
+                raise UserError(f"network_args: {name} must be a whole number, got {args[name]!r}") from None
+        type_dims = {name: whole(name) for name in set(TYPE_DIMS.values()) if name in args}
+        train_blocks = str(args.get("train_blocks", "all") or "all")
+        if train_blocks not in ("all", "single", "double"):
+            raise UserError(f"network_args: train_blocks must be all, single or double, got {train_blocks!r}")
+        n_double, n_single = len(getattr(model, "double_blocks", ())), len(getattr(model, "single_blocks", ()))
+        doubles = block_selection(args.get("train_double_block_indices"), n_double, "train_double_block_indices")
+        singles = block_selection(args.get("train_single_block_indices"), n_single, "train_single_block_indices")
+        in_dims = None
+        if args.get("in_dims") not in (None, ""):
+            raw = args["in_dims"]
+            values = raw if isinstance(raw, (list, tuple)) else str(raw).strip().strip("[]").split(",")
+            try:
+                in_dims = [int(v) for v in values]
+            except ValueError:
+                in_dims = []
+            if len(in_dims) != 5:
+                raise UserError(f"network_args: in_dims needs 5 ranks [img, time, vector, guidance, txt], got {raw!r}")
+        split = str(args.get("split_qkv", False)).strip().lower() in ("true", "1", "yes")
+        return cls(type_dims, doubles, singles, train_blocks, in_dims, split)
+
+    def rank(self, path: str) -> int | None:
+        """The rank of the block Linear at ``path`` (None: network_dim), 0 when it does not train."""
+        kind, index = path.split(".")[0], int(path.split(".")[1])
+        if kind == "double_blocks" and (self.train_blocks == "single" or (self.doubles and not self.doubles[index])):
+            return 0
+        if kind == "single_blocks" and (self.train_blocks == "double" or (self.singles and not self.singles[index])):
+            return 0
+        for part, name in TYPE_DIMS.items():
+            if part in path and name in self.type_dims:
+                return self.type_dims[name]
+        return None
+
+    def split(self, path: str, module) -> tuple[int, ...]:
+        """split_qkv: q, k, v of a double block's fused qkv, and q, k, v, mlp of a single block's linear1."""
+        if not self.split_qkv:
+            return ()
+        if path.endswith("_attn.qkv"):
+            third = module.out_features // 3
+            return (third, third, third)
+        if path.endswith(".linear1"):
+            hidden = module.in_features
+            return (hidden, hidden, hidden, module.out_features - 3 * hidden)
+        return ()
+
+    def input_layers(self, model) -> list[tuple[str, int]]:
+        """(module path, rank) of the input layers in_dims trains (rank 0 or a missing layer: none)."""
+        if not self.in_dims:
+            return []
+        found = []
+        for rank, paths in zip(self.in_dims, IN_LAYERS):
+            for path in paths:
+                if rank and _has(model, path):
+                    found.append((path, rank))
+        return found
+
+
+def block_selection(selection, count: int, name: str) -> list[bool] | None:
+    """sd-scripts' block selection: "all", "none" or "", or indices and ranges ("0-5,10"); None when not given."""
+    from ..errors import UserError
+
+    if selection is None:
+        return None
+    text = str(selection).strip()
+    if text == "all":
+        return [True] * count
+    if text in ("none", ""):
+        return [False] * count
+    chosen = [False] * count
+    try:
+        for part in text.split(","):
+            start, _, end = part.strip().partition("-")
+            first, last = int(start), int(end or start)
+            if not 0 <= first <= last < count:
+                raise ValueError
+            chosen[first:last + 1] = [True] * (last - first + 1)
+    except ValueError:
+        raise UserError(f"network_args: {name} = {selection!r}: give indices and ranges from 0 to {count - 1} "
+                        "(e.g. 0-5,10), all or none") from None
+    return chosen
 
 
 def _has(model, path: str) -> bool:

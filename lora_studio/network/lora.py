@@ -22,9 +22,20 @@ from ..models.fp8 import is_fp8
 
 
 class LoRAModule(nn.Module):
+    """``split`` (Flux's split_qkv): the base's outputs in these parts (q, k, v [, mlp]) each get their own rank-
+    ``rank`` adapter, stored as one module of rank ``rank x parts`` whose up weight is block-diagonal (the blocks off
+    the diagonal start at zero and get no gradient), with alpha x parts, so that alpha / rank in the file still gives
+    the strength each part trained with (sd-scripts keeps alpha and so halves or quarters it, its #2204)."""
+
     def __init__(self, stem: str, base: nn.Module, rank: int, alpha: float | None, dropout: float = 0.0,
-                 rank_dropout: float = 0.0, module_dropout: float = 0.0, frozen_down: bool = False):
+                 rank_dropout: float = 0.0, module_dropout: float = 0.0, frozen_down: bool = False,
+                 split: tuple[int, ...] = ()):
         super().__init__()
+        if split:
+            if sum(split) != base.out_features:
+                raise ValueError(f"{stem}: split {split} does not add up to {base.out_features} outputs")
+            alpha = (float(alpha) if alpha else float(rank)) * len(split)
+            rank = rank * len(split)
         self.stem = stem
         if isinstance(base, nn.Linear):
             self.lora_down = nn.Linear(base.in_features, rank, bias=False)
@@ -50,6 +61,14 @@ class LoRAModule(nn.Module):
         self.multiplier = 1.0
         self._base = [base]  # a list keeps the base module out of this module's parameters
         self._base_forward = None
+        if split:
+            mask = torch.zeros(base.out_features, rank)
+            part_rank, start = rank // len(split), 0
+            for i, size in enumerate(split):
+                mask[start:start + size, i * part_rank:(i + 1) * part_rank] = 1
+                start += size
+            self.register_buffer("split_mask", mask, persistent=False)
+            self.lora_up.weight.register_hook(lambda grad: grad * self.split_mask.to(grad.dtype))
 
     @property
     def scale(self) -> float:
@@ -257,6 +276,10 @@ class LoRANetwork(nn.Module):
         family = components.family
         self.blocks = _block_plan(family, args, rank, alpha, conv_dim, conv_alpha)
         self.block_of: dict[str, int] = {}
+        foreign = [name for name, _ in args.family_args if name not in family.network_args()]
+        if foreign:
+            raise UserError(f"network_args: {', '.join(foreign)} are Flux arguments (sd-scripts' networks.lora_flux); "
+                            f"{family.title} does not read them")
         # The family says which modules get adapters and their names (and, block-wise, each one's block).
         for target in family.adapter_targets(components, train_unet, train_text_encoder, args.targets()):
             block = family.lora_block_index(target.stem) if target.text_encoder is None else -1
@@ -264,24 +287,30 @@ class LoRANetwork(nn.Module):
                 this_rank, this_alpha = self.blocks.rank(block, target.conv, rank, alpha, conv_dim, conv_alpha)
             else:
                 this_rank, this_alpha = (conv_dim, conv_alpha) if target.conv else (rank, alpha)
+            if target.rank is not None:  # the family's own rank for this module (Flux: per-type dims, in_dims)
+                this_rank = target.rank
             if not this_rank:  # block-wise rank 0: this block is not adapted (the file simply lacks it)
                 continue
-            self._add(target.stem, target.module, this_rank, this_alpha, dropout, norm=target.norm)
+            self._add(target.stem, target.module, this_rank, this_alpha, dropout, norm=target.norm,
+                      split=target.split)
             self.block_of[target.stem] = block
             (self.unet_stems if target.text_encoder is None else self.te_stems[target.text_encoder]).append(
                 target.stem)
 
-    def _add(self, stem: str, module: nn.Module, rank: int, alpha, dropout, norm: bool = False) -> None:
+    def _add(self, stem: str, module: nn.Module, rank: int, alpha, dropout, norm: bool = False,
+             split: tuple[int, ...] = ()) -> None:
         if stem in self._modules:
             raise RuntimeError(f"two modules map to the LoRA name {stem}")
         args = self.args or NetworkArgs()
+        if split and (norm or _uses_lycoris(args) or args.module in ("networks.dylora", "networks.lora_fa")):
+            raise UserError("split_qkv trains LoRA (networks.lora / networks.lora_flux) only, as in sd-scripts")
         if norm or _uses_lycoris(args):
             adapter = lycoris_adapter(stem, module, rank, alpha, dropout, args, norm)
         elif args.module == "networks.dylora":
             adapter = DyLoRAModule(stem, module, rank, alpha, args.unit)
         else:
             adapter = LoRAModule(stem, module, rank, alpha, dropout, args.rank_dropout, args.module_dropout,
-                                 frozen_down=args.module == "networks.lora_fa")
+                                 frozen_down=args.module == "networks.lora_fa", split=split)
         self.add_module(stem, adapter)
 
     def adapters(self) -> list[nn.Module]:

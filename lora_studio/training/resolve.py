@@ -90,9 +90,7 @@ def _family(r: Resolved, data: TrainingData, family) -> None:
         if dataset.bucket_reso_steps % multiple:
             raise UserError(f"bucket_reso_steps must be a multiple of {multiple} for {family.title}, got "
                             f"{dataset.bucket_reso_steps}")
-    check = getattr(family, "check_settings", None)
-    if check is not None:
-        r.warnings.extend(check(cfg))
+    r.warnings.extend(family.check_settings(cfg))
     if cfg.loss_type in ("huber", "smooth_l1") and cfg.huber_schedule == "snr" and family.separate_files:
         raise UserError(f"huber_schedule = \"snr\" needs a DDPM noise schedule, which {family.title} has not; set "
                         "huber_schedule to constant or exponential")

@@ -43,7 +43,7 @@ from .outputs import best_file, epoch_file, output_paths, step_file
 from .precision import precision_for, unscale_fp16_gradients
 from .progress import Cadence, Progress
 from .report import Reporter
-from .resolve import resolve
+from .resolve import family_of_config, resolve
 from .run_paths import check_run_paths
 from .sampling import generate, make_scheduler, read_prompt_file
 from .state import ResumeState, latest_state, rng_state, save_state
@@ -113,7 +113,8 @@ class Trainer:
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.data = TrainingData(datasets_from_config(cfg), cfg.prior_loss_weight, self.seed)
-        resolved = resolve(cfg, self.data, self.world, self.device.type == "cuda")
+        family = family_of_config(cfg)  # from the model's header (None for a pickle file: loading tells)
+        resolved = resolve(cfg, self.data, self.world, self.device.type == "cuda", family)
         self.cfg = cfg = resolved.cfg  # save_n_epoch_ratio, dim_from_weights: what the run trains with
         self.net_args = parse_network_args(cfg.network_args, cfg.network_module)  # with the file's conv rank
         if self.is_main:
@@ -122,12 +123,14 @@ class Trainer:
             self._log_estimate(resolved.plan)
         # as sd-scripts: the prompt file is read only when sample images are due at some point
         wants_samples = cfg.sample_every_n_epochs or cfg.sample_every_n_steps or cfg.sample_at_first
-        self.prompts = read_prompt_file(cfg.sample_prompts, self.data.datasets[0].resolution[0]) \
+        multiple = family.pixel_multiple if family is not None else 8
+        self.prompts = read_prompt_file(cfg.sample_prompts, self.data.datasets[0].resolution[0], multiple) \
             if cfg.sample_prompts and wants_samples else []
         if self.prompts and self.is_main:
             self.paths["samples"].mkdir(exist_ok=True)
-        for prompt in self.prompts:  # an unknown sampler is an error now, not after an hour of training
-            make_scheduler(prompt.sampler or cfg.sample_sampler, {})
+        if family is None or family.samplers() != ("euler",):  # flow models sample with Euler whatever is asked
+            for prompt in self.prompts:  # an unknown sampler is an error now, not after an hour of training
+                make_scheduler(prompt.sampler or cfg.sample_sampler, {})
         plan = resolved.plan
         self.updates_per_epoch, self.total_steps, self.total_epochs = (plan.steps_per_epoch, plan.total_steps,
                                                                        plan.total_epochs)
