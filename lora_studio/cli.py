@@ -140,6 +140,9 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    # the user's own choice, before LoRA Studio turns accidental downloads off (a download the user needs, like
+    # Flux's T5 tokenizer, still runs unless they chose offline)
+    os.environ.setdefault("LORA_STUDIO_USER_HF_OFFLINE", os.environ.get("HF_HUB_OFFLINE", ""))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -153,6 +153,7 @@ def test_clip_tokenizer_is_built_in_without_its_folder(files, tmp_path):
 
 def _offline(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LORA_STUDIO_USER_HF_OFFLINE", raising=False)  # the command line's record of the user's own
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
 
@@ -313,6 +314,7 @@ def test_online_the_tokenizer_files_are_downloaded_once_and_kept(monkeypatch, tm
     from huggingface_hub import constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("LORA_STUDIO_USER_HF_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     made = tiny_flux.write_tiny_tokenizers(tmp_path / "hub_copy", with_clip=False) / "google_t5-v1_1-xxl"

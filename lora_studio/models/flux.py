@@ -274,30 +274,29 @@ class FluxFamily(ModelFamily):
         return -1
 
     def place_denoiser(self, components, cfg, device, dtype):
-        from .block_swap import swap_blocks
-
+        """The transformer in the training dtype on the device, but for blocks_to_swap of its blocks, which stay on
+        the CPU and come in as they run (sd-scripts' split: N // 2 double, 2 x (N - N // 2) single blocks)."""
         model = components.denoiser
         count = int(getattr(cfg, "blocks_to_swap", None) or 0)
-        if getattr(cfg, "cpu_offload_checkpointing", False):
-            model.cpu_offload_checkpointing = True
-        if not count or device.type != "cuda":
-            model.to(device, dtype)
-            return
-        blocks = list(model.double_blocks) + list(model.single_blocks)
-        if count >= len(blocks):
-            from ..errors import UserError
-
-            raise UserError(f"blocks_to_swap = {count}, but this model has {len(blocks)} blocks; at most "
-                            f"{len(blocks) - 2}")
         model.to(dtype)
-        swapped = {id(p) for b in blocks[len(blocks) - count:] for p in b.parameters()}
+        if not count:
+            model.to(device)
+            return
+        swapped = set()
+        doubles, singles = count // 2, (count - count // 2) * 2
+        for blocks, n in ((model.double_blocks, doubles), (model.single_blocks, singles)):
+            swapped |= {id(p) for block in list(blocks)[len(blocks) - n:] for p in block.parameters()}
         for module in model.modules():  # everything but the swapped blocks' weights on the device
             for name, param in list(module.named_parameters(recurse=False)):
                 if id(param) not in swapped:
                     param.data = param.data.to(device)
-            for name, buf in list(module.named_buffers(recurse=False)):
-                module._buffers[name] = buf.to(device)
-        model.block_swap = swap_blocks(blocks, count, device)
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                module._buffers[name] = buffer.to(device)
+        model.block_swap = model.enable_block_swap(count, device)
+
+    def enable_gradient_checkpointing(self, components, cfg) -> None:
+        components.denoiser.enable_gradient_checkpointing(cpu_offload=bool(getattr(cfg, "cpu_offload_checkpointing",
+                                                                                   False)))
 
     # ---- prompts
     def prompt_options(self, settings):
@@ -347,7 +346,8 @@ class FluxFamily(ModelFamily):
 
     def objective(self, components, cfg):
         return FlowObjective(self.flow_recipe(cfg), self.guidance(cfg) if self.guidance_embed else None,
-                             chroma=isinstance(self, Chroma))
+                             chroma=isinstance(self, Chroma),
+                             apply_t5_mask=self.prompt_options(cfg)["apply_t5_attn_mask"])
 
     # ---- latents
     def vae_scale_and_shift(self, vae):
@@ -378,7 +378,8 @@ class FluxFamily(ModelFamily):
         latents = torch.randn((1, channels, h, w), generator=generator).to(device, torch.float32)
         guidance = prompt.guidance if prompt.guidance is not None else 3.5
         objective = FlowObjective(fm.FlowRecipe(model_prediction_type="raw"),
-                                  guidance if self.guidance_embed else None, isinstance(self, Chroma))
+                                  guidance if self.guidance_embed else None, isinstance(self, Chroma),
+                                  options["apply_t5_attn_mask"])
 
         def velocity(condition):
             def call(x, sigmas):
@@ -482,10 +483,10 @@ class FlowObjective(Objective):
     sigma per image from ``recipe``, x_t = (1 - sigma) x0 + sigma eps packed into tokens, target eps - x0, the
     prediction type's transform and weighting."""
 
-    def __init__(self, recipe, guidance: float | None, chroma: bool = False):
+    def __init__(self, recipe, guidance: float | None, chroma: bool = False, apply_t5_mask: bool = False):
         from .flow_matching import validation_sigmas
 
-        self.recipe, self.guidance, self.chroma = recipe, guidance, chroma
+        self.recipe, self.guidance, self.chroma, self.apply_t5_mask = recipe, guidance, chroma, apply_t5_mask
         self.validation_points = [float(s) for s in validation_sigmas(4, recipe.min_timestep, recipe.max_timestep)]
 
     def sample_noise(self, latents, generator=None):
@@ -517,13 +518,16 @@ class FlowObjective(Objective):
         guidance = torch.full((b,), self.guidance, device=device, dtype=torch.float32) \
             if self.guidance is not None else None
         t5 = cond["t5"]
-        mask = cond.get("t5_mask")
+        mask = cond.get("t5_mask") if self.apply_t5_mask else None
+        if mask is not None and self.chroma:
+            from .flux_net import chroma_text_mask
+
+            mask = chroma_text_mask(mask)  # Chroma also attends the first padding token, as sd-scripts
         out = model(img=fm.pack_latents(noisy).to(dtype), img_ids=fm.image_ids(b, h, w, device),
                     txt=t5.to(device, dtype), txt_ids=fm.text_ids(b, t5.shape[1], device),
                     timesteps=sigmas.to(device, torch.float32),
-                    y=cond["pooled"].to(device, dtype) if "pooled" in cond else None,
-                    guidance=guidance, txt_mask=mask.to(device) if mask is not None and cond.get("use_mask", True)
-                    else None)
+                    y=cond["pooled"].to(device, dtype) if not self.chroma else None,
+                    guidance=guidance, txt_mask=mask.to(device) if mask is not None else None)
         return fm.unpack_latents(out, h, w)
 
     def prediction_and_target(self, components, latents, noise, timesteps, cond):

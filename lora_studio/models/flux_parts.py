@@ -136,8 +136,12 @@ def t5_tokenizer_from_folder(folder: Path, setting: str):
 
 
 def hub_offline() -> bool:
-    """Whether Hugging Face downloads are off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set), read now."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    """Whether the user turned Hugging Face downloads off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), read now. The
+    command line turns huggingface_hub's offline mode on against accidental downloads and keeps the user's own
+    value in LORA_STUDIO_USER_HF_OFFLINE; that one decides here."""
+    user = os.environ.get("LORA_STUDIO_USER_HF_OFFLINE")
+    value = (user if user is not None else os.environ.get("HF_HUB_OFFLINE")) or \
+        os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return value.strip().lower() in _TRUE
 
 

@@ -115,7 +115,10 @@ def is_fp8(module: nn.Module) -> bool:
 
 def compute_dtype(model: nn.Module) -> torch.dtype:
     """The dtype ``model`` computes in: its ``dtype``, or the mixed precision when its weights are float8."""
-    return getattr(model, "fp8_compute_dtype", None) or model.dtype
+    dtype = getattr(model, "fp8_compute_dtype", None) or getattr(model, "dtype", None)
+    if dtype is None:  # a plain nn.Module (Flux's transformer): the dtype of its weights
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    return dtype
 
 
 def weight_bytes(model: nn.Module) -> int:

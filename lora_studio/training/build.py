@@ -99,7 +99,7 @@ def place_model(c: Components, cfg: Config, precision: Precision, device: torch.
     c.vae.to(device, torch.float32 if vae_fp32 else precision.weight_dtype)
     store_frozen_fp8(c, precision, device)
     if cfg.gradient_checkpointing:
-        c.denoiser.enable_gradient_checkpointing()
+        c.family.enable_gradient_checkpointing(c, cfg)
         c.denoiser.train()
         if trained.text_encoder:
             for te in c.text_encoders:
