@@ -43,11 +43,15 @@ def test_a_kohya_gui_config_becomes_the_same_training_settings(tmp_path):
 
 
 def test_unsupported_values_are_listed_not_dropped_silently():
-    result = convert({**KOHYA_GUI_JSON, "LoRA_type": "Flux1", "fused_backward_pass": True,
+    result = convert({**KOHYA_GUI_JSON, "LoRA_type": "Anima", "fused_backward_pass": True,
                       "lr_scheduler": "adafactor", "additional_parameters": "--foo 1", "color_aug": True,
                       "masked_loss": True})
     report = result.report()
-    assert "LoRA type 'Flux1' trains a Flux model, which LoRA Studio does not train" in report
+    assert "LoRA type 'Anima' trains a Anima model, which LoRA Studio does not train" in report
+    # Flux is trained now (tests/test_kohya_import_flux.py): its LoRA type is carried over, not refused
+    flux = convert({**KOHYA_GUI_JSON, "LoRA_type": "Flux1"})
+    assert "LoRA_type" in flux.carried and not [n for n in flux.unsupported if "LoRA type" in n]
+    assert "LoRA Studio reads the model family (Flux.1 dev, schnell or Chroma) from the checkpoint" in flux.report()
     assert "fused_backward_pass = True is an sd-scripts option LoRA Studio does not support yet" in report
     assert result.settings["color_aug"] is True and result.settings["masked_loss"] is True
     assert "masked_loss = true: set the Mask folder (conditioning_data_dir" in report

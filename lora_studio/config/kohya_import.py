@@ -2,9 +2,12 @@
 
 Every value becomes what the Kohya_ss GUI would pass to sd-scripts (its ``train_model``): ``epoch`` only fills in the
 step count, ``lr_warmup`` is a percentage, a JSON 0 often means "sd-scripts' default", the noise type picks which
-noise keys are passed, ``LoRA_type`` becomes a network module and its arguments. The report says, in four parts,
-what was carried over, what was set differently (and why), what is not supported, and what only the Kohya_ss GUI
-reads.
+noise keys are passed, ``LoRA_type`` becomes a network module and its arguments. A Flux.1 / Chroma configuration
+(``flux1_checkbox``, LoRA type "Flux1") is read as the GUI's Flux.1 panel passes it to ``flux_train_network.py``: its
+paths and recipe values as written, its network fields as ``networks.lora_flux`` arguments, its deprecated fields
+converted as sd-scripts converts them, the SD-only fields sd-scripts' Flux training does not read left out. The
+report says, in four parts, what was carried over, what was set differently (and why), what is not supported, and
+what only the Kohya_ss GUI reads.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from .network_args import LORAPLUS, LYCORIS_NOT_READ, LYCORIS_PRESETS
 from .optimizers import optimizer_problem
-from .schema import BY_NAME, UNSUPPORTED
+from .schema import BY_NAME, FLUX, UNSUPPORTED
 from .values import parse_value
 from ..errors import ConfigError
 
@@ -46,7 +49,7 @@ GUI_ONLY = {"num_cpu_threads_per_process", "num_processes", "num_machines", "mul
             "main_process_port", "extra_accelerate_launch_args", "dynamo_mode", "dynamo_use_fullgraph",
             "dynamo_use_dynamic", "model_list", "save_as_bool", "stop_text_encoder_training",
             "stop_text_encoder_training_pct", "no_token_padding", "conv_dims", "conv_alphas",
-            "file_path", "save_as", "t5xxl_lr", "lowvram", "mem_eff_save"}  # mem_eff_save: Flux fine-tuning only
+            "file_path", "save_as", "lowvram"}
 # LoRA_type -> network_module for sd-scripts' own networks
 KOHYA_TYPES = {"Standard": "networks.lora", "Kohya LoCon": "networks.lora", "LoRA-FA": "networks.lora_fa",
                "Kohya DyLoRA": "networks.dylora"}
@@ -54,8 +57,38 @@ LYCORIS_TYPES = {"LyCORIS/LoCon": "locon", "LoCon": "locon", "LyCORIS/LoHa": "lo
                  "LyCORIS/iA3": "ia3", "LyCORIS/DyLoRA": "dylora", "LyCORIS/GLoRA": "glora",
                  "LyCORIS/BOFT": "boft", "LyCORIS/Diag-OFT": "diag-oft", "LyCORIS/Native Fine-Tuning": "full"}
 NATIVE_LYCORIS_TYPES = {"Kohya LoHa": "loha", "Kohya LoKr": "lokr"}
-OTHER_FAMILY_TYPES = {"Flux1": "Flux", "Flux1 OFT": "Flux", "Anima": "Anima", "Lumina": "Lumina",
-                      "HunyuanImage-2.1": "HunyuanImage"}
+OTHER_FAMILY_TYPES = {"Anima": "Anima", "Lumina": "Lumina", "HunyuanImage-2.1": "HunyuanImage"}
+TRAINED_FAMILIES = "SD1.x, SD2.x, SDXL, Flux.1 and Chroma"
+# The Kohya_ss GUI's Flux.1 LoRA types: LoRA (sd-scripts' networks.lora_flux) and OFT (networks.oft_flux)
+FLUX_TYPES = ("Flux1", "Flux1 OFT")
+FLUX_MODULE = "networks.lora_flux"
+# The Kohya_ss GUI's Flux.1 fields (its Flux.1 panel, class_flux1.py, and the Flux-only fields of its LoRA tab) at a
+# fresh GUI's values: a Flux preset without one trains with these in Kohya_ss. A Flux preset only: other presets
+# leave them out (the GUI passes none of them without flux1_checkbox).
+FLUX_GUI_DEFAULTS = {
+    "model_type": "flux", "ae": "", "clip_l": "", "t5xxl": "", "discrete_flow_shift": 3.0,
+    "model_prediction_type": "sigma_scaled", "timestep_sampling": "sigma", "apply_t5_attn_mask": False,
+    "split_mode": False, "train_blocks": "all", "split_qkv": False, "train_t5xxl": False,
+    "cpu_offload_checkpointing": False, "guidance_scale": 3.5, "t5xxl_max_token_length": 512,
+    "enable_all_linear": False, "flux1_cache_text_encoder_outputs": False,
+    "flux1_cache_text_encoder_outputs_to_disk": False, "mem_eff_save": False, "blocks_to_swap": 0,
+    "single_blocks_to_swap": 0, "double_blocks_to_swap": 0, "show_timesteps": "", "show_timesteps_resolution": "1024",
+    "img_attn_dim": "", "img_mlp_dim": "", "img_mod_dim": "", "single_dim": "", "txt_attn_dim": "", "txt_mlp_dim": "",
+    "txt_mod_dim": "", "single_mod_dim": "", "in_dims": "", "train_double_block_indices": "all",
+    "train_single_block_indices": "all", "t5xxl_lr": 0, "fp8_base_unet": False,
+    "train_lora_ggpo": False, "ggpo_sigma": 0.03, "ggpo_beta": 0.01,
+}
+# What the GUI's switch to model_type "chroma" sets (Chroma is not guidance-distilled and needs T5's mask)
+CHROMA_GUI_DEFAULTS = {"guidance_scale": 0.0, "apply_t5_attn_mask": True, "timestep_sampling": "sigmoid"}
+# The fields the GUI writes into networks.lora_flux's network_args when they are not empty, in its order
+FLUX_NETWORK_FIELDS = ("img_attn_dim", "img_mlp_dim", "img_mod_dim", "single_dim", "txt_attn_dim", "txt_mlp_dim",
+                       "txt_mod_dim", "single_mod_dim", "in_dims", "train_double_block_indices",
+                       "train_single_block_indices")
+# Every Flux field the GUI saves (and the names older GUIs saved CLIP-L / T5 under): read by the Flux rules below
+FLUX_FIELDS = frozenset(FLUX_GUI_DEFAULTS) | {"flux1_clip_l", "flux1_t5xxl"}
+# The GUI's SD3 fields; it passes them with sd3_checkbox only (never for Flux, although sd-scripts' Flux reads them)
+SD3_FIELDS = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale")
+SPLIT_MODE_SWAP = 18  # sd-scripts' flux_train_network: the deprecated split_mode becomes blocks_to_swap 18
 # The network_args the Kohya_ss GUI writes for each LyCORIS type, in its order (its LoRA_type templates)
 _LYCO_COMMON = ("preset", "conv_dim", "conv_alpha", "use_tucker", "rank_dropout", "bypass_mode", "dora_wd",
                 "module_dropout", "use_tucker", "use_scalar", "rank_dropout_scale", "algo", "train_norm")
@@ -195,13 +228,13 @@ def convert(data: dict[str, Any]) -> KohyaImport:
         raise ConfigError(f"this is a Kohya_ss {kind} configuration, not a LoRA one: LoRA Studio trains LoRA "
                           "adapters; save the LoRA tab's configuration in Kohya_ss and import that")
     result = KohyaImport()
-    filled = {k: v for k, v in KOHYA_GUI_DEFAULTS.items() if k not in data}
+    flux = is_flux(data)
+    filled = {k: v for k, v in {**KOHYA_GUI_DEFAULTS, **(_flux_defaults(data) if flux else {})}.items()
+              if k not in data}
     data = {**filled, **data}
-    for other in ("flux1_checkbox", "sd3_checkbox"):
-        if data.get(other):
-            result.unsupported.append(f"{other} = true: this configuration trains a "
-                                      f"{'Flux' if 'flux' in other else 'SD3'} model, which LoRA Studio does not train "
-                                      "(it trains SD1.x, SD2.x and SDXL); its SD settings are imported")
+    if data.get("sd3_checkbox"):
+        result.unsupported.append(f"sd3_checkbox = true: this configuration trains an SD3 model, which LoRA Studio "
+                                  f"does not train (it trains {TRAINED_FAMILIES}); its other settings are imported")
     _run_length(result, data)
     _warmup(result, data)
     _network(result, data)
@@ -209,11 +242,19 @@ def convert(data: dict[str, Any]) -> KohyaImport:
     _learning_rates(result, data)
     _renamed_and_defaults(result, data)
     _resume_from_hub(result, data)
+    if flux:
+        _flux(result, data)
+    else:
+        result.ignored += [k for k in data if k in FLUX_FIELDS]  # the GUI passes them for Flux only
+    result.ignored += [k for k in SD3_FIELDS if k in data]
     for key, value in data.items():
-        if key in SPECIAL or key in LYCORIS_ARGS or key in BLOCK_ARGS or key in GUI_ONLY:
+        if key in SPECIAL or key in LYCORIS_ARGS or key in BLOCK_ARGS or key in GUI_ONLY or key in FLUX_FIELDS \
+                or key in SD3_FIELDS:
             continue
         name = RENAMED.get(key, key)
-        if name in BY_NAME:
+        if name in BY_NAME and not flux and _flux_only(name):
+            result.ignored.append(key)
+        elif name in BY_NAME:
             _put(result, name, value, key)
         elif key in UNSUPPORTED:
             default = UNSUPPORTED[key]
@@ -222,8 +263,12 @@ def convert(data: dict[str, Any]) -> KohyaImport:
             result.unsupported.append(f"{key} = {value!r} is an sd-scripts option LoRA Studio does not support yet")
         else:
             result.ignored.append(key)
+    if flux:
+        _without_sd_settings(result)
     _check_optimizer(result)
     _say_masks(result)
+    if flux:
+        _say_flux_defaults(result, filled)
     _say_filled(result, filled)
     result.named = set(result.settings) | {RENAMED.get(k, k) for k in data if RENAMED.get(k, k) in BY_NAME} | {
         name for k in data for name in DECIDES.get(k, ())}
@@ -285,6 +330,9 @@ def _run_length(result: KohyaImport, data: dict[str, Any]) -> None:
     epochs, epoch = _num(data.get("max_train_epochs")), _num(data.get("epoch"))
     if epochs > 0:
         _put(result, "max_train_epochs", data["max_train_epochs"], "max_train_epochs")
+        if _num(data.get("max_train_steps")) > 0:
+            result.notes.append(f"max_train_steps = {data['max_train_steps']!r} is not used: max_train_epochs wins, "
+                                "as in sd-scripts")
         return
     if "max_train_steps" not in data:
         result.settings["max_train_steps"] = GUI_DEFAULT_STEPS
@@ -434,9 +482,11 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
         result.notes.append(f"LoRA type '{lora_type}' (sd-scripts' own {algo}, networks.{algo}): trained with "
                             f"LyCORIS's {algo}, which writes the same hada_*/lokr_* weights AUTOMATIC1111 and ComfyUI "
                             "read")
+    elif lora_type in FLUX_TYPES:
+        _flux_network(result, data, lora_type, dropouts, blocks)
     elif lora_type in OTHER_FAMILY_TYPES:
         result.unsupported.append(f"LoRA type '{lora_type}' trains a {OTHER_FAMILY_TYPES[lora_type]} model, which "
-                                  "LoRA Studio does not train (it trains SD1.x, SD2.x and SDXL); standard LoRA is "
+                                  f"LoRA Studio does not train (it trains {TRAINED_FAMILIES}); standard LoRA is "
                                   "used")
     else:
         result.unsupported.append(f"LoRA type '{lora_type}' is not supported; standard LoRA is used")
@@ -449,6 +499,19 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
             continue
         used = lora_type in LYCORIS_TYPES or (key == "unit" and lora_type == "Kohya DyLoRA")
         (result.carried if used else result.ignored).append(key)
+    conv_types = ("Kohya LoCon", "Kohya DyLoRA") + tuple(LYCORIS_TYPES) + tuple(NATIVE_LYCORIS_TYPES)
+    for key in ("conv_dim", "conv_alpha"):
+        if key in data:  # the types that read them say so in their network_args
+            (result.carried if lora_type in conv_types else result.ignored).append(key)
+    passed = {a.split("=", 1)[0] for a in result.settings.get("network_args") or []}
+    for key in ("rank_dropout", "module_dropout"):
+        if key in passed:
+            result.carried.append(key)
+        elif key in data and not _num(data[key]):
+            result.ignored.append(key)
+    if is_flux(data) and lora_type not in FLUX_TYPES and lora_type not in LYCORIS_TYPES:
+        result.notes.append(f"LoRA type '{lora_type}' with Flux.1: the Kohya_ss GUI refuses it (it trains Flux with "
+                            "'Flux1', 'Flux1 OFT' or a LyCORIS type); imported as that type's network")
     result.carried.append("LoRA_type")
 
 
@@ -467,6 +530,7 @@ def _noise(result: KohyaImport, data: dict[str, Any]) -> None:
             _put(result, key, data.get(key), key)
     ignored = [f"{k} = {data[k]!r}" for k in theirs if data.get(k) not in (None, "", 0, False)
                and not (k == "multires_noise_discount" and not data.get("multires_noise_iterations"))]
+    result.ignored += [k for k in theirs if k in data and not any(n.startswith(f"{k} = ") for n in ignored)]
     if ignored:
         result.notes.append(f"{', '.join(ignored)} not used: noise_offset_type is "
                             f"{data.get('noise_offset_type', 'Original')!r}, and the Kohya_ss GUI passes only its "
@@ -502,18 +566,20 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
         result.settings["xformers"] = True
     elif attention == "sdpa":
         result.settings["sdpa"] = True
+    if "xformers" in data:  # the GUI's attention field: xformers, sdpa or none
+        (result.carried if attention in (True, "xformers", "sdpa") else result.ignored).append("xformers")
     if not _empty(data.get("max_resolution")):
         sides = [p.strip() for p in str(data["max_resolution"]).split(",")]
         _put(result, "resolution", sides[0] if len(set(sides)) == 1 else ",".join(sides), "max_resolution")
     if not _empty(data.get("optimizer_args")):
         _put(result, "optimizer_args", str(data["optimizer_args"]), "optimizer_args")
     steps = _num(data.get("bucket_reso_steps"))
-    least = 32 if data.get("sdxl") else 64  # what sd-scripts' SDXL / SD LoRA scripts require
+    # what sd-scripts' SDXL / Flux / SD LoRA scripts require
+    least, which = (32, "SDXL") if data.get("sdxl") else (32, "Flux") if is_flux(data) else (64, "SD1.x/2.x")
     if steps and steps % least:
         result.settings["bucket_reso_steps"] = least
         result.notes.append(f"bucket_reso_steps = {data['bucket_reso_steps']!r} -> {least}: sd-scripts requires a "
-                            f"multiple of {least} for {'SDXL' if data.get('sdxl') else 'SD1.x/2.x'} and stops "
-                            "otherwise")
+                            f"multiple of {least} for {which} and stops otherwise")
     elif steps:
         _put(result, "bucket_reso_steps", data["bucket_reso_steps"], "bucket_reso_steps")
     if "max_grad_norm" in data:
@@ -534,12 +600,13 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
         result.notes.append("sdxl_cache_text_encoder_outputs with shuffle_caption or caption_dropout_rate: cached "
                             "outputs need fixed captions, so sd-scripts stops, and so does LoRA Studio, saying "
                             "which to turn off")
-    if data.get("sdxl"):
-        for key, name in (("sdxl_no_half_vae", "no_half_vae"),
-                          ("sdxl_cache_text_encoder_outputs", "cache_text_encoder_outputs")):
-            if data.get(key):
-                result.settings[name] = True
-                result.notes.append(f"{key} = true -> {name} = true (what the Kohya_ss GUI passes for SDXL)")
+    for key, name in (("sdxl_no_half_vae", "no_half_vae"),
+                      ("sdxl_cache_text_encoder_outputs", "cache_text_encoder_outputs")):
+        if data.get("sdxl") and data.get(key):
+            result.settings[name] = True
+            result.notes.append(f"{key} = true -> {name} = true (what the Kohya_ss GUI passes for SDXL)")
+        elif key in data and not data.get("sdxl"):
+            result.ignored.append(key)  # the GUI passes its SDXL fields for SDXL only
     lr_scheduler = data.get("lr_scheduler")
     if not _empty(lr_scheduler):
         _put(result, "lr_scheduler", lr_scheduler, "lr_scheduler")
@@ -564,6 +631,296 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
     for key in ("sdxl", "flux1_checkbox", "sd3_checkbox", "epoch", "noise_offset_type"):
         if key in data:
             result.ignored.append(key)
+
+
+# ---- Flux.1 / Chroma: what the Kohya_ss GUI's Flux.1 panel passes to flux_train_network.py (its lora_gui.py)
+
+
+def is_flux(data: dict[str, Any]) -> bool:
+    """A Flux.1 / Chroma configuration: the GUI's Flux.1 checkbox, or one of its Flux LoRA types."""
+    return bool(data.get("flux1_checkbox")) or data.get("LoRA_type") in FLUX_TYPES
+
+
+def _is_chroma(data: dict[str, Any]) -> bool:
+    """The GUI trains Chroma (sd-scripts' --model_type chroma) when its Flux.1 panel's Base Model Type says so."""
+    return is_flux(data) and str(data.get("model_type") or "").strip().lower() == "chroma"
+
+
+def _flux_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """The Flux.1 panel's values for what a Flux preset leaves out; for Chroma, what the GUI's switch to chroma sets."""
+    return {**FLUX_GUI_DEFAULTS, **(CHROMA_GUI_DEFAULTS if _is_chroma(data) else {})}
+
+
+def _flux_only(name: str) -> bool:
+    """A setting of the Flux families only (the schema's Flux group)."""
+    families = BY_NAME[name].families
+    return bool(families) and all(f in FLUX for f in families)
+
+
+def _flux_module() -> tuple[str, bool]:
+    """sd-scripts' networks.lora_flux when LoRA Studio's network_module accepts that name, else networks.lora (the
+    same LoRA: the Flux family picks Flux's layers and reads the same network_args); and whether it was accepted."""
+    choices = BY_NAME["network_module"].choices
+    return (FLUX_MODULE, True) if choices is None or FLUX_MODULE in choices else ("networks.lora", False)
+
+
+def _flux_network(result: KohyaImport, data: dict[str, Any], lora_type: str, dropouts: list[str],
+                  blocks: list[str]) -> None:
+    """LoRA type Flux1: networks.lora_flux with the network_args the GUI writes (the per-type dims, in_dims and block
+    indices that are not empty, train_blocks=single with split_mode, split_qkv, train_t5xxl, the dropouts).
+    Flux1 OFT (networks.oft_flux) is not trained: standard Flux LoRA stands in."""
+    module, accepted = _flux_module()
+    result.settings["network_module"] = module
+    if not accepted:
+        result.notes.append(f"LoRA type '{lora_type}': sd-scripts' {FLUX_MODULE} is not a network_module LoRA Studio "
+                            "accepts yet, so networks.lora is used (the same LoRA: the Flux family picks Flux's "
+                            "layers and reads the same network_args)")
+    if lora_type == "Flux1 OFT":
+        result.unsupported.append(
+            "LoRA type 'Flux1 OFT' (sd-scripts' networks.oft_flux): OFT for Flux is not supported; standard LoRA "
+            f"({module}) is used" + (", without enable_all_linear (an OFT option)" if data.get("enable_all_linear")
+                                     else ""))
+        return
+    args = []
+    for key in FLUX_NETWORK_FIELDS:
+        value = data.get(key)
+        if not _empty(value) and value not in (0, False):  # the GUI passes each field that is not empty
+            args.append(f"{key}={''.join(str(value).split())}")
+            result.carried.append(key)
+    train_blocks = str(data.get("train_blocks") or "all")
+    if data.get("split_mode"):
+        args.append("train_blocks=single")
+        result.notes.append("split_mode = true: the Kohya_ss GUI passes train_blocks=single with it"
+                            + (f" (instead of train_blocks = {train_blocks!r})" if train_blocks != "single" else ""))
+    elif train_blocks != "all":
+        result.notes.append(f"train_blocks = {train_blocks!r} is not passed: the Kohya_ss GUI passes train_blocks "
+                            "only with split_mode (as 'single'), so all blocks train, as in Kohya_ss")
+    elif "train_blocks" in data:
+        result.ignored.append("train_blocks")
+    for flag in ("split_qkv", "train_t5xxl"):
+        if data.get(flag):
+            args.append(f"{flag}=True")
+            result.carried.append(flag)
+        elif flag in data:
+            result.ignored.append(flag)
+    if args + dropouts:
+        result.settings["network_args"] = args + dropouts
+    if blocks:
+        result.notes.append(f"{', '.join(blocks)}: SD U-Net block weights; the Kohya_ss GUI does not pass them for "
+                            f"LoRA type '{lora_type}': left out")
+
+
+def _flux(result: KohyaImport, data: dict[str, Any]) -> None:
+    """Every field of the GUI's Flux.1 panel (and its Flux-only LoRA fields), as the GUI passes it for Flux."""
+    _flux_family(result, data)
+    _flux_files(result, data)
+    _flux_recipe(result, data)
+    _flux_memory(result, data)
+    _flux_caches(result, data)
+    _t5xxl_lr(result, data)
+    _flux_gui_fields(result, data)
+
+
+def _flux_family(result: KohyaImport, data: dict[str, Any]) -> None:
+    why = "flux1_checkbox = true" if data.get("flux1_checkbox") else \
+        f"LoRA type '{data.get('LoRA_type')}' (flux1_checkbox is not set)"
+    result.notes.append(f"{why}: a Flux.1 configuration (Kohya_ss trains it with sd-scripts' "
+                        "flux_train_network.py); LoRA Studio reads the model family (Flux.1 dev, schnell or Chroma) "
+                        "from the checkpoint itself")
+    if _is_chroma(data):
+        _put(result, "model_type", "chroma", "model_type")  # checked against the checkpoint
+    elif "model_type" in data:
+        result.ignored.append("model_type")  # the GUI passes model_type for Chroma only (flux is sd-scripts' own)
+
+
+def _flux_files(result: KohyaImport, data: dict[str, Any]) -> None:
+    """The autoencoder and text-encoder files; Chroma has no CLIP-L, and the GUI does not pass one for it."""
+    for key in ("ae", "t5xxl"):
+        _put(result, key, data.get(key), key)
+    if not _is_chroma(data):
+        _put(result, "clip_l", data.get("clip_l"), "clip_l")
+    elif not _empty(data.get("clip_l")):
+        result.notes.append(f"clip_l = {data['clip_l']!r} is not passed: Chroma has no CLIP-L (the Kohya_ss GUI "
+                            "leaves it out for Chroma)")
+    result.ignored += [k for k in ("flux1_clip_l", "flux1_t5xxl") if k in data]  # older GUIs' names, unread now
+
+
+def _flux_recipe(result: KohyaImport, data: dict[str, Any]) -> None:
+    """The flow-matching values as written. A 0 the GUI drops (its filter drops values equal to False) leaves
+    sd-scripts' default; Chroma's guidance 0 and T5 mask are passed always."""
+    chroma = _is_chroma(data)
+    for key, default in (("discrete_flow_shift", 3.0), ("guidance_scale", 3.5)):
+        value = data.get(key)
+        if not _empty(value) and _num(value) == 0 and not (chroma and key == "guidance_scale"):
+            result.settings[key] = default
+            result.notes.append(f"{key} = 0 -> {default}: the Kohya_ss GUI does not pass a 0, so sd-scripts trains "
+                                f"with its default {default}")
+        else:
+            _put(result, key, value, key)
+    for key in ("model_prediction_type", "timestep_sampling", "cpu_offload_checkpointing", "fp8_base_unet"):
+        _put(result, key, data.get(key), key)
+    length = data.get("t5xxl_max_token_length")
+    if _num(length) > 0:
+        _put(result, "t5xxl_max_token_length", int(_num(length)), "t5xxl_max_token_length")
+    if chroma:
+        result.settings["apply_t5_attn_mask"] = True
+        if data.get("apply_t5_attn_mask"):
+            result.carried.append("apply_t5_attn_mask")
+        else:
+            result.notes.append("apply_t5_attn_mask = false -> true: Chroma trains with T5's attention mask (the "
+                                "Kohya_ss GUI always passes it for Chroma; sd-scripts requires it)")
+    else:
+        _put(result, "apply_t5_attn_mask", bool(data.get("apply_t5_attn_mask")), "apply_t5_attn_mask")
+
+
+def _flux_memory(result: KohyaImport, data: dict[str, Any]) -> None:
+    """blocks_to_swap as written; the deprecated split_mode becomes blocks_to_swap 18 (as sd-scripts sets it) and the
+    old double/single_blocks_to_swap become blocks_to_swap as sd-scripts' flux_train.py converts them."""
+    swap = int(_num(data.get("blocks_to_swap")))
+    if swap:
+        _put(result, "blocks_to_swap", swap, "blocks_to_swap")
+    if data.get("split_mode") and swap:
+        result.notes.append("split_mode = true (deprecated): sd-scripts ignores it for block swapping because "
+                            f"blocks_to_swap = {swap} is set")
+    elif data.get("split_mode"):
+        result.settings["blocks_to_swap"] = SPLIT_MODE_SWAP
+        result.notes.append(f"split_mode = true (deprecated) -> blocks_to_swap = {SPLIT_MODE_SWAP}, as sd-scripts "
+                            "sets it")
+    elif "split_mode" in data:
+        result.ignored.append("split_mode")
+    double, single = int(_num(data.get("double_blocks_to_swap"))), int(_num(data.get("single_blocks_to_swap")))
+    old = f"double_blocks_to_swap = {double}, single_blocks_to_swap = {single}"
+    if (double or single) and "blocks_to_swap" in result.settings:
+        result.notes.append(f"{old}: deprecated, and sd-scripts' LoRA script does not read them; blocks_to_swap = "
+                            f"{result.settings['blocks_to_swap']} is used")
+    elif double or single:
+        if _put(result, "blocks_to_swap", double + single // 2, "double_blocks_to_swap", carried=False):
+            result.notes.append(f"{old} (deprecated; sd-scripts' LoRA script does not read them, so they saved no "
+                                f"memory in Kohya_ss) -> blocks_to_swap = {double + single // 2}, as sd-scripts' "
+                                "flux_train.py converts them (memory only: the result is the same)")
+    else:
+        result.ignored += [k for k in ("double_blocks_to_swap", "single_blocks_to_swap") if k in data]
+    if result.settings.get("blocks_to_swap") and result.settings.get("cpu_offload_checkpointing"):
+        result.notes.append("blocks_to_swap with cpu_offload_checkpointing: sd-scripts stops, and so does LoRA "
+                            "Studio; turn one off")
+
+
+def _flux_caches(result: KohyaImport, data: dict[str, Any]) -> None:
+    """The Flux.1 panel's text-encoder caches are sd-scripts' cache_text_encoder_outputs(_to_disk)."""
+    for key, name in (("flux1_cache_text_encoder_outputs", "cache_text_encoder_outputs"),
+                      ("flux1_cache_text_encoder_outputs_to_disk", "cache_text_encoder_outputs_to_disk")):
+        if data.get(key):
+            result.settings[name] = True
+            result.notes.append(f"{key} = true -> {name} = true (what the Kohya_ss GUI passes for Flux)")
+        elif key in data:
+            result.ignored.append(key)
+    if result.settings.get("cache_text_encoder_outputs") and (
+            data.get("shuffle_caption") or _num(data.get("caption_dropout_rate")) > 0):
+        result.notes.append("cached text-encoder outputs with shuffle_caption or caption_dropout_rate: cached outputs "
+                            "need fixed captions, so sd-scripts stops, and so does LoRA Studio, saying which to turn "
+                            "off")
+
+
+def _t5xxl_lr(result: KohyaImport, data: dict[str, Any]) -> None:
+    """The GUI's T5XXL learning rate: text_encoder_lr = [CLIP-L's, T5-XXL's] (Chroma, without CLIP-L: T5-XXL's);
+    refused by the GUI without a text-encoder learning rate."""
+    t5, te = _num(data.get("t5xxl_lr")), _num(data.get("text_encoder_lr"))
+    if not t5:
+        if "t5xxl_lr" in data:
+            result.ignored.append("t5xxl_lr")
+        return
+    if not te:
+        result.unsupported.append(f"t5xxl_lr = {data['t5xxl_lr']!r} with text_encoder_lr = 0: the Kohya_ss GUI "
+                                  "refuses to start (it needs a text-encoder learning rate above 0 with a T5-XXL one); "
+                                  "not imported")
+        return
+    chroma = _is_chroma(data)
+    result.settings["text_encoder_lr"] = t5 if chroma else [te, t5]
+    result.carried.append("t5xxl_lr")
+    result.notes.append(f"t5xxl_lr = {data['t5xxl_lr']!r} -> text_encoder_lr = {result.settings['text_encoder_lr']!r}"
+                        + (" (Chroma's only text encoder is T5-XXL)" if chroma else
+                           " (CLIP-L, T5-XXL), as the Kohya_ss GUI passes them")
+                        + ("" if data.get("train_t5xxl") else "; T5-XXL trains only with train_t5xxl, which is off"))
+
+
+def _flux_gui_fields(result: KohyaImport, data: dict[str, Any]) -> None:
+    """The Flux fields the GUI passes for other LoRA types or other scripts only, or that do not train."""
+    lora_type = data.get("LoRA_type")
+    if lora_type != "Flux1":  # the networks.lora_flux fields: the GUI passes them with LoRA type Flux1 only
+        keys = list(FLUX_NETWORK_FIELDS) + ["train_blocks", "split_qkv", "train_t5xxl"]
+        active = [f"{k} = {data[k]!r}" for k in keys if data.get(k) not in (None, "", 0, False, "all")]
+        result.ignored += [k for k in keys if k in data]
+        if active:
+            result.notes.append(f"{', '.join(active)}: networks.lora_flux arguments; the Kohya_ss GUI passes them "
+                                f"for LoRA type 'Flux1' only, not for {lora_type!r}: left out")
+    if data.get("enable_all_linear") and lora_type != "Flux1 OFT":
+        result.notes.append(f"enable_all_linear = true: an option of 'Flux1 OFT' only; the Kohya_ss GUI does not "
+                            f"pass it for {lora_type!r}")
+    elif "enable_all_linear" in data and lora_type != "Flux1 OFT":
+        result.ignored.append("enable_all_linear")
+    if data.get("mem_eff_save"):
+        result.notes.append("mem_eff_save = true: an option of sd-scripts' Flux fine-tuning (flux_train.py); its LoRA "
+                            "script does not read it, so it has no effect in Kohya_ss or here")
+    elif "mem_eff_save" in data:
+        result.ignored.append("mem_eff_save")
+    if not _empty(data.get("show_timesteps")):
+        result.unsupported.append(f"show_timesteps = {data['show_timesteps']!r}: in sd-scripts it shows the timestep "
+                                  "draw and exits without training; LoRA Studio has no such mode and trains")
+    else:
+        result.ignored += [k for k in ("show_timesteps",) if k in data]
+    result.ignored += [k for k in ("show_timesteps_resolution",) if k in data]
+    ggpo = ("train_lora_ggpo", "ggpo_sigma", "ggpo_beta")
+    if data.get("train_lora_ggpo") and lora_type == "Flux1":
+        result.unsupported.append(f"train_lora_ggpo = true (GGPO, ggpo_sigma = {data.get('ggpo_sigma')!r}, ggpo_beta "
+                                  f"= {data.get('ggpo_beta')!r}) is not supported: trained without it")
+    else:
+        result.ignored += [k for k in ggpo if k in data]
+    sd3 = [f"{k} = {data[k]!r}" for k in SD3_FIELDS if k in data and data[k] not in ("", None)
+           and data[k] != BY_NAME[k].default]
+    if sd3:
+        result.ignored = [k for k in result.ignored if k not in SD3_FIELDS]  # said here instead
+        result.notes.append(f"{', '.join(sd3)}: the Kohya_ss GUI's SD3 fields, which it does not pass for Flux: "
+                            "sd-scripts' defaults apply (uniform weighting)")
+    if data.get("loss_type") in ("huber", "smooth_l1") and data.get("huber_schedule", "snr") == "snr":
+        result.notes.append(f"loss_type = {data['loss_type']!r} with huber_schedule = 'snr': sd-scripts stops for "
+                            "Flux (it has no DDPM noise schedule), and so does LoRA Studio; set huber_schedule to "
+                            "constant or exponential")
+
+
+def _without_sd_settings(result: KohyaImport) -> None:
+    """The SD-only settings a Flux configuration carries (the GUI passes some of them, e.g. noise_offset,
+    min_snr_gamma, clip_skip): sd-scripts' Flux training does not use them, so they are left out, said when set."""
+    from ..models.flux import FluxFamily
+
+    active: dict[str, list[str]] = {}  # why -> the settings it explains
+    for name in [n for n in result.settings if BY_NAME[n].families and not set(BY_NAME[n].families) & set(FLUX)]:
+        value = result.settings.pop(name)
+        result.carried = [k for k in result.carried if RENAMED.get(k, k) != name]
+        if value in (BY_NAME[name].default, None, False, 0):
+            result.ignored.append(name)
+        else:
+            why = FluxFamily.ignored_settings.get(name, "a Stable Diffusion option")
+            active.setdefault(why, []).append(f"{name} = {value!r}")
+    if active:
+        result.notes.append("Not imported, as sd-scripts' Flux training does not use them (so they had no effect in "
+                            "Kohya_ss either): " + "; ".join(f"{', '.join(names)}: {why}"
+                                                             for why, names in active.items()))
+
+
+def _say_flux_defaults(result: KohyaImport, filled: dict[str, Any]) -> None:
+    """The recipe values a Flux preset leaves out train with the GUI's (sd-scripts') defaults, as in Kohya_ss: say
+    where LoRA Studio recommends otherwise."""
+    chroma = result.settings.get("model_type") == "chroma"
+    recommended = {"guidance_scale": 0.0 if chroma else 1.0, "model_prediction_type": "raw",
+                   "timestep_sampling": "sigmoid" if chroma else "shift", "discrete_flow_shift": 3.1582}
+    differ = [k for k in recommended if k in filled and k in result.settings and result.settings[k] != recommended[k]]
+    if differ:
+        result.notes.append(
+            "Not in the file, so Kohya_ss trains with its GUI's (sd-scripts') defaults, and so does this import: "
+            + ", ".join(f"{k} = {result.settings[k]!r}" for k in differ) + "; for "
+            + ("Chroma" if chroma else "Flux") + " LoRA Studio recommends "
+            + ", ".join(f"{k} = {recommended[k]!r}" for k in differ)
+            + ": clear those settings to train with the recommended values")
 
 
 def _resume_from_hub(result: KohyaImport, data: dict[str, Any]) -> None:
