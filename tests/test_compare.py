@@ -75,7 +75,8 @@ def test_strength_zero_tile_is_the_base_models_image(cli_grid, components, train
     index = cli_grid["index"]
     prompts = read_prompt_file(trained_run["root"] / "prompts.txt", 64)
     for grid, prompt in zip(index["grids"], prompts):
-        base = generate(components, prompt, "ddim", 2, 75, torch.device("cpu"), torch.float32, grid["seed"])
+        base = generate(components, prompt, "ddim", {"clip_skip": 2, "max_token_length": 75}, torch.device("cpu"),
+                        torch.float32, grid["seed"])
         assert np.array_equal(np.asarray(base), _pixels(grid["base"]))
     strong = _pixels(index["grids"][0]["tiles"][1][4])
     assert np.abs(strong.astype(int) - _pixels(index["grids"][0]["base"])).mean() > 0.5  # the LoRA does something
@@ -88,14 +89,14 @@ def test_strength_equals_diffusers_lora_scale_and_zero_restores_weights_bit_for_
     from lora_studio.training.sampling import SamplePrompt, make_scheduler
 
     path = trained_run["file"]
-    before = {k: v.clone() for k, v in components.unet.state_dict().items()}
+    before = {k: v.clone() for k, v in components.denoiser.state_dict().items()}
     renderer = Renderer(components=components, clip_skip=1)
     stack = renderer.set_loras([path])
     assert stack.report[0]["modules"] == 210 and stack.report[0]["kinds"] == {"lora": 210}
     prompt = SamplePrompt("lsdemo shape, red disc", negative="blurry", width=64, height=64, steps=3, cfg_scale=5.0)
     ours = {s: renderer.image(prompt, [s], "euler", seed=7, output_type="np") for s in (0.0, 0.5, 1.0)}
     renderer.close()
-    after = components.unet.state_dict()
+    after = components.denoiser.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # strength 0 / close: the original weights exactly
 
     pipe = StableDiffusionPipeline.from_pretrained(trained_run["model"], safety_checker=None,
@@ -150,13 +151,13 @@ def test_lycoris_file_delta_equals_lycoris_modules_own(name, components, tmp_pat
                     torch.randn_like(p) * 0.2)
     path = tmp_path / f"{name}.safetensors"
     save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(path))
-    unet = components.unet
+    unet = components.denoiser
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
     context = torch.randn(1, 77, unet.config.cross_attention_dim)
     with torch.no_grad():
         expected = unet(x, t, context).sample
     net.detach_from_base()
-    components.unet.requires_grad_(False)  # (LyCORIS's full module gives the weights back as new Parameters)
+    components.denoiser.requires_grad_(False)  # (LyCORIS's full module gives the weights back as new Parameters)
     lora = read_lora_file(path)
     assert not lora.unknown_keys and set(lora.modules) == {m.lora_name for m in net.adapters()}
     table = lora_module_table(components)

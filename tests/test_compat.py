@@ -109,13 +109,13 @@ def test_stems_follow_a1111_and_comfyui_rules(lora, tiny_models):
     c = load_components(str(tiny_models["folder"]), None, False)
     # A1111 maps names onto the LDM model's modules: build those names from the single-file checkpoint's keys
     ldm_modules = set()
-    for key in ldm_state_dict(c.unet, c.vae, c.text_encoders[0]):
+    for key in ldm_state_dict(c.denoiser, c.vae, c.text_encoders[0]):
         module = key.rsplit(".", 1)[0]
         module = module.replace("model.diffusion_model.", "diffusion_model.").replace(
             "cond_stage_model.transformer.", "transformer.")
         ldm_modules.add(module.replace(".", "_"))
     # ComfyUI maps lora_unet_ + every diffusers UNet module path, and fixed CLIP layer names
-    comfy_unet = {"lora_unet_" + n.replace(".", "_") for n, _ in c.unet.named_modules()}
+    comfy_unet = {"lora_unet_" + n.replace(".", "_") for n, _ in c.denoiser.named_modules()}
     comfy_te = re.compile(r"lora_te_text_model_encoder_layers_\d+_(mlp_fc1|mlp_fc2|self_attn_(q|k|v|out)_proj)$")
     for stem in _stems(sd):
         assert "." not in stem

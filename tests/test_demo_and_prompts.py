@@ -25,14 +25,18 @@ def test_demo_writes_a_runnable_project_and_trains(tmp_path):
     assert again.returncode == 2 and "is not empty" in again.stderr  # never writes over a folder
 
 
+def _encode(c, captions, clip_skip, max_token_length):
+    options = {"clip_skip": clip_skip, "max_token_length": max_token_length}
+    return c.family.encode_prompt(c, captions, "cpu", options)["encoder_hidden_states"]
+
+
 def test_long_captions_use_75_token_chunks(tiny_models):
     c = load_components(str(tiny_models["single"]), None, False)
     long_caption = ", ".join(f"tag{i}" for i in range(60))  # well over 75 tokens
     with torch.no_grad():
-        short = c.family.encode_prompt(c, ["a cat"], 1, 75, "cpu")["encoder_hidden_states"]
-        long = c.family.encode_prompt(c, [long_caption, "a cat"], 2, 150, "cpu")["encoder_hidden_states"]
-        longest = c.family.encode_prompt(c, [long_caption], 1, 225, "cpu")["encoder_hidden_states"]
+        short = _encode(c, ["a cat"], 1, 75)
+        long = _encode(c, [long_caption, "a cat"], 2, 150)
+        longest = _encode(c, [long_caption], 1, 225)
     assert short.shape[1] == 77 and long.shape[1] == 152 and longest.shape[1] == 227
     # the first chunk of a short caption equals its 75-token encoding (same start, same words)
-    assert torch.allclose(c.family.encode_prompt(c, ["a cat"], 1, 150, "cpu")["encoder_hidden_states"][:, :76],
-                          short[:, :76], atol=1e-5)
+    assert torch.allclose(_encode(c, ["a cat"], 1, 150)[:, :76], short[:, :76], atol=1e-5)

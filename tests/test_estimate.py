@@ -19,7 +19,7 @@ def test_model_size_from_headers_matches_the_real_models(tiny_models):
         size = model_size(source)
         c = load_components(str(source), None, False)
         assert size.family == "sd1"
-        assert size.unet == sum(p.numel() for p in c.unet.parameters())
+        assert size.unet == sum(p.numel() for p in c.denoiser.parameters())
         assert size.vae == sum(p.numel() for p in c.vae.parameters())
         network = LoRANetwork(c, 4, 1.0)
         unet_lora = sum(p.numel() for s in network.unet_stems for p in network._modules[s].parameters())

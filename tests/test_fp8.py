@@ -39,18 +39,18 @@ def placed(tiny_models):
 
 def test_fp8_base_halves_the_frozen_weight_bytes(placed):
     plain, fp8, unet_only = placed["plain"], placed["fp8"], placed["unet_only"]
-    bf16_unet, bf16_te = weight_bytes(plain.unet), weight_bytes(plain.text_encoders[0])
+    bf16_unet, bf16_te = weight_bytes(plain.denoiser), weight_bytes(plain.text_encoders[0])
     assert (bf16_unet, bf16_te) == (4_934_144, 196_608)  # the tiny model's Linear/Conv weights in bf16
-    assert weight_bytes(fp8.unet) == bf16_unet // 2 == 2_467_072
+    assert weight_bytes(fp8.denoiser) == bf16_unet // 2 == 2_467_072
     assert weight_bytes(fp8.text_encoders[0]) == bf16_te // 2
-    assert weight_bytes(unet_only.unet) == bf16_unet // 2 and weight_bytes(unet_only.text_encoders[0]) == bf16_te
-    layers = [m for m in fp8.unet.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert weight_bytes(unet_only.denoiser) == bf16_unet // 2 and weight_bytes(unet_only.text_encoders[0]) == bf16_te
+    layers = [m for m in fp8.denoiser.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     assert layers and all(m.weight.dtype == FP8 for m in layers)
     assert all(m.bias is None or m.bias.dtype == BF16 for m in layers)  # biases, norms, embeddings keep bf16
-    assert {p.dtype for n, p in fp8.unet.named_parameters() if "norm" in n} == {BF16}
+    assert {p.dtype for n, p in fp8.denoiser.named_parameters() if "norm" in n} == {BF16}
     te = fp8.text_encoders[0]
     assert te.dtype == BF16 and te.get_input_embeddings().weight.dtype == BF16
-    assert compute_dtype(fp8.unet) == BF16 and fp8.vae.dtype == BF16  # the VAE is never stored in float8
+    assert compute_dtype(fp8.denoiser) == BF16 and fp8.vae.dtype == BF16  # the VAE is never stored in float8
 
 
 def test_the_fp8_forward_is_the_layer_with_its_weight_rounded_to_fp8():
@@ -95,7 +95,7 @@ def test_the_backward_pass_keeps_no_upcast_copy_of_the_weights(placed):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=BF16):
             unet(x, torch.tensor([500]), encoder_hidden_states=cond)
         return total[0]
-    assert saved_besides_parameters(fp8.unet) <= saved_besides_parameters(plain.unet)
+    assert saved_besides_parameters(fp8.denoiser) <= saved_besides_parameters(plain.denoiser)
 
 
 def test_adapters_wrap_fp8_layers_and_stay_float32(placed):
@@ -120,7 +120,8 @@ def test_adapters_wrap_fp8_layers_and_stay_float32(placed):
         # a sample image through the diffusers pipeline: every call upcasts the float8 weights again
         prompt = SamplePrompt("lsdemo shape", width=64, height=64, steps=2, seed=1)
         with torch.autocast("cpu", dtype=BF16):
-            image = generate(c, prompt, "ddim", 1, 75, torch.device("cpu"), BF16, 0)
+            image = generate(c, prompt, "ddim", {"clip_skip": 1, "max_token_length": 75}, torch.device("cpu"), BF16,
+                             0)
         pixels = torch.tensor(list(image.getdata()), dtype=torch.float32)
         assert image.size == (64, 64) and pixels.std() > 1  # a picture, not a NaN-black square
     finally:
@@ -177,7 +178,7 @@ def test_lowram_builds_a_single_file_model_on_the_context_device(tiny_models, ca
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch: copying the file's tensors into meta parameters does nothing
         c = load_components(str(tiny_models["single"]), None, False)
-    assert {p.device.type for m in (c.unet, c.vae, *c.text_encoders) for p in m.parameters()} == {"meta"}
+    assert {p.device.type for m in (c.denoiser, c.vae, *c.text_encoders) for p in m.parameters()} == {"meta"}
     cfg = build_config({"lowram": True, "highvram": True, "pretrained_model_name_or_path": str(tiny_models["single"])})
     with caplog.at_level(logging.INFO, logger="lora_studio"), low_ram_loading(cfg, torch.device("cpu")):
         assert torch.empty(1).device.type == "cpu"

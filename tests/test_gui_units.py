@@ -289,9 +289,9 @@ def test_paths_and_names_with_line_breaks_are_refused(tmp_path):
 
 def test_the_test_tab_knows_the_engines_samplers_and_reads_prompt_options_as_it_does():
     from lora_studio.gui.tester import SAMPLERS, split_prompt
-    from lora_studio.training.sampling import _SAMPLERS, parse_prompt_line
+    from lora_studio.training.sampling import SAMPLERS as ENGINE_SAMPLERS, parse_prompt_line
 
-    assert SAMPLERS == list(_SAMPLERS)
+    assert SAMPLERS == list(ENGINE_SAMPLERS)
     line = "a red disc, --x ignored --n blurry, dark --w 96 --h 128 --d 5 --s 12 --l 6.5 --ss euler"
     text, options = split_prompt(line)
     parsed = parse_prompt_line(line, 512)

@@ -17,20 +17,23 @@ def _eval_loss(components, data_dir) -> float:
     """Mean loss over fixed noise and timesteps, so two measurements differ only by the weights."""
     from diffusers import DDPMScheduler
 
+    from lora_studio.models.ddpm import DDPMObjective
+
     cfg = build_config({"train_data_dir": str(data_dir), "resolution": "64", "output_dir": "x",
                         "pretrained_model_name_or_path": "x"})
     data = TrainingData(datasets_from_config(cfg), 1.0, 0)
     pixels = torch.stack([torch.from_numpy(data.pixels(i, False)) for i in range(len(data.items))])
-    scheduler = DDPMScheduler.from_config(components.scheduler_config)
+    objective = DDPMObjective(DDPMScheduler.from_config(components.scheduler_config))
     g = torch.Generator().manual_seed(0)
     total = 0.0
     with torch.no_grad():
         latents = components.vae.encode(pixels).latent_dist.sample(generator=g) * 0.18215
-        cond = components.family.encode_prompt(components, [it.caption for it in data.items], 1, 75, "cpu")
+        cond = components.family.encode_prompt(components, [it.caption for it in data.items], "cpu",
+                                               {"clip_skip": 1, "max_token_length": 75})
         for _ in range(8):
             noise = torch.randn(latents.shape, generator=g)
             t = torch.randint(0, 1000, (len(latents),), generator=g)
-            total += float(denoising_loss(components, scheduler, latents, cond, torch.ones(len(latents)),
+            total += float(denoising_loss(components, objective, latents, cond, torch.ones(len(latents)),
                                           noise, t))
     return total / 8
 

@@ -75,8 +75,8 @@ def test_locon_stems_follow_a1111_and_comfyui_rules(locon_run):
     c = load_components(str(locon_run["model"]), None, False)
     ldm_modules = {key.rsplit(".", 1)[0].replace("model.diffusion_model.", "diffusion_model.")
                    .replace("cond_stage_model.transformer.", "transformer.").replace(".", "_")
-                   for key in ldm_state_dict(c.unet, c.vae, c.text_encoders[0])}
-    comfy_unet = {"lora_unet_" + n.replace(".", "_") for n, _ in c.unet.named_modules()}
+                   for key in ldm_state_dict(c.denoiser, c.vae, c.text_encoders[0])}
+    comfy_unet = {"lora_unet_" + n.replace(".", "_") for n, _ in c.denoiser.named_modules()}
     for stem in _stems(locon_run["sd"]):
         assert a1111_compvis_name(stem) in ldm_modules, stem
         if stem.startswith("lora_unet_"):

@@ -139,7 +139,7 @@ def test_a_baked_checkpoint_is_base_plus_ratio_times_the_change(trained_run, tin
 
     pipe = StableDiffusionPipeline.from_single_file(str(out), config=str(tiny_models["folder"]),
                                                     local_files_only=True, safety_checker=None)
-    names = {id(p): n for n, p in baked.unet.named_parameters()}
+    names = {id(p): n for n, p in baked.denoiser.named_parameters()}
     theirs = dict(pipe.unet.named_parameters())
     for stem in lora.modules:
         if stem.startswith("lora_unet_"):  # diffusers reads the same merged U-Net weights
@@ -163,7 +163,7 @@ def test_extract_recovers_a_planted_low_rank_change(tiny_models, tmp_path):
             with torch.no_grad():
                 module.weight += change
             planted[stem] = change
-    save_single_file(tmp_path / "tuned.safetensors", tuned.unet, tuned.vae, tuned.text_encoders[0])
+    save_single_file(tmp_path / "tuned.safetensors", tuned.denoiser, tuned.vae, tuned.text_encoders[0])
     out = tmp_path / "extracted.safetensors"
     run_cli("lora", "extract", "--model", str(tiny_models["single"]), "--tuned", str(tmp_path / "tuned.safetensors"),
             "--out", str(out), "--dim", "2", "--clamp_quantile", "1")

@@ -91,7 +91,7 @@ def test_a_baked_checkpoint_is_base_plus_ratio_times_the_change(family_files, tm
     pipeline = getattr(diffusers, FAMILIES[family_files["key"]][2])
     pipe = pipeline.from_single_file(str(out), config=str(family_files["folder"]), local_files_only=True,
                                      **({"safety_checker": None} if family_files["key"] == "sd2" else {}))
-    names = {id(p): n for n, p in baked_c.unet.named_parameters()}
+    names = {id(p): n for n, p in baked_c.denoiser.named_parameters()}
     theirs = dict(pipe.unet.named_parameters())
     checked = 0
     for stem in lora.modules:
@@ -134,7 +134,7 @@ def test_extract_recovers_a_planted_change(family_files, tmp_path):
                 w += change
             planted[target.stem] = change
     te = tuned.text_encoders if len(tuned.text_encoders) > 1 else tuned.text_encoders[0]
-    save_single_file(tmp_path / "tuned.safetensors", tuned.unet, tuned.vae, te)
+    save_single_file(tmp_path / "tuned.safetensors", tuned.denoiser, tuned.vae, te)
     out = extract_lora(family_files["single"], tmp_path / "tuned.safetensors", tmp_path / "x.safetensors", dim=2,
                        clamp_quantile=1.0, v2=family_files["v2"], show_progress=False)
     got = _deltas(out)

@@ -15,12 +15,15 @@ from conftest import base_settings, run_cli, write_config
 from lora_studio.config import build_config
 from lora_studio.config.network_args import parse_network_args
 from lora_studio.errors import ConfigError
+from lora_studio.models.ddpm import DDPMObjective
 from lora_studio.models.loading import load_components
-from lora_studio.models.noise import NoiseRecipe
 from lora_studio.models.stable_diffusion import SD_SCHEDULER
 from lora_studio.network.lora import LoRANetwork
 from lora_studio.training.loss import LossOptions, denoising_loss, elementwise_loss
 from lora_studio.training.optim import build_optimizer
+
+
+PROMPT_OPTIONS = {"clip_skip": 1, "max_token_length": 75}
 
 
 @pytest.fixture(scope="module")
@@ -47,34 +50,31 @@ def test_each_loss_type_is_sd_scripts_formula():
 
 
 def test_huber_thresholds_follow_the_schedule():
-    from lora_studio.models.sd1 import SD1
-
     schedule = DDPMScheduler.from_config(SD_SCHEDULER)
     t = torch.tensor([0, 500, 999])
-    family = SD1()
-    assert torch.allclose(family.huber_thresholds(schedule, t, 0.1, "constant", 2.0), torch.full((3,), 0.2))
-    exponential = family.huber_thresholds(schedule, t, 0.1, "exponential", 1.0)
+    objective = DDPMObjective(schedule)
+    assert torch.allclose(objective.huber_thresholds(t, 0.1, "constant", 2.0), torch.full((3,), 0.2))
+    exponential = objective.huber_thresholds(t, 0.1, "exponential", 1.0)
     assert torch.allclose(exponential, torch.exp(math.log(0.1) / 1000 * t.float()))
     assert float(exponential[0]) == 1.0 and float(exponential[2]) == pytest.approx(0.1, rel=0.01)
     a = schedule.alphas_cumprod[t]
     sigma = ((1 - a) / a).sqrt()
-    snr = family.huber_thresholds(schedule, t, 0.1, "snr", 5.0)  # huber_scale is not used by "snr", as sd-scripts
+    snr = objective.huber_thresholds(t, 0.1, "snr", 5.0)  # huber_scale is not used by "snr", as sd-scripts
     assert torch.allclose(snr, 0.9 / (1 + sigma) ** 2 + 0.1)
 
 
 @pytest.mark.parametrize("loss_type", ["l1", "huber", "smooth_l1"])
 def test_the_batch_loss_uses_the_loss_type(components, loss_type):
-    schedule = DDPMScheduler.from_config(components.scheduler_config)
+    objective = DDPMObjective(DDPMScheduler.from_config(components.scheduler_config))
     g = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
     t = torch.tensor([50, 800])
     weights = torch.tensor([1.0, 0.5])
     options = LossOptions(loss_type=loss_type, huber_c=0.2, huber_schedule="constant", huber_scale=1.5)
     with torch.no_grad():
-        cond = components.family.encode_prompt(components, ["a", "b"], 1, 75, "cpu")
-        pred, target = components.family.prediction_and_target(components, schedule, latents, noise, t, cond,
-                                                               NoiseRecipe())
-        got = denoising_loss(components, schedule, latents, cond, weights, noise, t, options)
+        cond = components.family.encode_prompt(components, ["a", "b"], "cpu", PROMPT_OPTIONS)
+        pred, target = objective.prediction_and_target(components, latents, noise, t, cond)
+        got = denoising_loss(components, objective, latents, cond, weights, noise, t, options)
     d, c = pred - target, 0.3
     by_hand = {"l1": d.abs(), "huber": 2 * c * (torch.sqrt(d ** 2 + c ** 2) - c),
                "smooth_l1": 2 * (torch.sqrt(d ** 2 + c ** 2) - c)}[loss_type]
@@ -84,27 +84,27 @@ def test_the_batch_loss_uses_the_loss_type(components, loss_type):
 def test_v_prediction_loss_scales(components):
     """scale_v_pred_loss_like_noise_pred: x SNR/(SNR+1); v_pred_like_loss w: + loss / (SNR/(SNR+1)) x w (SNR
     capped at 1000), after Min-SNR, as sd-scripts orders them."""
-    schedule = components.family.noise_schedule(components, v_parameterization=True, zero_terminal_snr=False)
+    objective = DDPMObjective.for_model(components, v_parameterization=True, zero_terminal_snr=False)
+    schedule = objective.schedule
     g = torch.Generator().manual_seed(1)
     latents, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
     t = torch.tensor([0, 600])
     a = schedule.alphas_cumprod[t]
     scale = torch.clamp(a / (1 - a), max=1000) / (torch.clamp(a / (1 - a), max=1000) + 1)
     with torch.no_grad():
-        cond = components.family.encode_prompt(components, ["a", "b"], 1, 75, "cpu")
-        pred, target = components.family.prediction_and_target(components, schedule, latents, noise, t, cond,
-                                                               NoiseRecipe())
+        cond = components.family.encode_prompt(components, ["a", "b"], "cpu", PROMPT_OPTIONS)
+        pred, target = objective.prediction_and_target(components, latents, noise, t, cond)
         per_image = ((pred - target) ** 2).mean(dim=(1, 2, 3))
 
         def loss(**kw):
-            return float(denoising_loss(components, schedule, latents, cond, torch.ones(2), noise, t,
+            return float(denoising_loss(components, objective, latents, cond, torch.ones(2), noise, t,
                                         LossOptions(**kw)))
         assert loss() == pytest.approx(float(per_image.mean()), rel=1e-5)
         assert loss(scale_v_pred_loss_like_noise_pred=True) == pytest.approx(float((per_image * scale).mean()),
                                                                             rel=1e-5)
         assert loss(v_pred_like_loss=0.3) == pytest.approx(float((per_image + per_image / scale * 0.3).mean()),
                                                            rel=1e-5)
-    components.family.noise_schedule(components, v_parameterization=False, zero_terminal_snr=False)  # as it was
+    DDPMObjective.for_model(components, v_parameterization=False, zero_terminal_snr=False)  # as it was
 
 
 @pytest.mark.parametrize("module, args", [("networks.lora", []), ("lycoris.kohya", ["algo=locon"])])

@@ -67,8 +67,8 @@ def test_lycoris_files_have_the_keys_a1111_and_comfyui_read_on_our_module_names(
     c = load_components(str(lyco_run["model"]), None, False)
     ldm_modules = {key.rsplit(".", 1)[0].replace("model.diffusion_model.", "diffusion_model.")
                    .replace("cond_stage_model.transformer.", "transformer.").replace(".", "_")
-                   for key in ldm_state_dict(c.unet, c.vae, c.text_encoders[0])}
-    comfy_unet = {"lora_unet_" + n.replace(".", "_") for n, _ in c.unet.named_modules()}
+                   for key in ldm_state_dict(c.denoiser, c.vae, c.text_encoders[0])}
+    comfy_unet = {"lora_unet_" + n.replace(".", "_") for n, _ in c.denoiser.named_modules()}
     for stem in extra:
         assert a1111_compvis_name(stem) in ldm_modules and stem in comfy_unet, stem
     for stem, keys in by_stem.items():

@@ -24,8 +24,8 @@ from lora_studio.data.latent_cache import build_latent_cache
 from lora_studio.data.loader import EpochBatches
 from lora_studio.data.sources import datasets_from_config
 from lora_studio.errors import UserError
+from lora_studio.models.ddpm import DDPMObjective
 from lora_studio.models.loading import load_components
-from lora_studio.models.noise import NoiseRecipe
 from lora_studio.training.loss import denoising_loss
 
 SQUARE = (40, 8, 72, 40)  # left, top, right, bottom of the subject in a 128x64 picture
@@ -110,8 +110,7 @@ def test_images_without_masks_train_whole_and_mask_names_are_checked(tmp_path):
 def test_masked_pixels_do_not_change_the_loss(tiny_models, monkeypatch):
     """sd-scripts' apply_masked_loss: each latent pixel's loss times its mask, then the mean over all pixels."""
     components = load_components(str(tiny_models["single"]), None, False)
-    family = type(components.family)
-    schedule = DDPMScheduler.from_config(components.scheduler_config)
+    objective = DDPMObjective(DDPMScheduler.from_config(components.scheduler_config))
     g = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
     t, weights = torch.tensor([50, 800]), torch.tensor([1.0, 0.5])
@@ -119,24 +118,23 @@ def test_masked_pixels_do_not_change_the_loss(tiny_models, monkeypatch):
     masks[0, :, 2:6, 1:5] = 1.0
     masks[1, :, :, 4:] = 0.25
     with torch.no_grad():
-        cond = components.family.encode_prompt(components, ["a", "b"], 1, 75, "cpu")
-        pred, target = components.family.prediction_and_target(components, schedule, latents, noise, t, cond,
-                                                               NoiseRecipe())
-        got = denoising_loss(components, schedule, latents, cond, weights, noise, t, masks=masks)
+        cond = components.family.encode_prompt(components, ["a", "b"], "cpu", {"clip_skip": 1, "max_token_length": 75})
+        pred, target = objective.prediction_and_target(components, latents, noise, t, cond)
+        got = denoising_loss(components, objective, latents, cond, weights, noise, t, masks=masks)
         by_hand = (((pred - target) ** 2 * masks).mean(dim=(1, 2, 3)) * weights).mean()
         assert float(got) == pytest.approx(float(by_hand), rel=1e-5)
-        unmasked = denoising_loss(components, schedule, latents, cond, weights, noise, t)
+        unmasked = denoising_loss(components, objective, latents, cond, weights, noise, t)
         assert float(unmasked) != pytest.approx(float(got), rel=1e-3)
 
-        real = family.prediction_and_target
+        real = DDPMObjective.prediction_and_target
 
         def scribbled(self, *args):  # the real prediction, with the masked-out pixels changed wildly
             p, q = real(self, *args)
             hidden = masks.expand_as(p) == 0
             return torch.where(hidden, p + 50.0, p), torch.where(hidden, q - 20.0, q)
 
-        monkeypatch.setattr(family, "prediction_and_target", scribbled)
-        again = denoising_loss(components, schedule, latents, cond, weights, noise, t, masks=masks)
+        monkeypatch.setattr(DDPMObjective, "prediction_and_target", scribbled)
+        again = denoising_loss(components, objective, latents, cond, weights, noise, t, masks=masks)
     assert float(again) == pytest.approx(float(got), rel=1e-6)
 
 

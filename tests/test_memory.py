@@ -23,11 +23,11 @@ dtype = getattr(torch, sys.argv[2])
 with load_dtypes(unet=dtype, text_encoder=dtype):
     c = load_components(sys.argv[1], None, False)
 total = 0
-for m in (c.unet, c.vae, *c.text_encoders):
+for m in (c.denoiser, c.vae, *c.text_encoders):
     for p in m.parameters():
         total += float(p.float().sum())  # every weight read, its pages in memory
 import json
-print(json.dumps({"increase": peak_rss_bytes() - before, "unet": str(c.unet.dtype),
+print(json.dumps({"increase": peak_rss_bytes() - before, "unet": str(c.denoiser.dtype),
                   "te": str(c.text_encoders[0].dtype), "vae": str(c.vae.dtype), "finite": total == total}))
 """
 
@@ -147,7 +147,7 @@ def test_a_diffusers_folder_loads_in_the_training_dtype_too(tiny_models):
 
     with load_dtypes(unet=torch.bfloat16, text_encoder=torch.bfloat16):
         c = load_components(str(tiny_models["folder"]), None, False)
-    assert c.unet.dtype == c.text_encoders[0].dtype == torch.bfloat16 and c.vae.dtype == torch.float32
+    assert c.denoiser.dtype == c.text_encoders[0].dtype == torch.bfloat16 and c.vae.dtype == torch.float32
     plain = load_components(str(tiny_models["folder"]), None, False)
-    assert plain.unet.dtype == torch.float32
-    assert torch.equal(c.unet.conv_in.weight, plain.unet.conv_in.weight.to(torch.bfloat16))
+    assert plain.denoiser.dtype == torch.float32
+    assert torch.equal(c.denoiser.conv_in.weight, plain.denoiser.conv_in.weight.to(torch.bfloat16))

@@ -19,11 +19,11 @@ def test_tokenizer_matches_clip_ids_offline():
 def test_single_file_and_folder_give_identical_models(tiny_models):
     a = load_components(str(tiny_models["folder"]), None, False)
     b = load_components(str(tiny_models["single"]), None, False)
-    for x, y in [(a.unet, b.unet), (a.vae, b.vae), (a.text_encoders[0], b.text_encoders[0])]:
+    for x, y in [(a.denoiser, b.denoiser), (a.vae, b.vae), (a.text_encoders[0], b.text_encoders[0])]:
         sx, sy = x.state_dict(), y.state_dict()
         assert sx.keys() == sy.keys()
         assert all(torch.equal(sx[k], sy[k]) for k in sx)
-    assert a.unet.config.block_out_channels == b.unet.config.block_out_channels
+    assert a.denoiser.config.block_out_channels == b.denoiser.config.block_out_channels
     assert a.tokenizers[0]("lsdemo shape").input_ids == b.tokenizers[0]("lsdemo shape").input_ids
 
 
@@ -32,10 +32,10 @@ def test_our_ldm_names_agree_with_diffusers_own_converter(tiny_models):
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     c = load_components(str(tiny_models["folder"]), None, False)
-    ckpt = ldm_state_dict(c.unet, c.vae, c.text_encoders[0])
-    unet = convert_ldm_unet_checkpoint(dict(ckpt), dict(c.unet.config))
-    assert unet.keys() == c.unet.state_dict().keys()
-    assert all(torch.equal(unet[k], v) for k, v in c.unet.state_dict().items())
+    ckpt = ldm_state_dict(c.denoiser, c.vae, c.text_encoders[0])
+    unet = convert_ldm_unet_checkpoint(dict(ckpt), dict(c.denoiser.config))
+    assert unet.keys() == c.denoiser.state_dict().keys()
+    assert all(torch.equal(unet[k], v) for k, v in c.denoiser.state_dict().items())
     vae = convert_ldm_vae_checkpoint(dict(ckpt), dict(c.vae.config))
     assert vae.keys() == c.vae.state_dict().keys()
     assert all(torch.equal(vae[k].reshape(v.shape), v) for k, v in c.vae.state_dict().items())
@@ -43,8 +43,8 @@ def test_our_ldm_names_agree_with_diffusers_own_converter(tiny_models):
 
 def test_separate_vae_file(tiny_models, tmp_path):
     c = load_components(str(tiny_models["folder"]), None, False)
-    vae_only = {k[len("first_stage_model."):]: v for k, v in ldm_state_dict(c.unet, c.vae, c.text_encoders[0]).items()
-                if k.startswith("first_stage_model.")}
+    whole = ldm_state_dict(c.denoiser, c.vae, c.text_encoders[0])
+    vae_only = {k[len("first_stage_model."):]: v for k, v in whole.items() if k.startswith("first_stage_model.")}
     save_file({k: v * 0 + 1 if k.endswith("conv_in.bias") else v for k, v in vae_only.items()},
               str(tmp_path / "vae.safetensors"))
     with_vae = load_components(str(tiny_models["single"]), str(tmp_path / "vae.safetensors"), False)
@@ -73,13 +73,12 @@ def test_a_family_we_do_not_train_is_named_at_the_check_and_at_the_start(tiny_mo
 
     from lora_studio.gui.form import check_form
 
-    flux = tmp_path / "flux1-dev.safetensors"
-    save_file({"model.diffusion_model.double_blocks.0.img_attn.qkv.weight": torch.zeros(2, 2),
-               "model.diffusion_model.single_blocks.0.linear1.weight": torch.zeros(2, 2)}, str(flux))
+    cascade = tmp_path / "stable-cascade-stage-c.safetensors"  # (Flux is trained now: a single file of another one)
+    save_file({"down_blocks.0.0.channelwise.0.weight": torch.zeros(2, 2)}, str(cascade))
     sd3 = tmp_path / "sd3.5-diffusers"
     sd3.mkdir()
     (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
-    for model, name in ((flux, "Flux"), (sd3, "SD3 / SD3.5")):
+    for model, name in ((cascade, "Stable Cascade"), (sd3, "SD3 / SD3.5")):
         with pytest.raises(UserError, match=f"is a {name} model, which LoRA Studio does not train"):
             load_components(str(model), None, False)
         problems = check_form({"pretrained_model_name_or_path": str(model), "output_dir": str(tmp_path / "o"),

@@ -28,7 +28,7 @@ def _network(components, module: str, args: list[str], rank: int = 4, alpha: flo
 
 def _denoise_loss(components) -> torch.Tensor:
     torch.manual_seed(0)
-    unet = components.unet
+    unet = components.denoiser
     x = torch.randn(2, unet.config.in_channels, 8, 8)
     context = torch.randn(2, 77, unet.config.cross_attention_dim)
     return unet(x, torch.tensor([10, 500]), encoder_hidden_states=context).sample.pow(2).mean()
@@ -133,7 +133,7 @@ def test_lycoris_arguments_shape_the_weights_as_lycoris_makes_them(components):
     # train_norm: the GroupNorm / LayerNorm layers inside the adapted blocks get w_norm / b_norm
     normed = _keys_by_stem(_network(components, "lycoris.kohya", ["algo=locon", "conv_dim=2", "train_norm=True"]))
     norms = {s for s, k in normed.items() if k == {"w_norm", "b_norm"}}
-    expected = sum(1 for name, block in components.unet.named_modules()
+    expected = sum(1 for name, block in components.denoiser.named_modules()
                    if type(block).__name__ in ("Transformer2DModel", "ResnetBlock2D")
                    for _, child in block.named_modules() if isinstance(child, (nn.GroupNorm, nn.LayerNorm)))
     assert len(norms) == expected > 0 and "lora_unet_down_blocks_0_resnets_0_norm1" in norms

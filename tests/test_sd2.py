@@ -31,7 +31,7 @@ def test_single_file_sd2_loads_as_the_same_model(sd2_models):
         assert torch.allclose(c.text_encoders[0](ids).last_hidden_state, sd2_models["te"](ids).last_hidden_state,
                               atol=1e-6)
         x, h = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 64)
-        assert torch.allclose(c.unet(x, 10, h).sample, sd2_models["unet"](x, 10, h).sample, atol=1e-5)
+        assert torch.allclose(c.denoiser(x, 10, h).sample, sd2_models["unet"](x, 10, h).sample, atol=1e-5)
     # the file's OpenCLIP encoder holds one layer more: SD2 conditions on the penultimate one
     with safe_open(str(sd2_models["single"]), "pt") as fh:
         assert "cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight" in fh.keys()
@@ -46,6 +46,7 @@ def test_a_model_type_mismatch_is_a_clear_error(sd2_models, tmp_path, dataset):
 def test_v_prediction_loss_targets_v(sd2_models):
     from diffusers import DDPMScheduler
 
+    from lora_studio.models.ddpm import DDPMObjective
     from lora_studio.models.family import Components
     from lora_studio.models.sd2 import SD2
     from lora_studio.models.stable_diffusion import SD_SCHEDULER
@@ -56,11 +57,12 @@ def test_v_prediction_loss_targets_v(sd2_models):
     assert float(scheduler.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-12)  # zero terminal SNR
     unet = sd2_models["unet"]
     model = Components(SD2(), unet, None, [], [], dict(SD_SCHEDULER), "test")
+    objective = DDPMObjective(scheduler)
     latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     t = torch.tensor([10, 999])
     cond = {"encoder_hidden_states": torch.randn(2, 77, 64)}
     with torch.no_grad():
-        loss = denoising_loss(model, scheduler, latents, cond, torch.ones(2), noise, t)
+        loss = denoising_loss(model, objective, latents, cond, torch.ones(2), noise, t)
         a = scheduler.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
         s = (1 - scheduler.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
         noisy = a * latents + s * noise
@@ -68,8 +70,8 @@ def test_v_prediction_loss_targets_v(sd2_models):
         pred = unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
     assert float(loss) == pytest.approx(float(((pred - v) ** 2).mean()), rel=1e-5)
     with torch.no_grad():
-        weighted = denoising_loss(model, scheduler, latents, cond, torch.ones(2), noise, t,
-                                      LossOptions(min_snr_gamma=5.0))
+        weighted = denoising_loss(model, objective, latents, cond, torch.ones(2), noise, t,
+                                  LossOptions(min_snr_gamma=5.0))
     assert torch.isfinite(weighted)
 
 

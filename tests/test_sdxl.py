@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from conftest import base_settings, run_cli, write_config
 from lora_checks import assert_adapters_equal_file
 
+PROMPT_OPTIONS = {"clip_skip": 1, "max_token_length": 75}
+
 
 @pytest.fixture(scope="module")
 def sdxl(tmp_path_factory):
@@ -93,22 +95,23 @@ def test_sdxl_file_loads_in_diffusers_with_every_key_matched(sdxl):
 def test_a_v_prediction_sdxl_run_learns_v(sdxl):
     """The v-prediction run's LoRA lowers the v-prediction loss (fixed noise and timesteps) on its images; the
     training target is v = sqrt(a) noise - sqrt(1 - a) x0, diffusers' get_velocity."""
+    from lora_studio.models.ddpm import DDPMObjective
     from lora_studio.models.loading import load_components
-    from lora_studio.models.noise import NoiseRecipe
     from lora_studio.network.lora import LoRANetwork
     from lora_studio.training.loss import denoising_loss
 
     c = load_components(str(sdxl["single"]), None, False)
-    schedule = c.family.noise_schedule(c, v_parameterization=True, zero_terminal_snr=True)
+    objective = DDPMObjective.for_model(c, v_parameterization=True, zero_terminal_snr=True)
+    schedule = objective.schedule
     assert schedule.config.prediction_type == "v_prediction" and float(schedule.alphas_cumprod[-1]) < 1e-6
     g = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
     t = torch.tensor([10, 900])
     a = schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
     with torch.no_grad():
-        cond = {**c.family.encode_prompt(c, ["x", "y"], 1, 75, "cpu"),
+        cond = {**c.family.encode_prompt(c, ["x", "y"], "cpu", PROMPT_OPTIONS),
                 "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
-        _, target = c.family.prediction_and_target(c, schedule, latents, noise, t, cond, NoiseRecipe())
+        _, target = objective.prediction_and_target(c, latents, noise, t, cond)
     assert torch.allclose(target, a.sqrt() * noise - (1 - a).sqrt() * latents, atol=1e-5)
 
     from lora_studio.config import build_config
@@ -127,8 +130,9 @@ def test_a_v_prediction_sdxl_run_learns_v(sdxl):
     def held_out() -> float:  # the prompts are encoded each time: the text encoders' adapters count too
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
-            cond = {**c.family.encode_prompt(c, [it.caption for it in images], 1, 75, "cpu"), "time_ids": time_ids}
-            return sum(float(denoising_loss(c, schedule, latents, cond, torch.ones(len(images)),
+            cond = {**c.family.encode_prompt(c, [it.caption for it in images], "cpu", PROMPT_OPTIONS),
+                    "time_ids": time_ids}
+            return sum(float(denoising_loss(c, objective, latents, cond, torch.ones(len(images)),
                                             torch.randn(latents.shape, generator=g),
                                             torch.randint(0, 1000, (len(images),), generator=g)))
                        for _ in range(6)) / 6
@@ -145,7 +149,7 @@ def test_sdxl_stems_follow_a1111_and_comfyui_rules(sdxl):
     from lora_studio.models.tiny import ldm_state_dict
 
     c = load_components(str(sdxl["single"]), None, False)
-    modules = {k.rsplit(".", 1)[0].replace(".", "_") for k in ldm_state_dict(c.unet, c.vae, c.text_encoders)}
+    modules = {k.rsplit(".", 1)[0].replace(".", "_") for k in ldm_state_dict(c.denoiser, c.vae, c.text_encoders)}
     te2_parts = {"self_attn_q_proj": "attn", "self_attn_k_proj": "attn", "self_attn_v_proj": "attn",
                  "self_attn_out_proj": "attn_out_proj", "mlp_fc1": "mlp_c_fc", "mlp_fc2": "mlp_c_proj"}
     comfy_te = re.compile(r"lora_te[12]_text_model_encoder_layers_\d+_(mlp_fc1|mlp_fc2|self_attn_(q|k|v|out)_proj)$")
@@ -164,6 +168,7 @@ def test_sdxl_stems_follow_a1111_and_comfyui_rules(sdxl):
 def test_cached_text_encoder_outputs_give_the_same_loss(sdxl, tmp_path):
     from diffusers import DDPMScheduler
 
+    from lora_studio.models.ddpm import DDPMObjective
     from lora_studio.models.loading import load_components
     from lora_studio.training.loss import denoising_loss
     from lora_studio.training.te_cache import build_te_cache, cached_condition
@@ -172,11 +177,11 @@ def test_cached_text_encoder_outputs_give_the_same_loss(sdxl, tmp_path):
     captions = ["lsdemo shape, red disc", "another caption, longer than the first one"]
 
     def encode(batch):
-        return c.family.encode_prompt(c, batch, 1, 75, "cpu")
+        return c.family.encode_prompt(c, batch, "cpu", PROMPT_OPTIONS)
     cache = build_te_cache({cap: tmp_path for cap in captions}, encode, "fp", to_disk=True, show_progress=False)
     assert len(list((tmp_path / ".lora_studio_cache").glob("te_*.safetensors"))) == 2
     reread = build_te_cache({cap: tmp_path for cap in captions}, lambda b: pytest.fail("re-encoded"), "fp", True)
-    scheduler = DDPMScheduler.from_config(c.scheduler_config)
+    objective = DDPMObjective(DDPMScheduler.from_config(c.scheduler_config))
     g = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
     t = torch.tensor([100, 700])
@@ -184,8 +189,8 @@ def test_cached_text_encoder_outputs_give_the_same_loss(sdxl, tmp_path):
     with torch.no_grad():
         live = {**encode(captions), "time_ids": time_ids}
         cached = {**cached_condition(reread, captions, "cpu"), "time_ids": time_ids}
-        a = denoising_loss(c, scheduler, latents, live, torch.ones(2), noise, t)
-        b = denoising_loss(c, scheduler, latents, cached, torch.ones(2), noise, t)
+        a = denoising_loss(c, objective, latents, live, torch.ones(2), noise, t)
+        b = denoising_loss(c, objective, latents, cached, torch.ones(2), noise, t)
     assert float(a) == pytest.approx(float(b), rel=1e-6, abs=1e-7)
     assert set(cache[captions[0]]) == {"encoder_hidden_states", "text_embeds"}
 

@@ -50,11 +50,11 @@ def test_pickle_models_need_consent_and_load_only_as_data(tiny_models, tmp_path)
 
     reference = load_components(str(tiny_models["single"]), None, False)
     ckpt = tmp_path / "model.ckpt"
-    torch.save({"state_dict": ldm_state_dict(reference.unet, reference.vae, reference.text_encoders[0])}, ckpt)
+    torch.save({"state_dict": ldm_state_dict(reference.denoiser, reference.vae, reference.text_encoders[0])}, ckpt)
     with pytest.raises(UserError, match="pickle file .* allow_pickle = true"):
         load_components(str(ckpt), None, False)
     loaded = load_components(str(ckpt), None, False, allow_pickle=True)
-    for (name, a), b in zip(reference.unet.state_dict().items(), loaded.unet.state_dict().values()):
+    for (name, a), b in zip(reference.denoiser.state_dict().items(), loaded.denoiser.state_dict().values()):
         assert torch.equal(a, b), name
 
     marker = tmp_path / "code-ran"

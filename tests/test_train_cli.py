@@ -61,7 +61,7 @@ def test_same_seed_same_weights_and_single_file_loads_as_the_folder(tiny_models,
         assert files[0][key].shape == files[2][key].shape, key
     assert any(files[0][k].abs().sum() > 0 for k in files[0] if "lora_up" in k)
     folder, single = (load_components(str(tiny_models[k]), None, False) for k in ("folder", "single"))
-    for a, b in ((folder.unet, single.unet), (folder.vae, single.vae),
+    for a, b in ((folder.denoiser, single.denoiser), (folder.vae, single.vae),
                  (folder.text_encoders[0], single.text_encoders[0])):
         ours, theirs = dict(a.named_parameters()), dict(b.named_parameters())
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

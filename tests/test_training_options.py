@@ -57,22 +57,24 @@ def test_multires_noise_has_unit_variance_and_far_more_low_frequency_power():
 
 
 def test_ip_noise_gamma_perturbs_the_input_and_leaves_the_target(tiny_models):
+    from lora_studio.models.ddpm import DDPMObjective
     from lora_studio.models.loading import load_components
     from lora_studio.models.noise import NoiseRecipe
 
     c = load_components(str(tiny_models["folder"]), None, False)
-    schedule = c.family.noise_schedule(c, False, False)
+    schedule = DDPMObjective.for_model(c, False, False).schedule
     latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     t = torch.tensor([100, 600])
     cond = {"encoder_hidden_states": torch.randn(2, 77, 64)}
     with torch.no_grad():
-        plain_pred, plain_target = c.family.prediction_and_target(c, schedule, latents, noise, t, cond, NoiseRecipe())
+        plain_pred, plain_target = DDPMObjective(schedule, NoiseRecipe()).prediction_and_target(c, latents, noise, t,
+                                                                                                cond)
         torch.manual_seed(4)
-        pred, target = c.family.prediction_and_target(c, schedule, latents, noise, t, cond,
-                                                      NoiseRecipe(ip_gamma=0.1))
+        pred, target = DDPMObjective(schedule, NoiseRecipe(ip_gamma=0.1)).prediction_and_target(c, latents, noise, t,
+                                                                                                cond)
         torch.manual_seed(4)
         perturbed = noise + 0.1 * torch.randn_like(noise)
-        expected = c.unet(schedule.add_noise(latents, perturbed, t), t, encoder_hidden_states=cond[
+        expected = c.denoiser(schedule.add_noise(latents, perturbed, t), t, encoder_hidden_states=cond[
             "encoder_hidden_states"]).sample
     assert torch.equal(target, plain_target) and torch.equal(target, noise)
     assert torch.allclose(pred, expected, atol=1e-5) and not torch.allclose(pred, plain_pred)
@@ -81,7 +83,7 @@ def test_ip_noise_gamma_perturbs_the_input_and_leaves_the_target(tiny_models):
 def test_debiased_estimation_weights():
     from diffusers import DDPMScheduler
 
-    from lora_studio.models.sd1 import SD1
+    from lora_studio.models.ddpm import DDPMObjective
     from lora_studio.models.stable_diffusion import SD_SCHEDULER
 
     t = torch.tensor([0, 10, 500, 999])
@@ -90,8 +92,8 @@ def test_debiased_estimation_weights():
         a = schedule.alphas_cumprod[t].double()
         snr = torch.clamp(a / (1 - a), max=1000)
         expected = 1 / (snr + 1) if prediction == "v_prediction" else 1 / snr.sqrt()
-        assert torch.allclose(SD1().debiased_weights(schedule, t).double(), expected, rtol=1e-5)
-    assert float(SD1().debiased_weights(DDPMScheduler.from_config(SD_SCHEDULER), t)[0]) == pytest.approx(
+        assert torch.allclose(DDPMObjective(schedule).debiased_weights(t).double(), expected, rtol=1e-5)
+    assert float(DDPMObjective(DDPMScheduler.from_config(SD_SCHEDULER)).debiased_weights(t)[0]) == pytest.approx(
         1 / math.sqrt(1000), rel=1e-5)  # timestep 0's infinite-ish SNR is capped at 1000
 
 

@@ -16,11 +16,12 @@ from lora_studio.config import build_config
 from lora_studio.data.dataset import TrainingData
 from lora_studio.data.sources import datasets_from_config
 from lora_studio.errors import UserError
+from lora_studio.models.ddpm import DDPMObjective, validation_timesteps
 from lora_studio.models.loading import load_components
 from lora_studio.training import faults
 from lora_studio.training.precision import Precision
-from lora_studio.training.step import BatchLoss
-from lora_studio.training.validation import BestTracker, Validation, validation_timesteps
+from lora_studio.training.step import BatchLoss, noise_recipe
+from lora_studio.training.validation import BestTracker, Validation
 
 
 def _data(dataset, seed=0, **settings) -> TrainingData:
@@ -51,12 +52,12 @@ def test_held_out_images_never_train_and_the_seed_chooses_them(dataset):
 
 def test_validation_is_the_same_number_twice_and_leaves_the_training_randomness(tiny_models, dataset):
     components = load_components(str(tiny_models["single"]), None, False)
-    schedule = DDPMScheduler.from_config(components.scheduler_config)
     cfg = build_config({"train_data_dir": str(dataset), "resolution": "64", "validation_split": 0.25,
                         "noise_offset": 0.05})
+    objective = DDPMObjective(DDPMScheduler.from_config(components.scheduler_config), noise_recipe(cfg))
     data = TrainingData(datasets_from_config(cfg), 1.0, 0)
-    loss = BatchLoss(components, schedule, cfg, torch.device("cpu"), Precision("no", torch.float32), False, None)
-    validation = Validation(cfg, data, None, loss, 0, 10, 1000)
+    loss = BatchLoss(components, objective, cfg, torch.device("cpu"), Precision("no", torch.float32), False, None)
+    validation = Validation(cfg, data, None, loss, 0, 10)
     assert validation.timesteps == [200, 400, 600, 800] == validation_timesteps(None, None, 1000)
     torch.manual_seed(5)
     random.seed(5)
@@ -68,7 +69,7 @@ def test_validation_is_the_same_number_twice_and_leaves_the_training_randomness(
     assert torch.equal(after[0], expected[0]) and after[1] == expected[1]  # the training's draws are untouched
     assert validation.measure() == first  # the same weights: the same number
     with torch.no_grad():
-        components.unet.conv_in.weight.mul_(1.5)
+        components.denoiser.conv_in.weight.mul_(1.5)
     assert validation.measure() != first
 
 

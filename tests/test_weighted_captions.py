@@ -101,7 +101,8 @@ def sdxl():
 
 def _encode(c, captions, weighted, clip_skip=1, max_token_length=75):
     with torch.no_grad():
-        return c.family.encode_prompt(c, captions, clip_skip, max_token_length, "cpu", weighted=weighted)
+        options = {"clip_skip": clip_skip, "max_token_length": max_token_length}
+        return c.family.encode_prompt(c, captions, "cpu", options, weighted=weighted)
 
 
 LONG = ", ".join(["tag"] * 45)  # 89 tokens: past the first 75-token chunk
@@ -197,5 +198,5 @@ def test_the_training_step_and_the_text_encoder_cache_encode_with_weights(sd1, t
                                        accelerator)
     assert torch.allclose(cached_condition(cache, [caption], "cpu")["encoder_hidden_states"], expected)
     # a cache on disk from a run without the setting is not reused (and an older cache without it stays valid)
-    tes = sd1.text_encoders
-    assert te_fingerprint(tes, 1, 75, True) != te_fingerprint(tes, 1, 75) == te_fingerprint(tes, 1, 75, False)
+    tes, options = sd1.text_encoders, {"clip_skip": 1, "max_token_length": 75}
+    assert te_fingerprint(tes, options, True) != te_fingerprint(tes, options) == te_fingerprint(tes, options, False)

@@ -12,11 +12,13 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--events", help="also write the progress, end or error to this JSON-lines file (the GUI's)")
     common.add_argument("--report", help="also write the result (and inspect's report) to this JSON file")
-    inspect = tools.add_parser("inspect", parents=[common], help="what a LoRA file is: family, type, ranks, apps, training settings")
+    inspect = tools.add_parser("inspect", parents=[common],
+                               help="what a LoRA file is: family, type, ranks, apps, training settings")
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
 
-    resize = tools.add_parser("resize", parents=[common], help="a LoRA / LoCon to another rank by SVD (as Kohya's resize)")
+    resize = tools.add_parser("resize", parents=[common],
+                              help="a LoRA / LoCon to another rank by SVD (as Kohya's resize)")
     resize.add_argument("source", help="the LoRA to resize")
     resize.add_argument("out", help="the new file (never the input)")
     resize.add_argument("--new_rank", type=int, default=4, help="the rank (the cap with a dynamic method)")
@@ -27,7 +29,8 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     resize.add_argument("--save_precision", choices=("float", "fp16", "bf16"), help="default: the input's")
     resize.add_argument("--verbose", action="store_true", help="one line per module: its rank and what it keeps")
 
-    merge = tools.add_parser("merge", parents=[common], help="LoRA files with ratios into one LoRA, or (with --model) into a checkpoint")
+    merge = tools.add_parser("merge", parents=[common],
+                             help="LoRA files with ratios into one LoRA, or (with --model) into a checkpoint")
     merge.add_argument("--model", help="bake the LoRAs into this base model (a single-file checkpoint or a diffusers "
                                        "folder); the output is a single-file checkpoint")
     merge.add_argument("--v2", action="store_true", help="the base model is SD2.x (when its file does not say)")
@@ -40,8 +43,8 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("--new_conv_rank", type=int, help="the rank of 3x3 convolutions in an svd merge")
     merge.add_argument("--save_precision", choices=("float", "fp16", "bf16"), help="default: the first input's")
 
-
-    extract = tools.add_parser("extract", parents=[common], help="a LoRA from a fine-tuned model and its base (SVD of the difference)")
+    extract = tools.add_parser("extract", parents=[common],
+                               help="a LoRA from a fine-tuned model and its base (SVD of the difference)")
     extract.add_argument("--model", "--model_org", dest="model", required=True, help="the base model")
     extract.add_argument("--tuned", "--model_tuned", dest="tuned", required=True, help="the fine-tuned model")
     extract.add_argument("--out", "--save_to", dest="out", required=True, help="the LoRA to write")
@@ -55,7 +58,6 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     extract.add_argument("--device", default="cpu")
     extract.add_argument("--save_precision", choices=("float", "fp16", "bf16"), default="float")
     extract.add_argument("--v2", action="store_true", help="the models are SD2.x (when their files do not say)")
-
 
     convert = tools.add_parser("convert", parents=[common], help="kohya format <-> diffusers / peft format")
     convert.add_argument("source")

@@ -31,7 +31,7 @@ _ALL = TargetSpec(conv_blocks=True, kxk_convs=True, stem=("conv_in", "conv_out",
 def _paths(components) -> dict[int, str]:
     """id(module) -> its diffusers path with the pipeline part in front (unet., text_encoder., text_encoder_2.)."""
     parts = [("unet", components.denoiser)] + [("text_encoder" + (f"_{i + 1}" if i else ""), te)
-                                          for i, te in enumerate(components.text_encoders)]
+                                               for i, te in enumerate(components.text_encoders)]
     return {id(m): f"{prefix}.{path}" for prefix, model in parts for path, m in model.named_modules() if path}
 
 
@@ -72,7 +72,7 @@ def _to_kohya(source: Path, components) -> tuple[dict[str, torch.Tensor], dict]:
     alpha_pattern, _, lora_alpha = _alphas(metadata)
     by_path = {}
     for prefix, model in [("unet", components.denoiser)] + [("text_encoder" + (f"_{i + 1}" if i else ""), te)
-                                                        for i, te in enumerate(components.text_encoders)]:
+                                                            for i, te in enumerate(components.text_encoders)]:
         for path, module in model.named_modules():
             by_path[f"{prefix}.{path}"] = module
     stems = {id(t.module): t.stem for t in components.family.adapter_targets(components, True, True, _ALL)}

@@ -101,10 +101,10 @@ class SDXL(StableDiffusionFamily):
 
         te1, te2 = components.text_encoders
         tok1, tok2 = components.tokenizers
-        hidden1 = encode_with_clip(te1, tok1, captions, 2, options["max_token_length"], device, final_norm=False,
-                                   weighted=weighted)
-        hidden2, pooled = encode_with_clip(te2, tok2, captions, 2, options["max_token_length"], device, final_norm=False,
-                                           pooled=True, weighted=weighted)
+        length = options["max_token_length"]
+        hidden1 = encode_with_clip(te1, tok1, captions, 2, length, device, final_norm=False, weighted=weighted)
+        hidden2, pooled = encode_with_clip(te2, tok2, captions, 2, length, device, final_norm=False, pooled=True,
+                                           weighted=weighted)
         return {"encoder_hidden_states": torch.cat([hidden1, hidden2.to(hidden1.dtype)], dim=-1),
                 "text_embeds": pooled}
 

@@ -2,9 +2,9 @@
 are the best so far (save_best) and when the run stops improving (early_stop_patience).
 
 As sd-scripts measures it: every held-out batch at the objective's fixed points (DDPM: 4 timesteps spread over
-[min_timestep, max_timestep]; flow matching: fixed sigmas), with
-the random state seeded by validation_seed (else the seed) for the evaluation, so the same weights always give the
-same number; the training's random state is set aside and restored.
+[min_timestep, max_timestep]; flow matching: fixed sigmas), with the random state seeded by validation_seed (else the
+seed) for the evaluation, so the same weights always give the same number; the training's random state is set aside
+and restored.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from ..config import Config
 from ..data.dataset import TrainingData
 from ..data.loader import make_batch
+
 
 class Validation:
     """Measures the loss of the held-out images with the network as it is now."""
