@@ -11,7 +11,7 @@ from typing import Any
 import tomli_w
 
 from ..errors import ConfigError
-from .schema import (BY_NAME, IGNORED_GUI_KEYS, NETWORK_ARGS_ONLY, SECRET_SETTINGS, SETTINGS, UNSUPPORTED,
+from .schema import (BY_NAME, DEPRECATED, IGNORED_GUI_KEYS, NETWORK_ARGS_ONLY, SECRET_SETTINGS, SETTINGS, UNSUPPORTED,
                      Setting)
 from .values import parse_key_values, parse_value
 
@@ -86,6 +86,14 @@ def build_config(raw: dict[str, Any], source: str | None = None) -> Config:
             else:
                 problems.append(f"setting '{key}' is an sd-scripts option that LoRA Studio does not support yet "
                                 f"(value {value!r}); remove it or set it to {default!r}")
+        elif key in DEPRECATED:
+            target, replacement = DEPRECATED[key]
+            if value and target not in raw:
+                values[target] = replacement
+                log.warning("setting '%s'%s is deprecated in sd-scripts: %s = %s is used instead, as sd-scripts does",
+                            key, where, target, replacement)
+            elif value:
+                log.warning("setting '%s'%s is deprecated and %s is set: it is ignored", key, where, target)
         elif key in IGNORED_GUI_KEYS:
             log.info("setting '%s'%s is written by the Kohya_ss GUI for itself; sd-scripts does not read it either; "
                      "ignored", key, where)

@@ -192,8 +192,10 @@ SETTINGS: tuple[Setting, ...] = (
        "The module that trains the adapter (the LoRA type on the Basic tab sets it, and Network args). "
        "networks.lora: LoRA (LoCon with conv_dim in Network args). networks.lora_fa: LoRA-FA (only the up weights "
        "train). networks.dylora: DyLoRA (unit=N in Network args). lycoris.kohya: the LyCORIS types, chosen with "
-       "algo=locon|loha|lokr|ia3|dylora|glora|diag-oft|boft|full in Network args (dora_wd=true for DoRA).",
-       "network", choices=("networks.lora", "lora_studio.lora", "networks.lora_fa", "networks.dylora",
+       "algo=locon|loha|lokr|ia3|dylora|glora|diag-oft|boft|full in Network args (dora_wd=true for DoRA). "
+       "networks.lora_flux: sd-scripts' name of LoRA for Flux (the same as networks.lora here).",
+       "network", choices=("networks.lora", "lora_studio.lora", "networks.lora_flux", "networks.lora_fa",
+                           "networks.dylora",
                            "lycoris.kohya"), advanced=True),
     _s("network_dim", INT, 4, "Network Rank (Dimension)",
        "Rank of each adapter: capacity and file size. 100000 with LyCORIS LoKr: a full-matrix LoKr.", "network",
@@ -595,14 +597,20 @@ UNSUPPORTED: dict[str, Any] = {
     "ddp_static_graph": False,
     "initial_epoch": None,
     "initial_step": None, "skip_until_initial_step": False, "sample_every_n_epochs_ratio": None,
-    "no_token_padding": False, "mem_eff_save": False, "console_log_level": None, "console_log_file": None,
+    "no_token_padding": False, "console_log_level": None, "console_log_file": None,
     "console_log_simple": False, "deepspeed": False, "zero_stage": 2,
     "loraplus_lr_ratio": None, "loraplus_unet_lr_ratio": None, "loraplus_text_encoder_lr_ratio": None,
     "disable_mmap_load_safetensors": False, "dataset_class": None,
+    "show_timesteps": None, "show_timesteps_resolution": None,
 }
+# sd-scripts' deprecated options and what they turn into (sd-scripts does the same, with a warning)
+DEPRECATED: dict[str, tuple[str, Any]] = {"split_mode": ("blocks_to_swap", 18)}
 
 # Keys the Kohya_ss GUI writes into its TOML that no sd-scripts script reads; they carry no meaning.
-IGNORED_GUI_KEYS = frozenset({"epoch", "noise_offset_type", "train_inpainting", "lowvram"})
+# (mem_eff_save: read by sd-scripts' Flux fine-tuning script only; the LoRA script ignores it. The two per-kind swap
+# counts: an old sd-scripts option its LoRA script no longer reads.)
+IGNORED_GUI_KEYS = frozenset({"epoch", "noise_offset_type", "train_inpainting", "lowvram", "mem_eff_save",
+                              "single_blocks_to_swap", "double_blocks_to_swap"})
 # sd-scripts reads these only inside network_args (Kohya_ss v25.0-25.2 wrote them as top-level keys, where they did
 # nothing): a top-level value is refused with the fix, a top-level default is accepted.
 NETWORK_ARGS_ONLY = frozenset({"loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"})

@@ -147,6 +147,15 @@ class ModelFamily:
     def load_diffusers(self, folder, model_index: dict, options=None) -> Components:
         raise NotImplementedError
 
+    def place_denoiser(self, components: Components, cfg, device, dtype) -> None:
+        """Move the frozen denoiser to the device in the training dtype (a family with block swap keeps some of its
+        blocks on the CPU)."""
+        components.denoiser.to(device, dtype)
+
+    def enable_gradient_checkpointing(self, components: Components, cfg) -> None:
+        """gradient_checkpointing for the denoiser (Flux: also cpu_offload_checkpointing)."""
+        components.denoiser.enable_gradient_checkpointing()
+
     # ---- adapters
     def adapter_targets(self, components: Components, train_unet: bool, train_text_encoder: bool,
                         spec: TargetSpec) -> list[AdapterTarget]:

@@ -119,11 +119,6 @@ class StableDiffusionFamily(ModelFamily):
     def _components(self, unet, vae, text_encoders, tokenizers, source: str) -> Components:
         return Components(self, unet, vae, text_encoders, tokenizers, dict(SD_SCHEDULER), source)
 
-    def place_denoiser(self, components, cfg, device, dtype):
-        """The whole U-Net on the device in the training dtype (U-Nets have no block swap)."""
-        components.denoiser.to(device, dtype)
-
-    # ---- adapters
     def denoiser_lora_stem(self, module_path, components):
         return self.unet_lora_stem(module_path, components.denoiser.config)
 
