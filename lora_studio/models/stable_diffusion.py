@@ -119,6 +119,7 @@ class StableDiffusionFamily(ModelFamily):
     def _components(self, unet, vae, text_encoders, tokenizers, source: str) -> Components:
         return Components(self, unet, vae, text_encoders, tokenizers, dict(SD_SCHEDULER), source)
 
+    # ---- adapters
     def denoiser_lora_stem(self, module_path, components):
         return self.unet_lora_stem(module_path, components.denoiser.config)
 
