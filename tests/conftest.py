@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 LONGEST_FIRST = ["test_gui_browser.py", "test_gui_browser_runs_and_tabs.py", "test_resume.py", "test_train_cli.py",
                  "test_gui_runs.py", "test_training_options.py", "test_kohya_corpus.py", "test_lora_tools.py", "test_processes.py",
                  "test_lycoris.py", "test_step_guard.py", "test_sdxl.py", "test_gui_browser_test_and_grid.py",
-                 "test_gui_browser_form_state.py", "test_gui_browser_settings_layout.py"]
+                 "test_gui_browser_form_state.py", "test_gui_browser_settings_layout.py", "test_gui_browser_flux.py",
+                 "test_flux_train.py", "test_flux_compat.py"]
 
 # Modules whose tests need no training run, no trained file and no engine process: ``./test.sh --quick``.
 QUICK = {"test_attention.py", "test_caption_edit.py", "test_captioning.py", "test_config.py", "test_data.py",
@@ -35,7 +36,9 @@ QUICK = {"test_attention.py", "test_caption_edit.py", "test_captioning.py", "tes
          "test_gui_units.py", "test_loss_options.py", "test_masked_loss.py", "test_fp8.py", "test_block_lora.py",
          "test_sampling.py", "test_lora_tools_families.py", "test_gui_tools.py", "test_io_utils.py",
          "test_file_hashes.py", "test_tool_inputs.py", "test_image_hash.py", "test_model_check.py",
-         "test_gui_test_and_grid_units.py", "test_settings_layout.py", "test_gui_runs_and_tabs_units.py"}
+         "test_gui_test_and_grid_units.py", "test_settings_layout.py", "test_gui_runs_and_tabs_units.py",
+         "test_gui_flux.py", "test_flux_net.py", "test_flow_matching.py", "test_flux_parts.py",
+         "test_kohya_import_flux.py"}
 
 
 def pytest_configure(config):
@@ -235,3 +238,31 @@ def trained_run(tiny_models, tmp_path_factory):
     proc = subprocess.CompletedProcess(done["args"], 0, done["stdout"], done["stderr"])
     return {"root": root, "out": root / "out", "config": root / "run.toml", "proc": proc,
             "file": root / "out" / "test_lora.safetensors", "model": tiny_models["folder"]}
+
+
+def flux_settings(models: dict, variant: str, data, out, **extra) -> dict:
+    """A short tiny Flux run's settings: ``models[variant]`` from ``tiny_flux.write_tiny_flux``."""
+    settings = {**models[variant], "train_data_dir": str(data), "output_dir": str(out), "output_name": "flux_lora",
+                "resolution": "64", "train_batch_size": 2, "max_train_steps": 24, "learning_rate": 4e-3,
+                "network_dim": 4, "network_alpha": 4.0, "seed": 7, "cache_latents": True, "validation_split": 0.25,
+                "validate_every_n_steps": 12}
+    settings.update(extra)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def flux_runs(tmp_path_factory):
+    """One tiny model of each Flux variant (dev, schnell, chroma; dev under ComfyUI's model.diffusion_model.
+    prefix) and one short training run of each (``out-<variant>/flux_lora.safetensors``), built once for every
+    worker: (root, {"models": {variant: settings}, "data": image folder})."""
+    def build(root):
+        from lora_studio.demo import write_dataset
+        from lora_studio.models.tiny_flux import VARIANTS, write_tiny_flux
+
+        models = {v: write_tiny_flux(root / v, v, seed=3, comfy_prefix=v == "dev") for v in VARIANTS}
+        data = write_dataset(root / "data", count=8, repeats=3)
+        for variant in VARIANTS:
+            config = write_config(root / f"{variant}.toml", flux_settings(models, variant, data, root / f"out-{variant}"))
+            run_cli("train", "--config", str(config))
+        return {"models": models, "data": str(data)}
+    return built_once(tmp_path_factory, "flux-runs", build)

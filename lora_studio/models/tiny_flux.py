@@ -162,7 +162,7 @@ def tiny_flux_config(variant: str = "dev"):
     from .flux_net import FluxConfig
 
     return FluxConfig(in_channels=64, vec_in_dim=TINY_CLIP_L["hidden_size"], context_in_dim=TINY_T5["d_model"],
-                      hidden_size=128, mlp_ratio=2.0, num_heads=1, depth=2, depth_single_blocks=2,
+                      hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=2, depth_single_blocks=2,
                       axes_dim=(16, 56, 56),
                       guidance_embed=variant == "dev", chroma=variant == "chroma", approximator_in_dim=16,
                       approximator_depth=1, approximator_hidden_size=32)
