@@ -13,7 +13,7 @@ import pytest
 from lora_studio.config import build_config, load_config, load_kohya_config
 from lora_studio.config.kohya_import import FLUX_MODULE, convert, read_kohya_json
 from lora_studio.config.network_args import parse_network_args
-from lora_studio.config.schema import BY_NAME, IGNORED_GUI_KEYS, UNSUPPORTED
+from lora_studio.config.schema import BY_NAME, DEPRECATED, IGNORED_GUI_KEYS, UNSUPPORTED
 from lora_studio.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "kohya_flux"
@@ -21,7 +21,7 @@ PRESET = DATA / "flux1D-adamw8bit-fp8.json"  # Kohya_ss presets/lora, b31c6510 .
 FIRST_PRESET = DATA / "flux1D-adamw8bit-fp8-2024-08-18.json"  # the same preset as first committed (647295aa)
 GUI_TOML = DATA / "config_lora-flux1D.toml"  # what the GUI writes to run PRESET
 # LoRA Studio's name for sd-scripts' networks.lora_flux: its own when the schema lists it, else networks.lora
-MODULE = FLUX_MODULE if FLUX_MODULE in BY_NAME["network_module"].choices else "networks.lora"
+MODULE = FLUX_MODULE
 
 
 def _preset(path: Path = PRESET, **changes) -> dict:
@@ -248,8 +248,6 @@ def test_a_flux_json_loads_for_training_with_its_prompts(tmp_path):
     assert Path(cfg.sample_prompts).read_text(encoding="utf-8").startswith("saruman posing under a stormy")
 
 
-@pytest.mark.xfail(MODULE != FLUX_MODULE, strict=True,
-                   reason="the schema's network_module choices do not list networks.lora_flux yet")
 def test_the_toml_the_kohya_gui_writes_for_flux_loads_as_it_is():
     cfg = load_config(GUI_TOML)
     assert cfg.network_module == FLUX_MODULE
@@ -280,17 +278,19 @@ def test_a_chroma_toml_from_the_kohya_gui_loads(tmp_path):
 
 # The Flux keys the GUI writes when they are set that the schema does not name yet (not a setting, not one of the
 # GUI's known keys): refused by name, never a crash.
-SCHEMA_GAPS = {"split_mode": True, "single_blocks_to_swap": 4, "double_blocks_to_swap": 2, "show_timesteps": "image",
-               "show_timesteps_resolution": "1024"}
+# keys of sd-scripts / the Kohya_ss GUI that are not settings: deprecated (split_mode), ignored (the old per-kind
+# swap counts), unsupported (show_timesteps: sd-scripts' timestep plots)
+OTHER_KEYS = {"split_mode": True, "single_blocks_to_swap": 4, "double_blocks_to_swap": 2, "show_timesteps": "image",
+              "show_timesteps_resolution": "1024"}
 
 
 def test_every_key_the_gui_writes_for_flux_is_known_or_refused_by_name(tmp_path):
     extra = {"text_encoder_lr": [1e-4, 2e-5], "blocks_to_swap": 10, "cpu_offload_checkpointing": True,
              "fp8_base_unet": True, "mem_eff_save": True, "model_type": "chroma",
              "network_args": ["img_attn_dim=8", "in_dims=[4,0,0,0,4]", "train_blocks=single", "split_qkv=True",
-                              "train_t5xxl=True", "rank_dropout=0.1"], **SCHEMA_GAPS}
-    known = set(BY_NAME) | set(UNSUPPORTED) | IGNORED_GUI_KEYS
-    assert {k for k in extra if k not in known} <= set(SCHEMA_GAPS)
+                              "train_t5xxl=True", "rank_dropout=0.1"], **OTHER_KEYS}
+    known = set(BY_NAME) | set(UNSUPPORTED) | IGNORED_GUI_KEYS | set(DEPRECATED)
+    assert set(extra) <= known
     import tomli_w
 
     for key, value in extra.items():
@@ -303,8 +303,13 @@ def test_every_key_the_gui_writes_for_flux_is_known_or_refused_by_name(tmp_path)
         try:
             cfg = load_config(path, overrides={"network_module": MODULE})
         except ConfigError as exc:  # refused with the key's name
-            assert key in str(exc) and (key in SCHEMA_GAPS or key in UNSUPPORTED), (key, str(exc))
+            assert key in str(exc) and key in UNSUPPORTED, (key, str(exc))
         else:
+            if key in DEPRECATED:  # split_mode: blocks_to_swap 18, as sd-scripts
+                assert getattr(cfg, DEPRECATED[key][0]) == DEPRECATED[key][1]
+                continue
+            if key in IGNORED_GUI_KEYS:
+                continue
             assert key in BY_NAME and getattr(cfg, key) == value, key
             if key == "network_args":
                 assert parse_network_args(cfg.network_args, MODULE).rank_dropout == 0.1

@@ -657,28 +657,16 @@ def _flux_only(name: str) -> bool:
     return bool(families) and all(f in FLUX for f in families)
 
 
-def _flux_module() -> tuple[str, bool]:
-    """sd-scripts' networks.lora_flux when LoRA Studio's network_module accepts that name, else networks.lora (the
-    same LoRA: the Flux family picks Flux's layers and reads the same network_args); and whether it was accepted."""
-    choices = BY_NAME["network_module"].choices
-    return (FLUX_MODULE, True) if choices is None or FLUX_MODULE in choices else ("networks.lora", False)
-
-
 def _flux_network(result: KohyaImport, data: dict[str, Any], lora_type: str, dropouts: list[str],
                   blocks: list[str]) -> None:
     """LoRA type Flux1: networks.lora_flux with the network_args the GUI writes (the per-type dims, in_dims and block
     indices that are not empty, train_blocks=single with split_mode, split_qkv, train_t5xxl, the dropouts).
     Flux1 OFT (networks.oft_flux) is not trained: standard Flux LoRA stands in."""
-    module, accepted = _flux_module()
-    result.settings["network_module"] = module
-    if not accepted:
-        result.notes.append(f"LoRA type '{lora_type}': sd-scripts' {FLUX_MODULE} is not a network_module LoRA Studio "
-                            "accepts yet, so networks.lora is used (the same LoRA: the Flux family picks Flux's "
-                            "layers and reads the same network_args)")
+    result.settings["network_module"] = FLUX_MODULE
     if lora_type == "Flux1 OFT":
         result.unsupported.append(
             "LoRA type 'Flux1 OFT' (sd-scripts' networks.oft_flux): OFT for Flux is not supported; standard LoRA "
-            f"({module}) is used" + (", without enable_all_linear (an OFT option)" if data.get("enable_all_linear")
+            f"({FLUX_MODULE}) is used" + (", without enable_all_linear (an OFT option)" if data.get("enable_all_linear")
                                      else ""))
         return
     args = []
