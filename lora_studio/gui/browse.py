@@ -28,12 +28,12 @@ LIST_HEADERS = ["Name", "Size"]
 _COLLECTING: list["PathPicker"] = []
 
 
-def browse_button(box: Any, kind: str = "path") -> None:
+def browse_button(box: Any, kind: str = "path") -> Any:
     """A Browse button beside ``box`` (call it right after making the box, in the same row). ``kind``: path (a file
     or a folder), folder, out (a new file: a folder pick keeps the box's file name), lines (a pick adds a line).
-    Nothing is added when no page is being built with a picker (a tab built on its own)."""
-    if _COLLECTING:
-        _COLLECTING[-1].attach(box, kind)
+    Returns the button (hidden with its field), or None: nothing is added when no page is being built with a picker
+    (a tab built on its own)."""
+    return _COLLECTING[-1].attach(box, kind) if _COLLECTING else None
 
 
 def _size(path: Path) -> str:
@@ -74,11 +74,12 @@ class PathPicker:
         finally:
             _COLLECTING.remove(self)
 
-    def attach(self, box: Any, kind: str) -> None:
+    def attach(self, box: Any, kind: str) -> Any:
         name = getattr(box, "elem_id", None) or f"path-{len(self.targets)}"
         button = gr.Button("Browse", size="sm", scale=0, min_width=80, elem_id=f"browse-{name}",
                            elem_classes=["ls-browse"])
         self.targets.append((box, kind, button))
+        return button
 
     # ------------------------------------------------------------------ where one may look
     def base_places(self) -> list[tuple[str, str]]:

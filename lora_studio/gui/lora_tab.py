@@ -11,14 +11,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
 from ..config import Config, dumps_config, load_config, save_config
 from ..config.kohya_import import import_kohya_json
-from ..config.schema import BY_NAME, SETTINGS
+from ..config.schema import ADVANCED_SECTIONS, BY_NAME, SETTINGS
 from ..dataset_tools.check_cli import check_config
 from ..errors import ConfigError, UserError
 from ..jobs.command import display, engine_argv
@@ -29,13 +30,16 @@ from .dataset_prep import prepare_folders
 from .dataset_tab import dataset_markdown
 from .form import NAMES, check_form, form_values, outside_roots
 from .form_state import DEFAULTS, clear_form, fingerprint, form_dict, load_form, merge, named_in_toml, save_form
+from .model_family import FAMILY_FIELDS, PartsFilled, fill_parts, read_model, status_markdown
 from .presets import describe, list_presets, save_user_preset
 from .sample_prompts import SamplePrompts
 from .settings_layout import build_advanced, place_help, wire_lora_type
-from .widgets import LORA_TYPE, TAB_LABELS, WidgetSpec, field_info, widget_specs, with_lora_type
+from .widgets import (LORA_TYPE, TAB_LABELS, WidgetSpec, by_family, families_of, field_info, widget_specs,
+                      with_lora_type)
 
 
-def _make(spec: WidgetSpec):
+def _make(spec: WidgetSpec, buttons: dict | None = None):
+    """The widget of ``spec``; a path field gets its Browse button, kept in ``buttons`` by setting name."""
     kw = {k: v for k, v in spec.kwargs.items() if v is not None or k == "value"}
     if spec.component == "checkbox":
         return gr.Checkbox(**kw)
@@ -45,29 +49,40 @@ def _make(spec: WidgetSpec):
         return gr.Number(**kw)
     box = gr.Textbox(**kw)
     if spec.kwargs.get("placeholder") == "path on this computer":
-        browse_button(box)  # a Browse button beside it (the row it is made in)
+        button = browse_button(box)  # a Browse button beside it (the row it is made in)
+        if buttons is not None and button is not None:
+            buttons[spec.name] = button
     return box
 
 
-def _place_fields(specs: list[WidgetSpec], tab: str, fields: dict) -> None:
-    """A tab's settings in schema order: paths one a row, other fields three a row, check boxes four a row."""
+def _place_fields(specs: list[WidgetSpec], tab: str, fields: dict, make: Callable[[WidgetSpec], Any] = _make,
+                  after: dict[str, Callable[[], Any]] | None = None) -> None:
+    """A tab's settings in schema order: paths one a row, other fields three a row, check boxes four a row; of each
+    kind the fields for every model family first, then each family group's in rows of their own (``by_family``).
+    ``after``: setting name -> what to build under its row (the model's status line)."""
     mine = [s for s in specs if s.tab == tab]
     paths = [s for s in mine if s.kwargs.get("placeholder") == "path on this computer"]
     boxes = [s for s in mine if s.component == "checkbox"]
     others = [s for s in mine if s not in paths and s not in boxes]
     for group, per_row in ((paths, 1), (others, 3), (boxes, 4)):
-        for start in range(0, len(group), per_row):
-            with gr.Row(equal_height=True):
-                for spec in group[start:start + per_row]:
-                    fields[spec.name] = _make(spec)
+        for run in by_family(sorted(group, key=lambda spec: families_of(spec) is not None)):
+            for start in range(0, len(run), per_row):
+                row = run[start:start + per_row]
+                with gr.Row(equal_height=True):
+                    for spec in row:
+                        fields[spec.name] = make(spec)
+                for spec in row:
+                    if after and spec.name in after:
+                        after[spec.name]()
 
 
 def _field_updates(problems: dict[str, str]) -> list:
-    """Messages next to the fields: a problem replaces the field's hint; a fixed field gets its hint back."""
+    """Messages next to the fields: a problem replaces the field's hint (and shows a field the model's family hid:
+    no problem stays out of sight); a fixed field gets its hint back."""
     updates = []
     for setting in SETTINGS:
         if setting.name in problems:
-            updates.append(gr.update(info=f"⚠ {problems[setting.name]}", elem_classes=["ls-invalid"]))
+            updates.append(gr.update(info=f"⚠ {problems[setting.name]}", elem_classes=["ls-invalid"], visible=True))
         else:
             updates.append(gr.update(info=field_info(setting), elem_classes=[]))
     return updates
@@ -304,6 +319,39 @@ class LoraTab:
             return gr.skip()
         return gr.update(label=COMMAND_LABEL if fingerprint(form) == printed else COMMAND_STALE)
 
+    # ---------------------------------------------------------- the model's family
+    def model_chosen(self, fill: bool, *form):
+        """The model field (or v2, allow_pickle, vae) changed: the family's status line, the fields it shows (the
+        others hidden, their values kept) and, with ``fill``, the empty part fields a Flux / Chroma transformer
+        needs filled with the files found beside it. Returns the status, then an update for each of
+        ``FAMILY_FIELDS``, ``family_buttons`` and ``family_sections`` (the outputs ``_wire_family`` gives it)."""
+        values = _values(form)
+        model = values["pretrained_model_name_or_path"]
+        reading = read_model(model, bool(values["v2"]), bool(values["allow_pickle"]),
+                             own_vae=bool(str(values["vae"] or "").strip()), roots=self.roots)
+        filled = fill_parts(model, reading.family, values, self.roots) if fill else PartsFilled()
+        values.update(filled.values)
+        shown = {s.name: reading.shows(s) for s in SETTINGS}
+        fields = [gr.update(visible=shown[name], **({"value": filled.values[name]} if name in filled.values else {}))
+                  for name in FAMILY_FIELDS]
+        buttons = [gr.update(visible=shown[name]) for name in self.family_buttons]
+        sections = [gr.update(visible=any(shown[name] for name in ADVANCED_SECTIONS[title]))
+                    for title in self.family_sections]
+        return [status_markdown(reading, filled, values)] + fields + buttons + sections
+
+    def _wire_family(self, fields: dict, status, buttons: dict, sections: dict, saving: dict) -> None:
+        """The model field's family: on a new model (typed, browsed, loaded, restored) the status, the fields and
+        the parts; on v2 / allow_pickle / vae (what reading the model depends on) the status and the fields."""
+        self.family_buttons = [name for name in FAMILY_FIELDS if name in buttons]
+        self.family_sections = [title for title, names in ADVANCED_SECTIONS.items()
+                                if title in sections and all(BY_NAME[n].families for n in names)]
+        inputs = [fields[n] for n in NAMES]
+        outputs = ([status] + [fields[n] for n in FAMILY_FIELDS] + [buttons[n] for n in self.family_buttons]
+                   + [sections[t] for t in self.family_sections])
+        common = dict(inputs=inputs, outputs=outputs, trigger_mode="always_last", show_progress="hidden")
+        fields["pretrained_model_name_or_path"].change(partial(self.model_chosen, True), **common).then(**saving)
+        gr.on([fields[n].change for n in ("v2", "allow_pickle", "vae")], partial(self.model_chosen, False), **common)
+
     # ---------------------------------------------------------- dataset preparation
     def prepare(self, instance, klass, images, repeats, reg_images, reg_repeats, destination):
         for path in (images, reg_images, destination):
@@ -367,21 +415,26 @@ class LoraTab:
     def build(self) -> dict:
         specs = with_lora_type(widget_specs())
         fields: dict[str, Any] = {}
+        buttons: dict[str, Any] = {}  # the path fields' Browse buttons (they hide with their field)
+        make = partial(_make, buttons=buttons)
+        family_status = []
+        under_model = {"pretrained_model_name_or_path": lambda: family_status.append(
+            gr.Markdown(elem_id="model-family"))}  # "Model: Flux.1 dev (transformer; needs ae, clip_l, t5xxl)"
         with gr.Tabs(elem_id="lora-tabs"):
             with gr.Tab("Configuration", id="configuration"):
                 config = self.config.build()
             for tab in ("model", "folders"):
                 with gr.Tab(TAB_LABELS[tab], id=tab):
-                    _place_fields(specs, tab, fields)
+                    _place_fields(specs, tab, fields, make, under_model)
                     place_help([s for s in specs if s.tab == tab])
             with gr.Tab("Parameters", id="parameters"):
                 with gr.Tabs(elem_id="parameter-tabs"):
                     for tab in ("basic", "advanced", "samples"):
                         with gr.Tab(TAB_LABELS[tab], id=tab):
                             if tab == "advanced":
-                                build_advanced(specs, fields, _make)
+                                sections = build_advanced(specs, fields, make)
                             else:
-                                _place_fields(specs, tab, fields)
+                                _place_fields(specs, tab, fields, make)
                                 if tab == "samples":  # typed prompts, beside the prompts file field
                                     prompts_box = self.prompts.build()
                                 place_help([s for s in specs if s.tab == tab])
@@ -418,6 +471,7 @@ class LoraTab:
               **saving)  # (the LoRA type sets those two)
         for event in refills:
             event.then(**saving)
+        self._wire_family(fields, family_status[0], buttons, sections, saving)
         return dict(fields=fields, inputs=inputs, start=start_btn, stop=stop_btn, check_md=check_md,
                     mini_progress=mini_progress, restore=inputs + [config["status"], restored])
 

@@ -19,7 +19,7 @@ from ..config.lora_types import apply_lora_type, describe_lora_type, lora_type_o
 from ..config.schema import BY_NAME
 from ..config.values import parse_value
 from ..errors import ConfigError
-from .widgets import TAB_LABELS, WidgetSpec, advanced_sections, from_widget, search_text, to_widget
+from .widgets import TAB_LABELS, WidgetSpec, advanced_sections, by_family, from_widget, search_text, to_widget
 
 _WIDE = ("path on this computer", "key=value key=value")  # placeholders of fields whose values are long
 
@@ -41,18 +41,21 @@ def place_help(specs: list[WidgetSpec]) -> None:
 
 def _rows(specs: list[WidgetSpec], fields: dict, make: Callable[[WidgetSpec], Any], row_id: str) -> list[list[str]]:
     """Fields in the given order, three a row; one with a long value (a path, key=value arguments) gets a row of its
-    own. Returns the names in each row (the filter hides a row with no match)."""
-    rows, row = [], []
-    for spec in specs:
-        if spec.kwargs.get("placeholder") in _WIDE:
-            rows += [row, [spec]] if row else [[spec]]
-            row = []
-            continue
-        row.append(spec)
-        if len(row) == 3:
-            rows.append(row)
-            row = []
-    rows += [row] if row else []
+    own, and a row holds fields of one model-family group (``by_family``: the rows of another family's fields hide
+    whole). Returns the names in each row (the filter hides a row with no match)."""
+    rows = []
+    for run in by_family(specs):
+        row = []
+        for spec in run:
+            if spec.kwargs.get("placeholder") in _WIDE:
+                rows += [row, [spec]] if row else [[spec]]
+                row = []
+                continue
+            row.append(spec)
+            if len(row) == 3:
+                rows.append(row)
+                row = []
+        rows += [row] if row else []
     for i, group in enumerate(rows):
         with gr.Row(equal_height=True, elem_id=f"{row_id}-{i}"):
             for spec in group:
@@ -107,22 +110,25 @@ def filter_js(sections: dict[str, dict[str, list[str]]], elsewhere: dict[str, st
 }""" % (json.dumps(sections), json.dumps(text), json.dumps(other))
 
 
-def build_advanced(specs: list[WidgetSpec], fields: dict, make: Callable[[WidgetSpec], Any]) -> None:
+def build_advanced(specs: list[WidgetSpec], fields: dict, make: Callable[[WidgetSpec], Any]) -> dict[str, Any]:
     """Parameters > Advanced: the filter box, then one folded section per group of ``schema.ADVANCED_SECTIONS`` (a
-    page of headings; the filter and a field Check settings marks open the sections they need)."""
+    page of headings; the filter and a field Check settings marks open the sections they need). Returns the
+    sections by title (a section whose every field is another family's hides with them)."""
     query = gr.Textbox(label="Filter settings", placeholder="e.g. gradient checkpointing, caption, noise offset",
                        info="Shows only the settings whose label, name or help holds every word; clear it to see "
                             "them all.", elem_id="advanced-filter")
     gr.HTML('<p id="ls-filter-note" aria-live="polite"></p>', elem_id="advanced-filter-note", padding=False)
     layout: dict[str, dict[str, list[str]]] = {}
+    sections = {}
     for title, group in advanced_sections(specs):
         sid = section_id(title)
-        with gr.Accordion(title, open=False, elem_id=sid, elem_classes=["ls-section"]):
+        with gr.Accordion(title, open=False, elem_id=sid, elem_classes=["ls-section"]) as sections[title]:
             rows = _rows(group, fields, make, f"{sid}-row")
             place_help(group)
         layout[sid] = {f"{sid}-row-{i}": names for i, names in enumerate(rows)}
     elsewhere = {spec.name: _where(spec.tab) for spec in specs if spec.tab != "advanced" and spec.name in BY_NAME}
     query.change(None, [query], None, js=filter_js(layout, elsewhere))  # typing, pasting, clearing
+    return sections
 
 
 def _where(tab: str) -> str:

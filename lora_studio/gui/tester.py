@@ -26,6 +26,13 @@ from .form import outside_roots
 SAMPLERS = [c for c in BY_NAME["sample_sampler"].choices if not c.startswith("k_")]
 DEFAULT_STRENGTHS = "0, 0.5, 0.7, 0.85, 1"
 SETTINGS_FILE = "test_settings.json"
+SD_CFG = 7.5  # what the Stable Diffusion families render a prompt without --l with (sd-scripts' default)
+# Steps for the flow families' runs where a prompt gives none: Flux.1 dev and Chroma converge in about 20 Euler steps,
+# schnell (timestep-distilled) in 4. Their CFG is the family's own: 1.0 for Flux.1 (guidance-distilled: no negative
+# pass), 4.0 for Chroma (real CFG, as sd-scripts' Chroma samples).
+FLOW_STEPS = {"flux-dev": 20, "flux-schnell": 4, "chroma": 20}
+# modelspec.architecture of a LoRA file (without "/lora") -> the family it was trained on, when its model is not here
+FLOW_ARCHITECTURES = {"flux-1-dev": "flux-dev", "flux-1-schnell": "flux-schnell", "chroma": "chroma"}
 
 
 @dataclass
@@ -85,20 +92,69 @@ def remember(state_dir: str | Path, settings: TestSettings, job: dict | None = N
     atomic_write_bytes(Path(state_dir) / SETTINGS_FILE, json.dumps(doc, indent=1).encode("utf-8"))
 
 
+# ---------------------------------------------------------------- a family's defaults
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What the Test tab uses for a model family where a prompt line gives no option of its own."""
+
+    steps: int
+    cfg_scale: float
+    pixel_multiple: int = 8  # sizes are rounded down to this (16 for Flux: 8x autoencoder, 2x2 patches)
+    sampler: str | None = None  # the one sampler the family renders with (None: any of SAMPLERS)
+
+
+def family_defaults(family) -> FamilyDefaults:
+    """The Test tab's defaults for a family (a ``models.family.ModelFamily``, or None when unknown: Stable
+    Diffusion's, the engine's 30 steps and CFG 7.5)."""
+    engine = SamplePrompt("")
+    if family is None or family.name not in FLOW_STEPS:
+        return FamilyDefaults(engine.steps, SD_CFG, getattr(family, "pixel_multiple", 8))
+    return FamilyDefaults(FLOW_STEPS[family.name], float(family.sample_cfg_default), family.pixel_multiple,
+                          family.samplers()[0])
+
+
+def model_family(model: str | Path | None):
+    """The family of a base model from its names alone (torch-free, no completeness checks), or None."""
+    from .model_family import family_from_names
+
+    text = str(model or "").strip()
+    return family_from_names(Path(text).expanduser()) if text else None
+
+
+def run_family(cfg, file: str | Path | None = None):
+    """The family a run trained: its base model's, else (the model is not on this computer) what the LoRA file's
+    metadata says (``modelspec.architecture``), else None."""
+    from ..io_utils import read_safetensors_header
+    from ..models.registry import BY_NAME as FAMILIES
+
+    family = model_family(cfg.pretrained_model_name_or_path)
+    if family is not None or not file:
+        return family
+    try:
+        architecture = read_safetensors_header(file, check_data=False).metadata.get("modelspec.architecture", "")
+    except UserError:
+        return None
+    name = FLOW_ARCHITECTURES.get(str(architecture).removesuffix("/lora"))
+    return FAMILIES.get(name) if name else None
+
+
 # ---------------------------------------------------------------- a run's settings
 def settings_from_run(cfg, file: str, current: TestSettings) -> tuple[TestSettings, str]:
     """What "Test this file" puts in the Test tab, and a line saying so: the run's base model, the file, and the
     run's sample images as the engine makes them: its prompt file's lines (each keeps its own --n --w --h --s --l
     --ss; a line without --d gets the seed the engine gave it, the run's seed + its number), its sampler, and where a
-    line gives no option of its own, the training resolution, 30 steps and CFG 7.5 (sd-scripts' defaults). Only the
-    strengths stay as the user set them; a run without sample prompts keeps the prompts typed."""
-    engine = SamplePrompt("")  # the engine's defaults for a line without --s / --l
+    line gives no option of its own, the training resolution and the family's steps and CFG (``family_defaults``:
+    30 and 7.5 for Stable Diffusion, sd-scripts' defaults; 20 and 1.0 for Flux.1 dev, 4 for schnell, 4.0 CFG for
+    Chroma, with Euler and sizes in multiples of 16). Only the strengths stay as the user set them; a run without
+    sample prompts keeps the prompts typed."""
+    defaults = family_defaults(run_family(cfg, file))
     size = sample_size(cfg)
-    sampler = (cfg.sample_sampler or "").lower().removeprefix("k_")
+    size -= size % defaults.pixel_multiple
+    sampler = defaults.sampler or (cfg.sample_sampler or "").lower().removeprefix("k_")
     settings = TestSettings(model=cfg.pretrained_model_name_or_path or current.model, files=file,
                             prompts=current.prompts, negative="", seeds="", strengths=current.strengths,
-                            sampler=sampler if sampler in SAMPLERS else TestSettings.sampler, steps=engine.steps,
-                            width=size, height=size, cfg_scale=engine.cfg_scale)
+                            sampler=sampler if sampler in SAMPLERS else TestSettings.sampler, steps=defaults.steps,
+                            width=size, height=size, cfg_scale=defaults.cfg_scale)
     note = "the run has no sample prompts: type one"
     if cfg.sample_prompts:
         try:
@@ -151,9 +207,11 @@ class TestPlan:
     files: list[str] = None  # absolute paths
 
 
-def check(settings: TestSettings, roots: list[Path] | None = None, need_files: bool = True) -> TestPlan:
+def check(settings: TestSettings, roots: list[Path] | None = None, need_files: bool = True,
+          pixel_multiple: int = 8) -> TestPlan:
     """The settings as a plan, or a UserError saying what to fix. ``need_files``: a comparison job (a base model
-    and LoRA files); a paused run renders on its own weights."""
+    and LoRA files); a paused run renders on its own weights. The tab's width and height are rounded down to
+    ``pixel_multiple`` (the model family's: 16 for Flux)."""
     s = settings
     lines = prompt_lines(s.prompts)
     if not lines:
@@ -185,7 +243,8 @@ def check(settings: TestSettings, roots: list[Path] | None = None, need_files: b
                     float(options[key]) if key == "l" else int(options[key])
                 except ValueError:
                     raise UserError(f"Option --{key} needs a number, got '{options[key]}' in: {line}") from None
-        defaults = {"n": s.negative.strip(), "w": str(s.width - s.width % 8), "h": str(s.height - s.height % 8),
+        defaults = {"n": s.negative.strip(), "w": str(s.width - s.width % pixel_multiple),
+                    "h": str(s.height - s.height % pixel_multiple),
                     "s": str(s.steps), "l": f"{s.cfg_scale:g}"}
         extra = [f"--{k} {v}" for k, v in defaults.items() if v and k not in options]
         prompts.append(" ".join([line.replace("\n", " "), *extra]))

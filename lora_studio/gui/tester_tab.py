@@ -18,8 +18,9 @@ from ..training.outputs import output_paths
 from . import views
 from .browse import browse_button
 from .runs_tab import shown_run
-from .tester import SAMPLERS, TestSettings, answer_gallery, check, compare_options, index_grids, index_tiles, \
-    load_remembered, read_answers, remember, settings_from_run, write_requests
+from .form import outside_roots
+from .tester import SAMPLERS, TestSettings, answer_gallery, check, compare_options, family_defaults, index_grids, \
+    index_tiles, load_remembered, model_family, read_answers, remember, run_family, settings_from_run, write_requests
 
 GRIDS_TITLE = "Grids (rows: files, columns: strengths)"
 
@@ -43,6 +44,18 @@ class TestTab:
         except (ConfigError, UserError, OSError):
             asked = False
         return (active, state) if state.paused or asked else (None, None)
+
+    def _pixel_multiple(self, run: RunRecord | None, settings: TestSettings) -> int:
+        """The image-side multiple of the model that renders: the paused run's, else the tab's base model's."""
+        family = None
+        if run is not None:
+            try:
+                family = run_family(load_config(run.config))
+            except (ConfigError, UserError, OSError):
+                family = None
+        elif settings.model.strip() and outside_roots(settings.model, self.roots) is None:
+            family = model_family(settings.model)
+        return family_defaults(family).pixel_multiple
 
     def _latest_model(self) -> str:
         for rec in reversed(self.manager.ordered()):
@@ -105,8 +118,9 @@ class TestTab:
         settings = TestSettings.from_values(values)
         remember(self.state_dir, settings)
         run, state = self._paused_run()
+        multiple = self._pixel_multiple(run, settings)
         try:
-            plan = check(settings, self.roots, need_files=run is None)
+            plan = check(settings, self.roots, need_files=run is None, pixel_multiple=multiple)
         except UserError as exc:
             return f"✗ {exc}", gr.skip()
         if run is not None:

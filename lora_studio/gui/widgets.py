@@ -21,6 +21,8 @@ TAB_LABELS = {"model": "Model", "folders": "Folders", "basic": "Basic", "advance
 
 
 _NUMERIC = (S.INT, S.FLOAT, S.INT_OR_RATIO)
+# Flux.1 / Chroma's separate model files and model type (schema group "flux") sit with the base model on the Model tab
+MODEL_TAB_EXTRAS = frozenset({"ae", "clip_l", "t5xxl", "model_type"})
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,27 @@ def tab_of(setting: S.Setting) -> str:
         return "samples"
     if setting.advanced:
         return "advanced"
+    if setting.name in MODEL_TAB_EXTRAS:
+        return "model"
     return {"model": "model", "folders": "folders"}.get(setting.group, "basic")
+
+
+def families_of(spec: WidgetSpec) -> tuple[str, ...] | None:
+    """The model families a field is for (None: every family; also for the LoRA type, which is no setting)."""
+    setting = S.BY_NAME.get(spec.name)
+    return setting.families if setting is not None else None
+
+
+def by_family(specs: list[WidgetSpec]) -> list[list[WidgetSpec]]:
+    """``specs`` cut into runs of one ``families`` value each, order kept: a row made of one run never mixes fields
+    that hide with the model's family with fields that stay (or with another family's)."""
+    runs: list[list[WidgetSpec]] = []
+    for spec in specs:
+        if runs and families_of(runs[-1][0]) == families_of(spec):
+            runs[-1].append(spec)
+        else:
+            runs.append([spec])
+    return runs
 
 
 def elem_id(name: str) -> str:
