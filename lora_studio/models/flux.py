@@ -192,8 +192,8 @@ class FluxFamily(ModelFamily):
 
         missing = [name for name, path in paths.items() if not path and (name != "clip_l" or self.uses_clip)]
         if missing:
-            raise UserError(f"{source} is a {self.title} transformer; it trains with its other parts in their own "
-                            "files: set " + ", ".join(f"{n} (the {self.separate_files[n]})" for n in missing))
+            raise UserError(f"{missing[0]}: {source} is a {self.title} transformer; it trains with its other parts in "
+                            "their own files: set " + ", ".join(f"{n} (the {self.separate_files[n]})" for n in missing))
         for name, path in paths.items():
             if path and not Path(path).expanduser().is_file():
                 raise UserError(f"{name}: not found: {path}")
@@ -421,6 +421,220 @@ class FluxFamily(ModelFamily):
             if name.startswith(TARGET_BLOCKS) and name.endswith(".weight") and len(shape) == 2:
                 lora += shape[0] + shape[1]
         return {"unet": denoiser, "text_encoders": 0, "vae": 0, "lora_linear": lora, "lora_te": 0}
+
+    # ---- tools (lora inspect / convert / extract / merge into a checkpoint)
+    # They work from file headers and read tensor by tensor: a 24 GB transformer is never built or held whole.
+    # The BFL paths a LoRA file may name as they are (ComfyUI reads the bare path and ``diffusion_model.`` + path),
+    # besides sd-scripts' ``lora_unet_`` / ``lora_te1_`` / ``lora_te3_`` names.
+    lora_path_prefixes = ("diffusion_model.", "double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.",
+                          "vector_in.", "guidance_in.", "final_layer.", "distilled_guidance_layer.")
+    # the separate text-encoder files and the LoRA prefix of their modules (sd-scripts' networks.lora_flux)
+    text_encoder_lora_prefixes = {"clip_l": "lora_te1_", "t5xxl": "lora_te3_"}
+
+    @staticmethod
+    def kohya_stem(stem: str) -> str:
+        """sd-scripts' name of a module that a file names by its BFL path (bare or after ``diffusion_model.``)."""
+        if stem.startswith("lora_"):
+            return stem
+        return "lora_unet_" + stem.removeprefix("diffusion_model.").replace(".", "_")
+
+    def lora_file_fits(self, stems) -> bool:
+        """Whether a LoRA file's module names can be this variant's: the double / single block layout, and no module
+        only another variant has (Chroma has no CLIP-L, no per-block modulation and no time / vector / guidance input;
+        schnell no guidance input; Flux.1 no distilled guidance layer)."""
+        names = {self.kohya_stem(s) for s in stems}
+        if not any(n.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for n in names):
+            return False
+        flux_only = any(n.startswith(("lora_te1_", "lora_unet_time_in_", "lora_unet_vector_in_",
+                                      "lora_unet_guidance_in_")) or n.endswith(("_mod_lin", "_modulation_lin"))
+                        for n in names)
+        chroma_only = any(n.startswith("lora_unet_distilled_guidance_layer_") for n in names)
+        if isinstance(self, Chroma):
+            return not flux_only
+        return not chroma_only and (self.guidance_embed or not any(n.startswith("lora_unet_guidance_in_")
+                                                                   for n in names))
+
+    @staticmethod
+    def lora_module_type(stem: str) -> str:
+        """A module's type across blocks: "double img_attn_qkv", "single linear1", "input time_in_in_layer",
+        "te1 (CLIP-L)", "te3 (T5)"."""
+        import re
+
+        name = FluxFamily.kohya_stem(stem)
+        match = re.match(r"lora_unet_(double|single)_blocks_\d+_(.+)", name)
+        if match:
+            return f"{match[1]} {match[2]}"
+        if name.startswith("lora_te1_"):
+            return "te1 (CLIP-L)"
+        if name.startswith("lora_te3_"):
+            return "te3 (T5)"
+        return "input " + name.removeprefix("lora_unet_")
+
+    @staticmethod
+    def fused_parts(path: str, out_features: int, in_features: int) -> tuple[int, ...]:
+        """The output rows of each projection a fused BFL Linear holds (double block ``*_attn.qkv``: q, k, v; single
+        block ``linear1``: q, k, v and the MLP input, each q / k / v as wide as the input), () for any other."""
+        path = "." + path.replace("_", ".")
+        if path.endswith(".attn.qkv"):
+            return (out_features // 3,) * 3
+        if path.endswith(".linear1"):
+            return (in_features,) * 3 + (out_features - 3 * in_features,)
+        return ()
+
+    @staticmethod
+    def split_ranks(up, parts: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The rank of each part when a fused module's up [rows, rank] is block-diagonal over its ``parts`` (how
+        sd-scripts' split_qkv stores q, k, v [, mlp] trained apart), else None."""
+        import torch
+
+        rank = up.shape[1]
+        if not parts or rank % len(parts):
+            return None
+        each, start = rank // len(parts), 0
+        inside = torch.zeros(up.shape, dtype=torch.bool)
+        for i, rows in enumerate(parts):
+            inside[start:start + rows, i * each:(i + 1) * each] = True
+            start += rows
+        return (each,) * len(parts) if not bool(up.flatten(1)[~inside].any()) else None
+
+    def lora_file_summary(self, modules: dict, metadata: dict) -> dict:
+        """What ``lora inspect`` shows of a Flux / Chroma file besides the common report: per module type its count,
+        ranks and alphas; the fused modules (double blocks' qkv, single blocks' linear1) and how many of them are
+        stored split (block-diagonal up: split_qkv); the block indices it changes; split_qkv as its network_args say
+        (sd-scripts writes them to ss_network_args)."""
+        import json
+        import re
+
+        types: dict[str, dict] = {}
+        fused = {"qkv": 0, "linear1": 0, "stored_split": 0}
+        blocks: dict[str, set] = {"double": set(), "single": set()}
+        for stem, m in modules.items():
+            name = self.kohya_stem(stem)
+            entry = types.setdefault(self.lora_module_type(stem), {"modules": 0, "rank": set(), "alpha": set()})
+            entry["modules"] += 1
+            if m.rank is not None:
+                entry["rank"].add(m.rank)
+            if m.alpha is not None:
+                entry["alpha"].add(round(m.alpha, 6))
+            match = re.match(r"lora_unet_(double|single)_blocks_(\d+)_", name)
+            if match:
+                blocks[match[1]].add(int(match[2]))
+            if name.endswith(("_attn_qkv", "_linear1")) and name.startswith("lora_unet_"):
+                fused["qkv" if name.endswith("qkv") else "linear1"] += 1
+                if m.kind == "lora" and "lora_mid.weight" not in m.tensors:
+                    up, down = m.tensors["lora_up.weight"], m.tensors["lora_down.weight"]
+                    parts = self.fused_parts(name, up.shape[0], down.shape[1])
+                    fused["stored_split"] += self.split_ranks(up.flatten(1), parts) is not None
+        try:
+            args = json.loads(metadata.get("ss_network_args") or "{}")
+        except json.JSONDecodeError:
+            args = {}
+        split = args.get("split_qkv") if isinstance(args, dict) else None
+        return {"module_types": {t: {"modules": e["modules"], "rank": sorted(e["rank"]), "alpha": sorted(e["alpha"])}
+                                 for t, e in sorted(types.items())},
+                "fused": fused, "double_blocks": sorted(blocks["double"]), "single_blocks": sorted(blocks["single"]),
+                "split_qkv": None if split is None else str(split).strip().lower() in ("true", "1", "yes")}
+
+    def lora_apps(self, stems, plain: bool) -> dict[str, str]:
+        """Which apps apply a Flux / Chroma LoRA file: ComfyUI and Forge read sd-scripts' and ComfyUI's names of every
+        kind; AUTOMATIC1111 has no Flux; diffusers converts sd-scripts' names of plain LoRA / LoCon
+        (``_convert_kohya_flux_lora_to_diffusers``) and leaves T5's (lora_te3_) out."""
+        names = [self.kohya_stem(s) for s in stems]
+        if not plain:
+            diffusers = "no: its Flux loader reads plain LoRA only"
+        elif any(not s.startswith("lora_") for s in stems):
+            diffusers = "convert it first (lora-studio lora convert --to diffusers): it reads sd-scripts' names"
+        elif any(n.startswith("lora_te3_") for n in names):
+            diffusers = "yes, but without the T5 (lora_te3_) modules"
+        else:
+            diffusers = "yes"
+        return {"ComfyUI": "yes", "Forge": "yes", "AUTOMATIC1111": f"no: it has no {self.title}",
+                "diffusers": diffusers}
+
+    @staticmethod
+    def module_path(key: str) -> str:
+        """The BFL module path of a transformer weight key (``model.diffusion_model.`` and ``.weight`` taken off)."""
+        return key.removeprefix(BFL_PREFIX).removesuffix(".weight")
+
+    def lora_weight_keys(self, part: str, keys, targets_only: bool = False) -> dict[str, str]:
+        """LoRA stem -> the weight key it changes in a file of ``part`` ("transformer", "clip_l", "t5xxl") from that
+        file's keys (BFL names, with or without ``model.diffusion_model.``; transformers' names for CLIP-L and T5).
+        Every name a file may use (``lora_names``' aliases), or with ``targets_only`` one sd-scripts name per layer
+        LoRA trains (what ``extract`` writes: the blocks' Linears; CLIP-L's attention and MLP; T5's attention and gated
+        MLP)."""
+        import re
+
+        table = {}
+        for key in keys:
+            if not key.endswith(".weight"):
+                continue
+            path = key.removesuffix(".weight")
+            if part == "transformer":
+                path = path.removeprefix(BFL_PREFIX)
+                if targets_only and not path.startswith(TARGET_BLOCKS) or ".norm." in path:
+                    continue
+                names = ["lora_unet_" + path.replace(".", "_")] + ([] if targets_only else
+                                                                   [path, "diffusion_model." + path])
+            elif part == "clip_l":
+                if targets_only and not re.search(r"encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$",
+                                                  path):
+                    continue
+                names = ["lora_te1_" + path.replace(".", "_")]
+            elif part == "t5xxl":
+                if targets_only and not re.search(r"encoder\.block\.\d+\.layer\.\d+\.(SelfAttention\.[qkvo]|"
+                                                  r"DenseReluDense\.(wi_0|wi_1|wi|wo))$", path):
+                    continue
+                names = ["lora_te3_" + path.replace(".", "_")]
+            else:
+                raise ValueError(f"unknown part {part!r}")
+            for name in names:
+                table.setdefault(name, key)
+        return table
+
+    def diffusers_lora_modules(self, bfl_path: str, out_features: int, in_features: int) -> list[tuple[str, int]]:
+        """The diffusers modules (under ``transformer.``) a BFL Linear's outputs are, with their row counts, in row
+        order: a fused qkv is diffusers' to_q, to_k, to_v (add_*_proj for the text stream), a single block's linear1
+        those and proj_mlp (the names of diffusers' Flux / Chroma transformers, as ``flux_net.diffusers_to_bfl``
+        reads them). [] for a module diffusers' LoRA names cannot hold as rows (the final layer's adaLN, whose halves
+        diffusers swaps)."""
+        import re
+
+        from .flux_net import (_DOUBLE, _DOUBLE_FUSED, _DOUBLE_MODS, _SINGLE_LINEAR1, FluxConfig,
+                               _top_level_names)
+
+        match = re.fullmatch(r"(double|single)_blocks\.(\d+)\.(.+)", bfl_path)
+        if match is None:
+            top = {**_top_level_names(FluxConfig()), **_top_level_names(FluxConfig(chroma=True, approximator_depth=64))}
+            inverse = {bfl: name for name, bfl in top.items()}
+            return [(inverse[bfl_path], out_features)] if bfl_path in inverse else []
+        kind, index, inner = match.groups()
+        if kind == "double":
+            prefix = f"transformer_blocks.{index}."
+            if inner in _DOUBLE_FUSED:
+                rows = self.fused_parts(inner, out_features, in_features)
+                return [(prefix + name, n) for name, n in zip(_DOUBLE_FUSED[inner], rows)]
+            inverse = {bfl: name for name, bfl in {**_DOUBLE, **_DOUBLE_MODS}.items()}
+        else:
+            prefix = f"single_transformer_blocks.{index}."
+            if inner == "linear1":
+                rows = self.fused_parts(inner, out_features, in_features)
+                return [(prefix + name, n) for name, n in zip(_SINGLE_LINEAR1, rows)]
+            inverse = {"linear2": "proj_out", "modulation.lin": "norm.linear"}
+        return [(prefix + inverse[inner], out_features)] if inner in inverse else []
+
+    @staticmethod
+    def text_encoder_module_path(stem: str) -> tuple[str, str] | None:
+        """(diffusers pipeline part, module path) of a CLIP-L (lora_te1_) or T5 (lora_te3_) LoRA module: FluxPipeline's
+        text_encoder and text_encoder_2 with transformers' names; None for another name."""
+        import re
+
+        match = re.fullmatch(r"lora_te1_text_model_encoder_layers_(\d+)_(self_attn|mlp)_(\w+)", stem)
+        if match:
+            return "text_encoder", f"text_model.encoder.layers.{match[1]}.{match[2]}.{match[3]}"
+        match = re.fullmatch(r"lora_te3_encoder_block_(\d+)_layer_(\d+)_(SelfAttention|DenseReluDense)_(\w+)", stem)
+        if match:
+            return "text_encoder_2", f"encoder.block.{match[1]}.layer.{match[2]}.{match[3]}.{match[4]}"
+        return None
 
 
 class FluxSchnell(FluxFamily):
