@@ -89,3 +89,14 @@ def test_recommended_values_fill_what_is_left_empty(tiny):
     explicit = build_config({"timestep_sampling": "flux_shift", "guidance_scale": 3.5, "t5xxl_max_token_length": 128})
     assert dev.flow_recipe(explicit).timestep_sampling == "flux_shift" and dev.guidance(explicit) == 3.5
     assert schnell.prompt_options(explicit)["t5xxl_max_token_length"] == 128
+
+
+def test_the_dataset_check_applies_the_family_pixel_multiple(tiny, tmp_path):
+    """``lora-studio dataset check --config`` of a Flux run: 16-pixel sides, as the run itself."""
+    root, models, data = tiny
+    config = write_config(tmp_path / "c.toml", flux_settings(models, "dev", data, tmp_path / "out", resolution="72"))
+    proc = run_cli("dataset", "check", "--config", str(config), check=False)
+    assert proc.returncode == 2 and "resolution must be a multiple of 16 for Flux.1 dev" in proc.stderr
+    config = write_config(tmp_path / "ok.toml", flux_settings(models, "dev", data, tmp_path / "out"))
+    proc = run_cli("dataset", "check", "--config", str(config), check=False)
+    assert proc.returncode in (0, 1) and "multiple of" not in proc.stderr  # a report (1: it has findings)

@@ -163,7 +163,12 @@ def datasets_of_config(cfg, options):
 
     from ..data.sources import datasets_from_config
 
+    from ..training.resolve import check_pixel_multiple, family_of_config
+
     datasets = datasets_from_config(cfg)  # its settings are checked by the scan, as the trainer's are
+    family = family_of_config(cfg)  # the model's family (torch-free): its pixel multiple
+    if family is not None:
+        check_pixel_multiple(datasets, family)
     options.max_token_length = cfg.max_token_length
     options.gradient_accumulation_steps = cfg.gradient_accumulation_steps
     options.seed = cfg.seed

@@ -67,6 +67,22 @@ def family_of_config(cfg: Config):
         return None
 
 
+def check_pixel_multiple(datasets, family) -> None:
+    """Image sides (resolution, bucket steps) are multiples of the family's pixel multiple (Flux: 16, its
+    autoencoder's 8 x the transformer's 2 x 2 patches); the dataset check asks the same."""
+    from ..errors import UserError
+
+    multiple = family.pixel_multiple
+    why = " (its autoencoder's 8 x the transformer's 2 x 2 patches)" if multiple == 16 else ""
+    for dataset in datasets:
+        w, h = dataset.resolution
+        if w % multiple or h % multiple:
+            raise UserError(f"resolution must be a multiple of {multiple} for {family.title}{why}, got {w},{h}")
+        if dataset.bucket_reso_steps % multiple:
+            raise UserError(f"bucket_reso_steps must be a multiple of {multiple} for {family.title}, got "
+                            f"{dataset.bucket_reso_steps}")
+
+
 def _family(r: Resolved, data: TrainingData, family) -> None:
     """What the model family makes of the settings: the settings of other families that mean nothing for it (named,
     never silently ignored), its pixel multiple, its own requirements."""
@@ -81,15 +97,7 @@ def _family(r: Resolved, data: TrainingData, family) -> None:
         if setting.families and family.name not in setting.families and value not in (setting.default, None, False):
             why = family.ignored_settings.get(setting.name, "it applies to other model families")
             r.warnings.append((setting.name, f"has no effect with {family.title} ({why})"))
-    multiple = family.pixel_multiple
-    for dataset in data.datasets:
-        w, h = dataset.resolution
-        if w % multiple or h % multiple:
-            raise UserError(f"resolution must be a multiple of {multiple} for {family.title} (its autoencoder's "
-                            f"8 x the transformer's 2 x 2 patches), got {w},{h}")
-        if dataset.bucket_reso_steps % multiple:
-            raise UserError(f"bucket_reso_steps must be a multiple of {multiple} for {family.title}, got "
-                            f"{dataset.bucket_reso_steps}")
+    check_pixel_multiple(data.datasets, family)
     r.warnings.extend(family.check_settings(cfg))
     if cfg.loss_type in ("huber", "smooth_l1") and cfg.huber_schedule == "snr" and family.separate_files:
         raise UserError(f"huber_schedule = \"snr\" needs a DDPM noise schedule, which {family.title} has not; set "
