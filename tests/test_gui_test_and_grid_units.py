@@ -38,9 +38,11 @@ def _run(tmp_path, **changes):
 
 
 def _engine_prompts(cfg, seed: int) -> list:
-    """The run's sample prompts as its engine renders them: prompt i without --d at seed + i."""
+    """The run's sample prompts as its engine renders them: prompt i without --d at seed + i, without --l at the SD
+    families' CFG 7.5."""
     prompts = read_prompt_file(cfg.sample_prompts, 128)
     return [dataclasses.replace(p, seed=seed + i if p.seed is None else p.seed,
+                                cfg_scale=7.5 if p.cfg_scale is None else p.cfg_scale,
                                 sampler=p.sampler or cfg.sample_sampler.removeprefix("k_")) for i, p in
             enumerate(prompts)]
 

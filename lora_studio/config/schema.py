@@ -530,7 +530,7 @@ FLUX_SETTINGS: tuple[Setting, ...] = (
           "Keep this many of the 57 transformer blocks on the CPU and bring each in when it runs: less VRAM, "
           "slower (sd-scripts: about 18 for 16 GB, 35 for 12 GB cards).", minimum=0, maximum=55),
     _flux("cpu_offload_checkpointing", BOOL, False, "CPU offload checkpointing",
-          "With gradient checkpointing, keep the checkpointed activations on the CPU (not with blocks to swap).",
+          "Keep the activations the checkpoints hold on the CPU (with checkpointing on; not with blocks to swap).",
           advanced=True),
 )
 # Settings of the Stable Diffusion families only: DDPM noise and SNR options, CLIP prompt options, SD2 / v-prediction
