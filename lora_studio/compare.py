@@ -368,6 +368,10 @@ def compare_grid(files: Sequence[str | Path], prompts, *, model: str | Path | No
             if renderer is None:
                 events.emit("log", level="info", message=f"loading {model}")
                 renderer = Renderer(model, **model_options)
+            only = renderer.components.family.samplers()
+            if len(only) == 1:  # a family that renders one way (Flux: Euler over its schedule) records that one
+                sampler = only[0]
+                jobs = [dataclasses.replace(p, sampler=None) for p in jobs]
             stack = renderer.set_loras(loras)
             names = [f.name for f in stack.files]
             nonzero = [s for s in strengths if s != 0]
@@ -441,10 +445,28 @@ def compare_grid(files: Sequence[str | Path], prompts, *, model: str | Path | No
                 renderer.close()  # the base model's own weights back
 
 
+def family_settings(cfg) -> tuple[Any, dict]:
+    """(the family of the run's base model, from its header or folder configs, or None; the explicit values of the
+    run's settings that family reads: every setting whose ``families`` (config.schema) include it or are not
+    limited). Flux and Chroma load their AE, CLIP-L, T5 and tokenizers from ``ae``, ``clip_l``, ``t5xxl`` and
+    ``tokenizer_cache_dir`` and encode prompts with ``t5xxl_max_token_length`` / ``apply_t5_attn_mask``: the grid
+    renders as the run's samples did."""
+    from .config.schema import BY_NAME
+    from .lora_tools.common import model_family
+
+    model = cfg.pretrained_model_name_or_path
+    family = model_family(Path(model).expanduser(), "pretrained_model_name_or_path") if model else None
+    if family is None:
+        return None, {}
+    return family, {name: value for name, value in cfg.explicit().items()
+                    if BY_NAME[name].families is None or family.name in BY_NAME[name].families}
+
+
 def compare_run(cfg, files: Sequence[str | Path] | None = None, prompts=None, out_dir: str | Path | None = None,
                 **options) -> dict:
-    """The grids of a finished run from its config: its base model, VAE, v2 / v_parameterization / clip_skip, its
-    sample prompts and sampler, and its saved files (``run_files``) unless ``files`` are given."""
+    """The grids of a finished run from its config: its base model, VAE, v2 / v_parameterization / clip_skip, the
+    settings its family reads (``family_settings``: Flux's ae, clip_l, t5xxl ...), its sample prompts and sampler (the
+    family's own when it renders with no other), and its saved files (``run_files``) unless ``files`` are given."""
     if files is None:
         if not cfg.output_dir:
             raise UserError("the config has no output_dir, so its saved LoRA files cannot be found; give --files")
@@ -459,7 +481,11 @@ def compare_run(cfg, files: Sequence[str | Path] | None = None, prompts=None, ou
         prompts = Path(cfg.sample_prompts)
     seed = run_seed(cfg, files)  # the seed of the run's sample images, so the grid matches them
     default_size = sample_size(cfg)
-    options.setdefault("sampler", cfg.sample_sampler)
+    family, settings = family_settings(cfg)
+    samplers = family.samplers() if family is not None else ()
+    options.setdefault("sampler", cfg.sample_sampler if not samplers or cfg.sample_sampler in samplers
+                       else samplers[0])
+    options.setdefault("settings", settings)
     if cfg.mixed_precision in ("fp16", "bf16") and "dtype" not in options:
         import torch
 

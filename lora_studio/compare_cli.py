@@ -39,6 +39,33 @@ def add_compare_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="file name prefix (default: the run's output_name, or the first file's)")
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
     parser.add_argument("--allow_pickle", action="store_true", help="allow a .ckpt base model (read as data only)")
+    _add_family_options(parser)
+
+
+def _family_options():
+    """The settings of the schema's family groups (Flux.1 / Chroma: ae, clip_l, t5xxl, tokenizer_cache_dir,
+    t5xxl_max_token_length, apply_t5_attn_mask ...), which a family's base model needs to load and render."""
+    from .config.schema import SD_ONLY, SETTINGS
+
+    return [s for s in SETTINGS if s.families is not None and s.name not in SD_ONLY]
+
+
+def _add_family_options(parser: argparse.ArgumentParser) -> None:
+    from .config.schema import BOOL
+
+    group = parser.add_argument_group("model family settings (Flux.1 / Chroma: the files and prompt options of the "
+                                      "base model; with --config they override the run's)")
+    for setting in _family_options():
+        kwargs = {"dest": setting.name, "default": argparse.SUPPRESS, "metavar": "VALUE",
+                  "help": setting.help.replace("%", "%%")}
+        if setting.kind == BOOL:
+            kwargs.update(nargs="?", const="true", metavar="true|false")
+        group.add_argument(f"--{setting.name}", **kwargs)
+
+
+def family_values(args: argparse.Namespace) -> dict:
+    """The family settings given on the command line, as setting values."""
+    return {s.name: getattr(args, s.name) for s in _family_options() if hasattr(args, s.name)}
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -91,6 +118,7 @@ def run_compare(args: argparse.Namespace) -> int:
             changes["v_parameterization"] = True
         if args.allow_pickle:
             changes["allow_pickle"] = True
+        changes.update(family_values(args))
         cfg = cfg.replace(**changes) if changes else cfg
         if not cfg.pretrained_model_name_or_path:
             raise UserError(f"{args.config_file} has no pretrained_model_name_or_path; give --model")
@@ -107,6 +135,7 @@ def run_compare(args: argparse.Namespace) -> int:
         index = compare_grid(args.files, args.prompts, model=args.model, vae=args.vae, v2=args.v2,
                              v_parameterization=True if args.v_parameterization else None,
                              clip_skip=args.clip_skip or 1, allow_pickle=args.allow_pickle,
+                             settings=family_values(args) or None,
                              out_dir=args.out or compare_folder(first.parent),
                              output_name=args.name or _run_name(first), **options)
     for grid in index["grids"]:

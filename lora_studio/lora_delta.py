@@ -1,7 +1,9 @@
 """Read a kohya-format LoRA file (ours, sd-scripts', LyCORIS's) and apply it to a loaded base model at a strength.
 
 A file holds, per module, tensors under ``<stem>.<suffix>``; the stem names the module in the base model
-(``lora_unet_<path>``, ``lora_te_``/``lora_te1_``/``lora_te2_<path>``) and the suffixes say the kind:
+(``lora_unet_<path>``, ``lora_te_``/``lora_te1_``/``lora_te2_``/``lora_te3_<path>``, or, where a family allows it,
+the module's dotted path: Flux's ``double_blocks.0.img_attn.qkv`` / ``diffusion_model.`` + path, as ComfyUI reads
+them, with ``lora_A`` / ``lora_B`` read as down / up) and the suffixes say the kind:
 
   LoRA / LoCon  ``lora_down.weight``, ``lora_up.weight`` (+ ``lora_mid.weight``: LoCon's Tucker core)
   LoHa          ``hada_w1_a``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b`` (+ ``hada_t1``, ``hada_t2``)
@@ -58,7 +60,34 @@ _REQUIRED = {"lora": ("lora_down.weight", "lora_up.weight"), "loha": ("hada_w1_a
 # LyCORIS kinds neither computed here nor silently skipped: a file with them is refused with their name.
 _UNSUPPORTED = {"oft_blocks": "Diag-OFT / BOFT", "oft_diag": "OFT", "a1.weight": "GLoRA", "a2.weight": "GLoRA",
                 "b1.weight": "GLoRA", "b2.weight": "GLoRA"}
-STEM_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+STEM_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")  # lora_te3_: Flux's T5
+# the suffixes a module's key may end with, longest first (a stem that is a dotted module path ends where they begin)
+_SUFFIXES = sorted({s for keys in _KIND_KEYS.values() for s in keys} | {"lora_A.weight", "lora_B.weight"},
+                   key=len, reverse=True)
+# ComfyUI's lora_A / lora_B names of a module named by its path: LoRA's down and up
+_PEFT_NAMES = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
+
+
+def path_prefixes() -> tuple[str, ...]:
+    """The module paths a family lets a LoRA file name as they are (Flux: ``double_blocks.``, ``diffusion_model.``
+    ...), as each family of ``models.registry`` declares them."""
+    from .models.registry import FAMILIES
+
+    return tuple(sorted({p for family in FAMILIES for p in getattr(family, "lora_path_prefixes", ())}))
+
+
+def split_key(key: str, dotted: tuple[str, ...]) -> tuple[str, str] | None:
+    """(stem, suffix) of a LoRA file's key, or None for a key no module name starts: ``lora_unet_x.lora_up.weight``
+    splits at its first dot; a key that names the module by a path of ``dotted`` (``double_blocks.0.img_attn.qkv.
+    lora_up.weight``) where a known suffix begins, lora_A / lora_B read as lora_down / lora_up."""
+    stem, dot, suffix = key.partition(".")
+    if dot and stem.startswith(STEM_PREFIXES):
+        return stem, suffix
+    if key.startswith(dotted):
+        for suffix in _SUFFIXES:
+            if key.endswith("." + suffix) and len(key) > len(suffix) + 1:
+                return key[:-len(suffix) - 1], _PEFT_NAMES.get(suffix, suffix)
+    return None
 
 
 @dataclass
@@ -234,12 +263,13 @@ def read_lora_file(path: str | Path) -> LoRAFile:
         raise UserError(f"{path.name}: cannot read it as a .safetensors file ({type(exc).__name__}: {exc})") from None
     by_stem: dict[str, dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
+    dotted = path_prefixes()
     for key, value in tensors.items():
-        stem, dot, suffix = key.partition(".")
-        if not dot or not stem.startswith(STEM_PREFIXES):
+        parts = split_key(key, dotted)
+        if parts is None:
             unknown.append(key)
             continue
-        by_stem.setdefault(stem, {})[suffix] = value
+        by_stem.setdefault(parts[0], {})[parts[1]] = value
     modules: dict[str, ModuleWeights] = {}
     unsupported: dict[str, list[str]] = {}
     for stem, parts in by_stem.items():

@@ -34,6 +34,10 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("--model", help="bake the LoRAs into this base model (a single-file checkpoint or a diffusers "
                                        "folder); the output is a single-file checkpoint")
     merge.add_argument("--v2", action="store_true", help="the base model is SD2.x (when its file does not say)")
+    merge.add_argument("--clip_l", help="Flux.1: also bake the CLIP-L modules (lora_te1_) into a copy of this "
+                                        "clip_l.safetensors (written as <out>-clip_l.safetensors); else left out")
+    merge.add_argument("--t5xxl", help="Flux.1 / Chroma: also bake the T5 modules (lora_te3_) into a copy of this "
+                                       "t5xxl file (written as <out>-t5xxl.safetensors); else they are left out")
     merge.add_argument("--lora", action="append", required=True, help="a LoRA file (repeat for more)")
     merge.add_argument("--ratio", action="append", type=float, default=[], help="its ratio (one per --lora)")
     merge.add_argument("--out", required=True, help="the merged file")
@@ -58,12 +62,17 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     extract.add_argument("--device", default="cpu")
     extract.add_argument("--save_precision", choices=("float", "fp16", "bf16"), default="float")
     extract.add_argument("--v2", action="store_true", help="the models are SD2.x (when their files do not say)")
+    extract.add_argument("--clip_l", help="Flux.1: the base CLIP-L file (with --clip_l_tuned: extract lora_te1_ too)")
+    extract.add_argument("--clip_l_tuned", help="Flux.1: the fine-tuned CLIP-L file")
+    extract.add_argument("--t5xxl", help="Flux.1 / Chroma: the base T5-XXL file (with --t5xxl_tuned: lora_te3_ too)")
+    extract.add_argument("--t5xxl_tuned", help="Flux.1 / Chroma: the fine-tuned T5-XXL file")
 
     convert = tools.add_parser("convert", parents=[common], help="kohya format <-> diffusers / peft format")
     convert.add_argument("source")
     convert.add_argument("out")
     convert.add_argument("--to", choices=("diffusers", "kohya"), required=True)
-    convert.add_argument("--model", required=True, help="the base model (its layer names)")
+    convert.add_argument("--model", required=True, help="the base model (its layer names; for Flux.1 / Chroma the "
+                                                        "transformer file, whose header is enough)")
     convert.add_argument("--v2", action="store_true")
     convert.add_argument("--save_precision", choices=("float", "fp16", "bf16"), default="float")
 
@@ -102,13 +111,22 @@ def _run_tool(args: argparse.Namespace) -> tuple[Path | None, dict]:
     elif args.tool == "extract":
         from .extract import extract_lora
 
+        text_encoders = {part: (getattr(args, part), getattr(args, f"{part}_tuned")) for part in ("clip_l", "t5xxl")
+                         if getattr(args, part) or getattr(args, f"{part}_tuned")}
         out = extract_lora(args.model, args.tuned, args.out, args.dim, args.conv_dim, args.clamp_quantile,
                            args.min_diff, args.dynamic_method, args.dynamic_param, args.device, args.save_precision,
-                           args.v2)
+                           args.v2, text_encoders=text_encoders)
     elif args.model:
-        from .bake import bake
+        from .bake import bake_checkpoint
 
-        out = bake(args.model, args.lora, args.ratio, args.out, args.save_precision, args.v2)
+        text_encoders = {part: getattr(args, part) for part in ("clip_l", "t5xxl") if getattr(args, part)}
+        out, notes = bake_checkpoint(args.model, args.lora, args.ratio, args.out, args.save_precision, args.v2,
+                                     text_encoders)
+        return out, {"text": "\n".join([f"wrote {out}", *notes]), "output": str(out), "notes": notes}
+    elif args.clip_l or args.t5xxl:
+        from ..errors import UserError
+
+        raise UserError("--clip_l / --t5xxl are for merging into a checkpoint (with --model)")
     else:
         from .merge import merge_loras
 

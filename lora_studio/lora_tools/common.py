@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,89 @@ def write_output(out: Path, tensors: dict[str, torch.Tensor], precision: str, me
     meta[HISTORY_KEY] = [*history, entry]
     meta.update(updates or {})
     return save_lora(out, tensors, precision, meta, {})
+
+
+def model_family(path: Path, setting: str):
+    """The family of a base model from its file header or its diffusers folder's configs (nothing is loaded), or
+    None when it is none LoRA Studio knows (the loader then says why)."""
+    from ..io_utils import SafetensorsFormatError, read_safetensors_header
+    from ..models.registry import family_of_checkpoint, family_of_diffusers_folder
+
+    try:
+        if path.is_dir():
+            return family_of_diffusers_folder(path, setting)[0]
+        return family_of_checkpoint(read_safetensors_header(path, setting).tensors)
+    except (UserError, SafetensorsFormatError, StopIteration):
+        return None
+
+
+def streams_checkpoints(family) -> bool:
+    """Whether the tools read this family's checkpoints tensor by tensor from their headers (Flux / Chroma: a
+    transformer and separate text-encoder files) instead of loading the model."""
+    return family is not None and hasattr(family, "lora_weight_keys")
+
+
+def refuse_folder(path: Path, family, setting: str) -> None:
+    if path.is_dir():
+        raise UserError(f"{setting}: {path} is a {family.title} diffusers folder; give its single-file transformer in "
+                        "BFL layout (e.g. flux1-dev.safetensors), which this tool reads tensor by tensor")
+
+
+def _safetensors_dtypes() -> dict[str, torch.dtype]:
+    from ..models.loading import _SAFETENSORS_DTYPES
+
+    return _SAFETENSORS_DTYPES
+
+
+def stream_safetensors(source: Path, out: Path, changes: dict[str, Any], metadata: dict[str, str],
+                       cast: torch.dtype | None = None, what: str = "--model") -> Path:
+    """Write ``source``'s tensors to ``out`` one at a time, in the source's order, never holding the file whole:
+    a tensor named in ``changes`` is read and replaced by ``changes[key](tensor)`` (same shape; kept in its dtype),
+    a floating tensor is cast to ``cast`` when given, and every other tensor is copied as its bytes. ``metadata``
+    is the new file's. Written atomically."""
+    import struct
+
+    from ..io_utils import atomic_write, read_safetensors_header
+    from ..models.loading import SafetensorsView
+
+    header = read_safetensors_header(source, what)
+    view = SafetensorsView(source, what)
+    dtypes = _safetensors_dtypes()
+    names = {dtype: name for name, dtype in dtypes.items()}
+    order = sorted(header.tensors, key=lambda k: header.tensors[k]["data_offsets"][0])
+    entries, offset, out_dtype = {}, 0, {}
+    for key in order:
+        entry = header.tensors[key]
+        dtype = dtypes[entry["dtype"]]
+        if cast is not None and dtype.is_floating_point:
+            dtype = cast
+        out_dtype[key] = dtype
+        size = math.prod(entry["shape"]) * torch.empty((), dtype=dtype).element_size()
+        entries[key] = {"dtype": names[dtype], "shape": entry["shape"], "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the tensors start 8-byte aligned, as safetensors writes them
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh, open(source, "rb") as src:
+            fh.write(struct.pack("<Q", len(blob)) + blob)
+            for key in order:
+                begin, end = header.tensors[key]["data_offsets"]
+                if key not in changes and out_dtype[key] == dtypes[header.tensors[key]["dtype"]]:
+                    src.seek(header.data_start + begin)
+                    _copy_bytes(src, fh, end - begin)
+                    continue
+                tensor = view[key]
+                if key in changes:
+                    tensor = changes[key](tensor).to(tensor.dtype)
+                fh.write(tensor.to(out_dtype[key]).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return atomic_write(out, write)
+
+
+def _copy_bytes(src, dst, count: int, chunk: int = 64 << 20) -> None:
+    while count > 0:
+        data = src.read(min(chunk, count))
+        if not data:
+            raise UserError(f"{src.name} ends inside its tensor data; is the file complete?")
+        dst.write(data)
+        count -= len(data)

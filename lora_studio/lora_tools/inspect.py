@@ -15,41 +15,69 @@ from ..tool_progress import track
 
 KIND_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)3", "full": "full (native fine-tuning)",
               "norm": "norm"}
-_BLOCK = re.compile(r"^lora_unet_((?:down|up)_blocks_\d+|mid_block|input_blocks_\d+|middle_block|output_blocks_\d+)")
-# the cross-attention's key projection reads the text encoder's width: which family made the file
+_BLOCK = re.compile(r"^lora_unet_((?:down|up)_blocks_\d+|mid_block|input_blocks_\d+|middle_block|output_blocks_\d+"
+                    r"|double_blocks|single_blocks)")
+# the cross-attention's key projection reads the text encoder's width: which Stable Diffusion made a file
 _CROSS_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
-_VERSIONS = {"sd_v1": "SD1.x", "sd_v2": "SD2.x", "sdxl_base_v1-0": "SDXL"}
 
 
 def block_of(stem: str) -> str:
-    if stem.startswith(("lora_te1_", "lora_te2_", "lora_te_")):
-        return stem.split("_text_model")[0].removeprefix("lora_").replace("_", "") or "te"
+    if stem.startswith(("lora_te1_", "lora_te2_", "lora_te3_", "lora_te_")):
+        return stem.split("_text_model")[0].split("_encoder_block")[0].removeprefix("lora_").replace("_", "") or "te"
     match = _BLOCK.match(stem)
     return match.group(1) if match else "unet (other)"
 
 
-def _family(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> tuple[str, str]:
-    """(family, how it was found)."""
+def _families():
+    from ..models.registry import FAMILIES
+
+    return FAMILIES
+
+
+def _architecture_fits(family, arch: str) -> bool:
+    """Whether a file's ``modelspec.architecture`` is one of the family's (with or without "/lora", or a variant
+    of it: "stable-diffusion-v1-5/lora" is SD1's "stable-diffusion-v1/lora")."""
+    def plain(text: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", text.lower().removesuffix("/lora"))
+
+    given = plain(arch)
+    own = {plain(family.architecture(v)) for v in (False, True)}
+    return bool(given) and any(given.startswith(o) or o.startswith(given) for o in own)
+
+
+def _named(candidates, why: str) -> tuple[str, str, list]:
+    return " / ".join(f.title for f in candidates), why, list(candidates)
+
+
+def _family(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> tuple[str, str, list]:
+    """(family, how it was found, the families it can be), asking each family of ``models.registry``: its
+    ss_base_model_version, its modelspec architecture, and (where a family says) whether the module names fit it."""
+    families, stems = _families(), list(modules)
+    fit = [f for f in families if getattr(f, "lora_file_fits", None) and f.lora_file_fits(stems)]
     version = metadata.get("ss_base_model_version", "")
-    for prefix, family in _VERSIONS.items():
-        if version.startswith(prefix):
-            return family, f"metadata ss_base_model_version = {version}"
     arch = metadata.get("modelspec.architecture", "")
-    if arch:
-        family = "SDXL" if "-xl-" in arch else "SD2.x" if "-v2" in arch else "SD1.x" if "-v1" in arch else ""
-        if family:
-            return family, f"metadata modelspec.architecture = {arch}"
+    by_version = [f for f in families if version and f.base_model_version and version.startswith(f.base_model_version)]
+    if by_version:
+        narrowed = [f for f in by_version if _architecture_fits(f, arch)] or [f for f in by_version if f in fit] \
+            or by_version
+        return _named(narrowed, f"metadata ss_base_model_version = {version}" +
+                      (f", modelspec.architecture = {arch}" if len(narrowed) < len(by_version) and arch else ""))
+    by_arch = [f for f in families if _architecture_fits(f, arch)]
+    if by_arch:
+        return _named(by_arch, f"metadata modelspec.architecture = {arch}")
+    if fit:
+        return _named(fit, "its module names (double / single blocks)")
     if any(s.startswith(("lora_te1_", "lora_te2_")) for s in modules):
-        return "SDXL", "two text encoders (lora_te1_ / lora_te2_)"
+        return _named([f for f in families if f.title == "SDXL"], "two text encoders (lora_te1_ / lora_te2_)")
     for stem, m in modules.items():
         reads = {"lora": "lora_down.weight", "loha": "hada_w1_b"}.get(m.kind)
         if ("attn2_to_k" in stem or "attn2_k_proj" in stem) and reads:
             width = int(m.tensors[reads].shape[1])
             if width in _CROSS_WIDTH:
-                return _CROSS_WIDTH[width], f"cross-attention width {width}"
+                return _named([f for f in families if f.title == _CROSS_WIDTH[width]], f"cross-attention width {width}")
     if any(s.startswith("lora_te_") or "down_blocks" in s for s in modules):
-        return "SD1.x / SD2.x", "the key layout (one text encoder, diffusers block names)"
-    return "unknown", "no metadata and no cross-attention module to measure"
+        return "SD1.x / SD2.x", "the key layout (one text encoder, diffusers block names)", []
+    return "unknown", "no metadata and no cross-attention module to measure", []
 
 
 def network_type(modules: dict[str, ModuleWeights]) -> str:
@@ -68,11 +96,14 @@ def network_type(modules: dict[str, ModuleWeights]) -> str:
     return " + ".join(names)
 
 
-def loaders(modules: dict[str, ModuleWeights], unknown: list[str]) -> dict[str, str]:
-    """Which apps apply the file, judged from its keys."""
+def loaders(modules: dict[str, ModuleWeights], unknown: list[str], family=None) -> dict[str, str]:
+    """Which apps apply the file, judged from its keys (and, where it says, by the family: ``lora_apps``)."""
     everyone = "yes" if not unknown else f"yes, but {len(unknown)} key(s) no app reads are left out"
     plain = all(m.kind == "lora" and not {"lora_mid.weight", "dora_scale"} & set(m.tensors)
                 for m in modules.values())
+    if family is not None and hasattr(family, "lora_apps"):
+        apps = family.lora_apps(list(modules), plain)
+        return {app: everyone if verdict == "yes" else verdict for app, verdict in apps.items()}
     if plain:
         diffusers = everyone
     else:
@@ -105,10 +136,12 @@ def _parsed(value: str) -> Any:
 def inspect_lora(path: str | Path, show_progress: bool = False) -> dict[str, Any]:
     f = read_lora_file(path)
     meta = f.metadata
-    family, why = _family(f.modules, meta)
+    family, why, candidates = _family(f.modules, meta)
+    own = candidates[0] if candidates else None
+    named = getattr(own, "kohya_stem", lambda stem: stem)  # a stem that is a module path, in sd-scripts' form
     blocks: dict[str, dict] = defaultdict(lambda: {"modules": 0, "ranks": set(), "alphas": set(), "norms": []})
     for stem, m in track(sorted(f.modules.items()), "measuring", show=show_progress):
-        b = blocks[block_of(stem)]
+        b = blocks[block_of(named(stem))]
         b["modules"] += 1
         if m.rank is not None:
             b["ranks"].add(m.rank)
@@ -130,11 +163,24 @@ def inspect_lora(path: str | Path, show_progress: bool = False) -> dict[str, Any
         "blocks": {name: {"modules": b["modules"], "rank": sorted(b["ranks"]), "alpha": sorted(b["alphas"]),
                           "mean_delta_norm": sum(b["norms"]) / len(b["norms"])}
                    for name, b in sorted(blocks.items())},
-        "loads_in": loaders(f.modules, f.unknown_keys), "unknown_keys": f.unknown_keys,
+        "loads_in": loaders(f.modules, f.unknown_keys, own), "unknown_keys": f.unknown_keys,
         "non_finite": bad, "training": {k: _parsed(v) for k, v in sorted(meta.items())
                                         if k.startswith("ss_") and k not in skip},
         "tag_frequency": tags, "history": _parsed(meta.get("lora_studio_history", "[]")),
+        "recipe": _recipe(own, meta), "ignored_settings": sorted(getattr(own, "ignored_settings", {})),
+        "details": own.lora_file_summary(f.modules, meta) if hasattr(own, "lora_file_summary") else {},
     }
+
+
+def _recipe(family, metadata: dict[str, str]) -> dict[str, Any]:
+    """The family's own training-recipe keys (those its ``metadata`` writes: Flux's ss_timestep_sampling,
+    ss_guidance_scale ...) with the file's values, where the file has them."""
+    if family is None:
+        return {}
+    from ..config import build_config
+
+    keys = family.metadata(build_config({}))
+    return {k: _parsed(metadata[k]) for k in keys if k in metadata}
 
 
 def describe(report: dict[str, Any]) -> str:
@@ -153,10 +199,13 @@ def describe(report: dict[str, Any]) -> str:
               "ss_learning_rate", "ss_optimizer", "ss_lr_scheduler", "ss_num_train_images", "ss_num_epochs",
               "ss_epoch", "ss_steps", "ss_resolution", "ss_clip_skip", "ss_mixed_precision", "ss_sd_model_name",
               "ss_seed")
-    training = {k: v for k, v in report["training"].items() if k in wanted}
+    ignored = {f"ss_{name}" for name in report.get("ignored_settings", ())}  # what the family does not read
+    training = {k: v for k, v in report["training"].items()
+                if (k in wanted or k in report.get("recipe", {})) and k not in ignored}
     if training:
         lines.append("  trained with:")
         lines += [f"    {k.removeprefix('ss_')}: {v}" for k, v in training.items()]
+    lines += _describe_details(report.get("details") or {})
     for folder, counts in report["tag_frequency"].items():
         lines.append(f"  tags in {folder}: " + ", ".join(f"{t} ({n})" for t, n in list(counts.items())[:10]))
     history = report["history"] if isinstance(report["history"], list) else []  # another tool's form: left out
@@ -166,3 +215,37 @@ def describe(report: dict[str, Any]) -> str:
                      + ", ".join(str(i.get("file") or i.get("folder")) if isinstance(i, dict) else "?"
                                  for i in inputs))
     return "\n".join(lines)
+
+
+def _describe_details(details: dict[str, Any]) -> list[str]:
+    """A family's own part of the report (``lora_file_summary``: Flux's module types, fused modules, split_qkv)."""
+    if not details:
+        return []
+    lines = ["  module types (modules, rank, alpha):"]
+    for name, t in details.get("module_types", {}).items():
+        rank = "/".join(map(str, t["rank"])) or "-"
+        alpha = "/".join(f"{a:g}" for a in t["alpha"]) or "-"
+        lines.append(f"    {name:28} {t['modules']:4} modules  rank {rank:8} alpha {alpha}")
+    fused = details.get("fused")
+    if fused:
+        lines.append(f"  fused modules: {fused['qkv']} qkv (q, k, v), {fused['linear1']} linear1 (q, k, v, MLP in); "
+                     f"{fused['stored_split']} stored split (block-diagonal up)")
+    for kind in ("double", "single"):
+        indices = details.get(f"{kind}_blocks")
+        if indices:
+            lines.append(f"  {kind} blocks changed: {_ranges(indices)}")
+    if details.get("split_qkv") is not None:
+        lines.append(f"  split_qkv (network_args): {details['split_qkv']}")
+    return lines
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    parts, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            parts.append(f"{start}-{n}" if n != start else f"{n}")
+            start = None
+    return ", ".join(parts)
