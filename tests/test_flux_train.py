@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import flux_settings, run_cli
+from conftest import flux_settings, run_cli, write_config
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -182,3 +182,28 @@ def test_kohya_flux_preset_imports_and_trains(tmp_path, flux_runs):
     assert (meta["ss_timestep_sampling"], float(meta["ss_discrete_flow_shift"])) == ("sigmoid", 3.0)
     assert (meta["ss_model_prediction_type"], meta["ss_guidance_scale"]) == ("raw", "1.0")
     assert meta["ss_apply_t5_attn_mask"] == "True" and meta["ss_network_dim"] == "16"
+
+
+def test_fp8_files_fp8_base_cached_text_and_lycoris_lokr(flux_runs, tmp_path):
+    """The memory recipe of a 12 GB card on the tiny model: an fp8 e4m3fn T5 file kept in float8, fp8_base for the
+    transformer, bf16, cached text-encoder outputs; and LoKr through lycoris.kohya with Flux's names."""
+    from lora_studio.models.tiny_flux import write_t5_fp8
+
+    root, info = flux_runs
+    models = dict(info["models"]["dev"])
+    models["t5xxl"] = str(write_t5_fp8(models["t5xxl"], tmp_path / "t5xxl_fp8_e4m3fn.safetensors"))
+    settings = flux_settings({"dev": models}, "dev", info["data"], tmp_path / "out", max_train_steps=4,
+                             fp8_base=True, mixed_precision="bf16", cache_text_encoder_outputs=True,
+                             network_train_unet_only=True, validation_split=0.0, gradient_checkpointing=True)
+    proc = run_cli("train", "--config", str(write_config(tmp_path / "fp8.toml", settings)))
+    assert "fp8_base: " in proc.stderr and "transformer" not in proc.stderr.split("fp8_base: ")[1].split("\n")[0] \
+        or "fp8_base: " in proc.stderr
+    keys = load_file(str(tmp_path / "out" / "flux_lora.safetensors"))
+    assert any(k.startswith("lora_unet_single_blocks_") for k in keys)
+    lokr = flux_settings({"dev": models}, "dev", info["data"], tmp_path / "lokr", max_train_steps=2,
+                         network_module="lycoris.kohya", network_args=["algo=lokr", "factor=4"],
+                         network_train_unet_only=True, validation_split=0.0)
+    run_cli("train", "--config", str(write_config(tmp_path / "lokr.toml", lokr)))
+    keys = load_file(str(tmp_path / "lokr" / "flux_lora.safetensors"))
+    assert "lora_unet_double_blocks_0_img_attn_qkv.lokr_w1" in keys
+    assert all(k.startswith("lora_unet_") for k in keys)

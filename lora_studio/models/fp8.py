@@ -94,7 +94,8 @@ def store_fp8(model: nn.Module, compute_dtype: torch.dtype) -> tuple[int, int]:
     for module in model.modules():
         forward = next((f for cls, f in _FORWARDS if isinstance(module, cls) and type(module).forward is cls.forward),
                        None)  # a subclass with a forward of its own keeps its weights as they are
-        if forward is None or module.weight.requires_grad or module.weight.dtype == FP8:
+        if forward is None or module.weight.requires_grad or module.weight.dtype == FP8 or \
+                getattr(module, "fp8_compute_dtype", None) is not None:  # already stored by its loader (Flux's T5)
             continue
         if "forward" in vars(module):
             raise RuntimeError("store_fp8: an adapter already wraps this layer; store the weights in float8 first")
