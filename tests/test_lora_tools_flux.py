@@ -386,3 +386,25 @@ def test_compare_command_takes_the_family_files_with_any_lora(flux_run, tmp_path
                    "lsdemo shape --w 64 --h 64 --s 2", "--strengths", "0", "1", "--out", str(tmp_path / "grid"))
     grids = [Path(line) for line in proc.stdout.split()]
     assert len(grids) == 1 and grids[0].is_file()
+
+
+def test_the_test_tab_renders_a_flux_file_with_its_run_settings(flux_runs, tmp_path):
+    """The Test tab's comparison job of a Flux run's file gets the run's ae, clip_l, t5xxl and tokenizer folder
+    (from the run's config beside the file), and the job renders."""
+    from conftest import run_cli
+
+    from lora_studio.gui.tester import TestSettings, check, compare_options
+
+    root, info = flux_runs
+    models = info["models"]["schnell"]
+    lora = root / "out-schnell" / "flux_lora.safetensors"
+    settings = TestSettings(model=models["pretrained_model_name_or_path"], files=str(lora), prompts="a cat",
+                            seeds="1", strengths="0, 1", sampler="euler", steps=2, width=64, height=64,
+                            cfg_scale=1.0)
+    plan = check(settings, need_files=True)
+    assert {plan.family_values[k] for k in ("ae", "clip_l", "t5xxl", "tokenizer_cache_dir")} == \
+        {models[k] for k in ("ae", "clip_l", "t5xxl", "tokenizer_cache_dir")}
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(plan.prompts))
+    run_cli("compare", *compare_options(plan), "--prompts", str(prompts), "--out", str(tmp_path / "grid"))
+    assert list((tmp_path / "grid").rglob("*.png"))

@@ -205,6 +205,7 @@ class TestPlan:
     sampler: str
     model: str = ""
     files: list[str] = None  # absolute paths
+    family_values: dict = None  # a Flux base model's separate files and options (ae, clip_l, t5xxl ...)
 
 
 def check(settings: TestSettings, roots: list[Path] | None = None, need_files: bool = True,
@@ -269,13 +270,52 @@ def check(settings: TestSettings, roots: list[Path] | None = None, need_files: b
             raise UserError(f"LoRA file must be a .safetensors file: {f}")
     plan.model = str(Path(model).expanduser().resolve())
     plan.files = [str(Path(f).expanduser().resolve()) for f in files]
+    plan.family_values = family_values_for(plan.model, plan.files, roots)
     return plan
+
+
+def family_values_for(model: str, files: list[str], roots: list[Path] | None = None) -> dict:
+    """What a base model with separate parts (Flux: ae, clip_l, t5xxl, and the tokenizer folder and prompt options)
+    renders with: the settings of the run that saved the first LoRA file (its ``<name>_config.toml`` beside it),
+    then the parts found next to the model (as the LoRA tab fills them). A part found nowhere is a UserError naming
+    it."""
+    import re
+
+    from ..config import load_config
+    from ..config.schema import BY_NAME
+    from .model_family import fill_parts, read_model
+
+    family = read_model(model, roots=roots).family
+    if family is None or not family.separate_files:
+        return {}
+    values: dict = {}
+    for file in files:
+        name = re.sub(r"-(\d{6}|step\d{8})$", "", Path(file).stem)
+        config = Path(file).parent / f"{name}_config.toml"
+        if config.is_file():
+            try:
+                cfg = load_config(config)
+            except (UserError, OSError):
+                continue
+            values = {k: v for k, v in cfg.explicit().items()
+                      if BY_NAME[k].families and family.name in BY_NAME[k].families}
+            break
+    found = fill_parts(model, family, values, roots)
+    values.update(found.values)
+    missing = [name for name in family.separate_files if not values.get(name)]
+    if missing:
+        raise UserError(f"{family.title} renders with its {', '.join(missing)} file(s): none was found in the run's "
+                        "config beside the LoRA file or next to the base model; put them beside the model (ae."
+                        "safetensors, clip_l.safetensors, t5xxl_fp16.safetensors)")
+    return values
 
 
 def compare_options(plan: TestPlan) -> list[str]:
     """``lora-studio compare`` options for a plan (the prompts go in a file, given by the caller)."""
     options = ["--files", *plan.files, f"--model={plan.model}", "--strengths", *[f"{v:g}" for v in plan.strengths],
                f"--sampler={plan.sampler}"]
+    options += [f"--{name}={value}" for name, value in (plan.family_values or {}).items()
+                if value is not None and value != ""]
     if plan.seeds:
         options += ["--seeds", *[str(v) for v in plan.seeds]]
     return options
