@@ -10,6 +10,7 @@ regressions.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import subprocess
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 LAYOUTS = ("sd15", "sdxl")
-_DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+_DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3"}
 
 
 def layout_modules(layout: str):
@@ -53,19 +54,27 @@ def write_random_modules(path: str | Path, unet, vae, te, dtype: str = "float32"
     """The modules (built on the meta device) as a single-file checkpoint with random weights (normal, std 0.02;
     norm weights 1, biases 0), written tensor by tensor in the safetensors format. ``header_only``: the header
     alone (what the resource estimate reads), no weights."""
-    import torch
-
     from .models.single_file import single_file_state_dict
 
     meta = single_file_state_dict(unet, vae, te)  # names and shapes only: every tensor is on the meta device
-    torch_dtype = getattr(torch, dtype)
-    item = torch.tensor([], dtype=torch_dtype).element_size()
+    return write_random_state(path, {key: (tuple(t.shape), dtype) for key, t in meta.items()}, seed,
+                              f"random {note} layout, seed {seed}", header_only)
+
+
+def write_random_state(path: str | Path, tensors: dict[str, tuple[tuple[int, ...], str]], seed: int = 0,
+                       note: str = "", header_only: bool = False) -> Path:
+    """A safetensors file of ``tensors`` (name -> (shape, torch dtype name such as "bfloat16" or
+    "float8_e4m3fn")) with random weights (normal, std 0.02; 1-D weights 1, other 1-D tensors 0), written tensor by
+    tensor, so no more than one tensor is ever in memory. ``header_only``: the header alone, no weights (what the
+    resource estimate reads; a real-size Flux.1 layout in a few hundred kilobytes)."""
+    import torch
+
     header, offset = {}, 0
-    for key, t in meta.items():
-        size = t.numel() * item
-        header[key] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+    for key, (shape, dtype) in tensors.items():
+        size = math.prod(shape) * torch.tensor([], dtype=getattr(torch, dtype)).element_size()
+        header[key] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
-    header["__metadata__"] = {"format": "pt", "lora_studio_bench": f"random {note} layout, seed {seed}"}
+    header["__metadata__"] = {"format": "pt", "lora_studio_bench": note}
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
     generator = torch.Generator().manual_seed(seed)
@@ -75,16 +84,60 @@ def write_random_modules(path: str | Path, unet, vae, te, dtype: str = "float32"
     with open(partial, "wb") as fh:
         fh.write(struct.pack("<Q", len(encoded)))
         fh.write(encoded)
-        for key, t in ([] if header_only else meta.items()):
-            if t.ndim == 1 and key.endswith("weight"):  # only norms have 1-D weights
-                value = torch.ones(t.shape)
-            elif t.ndim == 1:
-                value = torch.zeros(t.shape)
+        for key, (shape, dtype) in ([] if header_only else tensors.items()):
+            if len(shape) == 1 and key.endswith("weight"):  # only norms have 1-D weights
+                value = torch.ones(shape)
+            elif len(shape) == 1:
+                value = torch.zeros(shape)
             else:
-                value = torch.randn(t.shape, generator=generator) * 0.02
-            fh.write(value.to(torch_dtype).contiguous().view(torch.uint8).numpy().tobytes())
+                value = torch.randn(shape, generator=generator) * 0.02
+            fh.write(value.to(getattr(torch, dtype)).contiguous().view(torch.uint8).numpy().tobytes())
     os.replace(partial, path)
     return path
+
+
+def flux_modules(variant: str = "dev", config=None):
+    """A Flux.1 dev / schnell or Chroma transformer (``config``: a FluxConfig; the real one by default) with the
+    real AE, CLIP-L (None for Chroma) and T5-XXL, built on the meta device (no memory)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from .models.flux_net import CHROMA, FLUX_DEV, FLUX_SCHNELL, FluxTransformer
+    from .models.flux_parts import CLIP_L, FLUX_AE, T5_XXL
+
+    config = config or {"dev": FLUX_DEV, "schnell": FLUX_SCHNELL, "chroma": CHROMA}[variant]
+    with init_empty_weights():
+        clip = None if variant == "chroma" else CLIPTextModel(CLIPTextConfig(**CLIP_L))
+        return (FluxTransformer(config), AutoencoderKL.from_config(dict(FLUX_AE)), clip,
+                T5EncoderModel(T5Config(**T5_XXL)))
+
+
+def write_flux_files(folder: str | Path, variant: str = "dev", transformer_dtype: str = "bfloat16",
+                     t5_dtype: str = "float16", header_only: bool = True, config=None, seed: int = 0) -> dict:
+    """Flux.1 / Chroma as users have them (``flux1-<variant>.safetensors`` in BFL names, ``ae.safetensors``,
+    ``clip_l.safetensors`` but for Chroma, ``t5xxl.safetensors``), real size unless ``config`` says otherwise,
+    with random weights or (``header_only``) the headers alone. A float8 dtype ("float8_e4m3fn", as
+    flux1-dev-fp8 and t5xxl_fp8_e4m3fn.safetensors) stores the 2-D weights in it and the rest in bfloat16 / float16.
+    Returns the settings naming the files."""
+    from .models.tiny_flux import ae_file_state, clip_l_file_state, t5_file_state
+
+    folder = Path(folder)
+    transformer, ae, clip, t5 = flux_modules(variant, config)
+
+    def layout(state: dict, dtype: str, rest: str) -> dict:
+        fp8 = dtype.startswith("float8")
+        return {k: (tuple(t.shape), dtype if not fp8 or (t.ndim == 2 and "relative_attention_bias" not in k
+                                                          ) else rest) for k, t in state.items()}
+    name = "chroma" if variant == "chroma" else f"flux1-{variant}"
+    files = {"pretrained_model_name_or_path": (name, layout(transformer.state_dict(), transformer_dtype, "bfloat16")),
+             "ae": ("ae", layout(ae_file_state(ae), "float32", "float32")),
+             "t5xxl": ("t5xxl", layout(t5_file_state(t5), t5_dtype, "float16"))}
+    if clip is not None:
+        files["clip_l"] = ("clip_l", layout(clip_l_file_state(clip), "float16", "float16"))
+    return {setting: str(write_random_state(folder / f"{stem}.safetensors", tensors, seed, f"random {stem}",
+                                            header_only))
+            for setting, (stem, tensors) in files.items()}
 
 
 def _rss_of_tree(pid: int) -> int:
@@ -160,7 +213,8 @@ def describe(results: list[dict]) -> str:
         lines.append(f"{r['layout']}: checkpoint {r['checkpoint_bytes'] / gib:.2f} GiB ({r['checkpoint_dtype']}), "
                      f"mixed_precision {r['mixed_precision']}, {r['seconds']} s")
         for e in r["phases"]:
-            lines.append(f"  after {e['phase']:28} RSS {e['rss'] / gib:6.2f} GiB   peak so far {e['peak'] / gib:6.2f} GiB")
+            lines.append(f"  after {e['phase']:28} RSS {e['rss'] / gib:6.2f} GiB   "
+                         f"peak so far {e['peak'] / gib:6.2f} GiB")
         peak = r["peak_ram"] or r["sampled_peak_rss"]
         lines.append(f"  peak RAM {peak / gib:.2f} GiB (sampled {r['sampled_peak_rss'] / gib:.2f} GiB)"
                      + (f"; the estimate said {r['estimate_ram'] / gib:.2f} GiB" if r.get("estimate_ram") else ""))

@@ -63,10 +63,17 @@ class FluxFamily(ModelFamily):
         "emphasis; write the caption as it should be read"})
     uses_clip = True
     guidance_embed = True
-    # Flux.1-dev LoRA at 1024 px: ~4096 tokens through 57 blocks of width 3072; 6 x 11.9e9 x 4096 x (1 + 2/3 for
-    # the frozen weights' backward to the inputs) ~ 4.9e14 FLOPs a sample (perf.md's rule for LoRA).
-    estimate = EstimateConstants(activation_bytes_per_latent_pixel=1.6e6, step_flops=4.9e14,
-                                 native_pixels=1024 * 1024, te_cache_bytes_per_caption=512 * 4096 * 4 + 768 * 4)
+    # Flux.1 at 1024 px: 4096 image + 512 text tokens through 19 double and 38 single blocks of width 3072 (Chroma:
+    # the same blocks without their modulation Linears, so the same per-token figures). Activations: autograd keeps
+    # ~49.5 bytes a token per unit of width in a double block and ~46.5 in a single one (bf16, SDPA, LoRA on every
+    # block Linear; counted with saved_tensors_hooks on full-width blocks), so (19 x 49.5 + 38 x 46.5) x 3072 =
+    # 8.3 MB a token = 2.08 MB a latent pixel (a token packs 2 x 2); gradient checkpointing's share follows from the
+    # blocks (training/estimate.py). FLOPs (FlopCounterMode, real-size blocks on the meta device): forward 74.8,
+    # LoRA step 164.8 TFLOP a sample: the backward is 1.2 x the forward (activation gradients only, attention's
+    # twice: perf.md's rule for LoRA), not the 6 x params x tokens of training every weight. TE cache entry: T5's
+    # 512 x 4096 states, the 768 pooled vector and the 512 mask, float32.
+    estimate = EstimateConstants(activation_bytes_per_latent_pixel=2.08e6, step_flops=1.65e14,
+                                 native_pixels=1024 * 1024, te_cache_bytes_per_caption=(512 * 4096 + 768 + 512) * 4)
 
     # ---- recognising and loading
     def matches_checkpoint(self, keys):
@@ -412,15 +419,41 @@ class FluxFamily(ModelFamily):
 
     # ---- estimate
     def parameter_counts(self, shapes):
+        """Counts from a header, torch-free (the estimate): the transformer in BFL names (ComfyUI's prefix or none) or
+        a diffusers folder's (``transformer.``, ``text_encoder(_2).`` and ``vae.`` as the estimate prefixes a
+        folder's parts); lora_linear sums (in + out) over the block Linears LoRA adapts, a fused qkv and linear1 once
+        as BFL has them (diffusers' split to_k / to_v / add_k_proj / add_v_proj / proj_mlp share their input); the
+        blocks' counts and sizes and the width (block swap, gradient checkpointing) and the latent channels."""
         import math
+        import re
 
-        denoiser = lora = 0
+        parts = (("transformer.", "unet"), ("text_encoder.", "text_encoders"), ("text_encoder_2.", "text_encoders"),
+                 ("vae.", "vae"))
+        shared_input = (".attn.to_k.weight", ".attn.to_v.weight", ".attn.add_k_proj.weight",
+                        ".attn.add_v_proj.weight", ".proj_mlp.weight")
+        block_kinds = {"double_blocks": "double", "transformer_blocks": "double", "single_blocks": "single",
+                       "single_transformer_blocks": "single"}
+        counts = {"unet": 0, "text_encoders": 0, "vae": 0, "lora_linear": 0, "lora_te": 0}
+        blocks: dict[str, dict[int, int]] = {"double": {}, "single": {}}
+        width, channels = 0, 16
         for key, shape in shapes.items():
-            name = key.removeprefix(BFL_PREFIX)
-            denoiser += math.prod(shape)
-            if name.startswith(TARGET_BLOCKS) and name.endswith(".weight") and len(shape) == 2:
-                lora += shape[0] + shape[1]
-        return {"unet": denoiser, "text_encoders": 0, "vae": 0, "lora_linear": lora, "lora_te": 0}
+            part, name = next(((p, key[len(prefix):]) for prefix, p in parts if key.startswith(prefix)),
+                              ("unet", key.removeprefix(BFL_PREFIX)))
+            size = math.prod(shape)
+            counts[part] += size
+            block = re.match(r"(double_blocks|single_blocks|transformer_blocks|single_transformer_blocks)\.(\d+)\.",
+                             name) if part == "unet" else None
+            if block:
+                sizes = blocks[block_kinds[block.group(1)]]
+                sizes[int(block.group(2))] = sizes.get(int(block.group(2)), 0) + size
+                if name.endswith(".weight") and len(shape) == 2:
+                    counts["lora_linear"] += shape[0] + (0 if name.endswith(shared_input) else shape[1])
+            elif part == "unet" and name in ("img_in.weight", "x_embedder.weight"):
+                width, channels = shape[0], shape[1] // 4  # 2 x 2 packed latent channels
+        counts["blocks"] = {kind: [len(sizes), max(sizes.values(), default=0)] for kind, sizes in blocks.items()}
+        counts["blocks"]["hidden"] = width
+        counts["latent_channels"] = channels
+        return counts
 
     # ---- tools (lora inspect / convert / extract / merge into a checkpoint)
     # They work from file headers and read tensor by tensor: a 24 GB transformer is never built or held whole.
