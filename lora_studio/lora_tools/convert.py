@@ -68,6 +68,28 @@ def _to_diffusers(source: Path, components) -> tuple[dict[str, torch.Tensor], di
     return tensors, {}
 
 
+def _peft_pairs(state: dict) -> tuple[list[tuple[str, torch.Tensor, torch.Tensor]], list[str]]:
+    """(module path, lora_A, lora_B) of a diffusers / peft file's pairs, and its keys that are not in a pair."""
+    pairs, unknown = [], []
+    for key in state:
+        if not key.endswith(".lora_A.weight"):
+            if not key.endswith(".lora_B.weight"):
+                unknown.append(key)
+            continue
+        path = key.removesuffix(".lora_A.weight")
+        if f"{path}.lora_B.weight" not in state:
+            unknown.append(key)
+            continue
+        pairs.append((path, state[key], state[f"{path}.lora_B.weight"]))
+    return pairs, unknown
+
+
+def _alpha_of(path: str, rank: int, alpha_pattern: dict, lora_alpha) -> float:
+    """A module's alpha in a diffusers file: its alpha_pattern entry, else lora_alpha, else its rank (scale 1)."""
+    alpha = next((float(a) for pattern, a in alpha_pattern.items() if path.endswith(pattern)), None)
+    return alpha if alpha is not None else float(lora_alpha) if lora_alpha is not None else float(rank)
+
+
 def _alphas(metadata: dict[str, str]) -> tuple[dict[str, float], dict[str, int], float | None]:
     """(alpha_pattern, rank_pattern, lora_alpha) from a diffusers file's adapter metadata, where it has it."""
     try:
@@ -88,22 +110,15 @@ def _to_kohya(source: Path, components) -> tuple[dict[str, torch.Tensor], dict]:
         for path, module in model.named_modules():
             by_path[f"{prefix}.{path}"] = module
     stems = {id(t.module): t.stem for t in components.family.adapter_targets(components, True, True, _ALL)}
-    tensors, unknown = {}, []
-    for key in state:
-        if not key.endswith(".lora_A.weight"):
-            if not key.endswith(".lora_B.weight"):
-                unknown.append(key)
-            continue
-        path = key.removesuffix(".lora_A.weight")
+    tensors = {}
+    pairs, unknown = _peft_pairs(state)
+    for path, down, up in pairs:
         module = by_path.get(path)
-        if module is None or id(module) not in stems or f"{path}.lora_B.weight" not in state:
-            unknown.append(key)
+        if module is None or id(module) not in stems:
+            unknown.append(f"{path}.lora_A.weight")
             continue
-        down, up = state[key], state[f"{path}.lora_B.weight"]
-        rank = down.shape[0]
         inner = path.split(".", 1)[1]
-        alpha = next((float(a) for pattern, a in alpha_pattern.items() if inner.endswith(pattern)), None)
-        alpha = alpha if alpha is not None else float(lora_alpha) if lora_alpha is not None else float(rank)
+        alpha = _alpha_of(inner, down.shape[0], alpha_pattern, lora_alpha)
         stem = stems[id(module)]
         tensors[f"{stem}.lora_down.weight"], tensors[f"{stem}.lora_up.weight"] = down, up
         tensors[f"{stem}.alpha"] = torch.tensor(alpha)
@@ -233,20 +248,11 @@ def _flux_to_kohya(source: Path, family, layers: dict[str, _Layer]) -> dict[str,
         for i, (name, _) in enumerate(layer.parts):
             by_part[name] = (layer, i)
     groups: dict[str, dict[int, tuple]] = {}
-    singles, unknown = {}, []
-    for key in state:
-        if not key.endswith(".lora_A.weight"):
-            if not key.endswith(".lora_B.weight"):
-                unknown.append(key)
-            continue
-        path = key.removesuffix(".lora_A.weight")
-        if f"{path}.lora_B.weight" not in state:
-            unknown.append(key)
-            continue
-        down, up = state[key].float(), state[f"{path}.lora_B.weight"].float()
-        alpha = next((float(a) for pattern, a in alpha_pattern.items() if path.endswith(pattern)), None)
-        alpha = alpha if alpha is not None else float(lora_alpha) if lora_alpha is not None else float(down.shape[0])
-        scale = alpha / down.shape[0]
+    singles = {}
+    pairs, unknown = _peft_pairs(state)
+    for path, down, up in pairs:
+        down, up = down.float(), up.float()
+        scale = _alpha_of(path, down.shape[0], alpha_pattern, lora_alpha) / down.shape[0]
         part, _, inner = path.partition(".")
         prefix = family.text_encoder_lora_prefixes["clip_l" if part == "text_encoder" else "t5xxl"] \
             if part in ("text_encoder", "text_encoder_2") else None
@@ -255,7 +261,7 @@ def _flux_to_kohya(source: Path, family, layers: dict[str, _Layer]) -> dict[str,
             continue
         found = by_part.get(inner if part == "transformer" else path)
         if found is None:
-            unknown.append(key)
+            unknown.append(f"{path}.lora_A.weight")
             continue
         layer, index = found
         groups.setdefault(layer.path, {})[index] = (down, up, scale)
