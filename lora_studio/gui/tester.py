@@ -18,7 +18,7 @@ from ..compare import run_seed, sample_size
 from ..config.schema import BY_NAME
 from ..errors import UserError
 from ..io_utils import atomic_write_bytes
-from ..training.prompts import SamplePrompt, parse_prompt_line, prompt_options, read_prompt_lines
+from ..training.prompts import parse_prompt_line, prompt_options, read_prompt_lines
 from ..training.render_requests import RenderRequest
 from .form import outside_roots
 
@@ -26,13 +26,6 @@ from .form import outside_roots
 SAMPLERS = [c for c in BY_NAME["sample_sampler"].choices if not c.startswith("k_")]
 DEFAULT_STRENGTHS = "0, 0.5, 0.7, 0.85, 1"
 SETTINGS_FILE = "test_settings.json"
-SD_CFG = 7.5  # what the Stable Diffusion families render a prompt without --l with (sd-scripts' default)
-# Steps for the flow families' runs where a prompt gives none: Flux.1 dev and Chroma converge in about 20 Euler steps,
-# schnell (timestep-distilled) in 4. Their CFG is the family's own: 1.0 for Flux.1 (guidance-distilled: no negative
-# pass), 4.0 for Chroma (real CFG, as sd-scripts' Chroma samples).
-FLOW_STEPS = {"flux-dev": 20, "flux-schnell": 4, "chroma": 20}
-# modelspec.architecture of a LoRA file (without "/lora") -> the family it was trained on, when its model is not here
-FLOW_ARCHITECTURES = {"flux-1-dev": "flux-dev", "flux-1-schnell": "flux-schnell", "chroma": "chroma"}
 
 
 @dataclass
@@ -106,11 +99,13 @@ class FamilyDefaults:
 def family_defaults(family) -> FamilyDefaults:
     """The Test tab's defaults for a family (a ``models.family.ModelFamily``, or None when unknown: Stable
     Diffusion's, the engine's 30 steps and CFG 7.5)."""
-    engine = SamplePrompt("")
-    if family is None or family.name not in FLOW_STEPS:
-        return FamilyDefaults(engine.steps, SD_CFG, getattr(family, "pixel_multiple", 8))
-    return FamilyDefaults(FLOW_STEPS[family.name], float(family.sample_cfg_default), family.pixel_multiple,
-                          family.samplers()[0])
+    from ..models.family import ModelFamily
+
+    if family is None:
+        return FamilyDefaults(ModelFamily.sample_steps, ModelFamily.sample_cfg, ModelFamily.pixel_multiple)
+    samplers = family.samplers() if family.separate_files else ()  # (the SD families: the run's own sampler)
+    return FamilyDefaults(family.sample_steps, float(family.sample_cfg), family.pixel_multiple,
+                          samplers[0] if len(samplers) == 1 else None)
 
 
 def model_family(model: str | Path | None):
@@ -125,7 +120,7 @@ def run_family(cfg, file: str | Path | None = None):
     """The family a run trained: its base model's, else (the model is not on this computer) what the LoRA file's
     metadata says (``modelspec.architecture``), else None."""
     from ..io_utils import read_safetensors_header
-    from ..models.registry import BY_NAME as FAMILIES
+    from ..models.registry import FAMILIES
 
     family = model_family(cfg.pretrained_model_name_or_path)
     if family is not None or not file:
@@ -134,8 +129,7 @@ def run_family(cfg, file: str | Path | None = None):
         architecture = read_safetensors_header(file, check_data=False).metadata.get("modelspec.architecture", "")
     except UserError:
         return None
-    name = FLOW_ARCHITECTURES.get(str(architecture).removesuffix("/lora"))
-    return FAMILIES.get(name) if name else None
+    return next((f for f in FAMILIES if architecture in (f.architecture(False), f.architecture(True))), None)
 
 
 # ---------------------------------------------------------------- a run's settings

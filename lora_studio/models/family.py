@@ -121,6 +121,9 @@ class ModelFamily:
     # (name -> why), when they are set to something else than their default
     ignored_settings: dict[str, str] = {}
     denoiser_title = "U-Net"
+    # what a sample prompt without --s / --l renders with in the Test tab (sd-scripts' 30 steps and CFG 7.5 for SD)
+    sample_steps = 30
+    sample_cfg = 7.5
 
     # ---- recognising and loading models
     def matches_checkpoint(self, keys: set[str]) -> bool:

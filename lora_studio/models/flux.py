@@ -376,7 +376,7 @@ class FluxFamily(ModelFamily):
         from . import flow_matching as fm
 
         cond = self.encode_prompt(components, [prompt.prompt], device, options)
-        cfg_scale = prompt.cfg_scale if prompt.cfg_scale is not None else self.sample_cfg_default
+        cfg_scale = prompt.cfg_scale if prompt.cfg_scale is not None else self.sample_cfg
         uncond = self.encode_prompt(components, [prompt.negative], device, options) if cfg_scale != 1.0 else None
         m = self.pixel_multiple
         h, w = prompt.height // m * 2, prompt.width // m * 2  # latent size (8x AE)
@@ -398,7 +398,8 @@ class FluxFamily(ModelFamily):
         return decode_image(components.vae, latents, self.vae_scale_and_shift(components.vae), output_type)
 
     shifted_sampling = True
-    sample_cfg_default = 1.0
+    sample_cfg = 1.0  # guidance-distilled: no negative pass
+    sample_steps = 20  # Euler over the shifted schedule converges in about 20 steps
 
     # ---- metadata
     def architecture(self, v_parameterization):
@@ -676,6 +677,7 @@ class FluxSchnell(FluxFamily):
     model_description = "schnell"
     guidance_embed = False
     default_t5_length = 256  # sd-scripts: 256 for schnell
+    sample_steps = 4  # timestep-distilled
     shifted_sampling = False
 
     def matches_checkpoint(self, keys):
@@ -700,7 +702,7 @@ class Chroma(FluxFamily):
     guidance_embed = True  # the approximator takes a guidance value; 0 in training
     t5_mask_default = True
     default_sampling = "sigmoid"  # sd-scripts' Chroma recommendation, with raw prediction
-    sample_cfg_default = 4.0  # sd-scripts' Chroma samples: --g 0 --l 4.0 with a negative prompt
+    sample_cfg = 4.0  # sd-scripts' Chroma samples: --g 0 --l 4.0 with a negative prompt
     ignored_settings = {**FluxFamily.ignored_settings, "clip_l": "Chroma has no CLIP-L"}
 
     def matches_checkpoint(self, keys):
