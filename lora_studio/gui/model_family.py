@@ -32,12 +32,6 @@ from .widgets import from_widget
 # settings whose field shows or hides with the model's family (schema ``families``, or a family that ignores it)
 FAMILY_FIELDS = tuple(s.name for s in SETTINGS if s.families is not None or
                       any(s.name in family.ignored_settings for family in FAMILIES))
-# where each part is looked for besides the transformer's own folder: sibling folders (ComfyUI's names), in order
-PART_FOLDERS = {"ae": ("vae",), "clip_l": ("clip", "text_encoders"), "t5xxl": ("text_encoders", "clip")}
-# the names the parts are downloaded as, preferred in this order (then any name holding a hint, then any file)
-PART_NAMES = {"ae": ("ae.safetensors", "flux_ae.safetensors"), "clip_l": ("clip_l.safetensors",),
-              "t5xxl": ("t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors")}
-PART_HINTS = {"ae": ("ae",), "clip_l": ("clip_l", "clip-l", "clipl"), "t5xxl": ("t5",)}
 MAX_HEADERS_READ = 40  # a part folder with more .safetensors files: the best-named ones are read first
 
 
@@ -145,64 +139,57 @@ def hidden_but_set(family: ModelFamily | None, values: dict[str, Any], shown: It
 
 
 # ================================================================ Flux / Chroma parts beside the transformer
-def _usable_header(path: Path, part: str) -> bool:
-    """The file's header says it is ``part`` in a form LoRA Studio loads: the right tensor names (``flux_parts``),
-    float8 only as float8_e4m3fn, no "scaled" fp8 T5 (the loaders refuse the others)."""
+def _usable_header(path: Path, family: ModelFamily, part: str) -> bool:
+    """The file's header says it is ``part`` in a form the family loads (``ModelFamily.is_part_file``)."""
     from ..io_utils import read_safetensors_header
-    from ..models import flux_parts
 
     try:
         tensors = read_safetensors_header(path, part).tensors
     except UserError:
         return False
-    keys = list(tensors)
-    test = {"ae": flux_parts.is_flux_ae, "clip_l": flux_parts.is_clip_l, "t5xxl": flux_parts.is_t5}[part]
-    if not test(keys):
-        return False
-    if any(v.get("dtype", "").startswith("F8") and v.get("dtype") != "F8_E4M3" for v in tensors.values()):
-        return False
-    return not any(k.endswith("scaled_fp8") or k.endswith(".scale_weight") for k in keys)
+    return family.is_part_file(part, tensors)
 
 
-def part_folders(model_file: Path, part: str) -> list[Path]:
-    """The transformer's folder, then its siblings named for ``part`` (``PART_FOLDERS``, any letter case)."""
+def part_folders(model_file: Path, family: ModelFamily, part: str) -> list[Path]:
+    """The transformer's folder, then its siblings named for ``part`` (the family's ``part_files``, any case)."""
     here = model_file.parent
     try:
         siblings = {p.name.lower(): p for p in here.parent.iterdir() if p.is_dir() and p != here}
     except OSError:
         siblings = {}
-    return [here] + [siblings[name] for name in PART_FOLDERS[part] if name in siblings]
+    return [here] + [siblings[name] for name in family.part_files[part].folders if name in siblings]
 
 
-def _name_rank(path: Path, part: str) -> tuple[int, int, str]:
-    name = path.name.lower()
-    if name in PART_NAMES[part]:
-        return 0, PART_NAMES[part].index(name), name
-    if any(hint in name for hint in PART_HINTS[part]):
+def _name_rank(path: Path, family: ModelFamily, part: str) -> tuple[int, int, str]:
+    name, spec = path.name.lower(), family.part_files[part]
+    if name in spec.names:
+        return 0, spec.names.index(name), name
+    if any(hint in name for hint in spec.hints):
         return 1, 0, name
     return 2, 0, name
 
 
-def candidates(folder: Path, part: str, exclude: Iterable[Path] = ()) -> list[Path]:
-    """The .safetensors files of ``folder`` that may be ``part``, best-named first (``PART_NAMES``, then a name
-    holding a hint such as "t5", then the others), at most ``MAX_HEADERS_READ``."""
+def candidates(folder: Path, family: ModelFamily, part: str, exclude: Iterable[Path] = ()) -> list[Path]:
+    """The .safetensors files of ``folder`` that may be ``part``, best-named first (the names it is downloaded as,
+    then a name holding a hint such as "t5", then the others), at most ``MAX_HEADERS_READ``."""
     skip = {Path(p).resolve() for p in exclude}
     try:
         files = [p for p in folder.iterdir() if p.suffix.lower() == ".safetensors" and p.is_file()
                  and p.resolve() not in skip]
     except OSError:
         return []
-    return sorted(files, key=lambda p: _name_rank(p, part))[:MAX_HEADERS_READ]
+    return sorted(files, key=lambda p: _name_rank(p, family, part))[:MAX_HEADERS_READ]
 
 
-def find_part(model_file: Path, part: str, roots: list[Path] | None = None, taken: Iterable[Path] = ()) -> Path | None:
+def find_part(model_file: Path, family: ModelFamily, part: str, roots: list[Path] | None = None,
+              taken: Iterable[Path] = ()) -> Path | None:
     """The first file near the transformer whose header shows it is ``part`` (nothing outside ``roots`` is looked
     at; ``taken``: files already chosen for another part)."""
-    for folder in part_folders(model_file, part):
+    for folder in part_folders(model_file, family, part):
         if outside_roots(folder, roots):
             continue
-        for path in candidates(folder, part, [model_file, *taken]):
-            if outside_roots(path, roots) is None and _usable_header(path, part):
+        for path in candidates(folder, family, part, [model_file, *taken]):
+            if outside_roots(path, roots) is None and _usable_header(path, family, part):
                 return path
     return None
 
@@ -231,7 +218,7 @@ def fill_parts(model: str | None, family: ModelFamily | None, current: dict[str,
     for part in family.separate_files:
         if str(current.get(part) or "").strip():
             continue
-        found = find_part(model_file, part, roots, taken)
+        found = find_part(model_file, family, part, roots, taken)
         if found is None:
             out.missing.append(part)
             continue

@@ -63,6 +63,14 @@ class TargetSpec:
 
 
 @dataclass(frozen=True)
+class PartFile:
+    """Where users keep a separate model file and what they call it: the GUI looks for it beside the model."""
+    folders: tuple[str, ...]  # sibling folders of the model's folder to look in (ComfyUI's names), in order
+    names: tuple[str, ...]  # the names it is downloaded as, preferred in this order
+    hints: tuple[str, ...] = ()  # parts of other names that suggest it
+
+
+@dataclass(frozen=True)
 class EstimateConstants:
     """What the resource estimate assumes for a family (sources in training/estimate.py and reference/perf.md)."""
     activation_bytes_per_latent_pixel: float  # one sample's activations in bf16, SDPA, no checkpointing
@@ -117,6 +125,7 @@ class ModelFamily:
     pixel_multiple = 8  # image sides are multiples of this (the autoencoder's scale x the denoiser's patch size)
     # settings naming files the family loads besides pretrained_model_name_or_path, with the part each holds
     separate_files: dict[str, str] = {}
+    part_files: dict[str, PartFile] = {}  # where each of those is usually found (for the GUI to fill them in)
     # settings of the other families that mean nothing here: named at Check settings and at the start of a run
     # (name -> why), when they are set to something else than their default
     ignored_settings: dict[str, str] = {}
@@ -136,6 +145,11 @@ class ModelFamily:
     def check_flags(self, v2: bool, source: str) -> None:
         """Refuse a config whose model-type switches (v2) contradict this family's model."""
         raise NotImplementedError
+
+    def is_part_file(self, setting: str, tensors: dict) -> bool:
+        """Whether a safetensors header (name -> {"dtype", "shape"}) is the part ``setting`` names, in a form the
+        family loads (torch-free)."""
+        return False
 
     def check_settings(self, cfg) -> list[tuple[str, str]]:
         """The family's own requirements on a config (a UserError names the setting), and (setting, message)

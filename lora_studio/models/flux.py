@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .family import AdapterTarget, Components, EstimateConstants, ModelFamily, Objective
+from .family import AdapterTarget, Components, EstimateConstants, ModelFamily, Objective, PartFile
 
 BFL_PREFIX = "model.diffusion_model."
 CLIP_REPO, T5_REPO = "openai/clip-vit-large-patch14", "google/t5-v1_1-xxl"
@@ -52,6 +52,10 @@ class FluxFamily(ModelFamily):
     denoiser_title = "transformer"
     separate_files = {"ae": "autoencoder (ae.safetensors)", "clip_l": "CLIP-L text encoder (clip_l.safetensors)",
                       "t5xxl": "T5-XXL text encoder (t5xxl_fp16.safetensors)"}
+    part_files = {"ae": PartFile(("vae",), ("ae.safetensors", "flux_ae.safetensors"), ("ae",)),
+                  "clip_l": PartFile(("clip", "text_encoders"), ("clip_l.safetensors",), ("clip_l", "clip-l", "clipl")),
+                  "t5xxl": PartFile(("text_encoders", "clip"), ("t5xxl_fp16.safetensors",
+                                                                "t5xxl_fp8_e4m3fn.safetensors"), ("t5",))}
     ignored_settings = {name: SD_ERA for name in (
         "min_snr_gamma", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "debiased_estimation_loss",
         "noise_offset", "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
@@ -98,6 +102,19 @@ class FluxFamily(ModelFamily):
         if model_type and model_type != wanted:
             raise UserError(f"model_type = {model_type!r}, but {source} is a {self.title} model; set model_type = "
                             f"{wanted!r} or leave it empty (LoRA Studio tells them apart from the weights)")
+
+    def is_part_file(self, setting, tensors):
+        """The right tensor names (``flux_parts``' is_flux_ae / is_clip_l / is_t5), float8 only as e4m3fn and no
+        "scaled" fp8 T5 (the loaders refuse the others)."""
+        from . import flux_parts
+
+        keys = list(tensors)
+        test = getattr(flux_parts, PART_CHECKS[setting][0])
+        if not test(keys):
+            return False
+        if any(str(v.get("dtype", "")).startswith("F8") and v.get("dtype") != "F8_E4M3" for v in tensors.values()):
+            return False
+        return not any(k.endswith("scaled_fp8") or k.endswith(".scale_weight") for k in keys)
 
     def check_settings(self, cfg) -> list[tuple[str, str]]:
         """Check settings and the run's start: the family's own requirements (a UserError names the setting) and
