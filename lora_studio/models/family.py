@@ -130,6 +130,7 @@ class ModelFamily:
     # (name -> why), when they are set to something else than their default
     ignored_settings: dict[str, str] = {}
     denoiser_title = "U-Net"
+    snr_schedule = True  # a DDPM noise schedule with an SNR per timestep (huber_schedule "snr" needs one)
     # what a sample prompt without --s / --l renders with in the Test tab (sd-scripts' 30 steps and CFG 7.5 for SD)
     sample_steps = 30
     sample_cfg = 7.5
@@ -243,6 +244,10 @@ class ModelFamily:
     def architecture(self, v_parameterization: bool) -> str:
         """The modelspec architecture of a LoRA for this family."""
         raise NotImplementedError
+
+    def modelspec_prediction_type(self, v_parameterization: bool) -> str | None:
+        """modelspec.prediction_type of a LoRA for this family ("epsilon" / "v"), None when it stamps none."""
+        return "v" if v_parameterization else "epsilon"
 
     def metadata(self, cfg) -> dict:
         """The family's own ``ss_*`` recipe keys of a LoRA trained with ``cfg`` (sd-scripts' update_metadata)."""

@@ -50,6 +50,7 @@ class FluxFamily(ModelFamily):
     modelspec_implementation = "https://github.com/black-forest-labs/flux"
     pixel_multiple = 16
     denoiser_title = "transformer"
+    snr_schedule = False  # rectified flow: no DDPM schedule
     separate_files = {"ae": "autoencoder (ae.safetensors)", "clip_l": "CLIP-L text encoder (clip_l.safetensors)",
                       "t5xxl": "T5-XXL text encoder (t5xxl_fp16.safetensors)"}
     part_files = {"ae": PartFile(("vae",), ("ae.safetensors", "flux_ae.safetensors"), ("ae",)),
@@ -421,6 +422,9 @@ class FluxFamily(ModelFamily):
     # ---- metadata
     def architecture(self, v_parameterization):
         return f"flux-1-{self.model_description}/lora"
+
+    def modelspec_prediction_type(self, v_parameterization):
+        return None  # sd-scripts stamps none on Flux files (a flow model)
 
     def metadata(self, cfg):
         """sd-scripts' FluxNetworkTrainer.update_metadata keys, with the values this run used."""

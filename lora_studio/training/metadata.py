@@ -101,10 +101,10 @@ class RunMetadata:
             "sai_model_spec": "1.0.1", "architecture": family.architecture(cfg.v_parameterization),
             "implementation": family.modelspec_implementation, "title": cfg.output_name,
             "resolution": f"{spec0.resolution[0]}x{spec0.resolution[1]}",
-            "prediction_type": "v" if cfg.v_parameterization else "epsilon",
+            "prediction_type": family.modelspec_prediction_type(cfg.v_parameterization),
             "implementation_version": f"lora-studio/{__version__}",
         }
-        if family.separate_files:  # sd-scripts stamps no prediction type on Flux files (a flow model)
+        if self.modelspec["prediction_type"] is None:
             del self.modelspec["prediction_type"]
         self.title = cfg.metadata_title
         for key in ("author", "description", "license", "tags"):  # sd-scripts' metadata_* settings

@@ -99,7 +99,7 @@ def _family(r: Resolved, data: TrainingData, family) -> None:
             r.warnings.append((setting.name, f"has no effect with {family.title} ({why})"))
     check_pixel_multiple(data.datasets, family)
     r.warnings.extend(family.check_settings(cfg))
-    if cfg.loss_type in ("huber", "smooth_l1") and cfg.huber_schedule == "snr" and family.separate_files:
+    if cfg.loss_type in ("huber", "smooth_l1") and cfg.huber_schedule == "snr" and not family.snr_schedule:
         raise UserError(f"huber_schedule = \"snr\" needs a DDPM noise schedule, which {family.title} has not; set "
                         "huber_schedule to constant or exponential")
 
