@@ -1,12 +1,16 @@
 """``lora-studio bench``: time LoRA training steps of our engine against a plain reference loop.
 
-Both loops train the same UNet (the real SD1.5 or SDXL config with random weights, or a tiny one with ``--tiny``)
-on the same random cached latents and text embeddings, in the same process. Ours: the engine's own training step
-(the family's LoRA targets and loss in the accelerate-prepared step module, the step guard's optimizer step),
-frozen weights in the chosen precision, float32 LoRA weights. Reference: what diffusers' LoRA example does, a peft
-LoRA on the same modules, float32 master weights under autocast. The loops are warmed up one after the other, then
-stepped in turn, so a busy moment of the machine slows both alike. Reported: median step time, samples/s, peak
-memory, FLOPs per sample (``torch.utils.flop_counter``) and MFU where the device peak is known.
+Both loops train the same denoiser on the same random cached latents and text-encoder outputs, in the same process:
+the SD1.5 or SDXL UNet (``--model sd15`` / ``sdxl``), or the Flux.1 dev / schnell or Chroma transformer
+(``flux-dev`` / ``flux-schnell`` / ``chroma``), at its real size with random weights or a tiny one of the same
+topology with ``--tiny``. Ours: the engine's own training step (the family's LoRA targets and loss in the
+accelerate-prepared step module, the step guard's optimizer step), frozen weights in the chosen precision, float32
+LoRA weights. Reference: what diffusers' LoRA examples do, a peft LoRA on the same modules under autocast with plain
+AdamW; for the UNets float32 master weights, for Flux diffusers' FluxTransformer2DModel with its frozen weights in
+the training dtype (as its Flux LoRA example places them) and uniformly drawn sigmas. Chroma has no reference here.
+The loops are warmed up one after the other, then stepped in turn, so a busy moment of the machine slows both
+alike. Reported: median step time, samples/s, peak memory, FLOPs per sample (``torch.utils.flop_counter``) and MFU
+where the device peak is known.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+
 
 @dataclass
 class Result:
@@ -41,13 +47,26 @@ def _device_peak(device: torch.device) -> float | None:
     return GPU(torch.cuda.get_device_name(device), 0.0).peak_flops
 
 
-def bench_models() -> dict[str, tuple[str, dict, dict]]:
-    """--model: (model family, its full-size UNet config, a tiny UNet config of the same topology)."""
+def bench_models() -> dict[str, tuple[str, object, object]]:
+    """--model: (model family, its full-size denoiser config, a tiny config of the same topology). UNets: diffusers
+    configs; Flux: ``FluxConfig`` (the tiny one with Flux's MLP ratio 4, as diffusers' reference model has it)."""
+    import dataclasses
+
     from .models import tiny
+    from .models.flux_net import CHROMA, FLUX_DEV, FLUX_SCHNELL
     from .models.sd1 import SD1_UNET
     from .models.sdxl import SDXL_UNET
+    from .models.tiny_flux import tiny_flux_config
 
-    return {"sd15": ("sd1", SD1_UNET, tiny.TINY_UNET), "sdxl": ("sdxl", SDXL_UNET, tiny.TINY_SDXL_UNET)}
+    def small(variant):
+        return dataclasses.replace(tiny_flux_config(variant), mlp_ratio=4.0)
+    return {"sd15": ("sd1", SD1_UNET, tiny.TINY_UNET), "sdxl": ("sdxl", SDXL_UNET, tiny.TINY_SDXL_UNET),
+            "flux-dev": ("flux-dev", FLUX_DEV, small("dev")), "flux-schnell": ("flux-schnell", FLUX_SCHNELL,
+                                                                                small("schnell")),
+            "chroma": ("chroma", CHROMA, small("chroma"))}
+
+
+BENCH_MODELS = ("sd15", "sdxl", "flux-dev", "flux-schnell", "chroma")
 
 
 def bench_family(model: str):
@@ -56,12 +75,60 @@ def bench_family(model: str):
     return BY_NAME[bench_models()[model][0]]
 
 
+def is_transformer(model: str) -> bool:
+    return model.startswith("flux") or model == "chroma"
+
+
 def build_unet(model: str, tiny: bool):
     from diffusers import UNet2DConditionModel
 
     _, full, small = bench_models()[model]
     torch.manual_seed(0)
     return UNet2DConditionModel.from_config(small if tiny else full)
+
+
+def materialize(model, device, dtype, seed: int = 0):
+    """A module built on the meta device, given random weights directly on ``device`` in ``dtype`` (normal, std
+    0.02; 1-D weights and scales 1, other 1-D parameters 0): a 12 B transformer never passes through system RAM or
+    float32."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                value = torch.empty(param.shape, device=device, dtype=dtype)
+                if param.ndim >= 2:
+                    value.normal_(0.0, 0.02, generator=generator)
+                elif name in ("weight", "scale"):
+                    value.fill_(1.0)
+                else:
+                    value.zero_()
+                module._parameters[name] = nn.Parameter(value, requires_grad=False)
+    return model.to(device)  # buffers
+
+
+def build_flux(model: str, tiny: bool, device, dtype):
+    """Our Flux transformer (BFL layout) of ``model``, random weights on ``device``."""
+    from .models.flux_net import FluxTransformer
+    from .models.ldm_build import empty
+
+    _, full, small = bench_models()[model]
+    return materialize(empty(lambda: FluxTransformer(small if tiny else full)), device, dtype)
+
+
+def build_flux_reference(config, device, dtype):
+    """diffusers' FluxTransformer2DModel of the same sizes (its MLP ratio is always 4), random weights."""
+    from diffusers import FluxTransformer2DModel
+
+    from .models.ldm_build import empty
+
+    if config.mlp_ratio != 4.0 or config.chroma:
+        raise ValueError("diffusers' FluxTransformer2DModel has Flux.1's MLP ratio 4 and no Chroma layout")
+    return materialize(empty(lambda: FluxTransformer2DModel(
+        patch_size=1, in_channels=config.in_channels, num_layers=config.depth,
+        num_single_layers=config.depth_single_blocks, attention_head_dim=config.head_dim,
+        num_attention_heads=config.num_heads, joint_attention_dim=config.context_in_dim,
+        pooled_projection_dim=config.vec_in_dim, guidance_embeds=config.guidance_embed,
+        axes_dims_rope=tuple(config.axes_dim))), device, dtype)
 
 
 def make_batch(unet, batch: int, resolution: int, device) -> dict:
@@ -78,9 +145,25 @@ def make_batch(unet, batch: int, resolution: int, device) -> dict:
     return {k: v.to(device) for k, v in batch_data.items()}
 
 
+def make_flux_batch(config, text_tokens: int, batch: int, resolution: int, device) -> dict:
+    """Random cached latents (16 channels at 1/8 of the image's sides) and text-encoder outputs of the shapes Flux
+    trains on: CLIP-L's pooled vector (B, vec_in_dim), T5's states (B, text_tokens, context_in_dim), T5's mask."""
+    g = torch.Generator().manual_seed(1)
+    side = resolution // 8
+    batch_data = {"latents": torch.randn(batch, config.in_channels // 4, side, side, generator=g),
+                  "pooled": torch.randn(batch, config.vec_in_dim, generator=g),
+                  "t5": torch.randn(batch, text_tokens, config.context_in_dim, generator=g),
+                  "t5_mask": torch.ones(batch, text_tokens, dtype=torch.int64)}
+    return {k: v.to(device) for k, v in batch_data.items()}
+
+
 def _cond(batch: dict, dtype) -> tuple[torch.Tensor, dict]:
     extra = {k: batch[k].to(dtype) for k in ("text_embeds", "time_ids") if k in batch}
     return batch["encoder_hidden_states"].to(dtype), extra
+
+
+# what a text-encoder cache entry holds, per family: SD's states (and SDXL's pooled embeds), Flux's pooled, T5, mask
+CONDITIONING = ("encoder_hidden_states", "text_embeds", "pooled", "t5", "t5_mask")
 
 
 class OurLoop:
@@ -111,7 +194,8 @@ class OurLoop:
         if checkpointing:
             self.unet.enable_gradient_checkpointing()
             self.unet.train()
-        components = Components(family, self.unet, None, [], [], dict(SD_SCHEDULER), "bench")
+        scheduler = {} if family.denoiser_title == "transformer" else dict(SD_SCHEDULER)
+        components = Components(family, self.unet, None, [], [], scheduler, "bench")
         self.network = LoRANetwork(components, rank, rank, train_unet=True, train_text_encoder=False)
         self.network.attach().to(device, torch.float32)
         if compile_backend:
@@ -130,7 +214,7 @@ class OurLoop:
         """The bench batch as the engine's data loader gives it: latents, captions of cached text-encoder outputs."""
         captions = [f"caption {i}" for i in range(batch["latents"].shape[0])]
         for i, caption in enumerate(captions):
-            self.te_cache[caption] = {k: batch[k][i] for k in ("encoder_hidden_states", "text_embeds") if k in batch}
+            self.te_cache[caption] = {k: batch[k][i] for k in CONDITIONING if k in batch}
         engine = {"latents": batch["latents"], "captions": captions,
                   "loss_weights": torch.ones(len(captions), device=batch["latents"].device)}
         if "time_ids" in batch:
@@ -147,15 +231,19 @@ class OurLoop:
 
 
 class ReferenceLoop:
-    """diffusers' LoRA example: peft LoRA on the same modules, float32 weights, autocast, plain AdamW."""
+    """diffusers' LoRA example: peft LoRA on the same modules, float32 weights, autocast, plain AdamW (and gradient
+    checkpointing when ours has it)."""
 
-    def __init__(self, unet, rank: int, precision: str, device, targets: list[str]):
+    def __init__(self, unet, rank: int, precision: str, device, targets: list[str], checkpointing: bool = False):
         from diffusers import DDPMScheduler
         from peft import LoraConfig
 
         from .models.stable_diffusion import SD_SCHEDULER
 
         self.unet = unet.to(device, torch.float32).requires_grad_(False)
+        if checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            self.unet.train()
         self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                          target_modules=targets))
         params = [p for p in self.unet.parameters() if p.requires_grad]
@@ -176,6 +264,55 @@ class ReferenceLoop:
             pred = self.unet(noisy, t, encoder_hidden_states=hidden,
                              **({"added_cond_kwargs": extra} if extra else {})).sample
         loss = F.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+class FluxReferenceLoop:
+    """diffusers' Flux LoRA example: FluxTransformer2DModel with its frozen weights in the training dtype, a peft
+    LoRA (float32) on every Linear of its blocks (our targets, with q / k / v and the single blocks' MLP input as
+    separate modules), autocast, plain AdamW; x_t = (1 - sigma) x0 + sigma eps with uniform sigmas, target eps - x0,
+    guidance 1 for dev; gradient checkpointing when ours has it."""
+
+    def __init__(self, model, rank: int, precision: str, device, checkpointing: bool = False):
+        from peft import LoraConfig
+
+        self.model = model.requires_grad_(False)
+        if checkpointing:
+            self.model.enable_gradient_checkpointing()
+            self.model.train()
+        targets = [path for path, module in model.named_modules() if isinstance(module, nn.Linear)
+                   and path.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+        self.model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                          target_modules=targets))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            p.data = p.data.float()
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        self.device, self.precision = device, precision
+
+    def step(self, batch: dict) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        from .models import flow_matching as fm
+
+        latents = batch["latents"]
+        b, _, h, w = latents.shape
+        noise = torch.randn_like(latents)
+        sigmas = torch.rand(b, device=self.device)
+        noisy = (1 - sigmas[:, None, None, None]) * latents + sigmas[:, None, None, None] * noise
+        guidance = torch.ones(b, device=self.device) if self.model.config.guidance_embeds else None
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision != "no"):
+            pred = self.model(hidden_states=fm.pack_latents(noisy).to(self.dtype),
+                              encoder_hidden_states=batch["t5"].to(self.dtype),
+                              pooled_projections=batch["pooled"].to(self.dtype), timestep=sigmas,
+                              img_ids=fm.image_ids(1, h, w, self.device)[0],
+                              txt_ids=fm.text_ids(1, batch["t5"].shape[1], self.device)[0], guidance=guidance,
+                              return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), fm.pack_latents(noise - latents).float())
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -254,22 +391,52 @@ def lora_target_names(unet) -> list[str]:
     return [path for path, _, _ in unet_targets(unet)]
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    family = bench_family(args.model)
-    resolution = args.resolution or (64 if args.tiny else round(family.estimate.native_pixels ** 0.5))
-    peak = _device_peak(device)
+def _dtype(precision: str):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def _sd_loops(args, family, device, resolution: int):
+    """(our denoiser, the batch, (name, the reference loop's builder) or None) for a UNet."""
     unet = build_unet(args.model, args.tiny)
     reference_unet = copy.deepcopy(unet) if not args.no_reference else None
     targets = lora_target_names(unet)
     batch = make_batch(unet, args.batch, resolution, device)
-    timed = [warm_up("lora-studio", lambda: OurLoop(unet, family, args.rank, args.precision, device,
+    reference = ("reference (diffusers+peft)", lambda: ReferenceLoop(
+        reference_unet, args.rank, args.precision, device, targets, args.gradient_checkpointing)) \
+        if reference_unet is not None else None
+    return unet, batch, reference
+
+
+def _flux_loops(args, family, device, resolution: int):
+    """(our transformer, the batch, (name, the reference loop's builder) or None) for Flux.1 / Chroma."""
+    _, full, small = bench_models()[args.model]
+    config = small if args.tiny else full
+    text_tokens = family.default_t5_length
+    model = build_flux(args.model, args.tiny, device, _dtype(args.precision))
+    batch = make_flux_batch(config, text_tokens, args.batch, resolution, device)
+    reference = None
+    if not args.no_reference and not config.chroma:
+        reference = ("reference (diffusers+peft)", lambda: FluxReferenceLoop(
+            build_flux_reference(config, device, _dtype(args.precision)), args.rank, args.precision, device,
+            args.gradient_checkpointing))
+    return model, batch, reference
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    family = bench_family(args.model)
+    resolution = args.resolution or (64 if args.tiny else round(family.estimate.native_pixels ** 0.5))
+    if resolution % family.pixel_multiple:
+        raise ValueError(f"--resolution {resolution}: {family.title} needs a multiple of {family.pixel_multiple}")
+    peak = _device_peak(device)
+    loops = _flux_loops if is_transformer(args.model) else _sd_loops
+    denoiser, batch, reference = loops(args, family, device, resolution)
+    timed = [warm_up("lora-studio", lambda: OurLoop(denoiser, family, args.rank, args.precision, device,
                                                      args.channels_last, args.gradient_checkpointing, args.compile),
                      lambda loop: {**batch, "engine": loop.engine_batch(batch)}, args.warmup, device)]
-    if reference_unet is not None:
-        timed.append(warm_up("reference (diffusers+peft)", lambda: ReferenceLoop(reference_unet, args.rank,
-                                                                                 args.precision, device, targets),
-                             lambda loop: batch, args.warmup, device))
+    if reference is not None:
+        name, build = reference
+        timed.append(warm_up(name, build, lambda loop: batch, args.warmup, device))
     time_steps(timed, args.steps, device)
     results = [result(t, peak) for t in timed]
     report = {
@@ -281,6 +448,8 @@ def run(args: argparse.Namespace) -> dict:
     }
     if len(results) == 2:
         report["speedup_vs_reference"] = round(results[1].step_ms / results[0].step_ms, 3)
+    elif not args.no_reference:
+        report["reference"] = f"no diffusers+peft reference for {family.title} here"
     return report
 
 
@@ -296,7 +465,30 @@ def format_report(report: dict) -> str:
                      f"{flops:>13} {mfu:>7}")
     if "speedup_vs_reference" in report:
         lines.append(f"ours vs reference: {report['speedup_vs_reference']:.2f}x faster per step")
+    if "reference" in report:
+        lines.append(report["reference"])
     return "\n".join(lines)
+
+
+def add_bench_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lora-studio bench`` as this module reads them (``python -m lora_studio.bench``), every
+    --model included."""
+    parser.add_argument("--model", choices=BENCH_MODELS, default="sd15")
+    parser.add_argument("--tiny", action="store_true", help="a tiny denoiser of the same topology (CPU, seconds)")
+    parser.add_argument("--resolution", type=int, help="pixels (default 512 for sd15, 1024 for sdxl and Flux, "
+                                                       "64 tiny)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--precision", choices=("bf16", "fp16", "no"), default="bf16")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND")
+    parser.add_argument("--no-reference", action="store_true", help="time only our loop")
+    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
+    parser.add_argument("--json", help="also write the report to this JSON file")
+    parser.set_defaults(memory=False)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -316,3 +508,9 @@ def main(args: argparse.Namespace) -> int:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
     return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m lora_studio.bench", description=__doc__.splitlines()[0])
+    add_bench_options(_parser)
+    sys.exit(main(_parser.parse_args()))

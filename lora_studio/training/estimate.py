@@ -179,7 +179,7 @@ def model_size(model: str | Path, separate_files: dict | None = None) -> ModelSi
     size = ModelSize(family.name, **family.parameter_counts(shapes))
     for name in family.separate_files:
         path = (separate_files or {}).get(name)
-        if not path:
+        if not path or not Path(path).expanduser().is_file():  # Check settings names a missing file
             continue
         part = size.parts[name] = part_size(path)
         if name in TEXT_ENCODER_FILES:
