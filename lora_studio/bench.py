@@ -66,7 +66,6 @@ def bench_models() -> dict[str, tuple[str, object, object]]:
             "chroma": ("chroma", CHROMA, small("chroma"))}
 
 
-BENCH_MODELS = ("sd15", "sdxl", "flux-dev", "flux-schnell", "chroma")
 
 
 def bench_family(model: str):
@@ -470,27 +469,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def add_bench_options(parser: argparse.ArgumentParser) -> None:
-    """The options of ``lora-studio bench`` as this module reads them (``python -m lora_studio.bench``), every
-    --model included."""
-    parser.add_argument("--model", choices=BENCH_MODELS, default="sd15")
-    parser.add_argument("--tiny", action="store_true", help="a tiny denoiser of the same topology (CPU, seconds)")
-    parser.add_argument("--resolution", type=int, help="pixels (default 512 for sd15, 1024 for sdxl and Flux, "
-                                                       "64 tiny)")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--rank", type=int, default=32)
-    parser.add_argument("--precision", choices=("bf16", "fp16", "no"), default="bf16")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND")
-    parser.add_argument("--no-reference", action="store_true", help="time only our loop")
-    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
-    parser.add_argument("--json", help="also write the report to this JSON file")
-    parser.set_defaults(memory=False)
-
-
 def main(args: argparse.Namespace) -> int:
     if args.memory:
         from .bench_memory import describe, run_memory_bench
@@ -511,6 +489,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    from .cli import add_bench_options
+
     _parser = argparse.ArgumentParser(prog="python -m lora_studio.bench", description=__doc__.splitlines()[0])
     add_bench_options(_parser)
     sys.exit(main(_parser.parse_args()))

@@ -28,10 +28,16 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{setting.name}", **kwargs)
 
 
-def _add_bench_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=("sd15", "sdxl"), default="sd15")
-    parser.add_argument("--tiny", action="store_true", help="a tiny UNet of the same topology (CPU, seconds)")
-    parser.add_argument("--resolution", type=int, help="pixels (default 512 for sd15, 1024 for sdxl, 64 tiny)")
+# the denoisers lora_studio.bench builds
+BENCH_MODELS = ("sd15", "sdxl", "flux-dev", "flux-schnell", "chroma")
+
+
+def add_bench_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lora-studio bench`` (and ``python -m lora_studio.bench``)."""
+    parser.add_argument("--model", choices=BENCH_MODELS, default="sd15")
+    parser.add_argument("--tiny", action="store_true", help="a tiny denoiser of the same topology (CPU, seconds)")
+    parser.add_argument("--resolution", type=int, help="pixels (default 512 for sd15, 1024 for sdxl and Flux, "
+                                                       "64 tiny)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--precision", choices=("bf16", "fp16", "no"), default="bf16")
@@ -40,7 +46,7 @@ def _add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                        help="torch.compile our loop's U-Net (backend: inductor by default)")
+                        help="torch.compile our loop's denoiser (backend: inductor by default)")
     parser.add_argument("--no-reference", action="store_true", help="time only our loop")
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
     parser.add_argument("--json", help="also write the report to this JSON file")
@@ -80,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train", action="store_true", help="also run the demo training now")
 
     bench = sub.add_parser("bench", help="time LoRA training steps against a plain diffusers+peft loop")
-    _add_bench_options(bench)
+    add_bench_options(bench)
 
     compare = sub.add_parser("compare", help="grids of a run's saved LoRA files x strengths, one per sample prompt")
     _add_compare_options(compare)
