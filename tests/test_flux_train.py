@@ -207,3 +207,31 @@ def test_fp8_files_fp8_base_cached_text_and_lycoris_lokr(flux_runs, tmp_path):
     keys = load_file(str(tmp_path / "lokr" / "flux_lora.safetensors"))
     assert "lora_unet_double_blocks_0_img_attn_qkv.lokr_w1" in keys
     assert all(k.startswith("lora_unet_") for k in keys)
+
+
+def test_blocks_to_swap_keeps_fp8_weights_of_the_swapped_blocks():
+    """fp8_base with blocks_to_swap: the weights are stored in float8 before block swap starts, so a swapped block
+    runs and goes back to the CPU in float8 (not in the dtype it was loaded in)."""
+    import dataclasses
+
+    from lora_studio.models.family import Components
+    from lora_studio.models.flux import FluxFamily
+    from lora_studio.models.flux_net import FluxTransformer
+    from lora_studio.models.fp8 import FP8
+    from lora_studio.models.tiny_flux import tiny_flux_config
+    from lora_studio.training.build import place_denoiser
+    from lora_studio.training.precision import precision_for
+
+    config = dataclasses.replace(tiny_flux_config("dev"), depth=3, depth_single_blocks=4)  # 2 of each can swap
+    c = Components(FluxFamily(), FluxTransformer(config).eval().requires_grad_(False), None, [], [], {}, "tiny")
+    cfg = build_config({"fp8_base": True, "mixed_precision": "bf16", "blocks_to_swap": 2})
+    place_denoiser(c, cfg, precision_for(cfg, cuda=False), torch.device("cpu"))
+    model = c.denoiser
+    swapped = [model.double_blocks[-1].img_attn.qkv, model.single_blocks[-1].linear1, model.single_blocks[-2].linear2]
+    assert all(m.weight.dtype == FP8 for m in swapped)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(img=torch.randn(1, 16, 64), img_ids=torch.zeros(1, 16, 3), txt=torch.randn(1, 4, 32),
+              txt_ids=torch.zeros(1, 4, 3), timesteps=torch.tensor([0.5]), y=torch.randn(1, 32),
+              guidance=torch.ones(1))
+    assert model.block_swap.loads == 3  # 1 double + 2 single blocks came in once each
+    assert all(m.weight.dtype == FP8 for m in swapped)

@@ -170,6 +170,10 @@ class ModelFamily:
         blocks on the CPU)."""
         components.denoiser.to(device, dtype)
 
+    def finish_placing(self, components: Components, cfg, device) -> None:
+        """After the denoiser is placed and its weights stored as they train (fp8): the family's last step (Flux:
+        block swap)."""
+
     def enable_gradient_checkpointing(self, components: Components, cfg) -> None:
         """gradient_checkpointing for the denoiser (Flux: also cpu_offload_checkpointing)."""
         components.denoiser.enable_gradient_checkpointing()

@@ -300,7 +300,8 @@ class FluxFamily(ModelFamily):
 
     def place_denoiser(self, components, cfg, device, dtype):
         """The transformer in the training dtype on the device, but for blocks_to_swap of its blocks, which stay on
-        the CPU and come in as they run (sd-scripts' split: N // 2 double, 2 x (N - N // 2) single blocks)."""
+        the CPU (sd-scripts' split: N // 2 double, 2 x (N - N // 2) single blocks) and come in as they run once
+        ``finish_placing`` turns block swap on."""
         model = components.denoiser
         count = int(getattr(cfg, "blocks_to_swap", None) or 0)
         model.to(dtype)
@@ -317,7 +318,12 @@ class FluxFamily(ModelFamily):
                     param.data = param.data.to(device)
             for name, buffer in list(module.named_buffers(recurse=False)):
                 module._buffers[name] = buffer.to(device)
-        model.block_swap = model.enable_block_swap(count, device)
+
+    def finish_placing(self, components, cfg, device):
+        """Block swap from here (after fp8_base stored the weights: the swapped blocks keep theirs in float8)."""
+        count = int(getattr(cfg, "blocks_to_swap", None) or 0)
+        if count:
+            components.denoiser.block_swap = components.denoiser.enable_block_swap(count, device)
 
     def enable_gradient_checkpointing(self, components, cfg) -> None:
         components.denoiser.enable_gradient_checkpointing(cpu_offload=bool(getattr(cfg, "cpu_offload_checkpointing",

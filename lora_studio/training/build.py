@@ -88,23 +88,37 @@ def low_ram_loading(cfg: Config, device: torch.device, is_main: bool = True):
 def place_model(c: Components, cfg: Config, precision: Precision, device: torch.device, trained: Trained) -> str:
     """Frozen weights in the training precision on the device (the VAE as the family needs it); returns the
     attention used."""
+    place_encoders(c, cfg, precision, device, trained)
+    return place_denoiser(c, cfg, precision, device)
+
+
+def place_encoders(c: Components, cfg: Config, precision: Precision, device: torch.device, trained: Trained) -> None:
+    """The text encoders and the VAE on the device, in the dtypes they run in; first, so that caching their outputs
+    happens before the denoiser takes its share of the GPU (sd-scripts moves Flux's transformer out for it too)."""
+    for te in c.text_encoders:
+        te.to(device, precision.weight_dtype)
+    vae_fp32 = c.family.vae_needs_float32(precision.mode, cfg.no_half_vae) or precision.cpu_loss_scaling
+    c.vae.to(device, torch.float32 if vae_fp32 else precision.weight_dtype)
+    store_frozen_fp8(c, precision, device, denoiser=False)
+    if cfg.gradient_checkpointing and trained.text_encoder:
+        for te in c.text_encoders:
+            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            te.train()
+
+
+def place_denoiser(c: Components, cfg: Config, precision: Precision, device: torch.device) -> str:
+    """The denoiser on the device in the training dtype, its frozen weights in float8 with fp8_base, then block
+    swap where the family has it (after fp8: the swapped blocks keep their float8 weights); returns the attention."""
     attention = choose_attention(c.denoiser, cfg) if hasattr(c.denoiser, "set_attn_processor") \
         else "PyTorch SDPA" + (" (xformers is for U-Nets; SDPA does its job)" if cfg.xformers else "")
     c.family.place_denoiser(c, cfg, device, precision.weight_dtype)
     if cfg.channels_last:
         c.denoiser.to(memory_format=torch.channels_last)
-    for te in c.text_encoders:
-        te.to(device, precision.weight_dtype)
-    vae_fp32 = c.family.vae_needs_float32(precision.mode, cfg.no_half_vae) or precision.cpu_loss_scaling
-    c.vae.to(device, torch.float32 if vae_fp32 else precision.weight_dtype)
-    store_frozen_fp8(c, precision, device)
+    store_frozen_fp8(c, precision, device, text_encoders=False)
+    c.family.finish_placing(c, cfg, device)
     if cfg.gradient_checkpointing:
         c.family.enable_gradient_checkpointing(c, cfg)
         c.denoiser.train()
-        if trained.text_encoder:
-            for te in c.text_encoders:
-                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                te.train()
     return attention
 
 
@@ -146,11 +160,12 @@ def restore_released(c: Components, cfg: Config, precision: Precision, device: t
         c.text_encoders = [te.to(device, precision.weight_dtype) for te in fresh.text_encoders]
 
 
-def store_frozen_fp8(c: Components, precision: Precision, device: torch.device) -> None:
-    """fp8_base / fp8_base_unet: the U-Net's (and the text encoders') Linear and Conv2d weights in float8, computed
-    in the training precision; before the adapters wrap those layers."""
-    parts = ([("U-Net", c.denoiser)] if precision.fp8_unet else []) + \
-        ([("text encoder", te) for te in c.text_encoders] if precision.fp8_text_encoders else [])
+def store_frozen_fp8(c: Components, precision: Precision, device: torch.device, denoiser: bool = True,
+                     text_encoders: bool = True) -> None:
+    """fp8_base / fp8_base_unet: the denoiser's (and the text encoders') Linear and Conv2d weights in float8,
+    computed in the training precision; before the adapters wrap those layers."""
+    parts = ([(c.family.denoiser_title, c.denoiser)] if precision.fp8_unet and denoiser else []) + \
+        ([("text encoder", te) for te in c.text_encoders] if precision.fp8_text_encoders and text_encoders else [])
     if not parts:
         return
     problem = fp8_problem(device)

@@ -31,7 +31,8 @@ from ..models.loading import load_components
 from ..saving import save_lora
 from . import faults, pruning
 from .build import (Trained, build_network, build_optimization, cache_latents, cache_text_encoder_outputs,
-                    describe_network, low_ram_loading, place_model, release_unneeded, restore_released)
+                    describe_network, low_ram_loading, place_denoiser, place_encoders, release_unneeded,
+                    restore_released)
 from .estimate import GPU, memory_tips, resource_estimate
 from .events import EventLog, reported
 from .memory import GIB, MemoryLog
@@ -144,20 +145,14 @@ class Trainer:
                                                   cfg.allow_pickle, options=cfg)
         self.memory.phase("loading the model")
         self.objective = c.family.objective(c, cfg)
-        attention = place_model(c, cfg, self.precision, self.device, self.trained)
-        self.memory.phase("placing the model")
-        if self.is_main:
-            log.info("%s model, attention: %s", c.family.title, attention)
-        self.network = build_network(c, cfg, self.net_args, self.trained, self.seed, self.device,
-                                     self.precision.adapter_dtype)
-        if self.is_main:
-            describe_network(self.network, cfg, self.net_args)
-        self.memory.phase("building the network")
+        place_encoders(c, cfg, self.precision, self.device, self.trained)
         self.latents = None
         self.stop_reason: str | None = None  # why the run ends early (early stop), for the log and the GUI
         self._validations = 0
         self._said_no_pause = False
         self._batches = self._loader = None  # the data loader (one for the run with persistent workers)
+        # the caches first: the text encoders and the VAE have the GPU to themselves (a 12 B transformer would
+        # share it with a 5 B T5 otherwise), and are freed before the denoiser comes in
         redrawn = self.data.redrawn_folders()  # no latent cache for them (resolve says so)
         if (cfg.cache_latents or cfg.cache_latents_to_disk) and not redrawn:
             self.latents = cache_latents(c, self.data, cfg, self.device, self.seed, self.accelerator)
@@ -168,6 +163,15 @@ class Trainer:
                                                   self.accelerator)
             self.memory.phase("caching text encoder outputs")
         release_unneeded(c, self.latents is not None, te_cache is not None, self.trained, bool(self.prompts))
+        attention = place_denoiser(c, cfg, self.precision, self.device)
+        self.memory.phase("placing the model")
+        if self.is_main:
+            log.info("%s model, attention: %s", c.family.title, attention)
+        self.network = build_network(c, cfg, self.net_args, self.trained, self.seed, self.device,
+                                     self.precision.adapter_dtype)
+        if self.is_main:
+            describe_network(self.network, cfg, self.net_args)
+        self.memory.phase("building the network")
         self.batch_loss = BatchLoss(c, self.objective, cfg, self.device, self.precision, self.trained.text_encoder,
                                     te_cache)
         self.validation = Validation(cfg, self.data, self.latents, self.batch_loss, self.seed, self.total_steps)
