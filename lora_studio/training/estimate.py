@@ -7,8 +7,8 @@ docs/benchmarks.md); they are estimates, marked as such, and the benchmark (``lo
 numbers on the machine at hand.
 
 The GPU peak is the larger of two phases, as the engine runs them (training/trainer.py): loading and caching, when
-the denoiser, the text encoders, the VAE and the adapters are all on the device (caching latents and text-encoder
-outputs needs them), and training, after ``build.release_unneeded`` has freed what the caches replace.
+the text encoders and the VAE are on the device (caching latents and text-encoder outputs needs them) before the
+denoiser comes in, and training, after ``build.release_unneeded`` has freed what the caches replace.
 """
 
 from __future__ import annotations
@@ -352,8 +352,8 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
         training += te_on_device
     if not (run.latents_cached and not run.sampling):
         training += vae_on_device
-    # before the caches are built everything is on the device, with the adapters' weights (training/trainer.py)
-    caching = denoiser - swap.swapped_bytes + te_on_device + vae_on_device + lora_params * 4
+    # the caches are built with the text encoders and the VAE on the device, before the denoiser is placed
+    caching = te_on_device + vae_on_device
     phases = {"loading and caching": round(caching / GB + CUDA_OVERHEAD_GB, 2),
               "training": round(training / GB + CUDA_OVERHEAD_GB, 2)}
     vram = max(phases.values())
