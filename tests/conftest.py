@@ -27,7 +27,8 @@ LONGEST_FIRST = ["test_gui_browser.py", "test_gui_browser_runs_and_tabs.py", "te
                  "test_gui_runs.py", "test_training_options.py", "test_kohya_corpus.py", "test_lora_tools.py", "test_processes.py",
                  "test_lycoris.py", "test_step_guard.py", "test_sdxl.py", "test_gui_browser_test_and_grid.py",
                  "test_gui_browser_form_state.py", "test_gui_browser_settings_layout.py", "test_gui_browser_flux.py",
-                 "test_flux_train.py", "test_flux_compat.py"]
+                 "test_flux_train.py", "test_lora_tools_flux.py", "test_flux_compat.py", "test_estimate_flux.py",
+                 "test_flux_settings.py"]
 
 # Modules whose tests need no training run, no trained file and no engine process: ``./test.sh --quick``.
 QUICK = {"test_attention.py", "test_caption_edit.py", "test_captioning.py", "test_config.py", "test_data.py",
