@@ -1,9 +1,11 @@
 """The settings' layout in a real browser: Advanced in sections with a filter, each field's help on screen, the LoRA
-type by Kohya_ss's names and the full optimizer list. One GUI and one page for the module."""
+type by Kohya_ss's names and the full optimizer list, and the form following the model's family (Flux.1 / SD1). One
+GUI and one page for the module."""
 
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 from playwright.sync_api import expect
@@ -13,6 +15,7 @@ from gui_helpers import field, gui_page, open_tab, set_field
 from lora_studio.config.schema import BY_NAME
 from lora_studio.gui.settings_layout import section_id
 from lora_studio.gui.widgets import first_sentence
+from test_gui_flux import comfyui
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -107,3 +110,51 @@ def test_lora_type_by_kohya_names_sets_the_module_and_args_and_shows_a_loaded_on
     for name in ("SGDNesterov", "DAdaptAdaGrad", "SGDScheduleFree", "PagedAdamW8bit"):
         expect(page.get_by_role("option", name=name, exact=True)).to_be_attached()
     optimizer.press("Escape")
+
+
+def test_the_form_follows_the_models_family(gui, tiny_models):
+    """Flux.1 in the browser (last in this module: it sets a model): choosing a Flux transformer says what it is,
+    fills in the ae / clip_l / t5xxl files found beside it and shows the Flux fields instead of the Stable Diffusion
+    ones; choosing an SD1 model does the opposite."""
+    page, root = gui["page"], gui["root"]
+    paths = comfyui(root / "flux")
+    sd1 = shutil.copy(tiny_models["single"], root / "tiny-sd1.safetensors")
+    open_tab(page, "LoRA", "Model")
+    expect(page.locator("#setting-v2")).to_be_visible()  # no model yet: every field
+    expect(page.locator("#setting-ae")).to_be_visible()
+
+    set_field(page, "pretrained_model_name_or_path", paths["model"])
+    status = page.locator("#model-family")
+    expect(status).to_contain_text("Model: Flux.1 dev (transformer; needs ae, clip_l, t5xxl)")
+    expect(status).to_contain_text("ae filled in: ../vae/ae.safetensors")
+    for name in ("ae", "clip_l", "t5xxl"):
+        expect(field(page, name)).to_have_value(str(paths[name]))
+    for hidden in ("v2", "v_parameterization", "vae", "browse-setting-vae"):
+        expect(page.locator(f"#setting-{hidden}, #{hidden}").first).to_be_hidden()
+    expect(page.locator("#setting-model_type")).to_be_visible()
+    open_tab(page, "Parameters", "Basic")
+    expect(page.locator("#setting-timestep_sampling")).to_be_visible()
+    expect(page.locator("#setting-guidance_scale")).to_be_visible()
+    open_tab(page, "Advanced")
+    expect(page.locator("#section-flux")).to_be_visible()
+    expect(page.locator("#setting-clip_skip")).to_be_hidden()
+    expect(page.locator("#setting-t5xxl_max_token_length")).to_be_visible()
+
+    open_tab(page, "Model")
+    set_field(page, "pretrained_model_name_or_path", sd1)
+    expect(status).to_contain_text("Model: SD1.x (single file)")
+    expect(page.locator("#setting-v2")).to_be_visible()
+    expect(page.locator("#setting-vae")).to_be_visible()
+    for hidden in ("ae", "clip_l", "t5xxl", "model_type"):
+        expect(page.locator(f"#setting-{hidden}")).to_be_hidden()
+    expect(page.locator("#browse-setting-ae")).to_be_hidden()
+    expect(status).to_contain_text("Hidden for SD1.x but set")  # the filled parts are kept, not cleared
+    open_tab(page, "Parameters", "Advanced")
+    expect(page.locator("#section-flux")).to_be_hidden()
+    expect(page.locator("#setting-clip_skip")).to_be_visible()
+
+    open_tab(page, "Model")  # back to Flux: the parts kept their values while hidden, nothing is filled again
+    set_field(page, "pretrained_model_name_or_path", paths["model"])
+    expect(status).to_contain_text("Model: Flux.1 dev")
+    expect(field(page, "ae")).to_have_value(str(paths["ae"]))
+    expect(status).not_to_contain_text("filled in")
