@@ -184,3 +184,30 @@ def test_split_qkv_keeps_the_trained_strength_in_every_loader(flux_runs, tmp_pat
                       img_ids=img_ids[0], txt_ids=txt_ids[0], guidance=guidance, return_dict=False)[0]
     effect = (ours - base).abs().max()
     assert effect > 1e-4 and (theirs - ours).abs().max() < 1e-3 * effect + 1e-5
+
+
+def test_a_diffusers_flux_folder_loads_as_the_same_transformer(flux_runs, tmp_path):
+    """pretrained_model_name_or_path may be a diffusers Flux folder: its transformer/ (diffusers names, its
+    config.json) becomes the same BFL-layout model, and its vae/ and text_encoder/ stand in for ae and clip_l."""
+    import json
+
+    root, info = flux_runs
+    cfg = build_config(info["models"]["dev"])
+    c = load_components(cfg.pretrained_model_name_or_path, None, False, options=cfg)
+    twin = _diffusers_twin(c.denoiser)  # our model now holds the twin's weights
+    folder = tmp_path / "flux-diffusers"
+    twin.save_pretrained(folder / "transformer")
+    c.vae.save_pretrained(folder / "vae")
+    c.text_encoders[0].save_pretrained(folder / "text_encoder")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", "transformer": [
+        "diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"]}))
+    options = {"t5xxl": cfg.t5xxl, "tokenizer_cache_dir": cfg.tokenizer_cache_dir}
+    loaded = load_components(str(folder), None, False, options=options)
+    assert loaded.family.name == "flux-dev"
+    theirs, ours = loaded.denoiser.state_dict(), c.denoiser.state_dict()
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():  # the folder's vae/ is the AE it was saved from
+        assert torch.allclose(loaded.vae.encode(pixels).latent_dist.mean, c.vae.encode(pixels).latent_dist.mean,
+                              atol=1e-6)

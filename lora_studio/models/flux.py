@@ -17,6 +17,7 @@ flux_train_network.py trains them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from .family import AdapterTarget, Components, EstimateConstants, ModelFamily, Objective, PartFile
@@ -158,22 +159,38 @@ class FluxFamily(ModelFamily):
         return self._with_other_parts(denoiser, source, options)
 
     def load_diffusers(self, folder, model_index, options=None):
-        from .flux_net import config_from_state_dict, diffusers_to_bfl
+        """A diffusers folder: ``transformer/`` (its config.json and shards) converted to BFL names, the parts from
+        the settings or the folder's own ``vae/``, ``text_encoder/``, ``text_encoder_2/``."""
+        from .flux_net import diffusers_to_bfl
         from .loading import SafetensorsView
 
         files = sorted((Path(folder) / "transformer").glob("*.safetensors"))
         views = [SafetensorsView(f, "pretrained_model_name_or_path") for f in files]
-        merged = {k: v for view in views for k, v in ((key, view) for key in view)}
-        lazy = _LazyUnion(merged)
-        bfl = diffusers_to_bfl(lazy, self._diffusers_config(folder, lazy))
-        config = config_from_state_dict({k: tuple(v.shape) for k, v in bfl.items()})
+        state = _LazyUnion({key: view for view in views for key in view})
+        config = self.diffusers_config(Path(folder) / "transformer" / "config.json")
+        bfl = diffusers_to_bfl(state, config)
         denoiser = self._transformer(config, bfl.get, str(folder))
         return self._with_other_parts(denoiser, str(folder), options, folder)
 
-    def _diffusers_config(self, folder, state):
-        from .flux_net import config_from_diffusers
+    def diffusers_config(self, path: Path):
+        """The FluxConfig of a diffusers FluxTransformer2DModel / ChromaTransformer2DModel config.json."""
+        import json
 
-        return config_from_diffusers(state, isinstance(self, Chroma))
+        from .flux_net import FluxConfig
+
+        c = json.loads(path.read_text(encoding="utf-8"))
+        chroma = isinstance(self, Chroma)
+        extra = dict(approximator_in_dim=c.get("approximator_num_channels", 64),
+                     approximator_hidden_size=c.get("approximator_hidden_dim", 5120),
+                     approximator_depth=c.get("approximator_layers", 5)) if chroma else {}
+        return FluxConfig(in_channels=c.get("in_channels", 64), vec_in_dim=c.get("pooled_projection_dim", 768),
+                          context_in_dim=c.get("joint_attention_dim", 4096),
+                          hidden_size=c.get("num_attention_heads", 24) * c.get("attention_head_dim", 128),
+                          num_heads=c.get("num_attention_heads", 24), depth=c.get("num_layers", 19),
+                          depth_single_blocks=c.get("num_single_layers", 38),
+                          axes_dim=tuple(c.get("axes_dims_rope", (16, 56, 56))),
+                          guidance_embed=bool(c.get("guidance_embeds", False)) and not chroma, chroma=chroma,
+                          **extra)
 
     def _transformer(self, config, lookup, source: str):
         from . import ldm_build
@@ -973,20 +990,20 @@ def _has(model, path: str) -> bool:
         return False
 
 
-class _LazyUnion(dict):
-    """name -> tensor over several safetensors views (a diffusers transformer in shards), read on access."""
+class _LazyUnion(Mapping):
+    """name -> tensor over several safetensors views (a diffusers transformer in shards), each read on access."""
+
+    def __init__(self, views: dict):
+        self._views = views  # name -> the view that holds it
 
     def __getitem__(self, key):
-        return dict.__getitem__(self, key)[key]
+        return self._views[key][key]
 
-    def get(self, key, default=None):
-        return self[key] if key in self else default
+    def __iter__(self):
+        return iter(self._views)
 
-    def items(self):
-        return ((k, self[k]) for k in self.keys())
-
-    def values(self):
-        return (self[k] for k in self.keys())
+    def __len__(self):
+        return len(self._views)
 
 
 PART_CHECKS = {"ae": ("is_flux_ae", "a Flux autoencoder (ae.safetensors)"),
