@@ -37,6 +37,11 @@ class Result:
     peak_memory_mb: float
     tflop_per_sample: float | None
     mfu: float | None
+    # CPU proxies of GPU speed: ATen operations one training step dispatches (each is a kernel launch or more on a
+    # GPU; torch.profiler), and with --compile the graph breaks while compiling and the recompilations while timed
+    aten_ops_per_step: int | None = None
+    graph_breaks: int | None = None
+    recompiles: int | None = None
 
 
 def _device_peak(device: torch.device) -> float | None:
@@ -170,7 +175,7 @@ class OurLoop:
     ``TrainingStep``, cached latents and text-encoder outputs, and the step guard's optimizer step."""
 
     def __init__(self, unet, family, rank: int, precision: str, device, channels_last: bool,
-                 checkpointing: bool, compile_backend: str | None = None):
+                 checkpointing: bool, compile_options: dict | None = None):
         from accelerate import Accelerator
 
         from .config import build_config
@@ -197,8 +202,9 @@ class OurLoop:
         components = Components(family, self.unet, None, [], [], scheduler, "bench")
         self.network = LoRANetwork(components, rank, rank, train_unet=True, train_text_encoder=False)
         self.network.attach().to(device, torch.float32)
-        if compile_backend:
-            self.unet.compile(backend=compile_backend)
+        self.network.set_compute_dtype(Precision(precision, dtype).compute_dtype)
+        if compile_options:
+            self.unet.compile(**compile_options)
         groups, optimizer, scheduler = build_optimization(self.network, cfg, 1_000_000)
         objective = family.objective(components, cfg)
         self.te_cache: dict = {}
@@ -233,7 +239,8 @@ class ReferenceLoop:
     """diffusers' LoRA example: peft LoRA on the same modules, float32 weights, autocast, plain AdamW (and gradient
     checkpointing when ours has it)."""
 
-    def __init__(self, unet, rank: int, precision: str, device, targets: list[str], checkpointing: bool = False):
+    def __init__(self, unet, rank: int, precision: str, device, targets: list[str], checkpointing: bool = False,
+                 compile_options: dict | None = None):
         from diffusers import DDPMScheduler
         from peft import LoraConfig
 
@@ -245,6 +252,8 @@ class ReferenceLoop:
             self.unet.train()
         self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                          target_modules=targets))
+        if compile_options:  # as diffusers' examples: torch.compile of the model with its adapters
+            self.unet.compile(**compile_options)
         params = [p for p in self.unet.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-4)
         self.scheduler = DDPMScheduler.from_config(SD_SCHEDULER)
@@ -275,7 +284,8 @@ class FluxReferenceLoop:
     separate modules), autocast, plain AdamW; x_t = (1 - sigma) x0 + sigma eps with uniform sigmas, target eps - x0,
     guidance 1 for dev; gradient checkpointing when ours has it."""
 
-    def __init__(self, model, rank: int, precision: str, device, checkpointing: bool = False):
+    def __init__(self, model, rank: int, precision: str, device, checkpointing: bool = False,
+                 compile_options: dict | None = None):
         from peft import LoraConfig
 
         self.model = model.requires_grad_(False)
@@ -289,6 +299,8 @@ class FluxReferenceLoop:
         params = [p for p in self.model.parameters() if p.requires_grad]
         for p in params:
             p.data = p.data.float()
+        if compile_options:
+            self.model.compile(**compile_options)
         self.optimizer = torch.optim.AdamW(params, lr=1e-4)
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         self.device, self.precision = device, precision
@@ -337,6 +349,22 @@ def count_flops(loop, batch: dict) -> float:
     return counter.get_total_flops() / batch["latents"].shape[0]
 
 
+def count_aten_ops(loop, batch: dict) -> int:
+    """ATen operations one step dispatches (nested ones included), from torch.profiler's CPU events: what each
+    loop asks of the device, counted the same way for both, on any machine."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loop.step(batch)
+    return sum(1 for event in prof.events() if event.name.startswith("aten::"))
+
+
+def _compiled_frames() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["total"]
+
+
 @dataclass
 class Timed:
     name: str
@@ -344,35 +372,47 @@ class Timed:
     batch: dict
     flops: float
     peak_memory_mb: float
+    aten_ops: int | None = None
+    graph_breaks: int | None = None
+    recompiles: int = 0
     times: list[float] = field(default_factory=list)
 
 
-def warm_up(name: str, build, batch_for, warmup: int, device) -> Timed:
-    """Build a loop, run its warm-up steps and count its FLOPs. On a GPU its peak memory is what it allocated on top
-    of what was there before it was built (the other loop's)."""
+def warm_up(name: str, build, batch_for, warmup: int, device, compiled: bool = False) -> Timed:
+    """Build a loop, run its warm-up steps, then count its FLOPs and ATen operations per step. On a GPU its peak
+    memory is what its warm-up steps allocated on top of what was there before it was built (the other loop's).
+    ``compiled``: the graph breaks dynamo met while compiling it (its counters, cleared before it is built)."""
+    from torch._dynamo.utils import counters
+
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    if compiled:
+        counters.clear()
     loop = build()
     batch = batch_for(loop)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
         loop.step(batch)
-    flops = count_flops(loop, batch)
     peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" \
         else _peak_memory_mb(device)
-    return Timed(name, loop, batch, flops, peak)
+    breaks = sum(counters["graph_break"].values()) if compiled else None
+    flops = count_flops(loop, batch)
+    return Timed(name, loop, batch, flops, peak, count_aten_ops(loop, batch), breaks)
 
 
 def time_steps(timed: list[Timed], steps: int, device) -> None:
-    """Step the loops in turn, so that a busy moment of the machine slows each of them alike."""
+    """Step the loops in turn, so that a busy moment of the machine slows each of them alike; a frame dynamo
+    compiles during a step is a recompilation of that loop."""
     for _ in range(steps):
         for t in timed:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            frames = _compiled_frames()
             start = time.perf_counter()
             loss = t.loop.step(t.batch)
             loss.item()  # the step is done when its result is on the host
             t.times.append(time.perf_counter() - start)
+            t.recompiles += _compiled_frames() - frames
 
 
 def result(t: Timed, device_peak: float | None) -> Result:
@@ -380,7 +420,8 @@ def result(t: Timed, device_peak: float | None) -> Result:
     samples = t.batch["latents"].shape[0] / step
     return Result(t.name, round(step * 1000, 3), round(samples, 3), round(t.peak_memory_mb, 1),
                   round(t.flops / 1e12, 6) if t.flops else None,
-                  round(samples * t.flops / device_peak, 4) if device_peak and t.flops else None)
+                  round(samples * t.flops / device_peak, 4) if device_peak and t.flops else None,
+                  t.aten_ops, t.graph_breaks, t.recompiles if t.graph_breaks is not None else None)
 
 
 def lora_target_names(unet) -> list[str]:
@@ -394,6 +435,17 @@ def _dtype(precision: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
+def compile_options(args) -> dict | None:
+    """torch.compile's arguments from --compile BACKEND and --compile-mode, for both loops."""
+    if not args.compile:
+        return None
+    from .config import build_config
+    from .training.compile import compile_options as options_for
+
+    return options_for(build_config({"torch_compile": True, "dynamo_backend": args.compile,
+                                     "dynamo_mode": args.compile_mode}))
+
+
 def _sd_loops(args, family, device, resolution: int):
     """(our denoiser, the batch, (name, the reference loop's builder) or None) for a UNet."""
     unet = build_unet(args.model, args.tiny)
@@ -401,8 +453,8 @@ def _sd_loops(args, family, device, resolution: int):
     targets = lora_target_names(unet)
     batch = make_batch(unet, args.batch, resolution, device)
     reference = ("reference (diffusers+peft)", lambda: ReferenceLoop(
-        reference_unet, args.rank, args.precision, device, targets, args.gradient_checkpointing)) \
-        if reference_unet is not None else None
+        reference_unet, args.rank, args.precision, device, targets, args.gradient_checkpointing,
+        compile_options(args))) if reference_unet is not None else None
     return unet, batch, reference
 
 
@@ -417,7 +469,7 @@ def _flux_loops(args, family, device, resolution: int):
     if not args.no_reference and not config.chroma:
         reference = ("reference (diffusers+peft)", lambda: FluxReferenceLoop(
             build_flux_reference(config, device, _dtype(args.precision)), args.rank, args.precision, device,
-            args.gradient_checkpointing))
+            args.gradient_checkpointing, compile_options(args)))
     return model, batch, reference
 
 
@@ -430,18 +482,21 @@ def run(args: argparse.Namespace) -> dict:
     peak = _device_peak(device)
     loops = _flux_loops if is_transformer(args.model) else _sd_loops
     denoiser, batch, reference = loops(args, family, device, resolution)
+    compiled = compile_options(args)
     timed = [warm_up("lora-studio", lambda: OurLoop(denoiser, family, args.rank, args.precision, device,
-                                                     args.channels_last, args.gradient_checkpointing, args.compile),
-                     lambda loop: {**batch, "engine": loop.engine_batch(batch)}, args.warmup, device)]
+                                                     args.channels_last, args.gradient_checkpointing, compiled),
+                     lambda loop: {**batch, "engine": loop.engine_batch(batch)}, args.warmup, device,
+                     compiled is not None)]
     if reference is not None:
         name, build = reference
-        timed.append(warm_up(name, build, lambda loop: batch, args.warmup, device))
+        timed.append(warm_up(name, build, lambda loop: batch, args.warmup, device, compiled is not None))
     time_steps(timed, args.steps, device)
     results = [result(t, peak) for t in timed]
     report = {
         "model": ("tiny-" if args.tiny else "") + args.model, "resolution": resolution, "batch": args.batch,
         "rank": args.rank, "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing,
-        "channels_last": args.channels_last, "compile": args.compile, "steps": args.steps, "warmup": args.warmup,
+        "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
+        "steps": args.steps, "warmup": args.warmup,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "results": [asdict(r) for r in results],
     }
@@ -456,12 +511,16 @@ def format_report(report: dict) -> str:
     lines = [f"{report['model']} {report['resolution']}px batch {report['batch']} rank {report['rank']} "
              f"{report['precision']} on {report['device']} (median of {report['steps']} steps after "
              f"{report['warmup']} warm-up)",
-             f"{'loop':30} {'step ms':>9} {'samples/s':>10} {'peak MB':>9} {'TFLOP/sample':>13} {'MFU':>7}"]
+             f"{'loop':30} {'step ms':>9} {'samples/s':>10} {'peak MB':>9} {'TFLOP/sample':>13} {'MFU':>7} "
+             f"{'ATen ops':>9}" + (f" {'breaks':>7} {'recompiles':>10}" if report.get("compile") else "")]
     for r in report["results"]:
         mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] is not None else "n/a"
         flops = f"{r['tflop_per_sample']:.4g}" if r["tflop_per_sample"] else "n/a"
-        lines.append(f"{r['loop']:30} {r['step_ms']:9.2f} {r['samples_per_s']:10.2f} {r['peak_memory_mb']:9.1f} "
-                     f"{flops:>13} {mfu:>7}")
+        line = (f"{r['loop']:30} {r['step_ms']:9.2f} {r['samples_per_s']:10.2f} {r['peak_memory_mb']:9.1f} "
+                f"{flops:>13} {mfu:>7} {r['aten_ops_per_step'] or 0:9d}")
+        if report.get("compile"):
+            line += f" {r['graph_breaks']:7d} {r['recompiles']:10d}"
+        lines.append(line)
     if "speedup_vs_reference" in report:
         lines.append(f"ours vs reference: {report['speedup_vs_reference']:.2f}x faster per step")
     if "reference" in report:
@@ -470,11 +529,21 @@ def format_report(report: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.train:
+        from .bench_train import format_train_report, run_train_bench
+
+        args.folder_given = args.folder is not None
+        report = run_train_bench(args)
+        print(format_train_report(report))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(report, fh, indent=2)
+        return 0
     if args.memory:
         from .bench_memory import describe, run_memory_bench
 
-        results = run_memory_bench(Path(args.folder), args.layouts, 3 if args.steps == 20 else args.steps,
-                                   args.resolution or 64, args.keep)
+        results = run_memory_bench(Path(args.folder or "lora-studio-memory-bench"), args.layouts,
+                                   3 if args.steps == 20 else args.steps, args.resolution or 64, args.keep)
         print(describe(results))
         if args.json:
             with open(args.json, "w", encoding="utf-8") as fh:

@@ -46,17 +46,28 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                        help="torch.compile our loop's denoiser (backend: inductor by default)")
+                        help="torch.compile each loop's denoiser with its LoRA (backend: inductor by default; "
+                             "aot_eager on a CPU checks for graph breaks in seconds)")
+    parser.add_argument("--compile-mode", default="default",
+                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                        help="inductor's mode: reduce-overhead replays each step as CUDA graphs (small batches)")
     parser.add_argument("--no-reference", action="store_true", help="time only our loop")
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")
     parser.add_argument("--json", help="also write the report to this JSON file")
+    engine = parser.add_argument_group("--train: the real engine on a real-size random checkpoint")
+    engine.add_argument("--train", action="store_true",
+                        help="write a random checkpoint of --model (tiny with --tiny) and synthetic images, train "
+                             "--warmup + --steps steps with the engine, report the steady-state samples/s, the GPU "
+                             "peak of each phase and the estimate beside them")
+    engine.add_argument("--live-text-encoders", action="store_true",
+                        help="encode the captions every step instead of caching the text encoders' outputs")
     memory = parser.add_argument_group("--memory: host RAM of loading and the first steps on real-size layouts")
     memory.add_argument("--memory", action="store_true",
                         help="write real-size SD1.5 (fp32) and SDXL (fp16) single-file checkpoints with random weights "
                              "and train a few CPU steps on each, reporting the RAM after each phase and the peak")
     memory.add_argument("--layouts", nargs="+", choices=("sd15", "sdxl"), default=["sd15", "sdxl"])
-    memory.add_argument("--folder", default="lora-studio-memory-bench",
-                        help="where the checkpoints (4 and 7 GB) and runs go")
+    memory.add_argument("--folder", help="where the checkpoints and runs go (--memory: lora-studio-memory-bench; "
+                                         "--train: a temporary folder, removed afterwards)")
     memory.add_argument("--keep", action="store_true", help="keep the checkpoints for the next time")
 
 

@@ -28,13 +28,14 @@ def draw_concept(rng: random.Random, size: int = DEMO_SIZE) -> Image.Image:
     return img
 
 
-def write_dataset(folder: Path, count: int = 8, repeats: int = 10, seed: int = 0) -> Path:
-    """``folder/img/<repeats>_lsdemo shape/NNN.png`` with a caption each; returns ``folder/img``."""
+def write_dataset(folder: Path, count: int = 8, repeats: int = 10, seed: int = 0, size: int = DEMO_SIZE) -> Path:
+    """``folder/img/<repeats>_lsdemo shape/NNN.png`` (``size`` pixels square) with a caption each; returns
+    ``folder/img``."""
     rng = random.Random(seed)
     images = folder / "img" / f"{repeats}_{DEMO_TOKEN}"
     images.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        draw_concept(rng).save(images / f"{i:03d}.png")
+        draw_concept(rng, size).save(images / f"{i:03d}.png")
         (images / f"{i:03d}.txt").write_text(f"{DEMO_TOKEN}, red disc, blue background", encoding="utf-8")
     return folder / "img"
 

@@ -46,8 +46,7 @@ SPECIAL = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_a
            "resume_from_huggingface"}
 # What only the Kohya_ss GUI reads: the accelerate launcher's fields and the GUI's own state.
 GUI_ONLY = {"num_cpu_threads_per_process", "num_processes", "num_machines", "multi_gpu", "gpu_ids",
-            "main_process_port", "extra_accelerate_launch_args", "dynamo_mode", "dynamo_use_fullgraph",
-            "dynamo_use_dynamic", "model_list", "save_as_bool", "stop_text_encoder_training",
+            "main_process_port", "extra_accelerate_launch_args", "model_list", "save_as_bool", "stop_text_encoder_training",
             "stop_text_encoder_training_pct", "no_token_padding", "conv_dims", "conv_alphas",
             "file_path", "save_as", "lowvram"}
 # LoRA_type -> network_module for sd-scripts' own networks

@@ -293,6 +293,18 @@ SETTINGS: tuple[Setting, ...] = (
        "training", advanced=True),
     _s("dynamo_backend", STR, "inductor", "Compile backend", "torch.compile backend used with Compile the U-Net.",
        "training", advanced=True, suggestions=("inductor", "cudagraphs", "eager", "aot_eager")),
+    _s("dynamo_mode", STR, "default", "Compile mode",
+       "inductor's mode with Compile the U-Net: reduce-overhead replays the whole step of the U-Net as CUDA graphs "
+       "(one per bucket shape; best for batch 1-4, where launching kernels costs more than computing them), "
+       "max-autotune also searches for faster kernels (a long first step).", "training", advanced=True,
+       choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
+    _s("dynamo_use_fullgraph", BOOL, False, "Compile as one graph",
+       "With Compile the U-Net: fail at once if the U-Net and its LoRA cannot be captured as one graph (a graph "
+       "break) instead of running the rest uncompiled.", "training", advanced=True),
+    _s("dynamo_use_dynamic", BOOL, False, "Compile for any shape",
+       "With Compile the U-Net: compile one graph for every bucket shape from the start. Off: one graph per shape "
+       "until torch decides to generalise (the first steps of each new bucket are slower).", "training",
+       advanced=True),
     _s("xformers", BOOL, False, "Use xformers",
        "U-Net attention through xformers (needs the xformers package). Without it the U-Net uses PyTorch's "
        "scaled-dot-product attention (SDPA), which is as fast and needs nothing more.", "training", advanced=True),
@@ -551,7 +563,8 @@ ADVANCED_SECTIONS: dict[str, tuple[str, ...]] = {
                                "lr_scheduler_power", "max_grad_norm"),
     "Memory and speed": ("gradient_checkpointing", "gradient_accumulation_steps", "full_fp16", "full_bf16",
                          "fp8_base", "fp8_base_unet", "lowram", "highvram", "xformers", "sdpa", "mem_eff_attn",
-                         "channels_last", "torch_compile", "dynamo_backend", "sync_every_n_steps"),
+                         "channels_last", "torch_compile", "dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph",
+                         "dynamo_use_dynamic", "sync_every_n_steps"),
     "Caching and data loading": ("vae_batch_size", "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
                                  "max_data_loader_n_workers", "persistent_data_loader_workers"),
     "Captions": ("shuffle_caption", "keep_tokens", "keep_tokens_separator", "caption_separator",

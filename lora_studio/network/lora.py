@@ -56,6 +56,9 @@ class LoRAModule(nn.Module):
         alpha = float(rank) if not alpha else float(alpha)  # kohya: alpha 0 or unset means alpha = rank
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
         self.rank = rank
+        self._scale = alpha / rank
+        self.compute_dtype: torch.dtype | None = None  # the dtype the adapter computes in (None: its weights')
+        self._conv = isinstance(base, nn.Conv2d)
         self.dropout = dropout
         self.rank_dropout, self.module_dropout = rank_dropout, module_dropout
         self.multiplier = 1.0
@@ -72,7 +75,13 @@ class LoRAModule(nn.Module):
 
     @property
     def scale(self) -> float:
-        return float(self.alpha) / self.rank
+        """alpha / rank, kept as a Python number (read once, and again when a state dict brings another alpha): the
+        forward does no arithmetic on tensors' values and no host sync."""
+        return self._scale
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._scale = float(self.alpha) / self.rank
 
     def delta_weight(self) -> torch.Tensor:
         """The change this adapter makes to its base weight: up x down x alpha/rank (a k x k kernel for a conv)."""
@@ -95,18 +104,25 @@ class LoRAModule(nn.Module):
             self._base[0].forward = self._base_forward
             self._base_forward = None
 
+    def _project(self, layer: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        weight = layer.weight.to(dtype)
+        if self._conv:
+            return nn.functional.conv2d(x, weight, None, layer.stride, layer.padding)
+        return nn.functional.linear(x, weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One dtype path: the input and the weights are cast to ``compute_dtype`` (the run's autocast dtype, set by
+        the trainer: under autocast nothing is cast twice) and the result to the base output's dtype."""
         out = self._base_forward(x)
         if self.multiplier == 0:
             return out
         if self.module_dropout and self.training and torch.rand(1) < self.module_dropout:
             return out  # sd-scripts' module dropout: this adapter sits this step out
-        if not torch.is_autocast_enabled(x.device.type):
-            x = x.to(self.lora_down.weight.dtype)
-        hidden = self.lora_down(x)
+        dtype = self.compute_dtype or self.lora_down.weight.dtype
+        hidden = self._project(self.lora_down, x.to(dtype), dtype)
         if self.dropout and self.training:
             hidden = nn.functional.dropout(hidden, p=self.dropout)
-        scale = self.scale
+        factor = self.multiplier * self._scale
         if self.rank_dropout and self.training:  # drop whole ranks per sample; the rest count 1 / (1 - p)
             keep = torch.rand((hidden.shape[0], self.rank), device=hidden.device) > self.rank_dropout
             if hidden.ndim == 3:  # [batch, tokens, rank]
@@ -114,8 +130,8 @@ class LoRAModule(nn.Module):
             elif hidden.ndim == 4:  # [batch, rank, height, width]
                 keep = keep[:, :, None, None]
             hidden = hidden * keep.to(hidden.dtype)
-            scale = scale / (1.0 - self.rank_dropout)
-        return out + (self.lora_up(hidden) * (self.multiplier * scale)).to(out.dtype)
+            factor = factor / (1.0 - self.rank_dropout)
+        return out + (self._project(self.lora_up, hidden, dtype) * factor).to(out.dtype)
 
 
 class DyLoRAModule(nn.Module):
@@ -141,13 +157,14 @@ class DyLoRAModule(nn.Module):
             nn.init.kaiming_uniform_(p, a=math.sqrt(5))
         alpha = float(rank) if not alpha else float(alpha)
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
+        self._scale = alpha / rank  # alpha / rank as a Python number (LoRAModule.scale)
         self.multiplier = 1.0
         self._base = [base]
         self._base_forward = None
 
     @property
     def scale(self) -> float:
-        return float(self.alpha) / self.rank
+        return self._scale
 
     def _draw(self) -> int:
         """The first rank trained this step (torch's random state, which a saved training state keeps)."""
@@ -200,6 +217,7 @@ class DyLoRAModule(nn.Module):
                 state_dict[f"{prefix}up_ranks.{i}"] = up[:, i:i + 1]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        self._scale = float(self.alpha) / self.rank
 
 
 LYCORIS_CLASSES = {"lora": "LoConModule", "locon": "LoConModule", "loha": "LohaModule", "lokr": "LokrModule",
@@ -359,6 +377,13 @@ class LoRANetwork(nn.Module):
     def set_multiplier(self, value: float) -> None:
         for m in self.adapters():
             m.multiplier = value
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        """The dtype our LoRA adapters compute in: the run's autocast dtype (bf16 / fp16), so that the forward has
+        one dtype path whatever dtype each call's input comes in; None: their weights' dtype."""
+        for m in self.adapters():
+            if isinstance(m, LoRAModule):
+                m.compute_dtype = dtype
 
     def _trainable(self, stems: list[str], up: bool | None = None) -> list[nn.Parameter]:
         """The trained parameters of these adapters; with ``up``, only the up weights (True) or all others."""

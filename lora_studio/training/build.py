@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..models.family import Components
 from ..models.fp8 import fp8_problem, store_fp8
 from ..network.lora import LoRANetwork
+from .compile import compile_denoiser
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .outputs import latent_cache_fallback
@@ -181,15 +182,18 @@ def store_frozen_fp8(c: Components, precision: Precision, device: torch.device, 
 
 
 def build_network(c: Components, cfg: Config, net_args: NetworkArgs, trained: Trained, seed: int,
-                  device: torch.device, dtype: torch.dtype = torch.float32) -> LoRANetwork:
+                  device: torch.device, precision: Precision, shapes: int = 1) -> LoRANetwork:
+    """The run's adapters on ``device`` (float32 unless full_fp16 / full_bf16), computing in the run's autocast
+    dtype; with torch_compile the denoiser is compiled after they are attached (``shapes``: its bucket shapes)."""
     torch.manual_seed(seed)  # identical initial adapters in every process
     network = LoRANetwork(c, cfg.network_dim, cfg.network_alpha, trained.unet, trained.text_encoder,
                           cfg.network_dropout, net_args)
     if cfg.network_weights:
         network.load_weights(cfg.network_weights)
-    network.attach().to(device, dtype)  # float32 unless full_fp16 / full_bf16
+    network.attach().to(device, precision.adapter_dtype)
+    network.set_compute_dtype(precision.compute_dtype)
     if cfg.torch_compile:  # after the LoRA hooks are in place, so the compiled graph includes them
-        c.denoiser.compile(backend=cfg.dynamo_backend)  # in place: the same module object everywhere
+        compile_denoiser(c.denoiser, cfg, shapes)
     network.train()
     return network
 

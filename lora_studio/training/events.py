@@ -1,15 +1,17 @@
 """Progress of a run, for people and programs: a JSON-lines events file (the GUI tails it) and TensorBoard scalars.
 
 Events (one JSON object a line, each with ``type`` and ``time``):
-  start   {total_steps, total_epochs, steps_per_epoch, num_images, output, estimate: {ram, vram} bytes or null}
+  start   {total_steps, total_epochs, steps_per_epoch, num_images, output, estimate: {ram, vram, vram_phases}
+          bytes (the GPU estimate of each phase: loading and caching, training) or null}
   step    {step, epoch, loss, avg_loss, lr, samples_per_s, eta_s, [bad]}: loss is the mean over all processes;
           bad is "loss" (loss then null) or "gradients" for a step the step guard counted as non-finite
   sample  {step, epoch, path, prompt, index}
   save    {step, epoch, path}
   log     {level, message}
   memory  {phase, rss, peak, gpu_peak}: bytes of host RAM held after a phase of the set-up or the first step, the
-          most held so far, and the GPU's peak (null without CUDA)
-  end     {status: "completed" | "stopped", step, epoch, output, seconds, peak_ram, peak_gpu}, or
+          most held so far, and the GPU's peak during that phase (null without CUDA)
+  end     {status: "completed" | "stopped", step, epoch, output, seconds, peak_ram, peak_gpu (the whole run),
+          peak_gpu_training (from the first step on)}, or
           {status: "killed"} when a second stop request (Ctrl+C twice, SIGTERM twice) ends the engine at once
   error   {message, kind}
 """

@@ -108,7 +108,7 @@ class StepGuard:
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
             return torch.zeros((), device=self.params[0].device)
-        return torch.nn.utils.get_total_norm(grads).float()
+        return torch.nn.utils.get_total_norm(grads, foreach=True).float()  # one kernel, on a CPU too
 
     def _zero_gradients_unless(self, ok: torch.Tensor) -> None:
         scale = ok.to(torch.float32)

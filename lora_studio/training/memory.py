@@ -47,20 +47,33 @@ def gpu_peak_bytes(device: torch.device) -> int | None:
 
 class MemoryLog:
     """Logs each phase at once; its events wait for the run's ``start`` event (the events file begins with it) and
-    follow it (``started``)."""
+    follow it (``started``). On CUDA each phase's ``gpu_peak`` is the most it allocated itself (the peak is reset
+    after each phase), so a peak of caching latents is told apart from one of training."""
 
     def __init__(self, events, device: torch.device, enabled: bool = True):
         self.events = events
         self.device = device
         self.enabled = enabled
         self._waiting: list[dict] | None = []
+        self._gpu_max = 0  # the run's peak so far, over the phases already logged
+        self._training_max = 0  # the same, over the phases since the training loop started
+
+    def _phase_peak(self) -> int | None:
+        """The GPU peak since the last phase; the counter starts again from what is allocated now."""
+        peak = gpu_peak_bytes(self.device)
+        if peak is not None:
+            self._gpu_max = max(self._gpu_max, peak)
+            if self._waiting is None:
+                self._training_max = max(self._training_max, peak)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return peak
 
     def phase(self, name: str) -> None:
         if not self.enabled:
             return
-        rss, peak, gpu = rss_bytes(), peak_rss_bytes(), gpu_peak_bytes(self.device)
+        rss, peak, gpu = rss_bytes(), peak_rss_bytes(), self._phase_peak()
         log.info("memory after %s: RAM %.2f GiB (peak %.2f GiB)%s", name, rss / GIB, peak / GIB,
-                 f", GPU peak {gpu / GIB:.2f} GiB" if gpu is not None else "")
+                 f", GPU peak of the phase {gpu / GIB:.2f} GiB" if gpu is not None else "")
         fields = {"phase": name, "rss": rss, "peak": peak, "gpu_peak": gpu}
         if self._waiting is not None:
             self._waiting.append(fields)
@@ -74,4 +87,8 @@ class MemoryLog:
         self._waiting = None
 
     def peaks(self) -> dict:
-        return {"peak_ram": peak_rss_bytes(), "peak_gpu": gpu_peak_bytes(self.device)}
+        """The run's peaks: RAM, the GPU's over the whole run and over training alone (from the first step on)."""
+        last = self._phase_peak() if self.device.type == "cuda" else None
+        if last is None:
+            return {"peak_ram": peak_rss_bytes(), "peak_gpu": None, "peak_gpu_training": None}
+        return {"peak_ram": peak_rss_bytes(), "peak_gpu": self._gpu_max, "peak_gpu_training": self._training_max}

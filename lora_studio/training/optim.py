@@ -101,14 +101,20 @@ def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimi
     lr = cfg.learning_rate
     if cls.__name__ == "Adafactor":
         groups, lr = _adafactor_arguments(cfg, kwargs, groups)
-    if cls is torch.optim.AdamW and torch.cuda.is_available() and "fused" not in kwargs and "foreach" not in kwargs:
-        kwargs["fused"] = True
+    if cls is torch.optim.AdamW and "fused" not in kwargs and "foreach" not in kwargs and _fusable(groups):
+        kwargs["fused"] = True  # one kernel for every parameter (on a GPU and on the CPU), not a loop of them
     if cls.__module__.startswith(("dadaptation", "prodigyopt")):
         groups = _one_learning_rate(cls.__name__, groups, cfg.learning_rate)
     try:
         return cls(groups, lr=lr, **kwargs)
     except TypeError as exc:
         raise UserError(f"optimizer_args: {cls.__name__} does not accept these arguments: {exc}") from None
+
+
+def _fusable(groups: list[dict]) -> bool:
+    """torch's fused AdamW takes floating-point parameters on a CUDA device or the CPU."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in params)
 
 
 def _adafactor_arguments(cfg: Config, kwargs: dict, groups: list[dict]) -> tuple[list[dict], float | None]:

@@ -29,6 +29,11 @@ class Precision:
         """sd-scripts' full_fp16: the adapters (and their gradients) in fp16, unscaled by the GradScaler."""
         return self.adapter_dtype == torch.float16
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """What the adapters compute in: the autocast dtype under mixed precision, else their own weights' dtype."""
+        return self.weight_dtype if self.weight_dtype != torch.float32 else self.adapter_dtype
+
     def autocast(self, device: torch.device):
         if self.weight_dtype == torch.float32:
             return contextlib.nullcontext()

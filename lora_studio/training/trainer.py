@@ -167,8 +167,8 @@ class Trainer:
         self.memory.phase("placing the model")
         if self.is_main:
             log.info("%s model, attention: %s", c.family.title, attention)
-        self.network = build_network(c, cfg, self.net_args, self.trained, self.seed, self.device,
-                                     self.precision.adapter_dtype)
+        self.network = build_network(c, cfg, self.net_args, self.trained, self.seed, self.device, self.precision,
+                                     len(self.data.bucket_counts()))
         if self.is_main:
             describe_network(self.network, cfg, self.net_args)
         self.memory.phase("building the network")
@@ -220,7 +220,8 @@ class Trainer:
         found = resource_estimate(self.cfg, self.data, plan.steps_per_epoch, gpu)
         if found is not None:
             self.estimated_ram = found.ram_gb
-            self.estimate_bytes = {"ram": int(found.ram_gb * GIB), "vram": int(found.vram_gb * GIB)}
+            self.estimate_bytes = {"ram": int(found.ram_gb * GIB), "vram": int(found.vram_gb * GIB),
+                                   "vram_phases": {k: int(v * GIB) for k, v in found.phases.items()}}
             log.info("resources: %s", found.describe())
             for warning in found.warnings:
                 log.warning("%s", warning)
@@ -480,7 +481,8 @@ class Trainer:
             log.info("%s after %d steps (%s): %s", status, p.step, reason, final)
             estimated = f" (estimated {self.estimated_ram:.2f} GiB)" if self.estimated_ram else ""
             log.info("peak memory: RAM %.2f GiB%s%s", peaks["peak_ram"] / GIB, estimated,
-                     f", GPU {peaks['peak_gpu'] / GIB:.2f} GiB" if peaks["peak_gpu"] is not None else "")
+                     f", GPU {peaks['peak_gpu'] / GIB:.2f} GiB (training {peaks['peak_gpu_training'] / GIB:.2f} "
+                     "GiB)" if peaks["peak_gpu"] is not None else "")
         self.accelerator.wait_for_everyone()
         return final
 
