@@ -33,6 +33,7 @@ def test_tiny_flux_bench_times_our_step_and_the_diffusers_reference(tmp_path):
         _check_result(result)
     # the same transformer's work: fused (ours) or split (diffusers) q / k / v differ only in the LoRA's share
     assert abs(ours["tflop_per_sample"] - reference["tflop_per_sample"]) / reference["tflop_per_sample"] < 0.05
+    assert ours["aten_ops_per_step"] <= reference["aten_ops_per_step"], report  # no more launches than it
 
 
 def test_chroma_has_no_reference_and_says_so(capsys):
