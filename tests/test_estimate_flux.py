@@ -126,7 +126,7 @@ def test_the_documented_vram_figures(real_size):
 
     Each documented setting fits its card, and the next smaller card needs the next larger swap. The caches are
     built before the transformer comes onto the GPU (as sd-scripts moves it out for that), so the caching phase
-    holds only T5, CLIP-L and the AE, and training is the run's peak on every tier.
+    holds only T5, CLIP-L and the AE (and what it encodes), and every tier's peak fits its card.
     """
     _, dev = real_size["dev"]
     documented = [(24, {"train_batch_size": 2}), (16, {}), (12, {"blocks_to_swap": 16}), (10, {"blocks_to_swap": 22}),
@@ -137,10 +137,15 @@ def test_the_documented_vram_figures(real_size):
     for (smaller, _), needed in zip(documented[1:], training):
         assert needed > smaller, (smaller, needed)  # each card needs its own setting: the larger card's is too much
     assert training == pytest.approx([17.57, 14.82, 10.49, 8.75, 7.01], abs=0.05)
-    # caching: T5 and CLIP-L in fp8 and the AE in bf16 on the device, before the transformer comes in
+    # caching: T5 and CLIP-L in fp8 and the AE in bf16 on the device, before the transformer comes in, and the AE
+    # encoding a megapixel at a time (1.5 GB)
     caching = [_run(dev, **settings).phases["loading and caching"] for _, settings in documented]
-    assert caching == pytest.approx([5.66] * 5, abs=0.05)
-    assert [_run(dev, **settings).vram_gb for _, settings in documented] == training
+    assert caching == pytest.approx([7.18] * 5, abs=0.05)
+    # the peak is training's but on the 8 GB tier, where 28 swapped blocks leave training below caching; every
+    # tier's peak fits its card
+    peaks = [_run(dev, **settings).vram_gb for _, settings in documented]
+    assert peaks == [max(t, c) for t, c in zip(training, caching)] and peaks[:4] == training[:4]
+    assert all(peak <= card - 0.5 for (card, _), peak in zip(documented, peaks))
     # without fp8 at 1024 px it does not fit 24 GB; at 512 px it needs less than at 1024
     assert _run(dev, fp8_base=False).phases["training"] > 24
     assert _run(dev, 512).phases["training"] < _run(dev).phases["training"] - 1.5
@@ -151,11 +156,11 @@ def test_the_documented_vram_figures(real_size):
 
 # (resolution, fp8_base, blocks_to_swap, cached TE outputs) -> (loading and caching, training) GB, Flux.1-dev,
 # batch 1, rank 4, AdamW8bit, gradient checkpointing, latents cached
-FIGURES = {(1024, True, 0, True): (5.66, 14.82), (1024, True, 18, True): (5.66, 9.91),
-           (1024, True, 35, True): (5.66, 5.01), (1024, False, 0, True): (10.06, 25.90),
-           (1024, False, 18, True): (10.06, 16.09), (1024, True, 0, False): (5.66, 19.53),
-           (512, True, 0, True): (5.66, 12.98), (512, False, 0, True): (10.06, 24.06),
-           (512, True, 18, False): (5.66, 12.78)}
+FIGURES = {(1024, True, 0, True): (7.18, 14.82), (1024, True, 18, True): (7.18, 9.91),
+           (1024, True, 35, True): (7.18, 5.01), (1024, False, 0, True): (11.58, 25.90),
+           (1024, False, 18, True): (11.58, 16.09), (1024, True, 0, False): (7.18, 19.53),
+           (512, True, 0, True): (7.18, 12.98), (512, False, 0, True): (11.58, 24.06),
+           (512, True, 18, False): (7.18, 12.78)}
 
 
 @pytest.mark.parametrize("setting", list(FIGURES), ids=lambda s: "{}px-fp8{}-swap{}-te{}".format(*s))

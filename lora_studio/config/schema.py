@@ -172,7 +172,8 @@ SETTINGS: tuple[Setting, ...] = (
        "Keep the latent cache on disk so the next run skips encoding (implies cache_latents).", "dataset"),
     _s("vae_batch_size", INT, None, "VAE batch size",
        "Images the VAE encodes at once when caching latents (and when encoding them each step): more is faster and "
-       "needs more memory (empty = 4).", "dataset", minimum=1, maximum=256, advanced=True),
+       "needs more memory (empty = up to 4, a megapixel's worth: one image at a time at 1024 px, so caching never "
+       "needs more GPU memory than training).", "dataset", minimum=1, maximum=256, advanced=True),
     _s("cache_text_encoder_outputs", BOOL, False, "Cache text encoder outputs",
        "Encode every caption once before training (needs frozen text encoders and fixed captions): faster steps, "
        "less VRAM; the SDXL low-VRAM setting.", "dataset", advanced=True),

@@ -28,8 +28,9 @@ class SD1(StableDiffusionFamily):
     base_model_version = "sd_v1"
     modelspec_architecture = "stable-diffusion-v1/lora"
     v_prediction_models = False
-    # SD1.5-512 batch 1 LoRA keeps ~3.5 GB of activations in bf16; a LoRA step is 1.74 TFLOP a sample (perf.md).
-    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.85e6, step_flops=1.738e12,
+    # SD1.5-512 LoRA keeps 1.19 GiB of activations a sample in bf16 (measured on an H200, training/estimate.py); a LoRA
+    # step is 1.74 TFLOP a sample (perf.md).
+    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.31e6, step_flops=1.738e12,
                                  native_pixels=512 * 512, te_cache_bytes_per_caption=77 * 768 * 4)
 
     def matches_checkpoint(self, keys):

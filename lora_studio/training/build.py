@@ -19,13 +19,13 @@ from ..models.fp8 import fp8_problem, store_fp8
 from ..network.lora import LoRANetwork
 from .compile import compile_denoiser
 from .optim import build_optimizer, build_scheduler
+from .plan import images_per_vae_call
 from .precision import Precision
 from .outputs import latent_cache_fallback
 from .te_cache import build_te_cache, check_te_cache_allowed, te_fingerprint
 from .vae import encode_latents
 
 log = logging.getLogger("lora_studio")
-DEFAULT_VAE_BATCH = 4  # images the VAE encodes at once unless vae_batch_size says otherwise
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,8 @@ def cache_latents(c: Components, data, cfg: Config, device: torch.device, seed: 
     def encode(pixels):
         return encode_latents(c.vae, pixels, device, generator, scale_shift)
 
-    to_disk, batch = cfg.cache_latents_to_disk, cfg.vae_batch_size or DEFAULT_VAE_BATCH
+    largest = max((w * h for w, h in data.bucket_counts()), default=0)
+    to_disk, batch = cfg.cache_latents_to_disk, images_per_vae_call(cfg.vae_batch_size, largest)
     if to_disk and accelerator.num_processes > 1:
         if accelerator.is_local_main_process:
             build_latent_cache(data, encode, vae_id, True, True, fallback, batch)

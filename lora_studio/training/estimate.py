@@ -26,14 +26,20 @@ from ..errors import UserError
 from ..io_utils import safetensors_shapes
 from ..models.family import ModelFamily
 from ..models.registry import BY_NAME, family_of_checkpoint, family_of_diffusers_folder
+from .plan import images_per_vae_call
 
 GB = 1024**3
-# Activation bytes per latent pixel and FLOPs per sample are each family's own (``ModelFamily.estimate``): SD1.5-512
-# batch 1 LoRA ~3.5 GB of activations, in line with the ~7 GB peer reports; SDXL-1024 ~17 GB. The share gradient
-# checkpointing keeps: SDXL-1024 LoRA with cached latents and TE outputs peaks at 4.4 GB with fp8 weights in
-# sd-scripts #1057, which leaves ~1.7 GB of activations. Not yet calibrated on our own GPU runs. A transformer
-# family (Flux) checkpoints every block: its share is worked out from its blocks (``activation_bytes``).
+# Activation bytes per latent pixel and FLOPs per sample are each family's own (``ModelFamily.estimate``), measured
+# on an H200 (bf16, rank 32; issue 26's table, docs/benchmarks.md): SD1.5-512 1.19 GiB a sample (batch 16: 21.5 GB
+# with the U-Net's 1.6 GiB), SDXL-1024 8.0 GiB a sample (batch 4: 39.0 GB). With gradient checkpointing a U-Net
+# keeps a share of that a sample and, whatever the batch, about half a sample's worth more (the backward's
+# recomputed block, its gradients and workspaces): SD1.5-512 batch 1 2.7 GB, SDXL-1024 batch 1 11.6 GB. A
+# transformer family (Flux) checkpoints every block: its share is worked out from its blocks (``activation_bytes``).
 CHECKPOINTED_SHARE = 0.10
+CHECKPOINTED_FLOOR = 0.5
+# Caching latents: the VAE's encoder holds about 1.5 GiB a megapixel of the images it encodes at once in half
+# precision (SDXL's VAE, 4 images at 1024 px: 6.4 GiB, measured on an H200), twice that in float32.
+VAE_ENCODE_BYTES_PER_PIXEL = 1.52 * GB / 2**20
 # Gradient checkpointing's extra FLOPs: U-Nets +34-36% (perf.md, counted); a transformer checkpointed block by block
 # runs its whole forward again: +45% for Flux.1 (forward 74.8 of a 164.8 TFLOP LoRA step at 1024 px, counted).
 CHECKPOINTED_FLOPS = 1.35
@@ -345,15 +351,22 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
     states = OPTIMIZER_STATE_COPIES.get(cfg.optimizer_type.lower(), 2)
     lora_bytes = lora_params * 4 * (2 + states)  # weights, gradients and optimizer state, float32
     full_sample, share = activation_bytes(run, resolution)
-    activations = full_sample * (share if cfg.gradient_checkpointing else 1) * cfg.train_batch_size
+    batch = cfg.train_batch_size
+    if not cfg.gradient_checkpointing:
+        activations = full_sample * batch
+    else:  # a U-Net also holds about half a sample's worth whatever the batch (CHECKPOINTED_FLOOR)
+        activations = full_sample * (share * batch + (0 if size.blocks else CHECKPOINTED_FLOOR))
     denoiser = size.unet * run.unet_bytes
     training = denoiser - swap.device_saving + lora_bytes + activations
     if not (run.te_cached and not run.sampling):
         training += te_on_device
     if not (run.latents_cached and not run.sampling):
         training += vae_on_device
-    # the caches are built with the text encoders and the VAE on the device, before the denoiser is placed
-    caching = te_on_device + vae_on_device
+    if not run.latents_cached:  # the VAE encodes each batch as it comes
+        training += _vae_encode_bytes(run, resolution, batch)
+    # the caches are built with the text encoders and the VAE on the device, before the denoiser is placed; the VAE
+    # encodes a megapixel's worth of images at a time (vae_batch_size)
+    caching = te_on_device + vae_on_device + (_vae_encode_bytes(run, resolution) if run.latents_cached else 0)
     phases = {"loading and caching": round(caching / GB + CUDA_OVERHEAD_GB, 2),
               "training": round(training / GB + CUDA_OVERHEAD_GB, 2)}
     vram = max(phases.values())
@@ -375,6 +388,16 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
     if gpu is not None and vram > gpu.memory_gb * 0.95:
         result.warnings.append(_advice(cfg, vram, gpu, full_sample, share, bool(size.blocks)))
     return result
+
+
+def _vae_encode_bytes(run: _Run, resolution: tuple[int, int], images: int | None = None) -> float:
+    """The VAE encoder's working memory for the images it encodes at once (``images``, at most the batch's)."""
+    pixels = resolution[0] * resolution[1]
+    per_call = images_per_vae_call(run.cfg.vae_batch_size, pixels)
+    if images is not None:
+        per_call = min(per_call, images)
+    vae_fp32 = run.size.recipe.vae_needs_float32(run.cfg.mixed_precision, run.cfg.no_half_vae)
+    return VAE_ENCODE_BYTES_PER_PIXEL * pixels * per_call * (2 if vae_fp32 else 1)
 
 
 def _cache_entries(cfg: Config, num_images: int) -> int:

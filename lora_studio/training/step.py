@@ -14,6 +14,7 @@ from ..config import Config
 from ..models.family import Components, Objective
 from ..models.noise import NoiseRecipe
 from .loss import LossOptions, denoising_loss
+from .plan import images_per_vae_call
 from .precision import Precision
 from .te_cache import cached_condition
 from .vae import encode_latents
@@ -35,7 +36,8 @@ class BatchLoss:
             latents = batch["latents"].to(self.device, non_blocking=True)
         else:
             vae, pixels = self.components.vae, batch["pixels"]
-            chunk = self.cfg.vae_batch_size or len(pixels)  # vae_batch_size: encode in chunks of that many images
+            # vae_batch_size: encode in chunks of that many images (by default a megapixel's worth, at most 4)
+            chunk = images_per_vae_call(self.cfg.vae_batch_size, pixels.shape[-1] * pixels.shape[-2])
             latents = torch.cat([encode_latents(vae, part, self.device, None, self.family.vae_scale_and_shift(vae))
                                  for part in pixels.split(chunk)])
         latents = latents.float()
