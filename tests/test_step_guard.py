@@ -80,3 +80,25 @@ def test_without_a_scaler_overflowing_steps_are_skipped_or_zeroed_and_counted(ti
         if sync_every == 1:  # a skipped step leaves the weights as they were
             assert all(torch.equal(step1[k], later[k]) for k in step1)
     assert not os.path.exists(out / "run.safetensors")
+
+
+def test_a_fused_optimizer_decides_on_the_device_and_every_step_is_reported_once_with_its_own_rate(
+        tiny_models, dataset, tmp_path):
+    """AdamW (fused) skips a bad step on the device: the host reads each step's check one step late, while the next
+    one runs; every step is still reported, in order, with the learning rate it trained with."""
+    out = tmp_path / "out"
+    settings = base_settings(tiny_models["folder"], dataset, out, max_train_steps=6, output_name="run",
+                             lr_scheduler="linear", lr_warmup_steps=0, learning_rate=6e-3)
+    run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)))
+    steps = [e for e in _events(out, "run") if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
+    assert [e["lr"] for e in steps] == pytest.approx([6e-3 * (6 - k) / 6 for k in range(6)])  # linear decay
+
+
+def test_the_guard_knows_which_optimizers_skip_on_the_device():
+    from lora_studio.training.guard import _skips_on_device
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    assert _skips_on_device(torch.optim.AdamW([param], fused=True))
+    assert not _skips_on_device(torch.optim.AdamW([param], foreach=False))
+    assert not _skips_on_device(torch.optim.SGD([param], lr=0.1))

@@ -7,6 +7,9 @@ reduction the others enter. Then:
 - fp16 with a GradScaler: the scaler sees every step. A gradient overflow it handles (it skips the step and lowers
   the scale) is its business, not a sign of divergence; one that persists once the scale is at its floor is.
 - no scaler, loss read back every step: a step with a non-finite loss or gradients is skipped (the weights stay good).
+  A fused optimizer (AdamW, the default) skips it on the device (its ``found_inf``, as a GradScaler uses it), so the
+  host never waits in the middle of a step and reads each step's check back one step late; another optimizer is
+  told after a host sync.
 - no scaler, loss read back every N steps (``sync_every_n_steps``): the decision is made on the device, with no host
   sync: a bad step's gradients are zeroed before the optimizer step, and it is counted when the values are read back.
 
@@ -52,6 +55,7 @@ class StepCheck:
     step: int
     values: torch.Tensor  # summed over processes: [loss, non-finite losses, non-finite gradients, stop requests]
     scaler_handled: bool = False  # fp16: the scaler skipped an overflow while the scale was above its floor
+    lrs: list | None = None  # the learning rates this step trained with, one per parameter group
 
 
 @dataclass
@@ -60,6 +64,7 @@ class StepVerdict:
     loss: float | None  # mean over processes; None when it was not finite
     bad: str | None  # "loss" or "gradients" when the step counts towards divergence
     stop: bool  # some process was asked to stop
+    lrs: list | None = None  # the learning rates it trained with (Adafactor's schedule gives tensors)
 
 
 class StepGuard:
@@ -69,9 +74,12 @@ class StepGuard:
         self.params, self.network, self.cfg = params, network, cfg
         self.scaler = accelerator.scaler
         self.deferred = cfg.sync_every_n_steps > 1 and self.scaler is None
+        self.skips_on_device = self.scaler is None and not self.deferred and _skips_on_device(optimizer)
         self.bad_in_a_row = 0
         self.rollbacks = 0
         self._snapshot = None
+        self._last_queued = 0  # the last step handed to the optimizer
+        self._stale_through = 0  # steps up to this one ran on weights a rollback has replaced
 
     # ---------------------------------------------------------------- on the device, every optimizer step
     def optimizer_step(self, step: int, loss: torch.Tensor, stop_wanted: bool) -> StepCheck:
@@ -81,15 +89,27 @@ class StepGuard:
         stop = torch.full((), float(stop_wanted), device=loss.device)  # a fill, not a copy: no host sync
         local = torch.stack([loss, (~torch.isfinite(loss)).float(), (~torch.isfinite(grad_norm)).float(), stop])
         values = self.accelerator.reduce(local, reduction="sum") if self.accelerator.num_processes > 1 else local
-        check = StepCheck(step, values)
+        check = StepCheck(step, values, lrs=list(self.lr_scheduler.get_last_lr()))
+        self._last_queued = step
         if self.scaler is not None:
             scale = self.scaler.get_scale()
             self.optimizer.step()  # the scaler skips a step whose gradients overflowed, and lowers its scale
-            check.scaler_handled = self.accelerator.optimizer_step_was_skipped and scale > SCALE_FLOOR
-            stepped = not self.accelerator.optimizer_step_was_skipped
+            # told by the scale, not by accelerate's step_was_skipped: a fused optimizer is always called by the
+            # scaler (its kernel does the skipping), so accelerate would take every step for done
+            skipped = self.scaler.get_scale() < scale
+            check.scaler_handled = skipped and scale > SCALE_FLOOR
+            stepped = not skipped
         elif self.deferred:
             self._zero_gradients_unless((values[1] + values[2]) == 0)
             self.optimizer.step()
+            stepped = True
+        elif self.skips_on_device:  # the fused kernel leaves the weights and its state as they were when bad > 0
+            inner = _inner(self.optimizer)
+            inner.found_inf = (values[1] + values[2]).clamp(max=1.0)
+            try:
+                self.optimizer.step()
+            finally:
+                del inner.found_inf
             stepped = True
         else:
             stepped = not bool(values[1:3].sum().item())  # a host sync, this mode's choice
@@ -127,12 +147,12 @@ class StepGuard:
         verdicts, rolled_back = [], False
         for check, (loss_sum, bad_losses, bad_grads, stops) in zip(checks, rows):
             bad = "loss" if bad_losses else ("gradients" if bad_grads and not check.scaler_handled else None)
-            verdict = StepVerdict(check.step, loss_sum / world if not bad_losses else None, bad, stops > 0)
+            verdict = StepVerdict(check.step, loss_sum / world if not bad_losses else None, bad, stops > 0, check.lrs)
             verdicts.append(verdict)
             if check.scaler_handled:
                 log.info("step %d: fp16 gradients overflowed; the loss scale drops to %g and the step is skipped",
                          check.step, self.scaler.get_scale())
-            if rolled_back:  # taken from weights that are gone now: reported, not counted
+            if rolled_back or check.step <= self._stale_through:  # from weights that are gone now: reported only
                 continue
             if bad is None:
                 self.bad_in_a_row = 0
@@ -150,6 +170,7 @@ class StepGuard:
             raise Diverged(step, why, self.cfg)
         self.rollbacks += 1
         self.bad_in_a_row = 0
+        self._stale_through = self._last_queued
         back_to, weights, optim_state, sched_state = self._snapshot
         self.network.load_state_dict(weights)
         self.optimizer.load_state_dict(optim_state)
@@ -170,3 +191,13 @@ class StepGuard:
             return
         self._snapshot = (step, {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()},
                           copy.deepcopy(self.optimizer.state_dict()), copy.deepcopy(self.lr_scheduler.state_dict()))
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+
+
+def _skips_on_device(optimizer) -> bool:
+    """torch's fused optimizers take ``found_inf`` and skip the whole step on the device when it is non-zero."""
+    inner = _inner(optimizer)
+    return bool(getattr(inner, "_step_supports_amp_scaling", False) and inner.defaults.get("fused"))

@@ -33,8 +33,13 @@ class Cadence:
 
     def read_back(self, step: int, pending: int, last_batch: bool) -> bool:
         """Bring losses and checks to the host now (always before anything is written or sampled)."""
-        return (pending >= self.cfg.sync_every_n_steps or last_batch or step % SNAPSHOT_EVERY == 0
-                or self.finished(step) or self.save_at_step(step) or self.sample_at_step(step))
+        return pending >= self.cfg.sync_every_n_steps or self.must_read_all(step, last_batch)
+
+    def must_read_all(self, step: int, last_batch: bool) -> bool:
+        """Every check up to this step must be on the host now, this step's included: something is written, sampled
+        or copied, or the epoch or the run ends."""
+        return (last_batch or step % SNAPSHOT_EVERY == 0 or self.finished(step) or self.save_at_step(step)
+                or self.sample_at_step(step))
 
     def snapshot(self, step: int) -> bool:
         return step % SNAPSHOT_EVERY == 0

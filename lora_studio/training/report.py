@@ -36,7 +36,7 @@ class Reporter:
         elapsed = self.elapsed
         rate = (verdict.step - self.rate_from) / elapsed if elapsed > 0 else 0.0
         eta = (self.total_steps - verdict.step) / rate if rate > 0 else None
-        lrs = [float(lr) for lr in self.lr_scheduler.get_last_lr()]  # (Adafactor's schedule gives tensors)
+        lrs = [float(lr) for lr in verdict.lrs or self.lr_scheduler.get_last_lr()]  # Adafactor's: tensors
         if verdict.loss is not None:
             self.bar.set_postfix(loss=f"{verdict.loss:.4f}", avg=f"{avg:.4f}", epoch=epoch, refresh=False)
         self.bar.update(1)

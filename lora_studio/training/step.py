@@ -83,6 +83,12 @@ class TrainingStep(nn.Module):
         super().__init__()
         self.network = network
         self._loss = [loss]  # a list keeps it out of the module tree
+        cfg = loss.cfg
+        # dynamo_mode reduce-overhead: the compiled denoiser replays CUDA graphs; each micro-batch starts a new
+        # generation of them, so that the last one's outputs may be overwritten
+        self._cudagraphs = bool(cfg.torch_compile and cfg.dynamo_mode == "reduce-overhead")
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         return self._loss[0](batch)

@@ -292,7 +292,7 @@ class Trainer:
         p, accelerator = self.progress, self.accelerator
         loader = self._epoch_loader()
         epoch_batches = len(self._batches.batches())  # the epoch's plan, made once (the loader's dataset keeps it)
-        pending, loss_sum, micro = [], None, 0
+        pending, loss_sum, micro, stop_wanted = [], None, 0, False
         p.epoch_done = False
         for batch in loader:
             with accelerator.accumulate(self.model):
@@ -306,17 +306,24 @@ class Trainer:
                 p.step += 1
                 if p.step in self.overflow_steps:
                     faults.overflow_gradients(self.params)
-                pending.append(self.guard.optimizer_step(p.step, loss_sum / micro, stop.poll()))
+                stop_wanted = stop.poll()
+                pending.append(self.guard.optimizer_step(p.step, loss_sum / micro, stop_wanted))
                 if self.cfg.scale_weight_norms:
                     self._scale_weight_norms(p.step)
             loss_sum, micro = None, 0
-            if self.cadence.read_back(p.step, len(pending), p.batch == epoch_batches):
-                self._read_back(pending)
+            last = p.batch == epoch_batches
+            if self.cadence.read_back(p.step, len(pending), last):
+                # the step just queued stays on the device unless everything must be known now: the host reads the
+                # one before it, which is done, while the GPU works on this one
+                lag = self.guard.skips_on_device and not self.cadence.must_read_all(p.step, last) \
+                    and not (stop_wanted and self.world == 1)  # one process: it stops after this very step
+                self._read_back(pending, keep=1 if lag else 0)
             self._after_step()
             if not p.stopped and self._pause_requested():
                 self._read_back(pending)
                 self._pause(stop)
             if p.stopped or self.cadence.finished(p.step):
+                self._read_back(pending)
                 return
         self._read_back(pending)
         p.epoch_done = True
@@ -344,11 +351,13 @@ class Trainer:
                                            generator=torch.Generator().manual_seed(p.epoch))  # global RNG untouched
         return self._loader
 
-    def _read_back(self, pending: list) -> None:
-        for verdict in self.guard.judge(pending):
+    def _read_back(self, pending: list, keep: int = 0) -> None:
+        """Judge and report the pending steps but the last ``keep``."""
+        done = pending[:len(pending) - keep]
+        del pending[:len(done)]
+        for verdict in self.guard.judge(done):
             self.reporter.step(verdict, self.progress.epoch)
             self.progress.stopped |= verdict.stop and not self.cadence.finished(verdict.step)
-        pending.clear()
 
     @contextlib.contextmanager
     def _weights_in_use(self):
