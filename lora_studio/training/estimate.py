@@ -32,11 +32,11 @@ GB = 1024**3
 # Activation bytes per latent pixel and FLOPs per sample are each family's own (``ModelFamily.estimate``), measured
 # on an H200 (bf16, rank 32; issue 26's table, docs/benchmarks.md): SD1.5-512 1.19 GiB a sample (batch 16: 21.5 GB
 # with the U-Net's 1.6 GiB), SDXL-1024 8.0 GiB a sample (batch 4: 39.0 GB). With gradient checkpointing a U-Net
-# keeps a share of that a sample and, whatever the batch, about half a sample's worth more (the backward's
-# recomputed block, its gradients and workspaces): SD1.5-512 batch 1 2.7 GB, SDXL-1024 batch 1 11.6 GB. A
-# transformer family (Flux) checkpoints every block: its share is worked out from its blocks (``activation_bytes``).
+# keeps about a tenth of that: counted on the CPU with saved_tensors_hooks (SDXL-1024 batch 1: 0.54 of 6.45 GiB kept
+# for the backward) and as the step's peak RSS (1.05 GiB above the step's start, the LoRA's gradients included;
+# the GPU bench's 11.6 GB for it had 3.2 GiB more from its FLOP-counting step). A transformer family (Flux)
+# checkpoints every block: its share is worked out from its blocks (``activation_bytes``).
 CHECKPOINTED_SHARE = 0.10
-CHECKPOINTED_FLOOR = 0.5
 # Caching latents: the VAE's encoder holds about 1.5 GiB a megapixel of the images it encodes at once in half
 # precision (SDXL's VAE, 4 images at 1024 px: 6.4 GiB, measured on an H200), twice that in float32.
 VAE_ENCODE_BYTES_PER_PIXEL = 1.52 * GB / 2**20
@@ -352,10 +352,7 @@ def estimate(cfg: Config, size: ModelSize, num_images: int, steps_per_epoch: int
     lora_bytes = lora_params * 4 * (2 + states)  # weights, gradients and optimizer state, float32
     full_sample, share = activation_bytes(run, resolution)
     batch = cfg.train_batch_size
-    if not cfg.gradient_checkpointing:
-        activations = full_sample * batch
-    else:  # a U-Net also holds about half a sample's worth whatever the batch (CHECKPOINTED_FLOOR)
-        activations = full_sample * (share * batch + (0 if size.blocks else CHECKPOINTED_FLOOR))
+    activations = full_sample * (share if cfg.gradient_checkpointing else 1) * batch
     denoiser = size.unet * run.unet_bytes
     training = denoiser - swap.device_saving + lora_bytes + activations
     if not (run.te_cached and not run.sampling):
