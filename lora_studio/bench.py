@@ -454,7 +454,7 @@ def _sd_loops(args, family, device, resolution: int):
     batch = make_batch(unet, args.batch, resolution, device)
     reference = ("reference (diffusers+peft)", lambda: ReferenceLoop(
         reference_unet, args.rank, args.precision, device, targets, args.gradient_checkpointing,
-        compile_options(args))) if reference_unet is not None else None
+        compile_options(args) if args.compile_reference else None)) if reference_unet is not None else None
     return unet, batch, reference
 
 
@@ -469,7 +469,7 @@ def _flux_loops(args, family, device, resolution: int):
     if not args.no_reference and not config.chroma:
         reference = ("reference (diffusers+peft)", lambda: FluxReferenceLoop(
             build_flux_reference(config, device, _dtype(args.precision)), args.rank, args.precision, device,
-            args.gradient_checkpointing, compile_options(args)))
+            args.gradient_checkpointing, compile_options(args) if args.compile_reference else None))
     return model, batch, reference
 
 
@@ -489,13 +489,15 @@ def run(args: argparse.Namespace) -> dict:
                      compiled is not None)]
     if reference is not None:
         name, build = reference
-        timed.append(warm_up(name, build, lambda loop: batch, args.warmup, device, compiled is not None))
+        timed.append(warm_up(name, build, lambda loop: batch, args.warmup, device,
+                             compiled is not None and args.compile_reference))
     time_steps(timed, args.steps, device)
     results = [result(t, peak) for t in timed]
     report = {
         "model": ("tiny-" if args.tiny else "") + args.model, "resolution": resolution, "batch": args.batch,
         "rank": args.rank, "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing,
         "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
+        "compile_reference": bool(args.compile and args.compile_reference),
         "steps": args.steps, "warmup": args.warmup,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "results": [asdict(r) for r in results],
@@ -519,7 +521,8 @@ def format_report(report: dict) -> str:
         line = (f"{r['loop']:30} {r['step_ms']:9.2f} {r['samples_per_s']:10.2f} {r['peak_memory_mb']:9.1f} "
                 f"{flops:>13} {mfu:>7} {r['aten_ops_per_step'] or 0:9d}")
         if report.get("compile"):
-            line += f" {r['graph_breaks']:7d} {r['recompiles']:10d}"
+            line += (f" {r['graph_breaks']:7d} {r['recompiles']:10d}" if r["graph_breaks"] is not None
+                     else f" {'eager':>7} {'':>10}")
         lines.append(line)
     if "speedup_vs_reference" in report:
         lines.append(f"ours vs reference: {report['speedup_vs_reference']:.2f}x faster per step")
@@ -528,33 +531,29 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _print_and_save(text: str, report, json_path: str | None) -> int:
+    print(text)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     if args.train:
         from .bench_train import format_train_report, run_train_bench
 
         args.folder_given = args.folder is not None
         report = run_train_bench(args)
-        print(format_train_report(report))
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as fh:
-                json.dump(report, fh, indent=2)
-        return 0
+        return _print_and_save(format_train_report(report), report, args.json)
     if args.memory:
         from .bench_memory import describe, run_memory_bench
 
         results = run_memory_bench(Path(args.folder or "lora-studio-memory-bench"), args.layouts,
                                    3 if args.steps == 20 else args.steps, args.resolution or 64, args.keep)
-        print(describe(results))
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as fh:
-                json.dump(results, fh, indent=2)
-        return 0
+        return _print_and_save(describe(results), results, args.json)
     report = run(args)
-    print(format_report(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
-    return 0
+    return _print_and_save(format_report(report), report, args.json)
 
 
 if __name__ == "__main__":

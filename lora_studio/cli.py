@@ -46,10 +46,12 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                        help="torch.compile each loop's denoiser with its LoRA (backend: inductor by default; "
+                        help="torch.compile our loop's denoiser with its LoRA (backend: inductor by default; "
                              "aot_eager on a CPU checks for graph breaks in seconds)")
-    parser.add_argument("--compile-mode", default="default",
-                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    parser.add_argument("--compile-reference", action="store_true",
+                        help="with --compile, compile the reference loop's model too (as diffusers' examples can); "
+                             "by default it runs as diffusers' LoRA example does, eagerly")
+    parser.add_argument("--compile-mode", default="default", choices=S.BY_NAME["dynamo_mode"].choices,
                         help="inductor's mode: reduce-overhead replays each step as CUDA graphs (small batches)")
     parser.add_argument("--no-reference", action="store_true", help="time only our loop")
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when present)")

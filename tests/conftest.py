@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 LONGEST_FIRST = ["test_gui_browser.py", "test_gui_browser_runs_and_tabs.py", "test_resume.py", "test_train_cli.py",
                  "test_gui_runs.py", "test_training_options.py", "test_kohya_corpus.py", "test_lora_tools.py", "test_processes.py",
                  "test_lycoris.py", "test_step_guard.py", "test_sdxl.py", "test_gui_browser_test_and_grid.py",
-                 "test_gui_browser_form_state.py", "test_gui_browser_settings_layout.py",
+                 "test_gui_browser_form_state.py", "test_gui_browser_settings_layout.py", "test_bench.py",
                  "test_flux_train.py", "test_lora_tools_flux.py", "test_flux_compat.py", "test_estimate_flux.py",
                  "test_flux_settings.py"]
 

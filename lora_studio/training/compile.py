@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..config.schema import BY_NAME
 
 log = logging.getLogger("lora_studio")
 
 # inductor's modes; another backend takes none (the cudagraphs backend is CUDA graphs itself)
-INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+INDUCTOR_MODES = BY_NAME["dynamo_mode"].choices
 # graphs a compiled denoiser may need: one per bucket shape, in training and with gradients off (validation,
 # samples), before torch gives up and runs it uncompiled
 GRAPHS_PER_SHAPE = 2
