@@ -39,7 +39,7 @@ QUICK = {"test_attention.py", "test_caption_edit.py", "test_captioning.py", "tes
          "test_file_hashes.py", "test_tool_inputs.py", "test_image_hash.py", "test_model_check.py",
          "test_gui_test_and_grid_units.py", "test_settings_layout.py", "test_gui_runs_and_tabs_units.py",
          "test_gui_flux.py", "test_flux_net.py", "test_flow_matching.py", "test_flux_parts.py",
-         "test_kohya_import_flux.py"}
+         "test_kohya_import_flux.py", "test_estimate_calibration.py"}
 
 
 def pytest_configure(config):

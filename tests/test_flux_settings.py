@@ -66,6 +66,8 @@ def test_family_requirements_are_refused_by_setting(tiny, tmp_path):
         _resolved({**base, "model_type": "chroma"})
     with pytest.raises(UserError, match="blocks_to_swap and cpu_offload_checkpointing"):
         _resolved({**base, "blocks_to_swap": 4, "cpu_offload_checkpointing": True})
+    with pytest.raises(UserError, match="replays CUDA graphs at fixed memory addresses"):
+        _resolved({**base, "blocks_to_swap": 4, "torch_compile": True, "dynamo_mode": "reduce-overhead"})
     chroma = flux_settings(models, "chroma", data, tmp_path / "out")
     with pytest.raises(UserError, match="apply_t5_attn_mask"):
         _resolved({**chroma, "apply_t5_attn_mask": False})

@@ -81,6 +81,18 @@ def test_the_hugging_face_fields_are_carried_over():
     assert convert({**KOHYA_GUI_JSON, "resume_from_huggingface": True}).settings["resume_from_huggingface"] is True
 
 
+def test_the_accelerate_compile_fields_are_carried_over():
+    """The GUI's dynamo_mode / dynamo_use_fullgraph / dynamo_use_dynamic (accelerate's launch fields) set how
+    torch_compile compiles here."""
+    fields = {"torch_compile": True, "dynamo_backend": "inductor", "dynamo_mode": "reduce-overhead",
+              "dynamo_use_fullgraph": True, "dynamo_use_dynamic": False}
+    result = convert({**KOHYA_GUI_JSON, **fields})
+    cfg = build_config(result.settings)
+    assert (cfg.torch_compile, cfg.dynamo_mode, cfg.dynamo_use_fullgraph, cfg.dynamo_use_dynamic) == (
+        True, "reduce-overhead", True, False)
+    assert not {"dynamo_mode", "dynamo_use_fullgraph"} & set(result.ignored)
+
+
 def test_learning_rate_zeros_keep_the_kohya_meaning():
     both = convert({"learning_rate": 1e-4, "unet_lr": 0, "text_encoder_lr": 0})
     assert "unet_lr" not in both.settings and "text_encoder_lr" not in both.settings  # "use Learning rate"

@@ -128,6 +128,10 @@ class FluxFamily(ModelFamily):
         if cfg.blocks_to_swap and cfg.cpu_offload_checkpointing:
             raise UserError("blocks_to_swap and cpu_offload_checkpointing cannot be used together (as in sd-scripts); "
                             "turn one off")
+        if cfg.blocks_to_swap and cfg.torch_compile and cfg.dynamo_mode in ("reduce-overhead", "max-autotune"):
+            raise UserError(f"dynamo_mode {cfg.dynamo_mode} replays CUDA graphs at fixed memory addresses, and "
+                            "blocks_to_swap moves blocks in and out of the GPU every step: turn one off (or use "
+                            "dynamo_mode default / max-autotune-no-cudagraphs)")
         if not Path(str(source)).expanduser().is_dir():
             self._require_files({name: getattr(cfg, name) for name in self.separate_files}, source)
         for name in self.separate_files:
