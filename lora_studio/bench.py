@@ -175,7 +175,7 @@ class OurLoop:
     ``TrainingStep``, cached latents and text-encoder outputs, and the step guard's optimizer step."""
 
     def __init__(self, unet, family, rank: int, precision: str, device, channels_last: bool,
-                 checkpointing: bool, compile_options: dict | None = None):
+                 checkpointing: bool, compile_settings: dict | None = None):
         from accelerate import Accelerator
 
         from .config import build_config
@@ -183,13 +183,14 @@ class OurLoop:
         from .models.stable_diffusion import SD_SCHEDULER
         from .network.lora import LoRANetwork
         from .training.build import build_optimization
+        from .training.compile import compile_denoiser
         from .training.guard import StepGuard
         from .training.precision import Precision
         from .training.step import BatchLoss, TrainingStep
 
         cfg = build_config({"learning_rate": 1e-4, "network_dim": rank, "network_alpha": rank,
                             "mixed_precision": precision, "channels_last": channels_last,
-                            "network_train_unet_only": True, "max_grad_norm": 0})
+                            "network_train_unet_only": True, "max_grad_norm": 0, **(compile_settings or {})})
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         self.accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
         self.unet = unet.to(device, dtype).requires_grad_(False)
@@ -203,8 +204,8 @@ class OurLoop:
         self.network = LoRANetwork(components, rank, rank, train_unet=True, train_text_encoder=False)
         self.network.attach().to(device, torch.float32)
         self.network.set_compute_dtype(Precision(precision, dtype).compute_dtype)
-        if compile_options:
-            self.unet.compile(**compile_options)
+        if cfg.torch_compile:  # as the engine compiles it (training/build.py)
+            compile_denoiser(self.unet, cfg)
         groups, optimizer, scheduler = build_optimization(self.network, cfg, 1_000_000)
         objective = family.objective(components, cfg)
         self.te_cache: dict = {}
@@ -435,15 +436,22 @@ def _dtype(precision: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
-def compile_options(args) -> dict | None:
-    """torch.compile's arguments from --compile BACKEND and --compile-mode, for both loops."""
+def compile_settings(args) -> dict | None:
+    """The engine's torch_compile settings from --compile BACKEND and --compile-mode."""
     if not args.compile:
+        return None
+    return {"torch_compile": True, "dynamo_backend": args.compile, "dynamo_mode": args.compile_mode}
+
+
+def compile_options(args) -> dict | None:
+    """torch.compile's arguments for the reference loop, the same as the engine's."""
+    settings = compile_settings(args)
+    if settings is None:
         return None
     from .config import build_config
     from .training.compile import compile_options as options_for
 
-    return options_for(build_config({"torch_compile": True, "dynamo_backend": args.compile,
-                                     "dynamo_mode": args.compile_mode}))
+    return options_for(build_config(settings))
 
 
 def _sd_loops(args, family, device, resolution: int):
@@ -482,7 +490,7 @@ def run(args: argparse.Namespace) -> dict:
     peak = _device_peak(device)
     loops = _flux_loops if is_transformer(args.model) else _sd_loops
     denoiser, batch, reference = loops(args, family, device, resolution)
-    compiled = compile_options(args)
+    compiled = compile_settings(args)
     timed = [warm_up("lora-studio", lambda: OurLoop(denoiser, family, args.rank, args.precision, device,
                                                      args.channels_last, args.gradient_checkpointing, compiled),
                      lambda loop: {**batch, "engine": loop.engine_batch(batch)}, args.warmup, device,

@@ -217,14 +217,33 @@ def test_stop_file_stops_gracefully_and_saves(tiny_models, dataset, tmp_path):
     assert (out / "test_lora.safetensors").is_file() and not (out / "test_lora.stop").exists()
 
 
-def test_channels_last_and_a_compiled_unet_train(tiny_models, dataset, tmp_path):
-    """The U-Net and its LoRA captured as one graph (dynamo_use_fullgraph fails at a graph break)."""
-    settings = base_settings(tiny_models["folder"], dataset, tmp_path / "out", max_train_steps=3, channels_last=True,
-                             torch_compile=True, dynamo_backend="eager",  # inductor needs minutes on a CPU; eager:
-                             dynamo_use_fullgraph=True)  # the same capture and wrapping, no code generation
+def test_channels_last_trains(tiny_models, dataset, tmp_path):
+    settings = base_settings(tiny_models["folder"], dataset, tmp_path / "out", max_train_steps=3, channels_last=True)
     run_cli("train", "--config", str(write_config(tmp_path / "run.toml", settings)))
     weights = load_file(str(tmp_path / "out" / "test_lora.safetensors"))
     assert len(weights) == 3 * 210 and all(bool(v.float().isfinite().all()) for v in weights.values())
+
+
+def test_torch_compile_compiles_the_denoiser_with_its_lora_in_place(tiny_models):
+    """build_network compiles the denoiser after the adapters are attached, with the settings' options (the compiled
+    step itself, captured as one graph with no recompilation, is tests/test_bench.py's)."""
+    import torch
+
+    from lora_studio.config import build_config
+    from lora_studio.config.network_args import parse_network_args
+    from lora_studio.models.loading import load_components
+    from lora_studio.training.build import Trained, build_network
+    from lora_studio.training.precision import precision_for
+
+    cfg = build_config({**base_settings(tiny_models["single"], tiny_models["single"], tiny_models["single"]),
+                        "torch_compile": True, "dynamo_backend": "aot_eager", "dynamo_use_fullgraph": True,
+                        "network_train_unet_only": True})
+    c = load_components(str(tiny_models["single"]), None, False)
+    network = build_network(c, cfg, parse_network_args(cfg.network_args, cfg.network_module), Trained.from_config(cfg),
+                            1, torch.device("cpu"), precision_for(cfg, False), shapes=12)
+    assert c.denoiser._compiled_call_impl is not None  # compiled in place: the same module object everywhere
+    assert torch._dynamo.config.recompile_limit >= 2 * 12 + 2  # a graph for each bucket shape, trained and not
+    assert all(m.compute_dtype == torch.float32 for m in network.adapters())
 
 
 def test_a_toml_as_the_kohya_ss_gui_writes_it_trains(tiny_models, dataset, tmp_path):
