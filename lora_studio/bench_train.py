@@ -61,7 +61,8 @@ def run_settings(args, model_files: dict, folder: Path, resolution: int) -> dict
 
     images = max(2 * args.batch, 4)
     repeats = -(-(args.warmup + args.steps) * args.batch // images)  # one epoch holds every step
-    data = write_dataset(folder / f"images-{resolution}", count=images, repeats=repeats, size=resolution)
+    shutil.rmtree(folder / "images", ignore_errors=True)  # another run's images (another size or count) go
+    data = write_dataset(folder / "images", count=images, repeats=repeats, size=resolution)
     settings = {**model_files, "train_data_dir": str(data), "output_dir": str(folder / "run"), "output_name": "bench",
                 "resolution": str(resolution), "train_batch_size": args.batch,
                 "max_train_steps": args.warmup + args.steps, "network_dim": args.rank,
