@@ -172,9 +172,11 @@ def test_each_family_shows_its_own_fields_and_every_field_shows_with_no_model():
     flux_hidden = set(hidden_settings(flux))
     assert {"v2", "v_parameterization", "clip_skip", "vae", "noise_offset", "min_snr_gamma",
             "weighted_captions"} <= flux_hidden
-    assert flux_hidden == set(S.SD_ONLY)
+    others = {s.name for s in S.FLUX_SETTINGS if "flux-dev" not in s.families}  # SD3's, Anima's, Lumina's own
+    assert {"clip_g", "qwen3", "gemma2", "training_shift", "system_prompt"} <= others
+    assert flux_hidden == set(S.SD_ONLY) | others
     assert not {"ae", "clip_l", "t5xxl", "timestep_sampling", "guidance_scale", "blocks_to_swap"} & flux_hidden
-    assert set(hidden_settings(chroma)) == set(S.SD_ONLY) | {"clip_l"}  # Chroma has no CLIP-L
+    assert set(hidden_settings(chroma)) == set(S.SD_ONLY) | others | {"clip_l"}  # Chroma has no CLIP-L
     assert set(hidden_settings(sd1)) == {s.name for s in S.FLUX_SETTINGS}
     assert set(hidden_settings(FAMILIES["sdxl"])) == set(hidden_settings(sd1))
     for family in (None, flux, chroma, sd1):  # the settings of every family always show
@@ -197,7 +199,7 @@ def test_the_model_tab_holds_the_flux_files_and_parameters_the_recipe():
     assert {tabs[n] for n in ("ae", "clip_l", "t5xxl", "model_type", "pretrained_model_name_or_path")} == {"model"}
     assert {tabs[n] for n in ("timestep_sampling", "discrete_flow_shift", "model_prediction_type", "guidance_scale",
                               "blocks_to_swap")} == {"basic"}
-    assert {tabs[n] for n in S.ADVANCED_SECTIONS["Flux"]} == {"advanced"}
+    assert {tabs[n] for n in S.ADVANCED_SECTIONS["Flow-matching transformers"]} == {"advanced"}
     placed = [spec.name for spec in widget_specs()]
     assert sorted(placed) == sorted(s.name for s in S.SETTINGS) and len(placed) == len(set(placed))
 
@@ -206,7 +208,7 @@ def _tab(tmp_path) -> LoraTab:
     """The LoRA tab's handlers without a page (the outputs it wires: the status, FAMILY_FIELDS, these buttons and
     sections)."""
     tab = LoraTab(tmp_path / "state", None, None)
-    tab.family_buttons, tab.family_sections = ["vae", "ae", "clip_l", "t5xxl", "tokenizer_cache_dir"], ["Flux"]
+    tab.family_buttons, tab.family_sections = ["vae", "ae", "clip_l", "t5xxl", "tokenizer_cache_dir"], ["Flow-matching transformers"]
     return tab
 
 

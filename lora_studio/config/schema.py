@@ -486,65 +486,132 @@ SETTINGS: tuple[Setting, ...] = (
        "samples"),
 )
 
-FLUX = ("flux-dev", "flux-schnell", "chroma")  # models.flux: the families of this group
+FLUX = ("flux-dev", "flux-schnell", "chroma")  # models.flux
+SD3 = ("sd3-medium", "sd3.5-medium", "sd3.5-large")  # models.sd3
+ANIMA = ("anima",)  # models.anima
+LUMINA = ("lumina2",)  # models.lumina
+DIT = FLUX + SD3 + ANIMA + LUMINA  # the flow-matching transformers
+SIGMA_SAMPLED = FLUX + ANIMA + LUMINA  # sd-scripts' Flux sigma sampler (SD3 has its own timestep rule)
 SD = ("sd1", "sd2", "sdxl")
 
 
-def _flux(name, kind, default, label, help, **kw) -> Setting:
-    return Setting(name, kind, default, label, help, "flux", families=FLUX, **kw)
+def _dit(name, kind, default, label, help, families=DIT, **kw) -> Setting:
+    return Setting(name, kind, default, label, help, "flux", families=families, **kw)
 
 
-# Flux.1 and Chroma (sd-scripts' flux_train_network.py names; empty = the family's recommended value)
+def _family(group: str, families: tuple[str, ...]):
+    def make(name, kind, default, label, help, **kw) -> Setting:
+        return Setting(name, kind, default, label, help, group, families=families, **kw)
+    return make
+
+
+_flux, _sd3, _anima, _lumina = (_family("flux", FLUX), _family("sd3", SD3), _family("anima", ANIMA),
+                                _family("lumina", LUMINA))
+
+# The flow-matching transformers: Flux.1 and Chroma, SD3 / SD3.5, Anima, Lumina 2 (sd-scripts' names:
+# flux_train_network.py, sd3_train_network.py, anima_train_network.py, lumina_train_network.py). Empty = the family's
+# recommended value.
 FLUX_SETTINGS: tuple[Setting, ...] = (
-    _flux("ae", PATH, None, "AE (autoencoder)", "Flux's autoencoder file (ae.safetensors from FLUX.1-dev / schnell)."),
-    _flux("clip_l", PATH, None, "CLIP-L", "The CLIP-L text encoder file (clip_l.safetensors; not used by Chroma)."),
-    _flux("t5xxl", PATH, None, "T5-XXL", "The T5-XXL text encoder file (t5xxl_fp16.safetensors, or "
-          "t5xxl_fp8_e4m3fn.safetensors with fp8 base)."),
+    _dit("ae", PATH, None, "AE (autoencoder)", "The Flux autoencoder file (ae.safetensors from FLUX.1-dev / schnell; "
+         "Lumina 2 uses the same one).", families=FLUX + LUMINA),
+    _dit("clip_l", PATH, None, "CLIP-L", "The CLIP-L text encoder file (clip_l.safetensors; not used by Chroma; for "
+         "SD3 only when the checkpoint has none).", families=FLUX + SD3),
+    _sd3("clip_g", PATH, None, "CLIP-G", "SD3's CLIP-G text encoder file (clip_g.safetensors) when the checkpoint has "
+         "none."),
+    _dit("t5xxl", PATH, None, "T5-XXL", "The T5-XXL text encoder file (t5xxl_fp16.safetensors, or "
+         "t5xxl_fp8_e4m3fn.safetensors with fp8 base; for SD3 optional, when the checkpoint has none).",
+         families=FLUX + SD3),
+    _anima("qwen3", PATH, None, "Qwen3", "Anima's text encoder: qwen_3_06b_base.safetensors, or a Qwen3-0.6B folder."),
+    _anima("llm_adapter_path", PATH, None, "LLM adapter",
+           "A separate LLM adapter file (llm_adapter.*); empty: the one inside the Anima checkpoint.", advanced=True),
+    _lumina("gemma2", PATH, None, "Gemma2", "Lumina 2's text encoder: gemma_2_2b_fp16.safetensors, or a Gemma2-2B "
+            "folder."),
     _flux("model_type", STR, None, "Model type", "flux or chroma, as sd-scripts; empty: told from the weights.",
           choices=(None, "flux", "chroma")),
-    _flux("tokenizer_cache_dir", PATH, None, "Tokenizer cache folder",
-          "Where the CLIP and T5 tokenizers are kept (sd-scripts' layout: google_t5-v1_1-xxl/ and "
-          "openai_clip-vit-large-patch14/ inside); else the Hugging Face cache; else downloaded once.", advanced=True),
-    _flux("timestep_sampling", STR, None, "Timestep sampling",
-          "How each image's noise level (sigma) is drawn: sigma (the scheduler's table), uniform, sigmoid "
-          "(logit-normal), shift (sigmoid, shifted by Discrete flow shift) or flux_shift (shifted by the image's "
-          "size). Empty: shift for Flux (sd-scripts' recommendation), sigmoid for Chroma.",
-          choices=(None, "sigma", "uniform", "sigmoid", "shift", "flux_shift")),
-    _flux("sigmoid_scale", FLOAT, 1.0, "Sigmoid scale", "Scale of the normal draw of sigmoid / shift / flux_shift.",
-          minimum=0.01, maximum=100.0, advanced=True),
-    _flux("discrete_flow_shift", FLOAT, 3.1582, "Discrete flow shift",
-          "The shift of shift sampling (and of the sigma table); 3.1582 as sd-scripts' Flux documentation "
-          "recommends.", minimum=0.01, maximum=100.0),
-    _flux("model_prediction_type", STR, "raw", "Model prediction type",
-          "raw (recommended: the velocity the model predicts), additive, or sigma_scaled (sd-scripts' default).",
-          choices=("raw", "additive", "sigma_scaled")),
-    _flux("weighting_scheme", STR, "uniform", "Weighting scheme",
-          "Density of the sigma draw (sigma sampling) and loss weighting (sigma_scaled): uniform, none, "
-          "logit_normal, mode, cosmap, sigma_sqrt.", choices=("uniform", "none", "logit_normal", "mode", "cosmap",
-                                                             "sigma_sqrt"), advanced=True),
-    _flux("logit_mean", FLOAT, 0.0, "Logit mean", "Mean of logit_normal weighting.", advanced=True),
-    _flux("logit_std", FLOAT, 1.0, "Logit std", "Standard deviation of logit_normal weighting.", minimum=0.01,
-          advanced=True),
-    _flux("mode_scale", FLOAT, 1.29, "Mode scale", "Scale of mode weighting.", advanced=True),
+    _dit("tokenizer_cache_dir", PATH, None, "Tokenizer cache folder",
+         "Where the tokenizers are kept (sd-scripts' layout, a folder per Hugging Face id with / as _: "
+         "google_t5-v1_1-xxl/, openai_clip-vit-large-patch14/ ...); else the Hugging Face cache; else downloaded "
+         "once.", advanced=True),
+    _dit("timestep_sampling", STR, None, "Timestep sampling",
+         "How each image's noise level (sigma) is drawn: sigma (the scheduler's table), uniform, sigmoid "
+         "(logit-normal), shift (sigmoid, shifted by Discrete flow shift), flux_shift (shifted by the image's size) "
+         "or nextdit_shift (Lumina 2: uniform, shifted by the image's size). Empty: shift for Flux and Lumina 2, "
+         "sigmoid for Chroma and Anima.",
+         choices=(None, "sigma", "uniform", "sigmoid", "shift", "flux_shift", "nextdit_shift"),
+         families=SIGMA_SAMPLED),
+    _dit("sigmoid_scale", FLOAT, 1.0, "Sigmoid scale", "Scale of the normal draw of sigmoid / shift / flux_shift.",
+         minimum=0.01, maximum=100.0, advanced=True, families=SIGMA_SAMPLED),
+    _dit("discrete_flow_shift", FLOAT, None, "Discrete flow shift",
+         "The shift of shift sampling (and of the sigma table). Empty: 3.1582 for Flux (sd-scripts' documentation), "
+         "1.0 for Anima, 6.0 for Lumina 2.", minimum=0.01, maximum=100.0, families=SIGMA_SAMPLED),
+    _sd3("training_shift", FLOAT, 1.0, "Training shift",
+         "SD3: the shift of the timestep draw (u -> u s / (1 + (s - 1) u)); 1.0 leaves it as drawn.", minimum=0.01,
+         maximum=100.0),
+    _dit("model_prediction_type", STR, "raw", "Model prediction type",
+         "raw (recommended: the velocity the model predicts), additive, or sigma_scaled (sd-scripts' Flux default).",
+         choices=("raw", "additive", "sigma_scaled"), families=FLUX + LUMINA),
+    _dit("weighting_scheme", STR, "uniform", "Weighting scheme",
+         "Density of the timestep draw (SD3; Flux's sigma sampling) and loss weighting: uniform, none, "
+         "logit_normal, mode, cosmap, sigma_sqrt.", choices=("uniform", "none", "logit_normal", "mode", "cosmap",
+                                                            "sigma_sqrt"), advanced=True),
+    _dit("logit_mean", FLOAT, 0.0, "Logit mean", "Mean of logit_normal weighting.", advanced=True),
+    _dit("logit_std", FLOAT, 1.0, "Logit std", "Standard deviation of logit_normal weighting.", minimum=0.01,
+         advanced=True),
+    _dit("mode_scale", FLOAT, 1.29, "Mode scale", "Scale of mode weighting.", advanced=True),
     _flux("guidance_scale", FLOAT, None, "Guidance scale",
           "The guidance value the transformer is given in training. Empty: 1.0 for Flux dev (sd-scripts' "
           "documentation: the distilled guidance must be 1.0 for LoRA), 0 for Chroma (required).",
           minimum=0.0, maximum=100.0),
-    _flux("t5xxl_max_token_length", INT, None, "T5 max token length",
-          "Caption length for T5. Empty: 512 for dev and Chroma, 256 for schnell.", minimum=16, maximum=512,
-          advanced=True),
-    _flux("apply_t5_attn_mask", BOOL, None, "Apply T5 attention mask",
-          "Mask T5's padding in T5 and in the transformer's attention. Empty: on for Chroma (required), off for "
-          "Flux.", advanced=True),
-    _flux("text_encoder_batch_size", INT, None, "Text encoder batch size",
-          "Captions encoded at once when caching text-encoder outputs (empty: 8).", minimum=1, maximum=1024,
-          advanced=True),
-    _flux("blocks_to_swap", INT, None, "Blocks to swap",
-          "Keep this many of the 57 transformer blocks on the CPU and bring each in when it runs: less VRAM, "
-          "slower (sd-scripts: about 18 for 16 GB, 35 for 12 GB cards).", minimum=0, maximum=55),
-    _flux("cpu_offload_checkpointing", BOOL, False, "CPU offload checkpointing",
-          "Keep the activations the checkpoints hold on the CPU (with checkpointing on; not with blocks to swap).",
-          advanced=True),
+    _dit("t5xxl_max_token_length", INT, None, "T5 max token length",
+         "Caption length for T5. Empty: 512 for Flux dev and Chroma, 256 for schnell and SD3.", minimum=16,
+         maximum=512, advanced=True, families=FLUX + SD3),
+    _dit("apply_t5_attn_mask", BOOL, None, "Apply T5 attention mask",
+         "Mask T5's padding (Flux: in T5 and the transformer's attention; SD3: zeroes the padded states). Empty: on "
+         "for Chroma (required), off otherwise.", advanced=True, families=FLUX + SD3),
+    _sd3("apply_lg_attn_mask", BOOL, None, "Apply CLIP-L/G attention mask",
+         "SD3: zero CLIP-L's and CLIP-G's states past the caption's end (sd-scripts' apply_lg_attn_mask).",
+         advanced=True),
+    _sd3("clip_l_dropout_rate", FLOAT, 0.0, "CLIP-L dropout rate",
+         "SD3: how often a caption's CLIP-L output is dropped (zeroed) in training.", minimum=0.0, maximum=1.0,
+         advanced=True),
+    _sd3("clip_g_dropout_rate", FLOAT, 0.0, "CLIP-G dropout rate",
+         "SD3: how often a caption's CLIP-G output is dropped (zeroed) in training.", minimum=0.0, maximum=1.0,
+         advanced=True),
+    _sd3("t5_dropout_rate", FLOAT, 0.0, "T5 dropout rate",
+         "SD3: how often a caption's T5 output is dropped (zeroed) in training.", minimum=0.0, maximum=1.0,
+         advanced=True),
+    _sd3("pos_emb_random_crop_rate", FLOAT, 0.0, "Position embedding random crop rate",
+         "SD3.5 medium: how often the position embedding is cropped at a random place instead of the centre.",
+         minimum=0.0, maximum=1.0, advanced=True),
+    _sd3("enable_scaled_pos_embed", BOOL, False, "Scaled position embedding",
+         "SD3.5 medium: scale the position embedding to each bucket's size (for multi-resolution training).",
+         advanced=True),
+    _anima("qwen3_max_token_length", INT, None, "Qwen3 max token length", "Caption length for Qwen3 (empty: 512).",
+           minimum=16, maximum=4096, advanced=True),
+    _anima("t5_max_token_length", INT, None, "T5 max token length (adapter)",
+           "Caption length of the T5 token ids Anima's LLM adapter reads (empty: 512).", minimum=16, maximum=4096,
+           advanced=True),
+    _lumina("gemma2_max_token_length", INT, None, "Gemma2 max token length", "Caption length for Gemma2 (empty: 256).",
+            minimum=16, maximum=4096, advanced=True),
+    _lumina("system_prompt", STR, None, "System prompt",
+            "Lumina 2: put before each caption as \"<system prompt> <Prompt Start> <caption>\". Lumina 2's "
+            "recommendation: \"You are an assistant designed to generate high-quality images based on user "
+            "prompts.\""),
+    _dit("text_encoder_batch_size", INT, None, "Text encoder batch size",
+         "Captions encoded at once when caching text-encoder outputs (empty: 8).", minimum=1, maximum=1024,
+         advanced=True),
+    _anima("vae_chunk_size", INT, None, "VAE chunk size",
+           "Anima: encode and decode the Qwen-Image VAE in chunks of this many rows (less memory).", minimum=1,
+           maximum=4096, advanced=True),
+    _anima("vae_disable_cache", BOOL, False, "VAE disable cache",
+           "Anima: do not keep the Qwen-Image VAE's causal cache between chunks (less memory, slower).",
+           advanced=True),
+    _dit("blocks_to_swap", INT, None, "Blocks to swap",
+         "Keep this many of the transformer's blocks on the CPU and bring each in when it runs: less VRAM, slower "
+         "(sd-scripts, Flux: about 18 for 16 GB, 35 for 12 GB cards).", minimum=0, maximum=55),
+    _dit("cpu_offload_checkpointing", BOOL, False, "CPU offload checkpointing",
+         "Keep the activations the checkpoints hold on the CPU (with checkpointing on; not with blocks to swap).",
+         advanced=True),
 )
 # Settings of the Stable Diffusion families only: DDPM noise and SNR options, CLIP prompt options, SD2 / v-prediction
 # switches. The GUI hides them for another family; Check settings and the run name them when set for one.
@@ -553,6 +620,8 @@ SD_ONLY = frozenset({"v2", "v_parameterization", "clip_skip", "max_token_length"
                      "debiased_estimation_loss", "noise_offset", "noise_offset_random_strength", "adaptive_noise_scale",
                      "multires_noise_iterations", "multires_noise_discount", "weighted_captions"})
 SETTINGS = tuple(replace(s, families=SD) if s.name in SD_ONLY else s for s in SETTINGS) + FLUX_SETTINGS
+# SD3 and Anima name their separate VAE file with sd-scripts' vae setting
+SETTINGS = tuple(replace(s, families=SD + SD3 + ANIMA) if s.name == "vae" else s for s in SETTINGS)
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 # Parameters > Advanced in sections, as sd-scripts' documentation and the Kohya_ss GUI group them: section -> its
@@ -593,8 +662,14 @@ ADVANCED_SECTIONS: dict[str, tuple[str, ...]] = {
                      "huggingface_path_in_repo", "huggingface_token", "save_state_to_huggingface",
                      "resume_from_huggingface", "async_upload"),
     "Multi-GPU (accelerate)": ("num_processes",),
-    "Flux": ("tokenizer_cache_dir", "sigmoid_scale", "weighting_scheme", "logit_mean", "logit_std", "mode_scale",
-             "t5xxl_max_token_length", "apply_t5_attn_mask", "text_encoder_batch_size", "cpu_offload_checkpointing"),
+    "Flow-matching transformers": ("tokenizer_cache_dir", "sigmoid_scale", "weighting_scheme", "logit_mean",
+                                   "logit_std", "mode_scale", "t5xxl_max_token_length", "apply_t5_attn_mask",
+                                   "text_encoder_batch_size", "cpu_offload_checkpointing"),
+    "SD3": ("apply_lg_attn_mask", "clip_l_dropout_rate", "clip_g_dropout_rate", "t5_dropout_rate",
+            "pos_emb_random_crop_rate", "enable_scaled_pos_embed"),
+    "Anima": ("llm_adapter_path", "qwen3_max_token_length", "t5_max_token_length", "vae_chunk_size",
+              "vae_disable_cache"),
+    "Lumina 2": ("gemma2_max_token_length",),
 }
 SECTION_OF: dict[str, str] = {name: section for section, names in ADVANCED_SECTIONS.items() for name in names}
 

@@ -21,8 +21,8 @@ TAB_LABELS = {"model": "Model", "folders": "Folders", "basic": "Basic", "advance
 
 
 _NUMERIC = (S.INT, S.FLOAT, S.INT_OR_RATIO)
-# Flux.1 / Chroma's separate model files and model type (schema group "flux") sit with the base model on the Model tab
-MODEL_TAB_EXTRAS = frozenset({"ae", "clip_l", "t5xxl", "model_type"})
+# The transformers' separate model files and Flux's model type sit with the base model on the Model tab
+MODEL_TAB_EXTRAS = frozenset({"ae", "clip_l", "clip_g", "t5xxl", "qwen3", "gemma2", "model_type"})
 
 
 @dataclass(frozen=True)
