@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000  # sd-scripts builds its scheduler with 1000 train timesteps; timesteps = sigma * 1000
-TIMESTEP_SAMPLINGS = ("sigma", "uniform", "sigmoid", "shift", "flux_shift")
+TIMESTEP_SAMPLINGS = ("sigma", "uniform", "sigmoid", "shift", "flux_shift", "nextdit_shift")
 WEIGHTING_SCHEMES = ("uniform", "none", "logit_normal", "mode", "cosmap", "sigma_sqrt")
 PREDICTION_TYPES = ("raw", "additive", "sigma_scaled")
 SIGMA_FLOOR = 1e-7  # draws are kept above 0 so that sigma**-2 weighting and time_shift stay finite
@@ -179,6 +179,7 @@ def sample_sigmas(recipe: FlowRecipe, batch_size: int, latent_height: int, laten
     - sigmoid: sigmoid(sigmoid_scale * N(0, 1)) (logit-normal, x-flux style)
     - shift: that sigmoid draw, then discrete_shift with discrete_flow_shift
     - flux_shift: that sigmoid draw, then time_shift with mu of the packed token count (h/2)*(w/2)
+    - nextdit_shift (Lumina 2, sd-scripts' lumina_train_util): a uniform draw, then that same time_shift
     - sigma (sd-scripts' default): the scheduler table (shift = discrete_flow_shift) indexed by the weighting
       scheme's density, so discrete_flow_shift shifts it too although sd-scripts' docs say it is for "shift" only.
     A timestep range (min/max_timestep) then narrows the draw (limit_to_timestep_range; for "sigma" the table)."""
@@ -186,13 +187,13 @@ def sample_sigmas(recipe: FlowRecipe, batch_size: int, latent_height: int, laten
     if mode == "sigma":
         sigmas = _table_sigmas(recipe, batch_size, generator)
     else:
-        if mode == "uniform":
+        if mode in ("uniform", "nextdit_shift"):
             sigmas = _uniform(batch_size, generator)
         else:
             sigmas = _logit_normal_sigmas(recipe, batch_size, generator)
         if mode == "shift":
             sigmas = discrete_shift(sigmas, recipe.discrete_flow_shift)
-        elif mode == "flux_shift":
+        elif mode in ("flux_shift", "nextdit_shift"):
             sigmas = time_shift(shift_mu(packed_token_count(latent_height, latent_width)), sigmas)
         sigmas = limit_to_timestep_range(sigmas, recipe)
     return sigmas.clamp(SIGMA_FLOOR, 1.0).to(device=device, dtype=torch.float32)
