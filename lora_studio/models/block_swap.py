@@ -88,6 +88,11 @@ class SwapHandles:
             handle.remove()
 
 
+def swap_by_plan(plan: list[tuple[nn.ModuleList, int]], device) -> SwapHandles:
+    """Block swap of a transformer's ``swap_plan``: the last ``n`` of each block list."""
+    return SwapHandles([swap_blocks(blocks, n, device) for blocks, n in plan])
+
+
 def swap_blocks(blocks: list[nn.Module] | nn.ModuleList, count: int, device, pin_memory: bool = False) -> SwapHandle:
     """Keep the frozen weights of the last ``count`` blocks on the CPU; copy them to ``device`` for each forward of
     their block. ``device`` "cpu" works (the copies are no-ops; the hooks and counts run the same)."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from .family import AdapterTarget, Components, EstimateConstants, ModelFamily, Objective, PartFile
+from .dit import DIT_IGNORED, DiTFamily, decode_image
+from .family import AdapterTarget, Components, EstimateConstants, Objective, PartFile
 
 BFL_PREFIX = "model.diffusion_model."
 CLIP_REPO, T5_REPO = "openai/clip-vit-large-patch14", "google/t5-v1_1-xxl"
@@ -34,14 +35,13 @@ TYPE_DIMS = {"img_attn.qkv": "img_attn_dim", "img_attn.proj": "img_attn_dim", "i
              "img_mod.": "img_mod_dim", "txt_attn.qkv": "txt_attn_dim", "txt_attn.proj": "txt_attn_dim",
              "txt_mlp.": "txt_mlp_dim", "txt_mod.": "txt_mod_dim", "linear1": "single_dim", "linear2": "single_dim",
              "modulation.": "single_mod_dim"}
-SD_ERA = "a DDPM-noise option; flow matching has no SNR schedule (sd-scripts ignores it for Flux too)"
 
 
 def strip_prefix(keys) -> list[str]:
     return [k.removeprefix(BFL_PREFIX) for k in keys]
 
 
-class FluxFamily(ModelFamily):
+class FluxFamily(DiTFamily):
     """Flux.1 dev; ``FluxSchnell`` and ``Chroma`` change what differs."""
 
     name = "flux-dev"
@@ -49,24 +49,26 @@ class FluxFamily(ModelFamily):
     base_model_version = "flux1"
     model_description = "dev"  # modelspec.architecture "flux-1-dev/lora"
     modelspec_implementation = "https://github.com/black-forest-labs/flux"
-    pixel_multiple = 16
-    denoiser_title = "transformer"
-    snr_schedule = False  # rectified flow: no DDPM schedule
+    checkpoint_prefixes = (BFL_PREFIX,)
     separate_files = {"ae": "autoencoder (ae.safetensors)", "clip_l": "CLIP-L text encoder (clip_l.safetensors)",
                       "t5xxl": "T5-XXL text encoder (t5xxl_fp16.safetensors)"}
     part_files = {"ae": PartFile(("vae",), ("ae.safetensors", "flux_ae.safetensors"), ("ae",)),
                   "clip_l": PartFile(("clip", "text_encoders"), ("clip_l.safetensors",), ("clip_l", "clip-l", "clipl")),
                   "t5xxl": PartFile(("text_encoders", "clip"), ("t5xxl_fp16.safetensors",
                                                                 "t5xxl_fp8_e4m3fn.safetensors"), ("t5",))}
-    ignored_settings = {name: SD_ERA for name in (
-        "min_snr_gamma", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "debiased_estimation_loss",
-        "noise_offset", "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
-        "zero_terminal_snr", "v_parameterization")}
-    ignored_settings.update({
-        "clip_skip": "Flux reads CLIP-L's pooled output and T5's last layer (sd-scripts ignores clip_skip too)",
-        "max_token_length": "Flux's T5 length is t5xxl_max_token_length", "v2": "a Stable Diffusion 2 switch",
-        "vae": "Flux's autoencoder is the ae setting", "weighted_captions": "sd-scripts' Flux training reads no "
-        "emphasis; write the caption as it should be read"})
+    part_checks = {"ae": ("flux_parts.is_flux_ae", "a Flux autoencoder (ae.safetensors)"),
+                   "clip_l": ("flux_parts.is_clip_l", "a CLIP-L text encoder (clip_l.safetensors)"),
+                   "t5xxl": ("flux_parts.is_t5", "a T5-XXL encoder (t5xxl_fp16.safetensors)")}
+    ignored_settings = {**DIT_IGNORED, "vae": "Flux's autoencoder is the ae setting"}
+    block_pattern = r"(double_blocks|single_blocks)\.(\d+)\."
+    # the separate text-encoder files, the LoRA prefix of their modules (sd-scripts' networks.lora_flux) and the
+    # layers LoRA trains in them: CLIP-L's attention and MLP, T5's attention and gated MLP
+    text_encoder_lora_prefixes = {"clip_l": "lora_te1_", "t5xxl": "lora_te3_"}
+    te_target_patterns = {"clip_l": r"encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$",
+                          "t5xxl": r"encoder\.block\.\d+\.layer\.\d+\.(SelfAttention\.[qkvo]|"
+                                   r"DenseReluDense\.(wi_0|wi_1|wi|wo))$"}
+    lora_path_prefixes = ("diffusion_model.", "double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.",
+                          "vector_in.", "guidance_in.", "final_layer.", "distilled_guidance_layer.")
     uses_clip = True
     guidance_embed = True
     # Flux.1 at 1024 px: 4096 image + 512 text tokens through 19 double and 38 single blocks of width 3072 (Chroma:
@@ -90,12 +92,6 @@ class FluxFamily(ModelFamily):
     def matches_diffusers(self, model_index, unet_config):
         return model_index.get("_class_name") == "FluxPipeline" and bool(unet_config.get("guidance_embeds", True))
 
-    def check_flags(self, v2, source):
-        from ..errors import UserError
-
-        if v2:
-            raise UserError(f"{source} is a {self.title} model but the config sets v2 = true; remove v2")
-
     def check_model_type(self, model_type: str | None, source: str) -> None:
         """sd-scripts' model_type (flux / chroma) against what the weights are."""
         from ..errors import UserError
@@ -105,38 +101,12 @@ class FluxFamily(ModelFamily):
             raise UserError(f"model_type = {model_type!r}, but {source} is a {self.title} model; set model_type = "
                             f"{wanted!r} or leave it empty (LoRA Studio tells them apart from the weights)")
 
-    def is_part_file(self, setting, tensors):
-        """The right tensor names (``flux_parts``' is_flux_ae / is_clip_l / is_t5), float8 only as e4m3fn and no
-        "scaled" fp8 T5 (the loaders refuse the others)."""
-        from . import flux_parts
-
-        keys = list(tensors)
-        test = getattr(flux_parts, PART_CHECKS[setting][0])
-        if not test(keys):
-            return False
-        if any(str(v.get("dtype", "")).startswith("F8") and v.get("dtype") != "F8_E4M3" for v in tensors.values()):
-            return False
-        return not any(k.endswith("scaled_fp8") or k.endswith(".scale_weight") for k in keys)
-
-    def check_settings(self, cfg) -> list[tuple[str, str]]:
-        """Check settings and the run's start: the family's own requirements (a UserError names the setting) and
-        the recommended values it will use, as (setting, message) warnings."""
+    def family_checks(self, cfg) -> list[tuple[str, str]]:
+        """model_type against the weights, Chroma's required mask and guidance, and the recommended values it will
+        use, as (setting, message) warnings."""
         from ..errors import UserError
 
-        source = cfg.pretrained_model_name_or_path
-        self.check_model_type(cfg.model_type, source)
-        if cfg.blocks_to_swap and cfg.cpu_offload_checkpointing:
-            raise UserError("blocks_to_swap and cpu_offload_checkpointing cannot be used together (as in sd-scripts); "
-                            "turn one off")
-        if cfg.blocks_to_swap and cfg.torch_compile and cfg.dynamo_mode in ("reduce-overhead", "max-autotune"):
-            raise UserError(f"dynamo_mode {cfg.dynamo_mode} replays CUDA graphs at fixed memory addresses, and "
-                            "blocks_to_swap moves blocks in and out of the GPU every step: turn one off (or use "
-                            "dynamo_mode default / max-autotune-no-cudagraphs)")
-        if not Path(str(source)).expanduser().is_dir():
-            self._require_files({name: getattr(cfg, name) for name in self.separate_files}, source)
-        for name in self.separate_files:
-            if getattr(cfg, name):
-                check_part_file(name, Path(getattr(cfg, name)).expanduser())
+        self.check_model_type(cfg.model_type, cfg.pretrained_model_name_or_path)
         notes = []
         if isinstance(self, Chroma):
             if cfg.apply_t5_attn_mask is False:
@@ -233,23 +203,6 @@ class FluxFamily(ModelFamily):
         files = sorted((Path(folder) / part).glob("*.safetensors"))
         return files[0] if len(files) == 1 else None
 
-    def _require_files(self, paths: dict, source: str) -> None:
-        from ..errors import UserError
-
-        missing = [name for name, path in paths.items() if not path and (name != "clip_l" or self.uses_clip)]
-        if missing:
-            raise UserError(f"{missing[0]}: {source} is a {self.title} transformer; it trains with its other parts in "
-                            "their own files: set " + ", ".join(f"{n} (the {self.separate_files[n]})" for n in missing))
-        for name, path in paths.items():
-            if path and not Path(path).expanduser().is_file():
-                raise UserError(f"{name}: not found: {path}")
-
-    @staticmethod
-    def _files_identity(paths) -> str:
-        from ..file_hashes import cached_sha256
-
-        return "|".join(cached_sha256(Path(p).expanduser()) for p in paths)
-
     # ---- adapters
     def network_args(self):
         from ..config.network_args import FLUX_ARGS
@@ -295,61 +248,6 @@ class FluxFamily(ModelFamily):
     def _is_clip(encoder) -> bool:
         return type(encoder).__name__.startswith("CLIP")
 
-    def denoiser_lora_stem(self, module_path, components):
-        return "lora_unet_" + module_path.replace(".", "_")
-
-    def lora_names(self, components):
-        """``lora_unet_`` + every BFL module path (sd-scripts, ComfyUI's native names), the bare and
-        ``diffusion_model.`` paths (ComfyUI accepts both), and the text encoders' sd-scripts names."""
-        from torch import nn
-
-        from .family import TargetSpec
-
-        table = {}
-        for path, module in components.denoiser.named_modules():
-            if path and isinstance(module, nn.Linear):
-                for name in ("lora_unet_" + path.replace(".", "_"), path, "diffusion_model." + path):
-                    table.setdefault(name, module)
-        for target in self.adapter_targets(components, False, True, TargetSpec(t5=True)):
-            table[target.stem] = target.module
-        return table
-
-    def lora_block_index(self, stem):
-        """Flux has no U-Net block numbering; block-wise LoRA uses train_double_block_indices /
-        train_single_block_indices instead (sd-scripts)."""
-        return -1
-
-    def place_denoiser(self, components, cfg, device, dtype):
-        """The transformer in the training dtype on the device, but for blocks_to_swap of its blocks, which stay on
-        the CPU (sd-scripts' split: N // 2 double, 2 x (N - N // 2) single blocks) and come in as they run once
-        ``finish_placing`` turns block swap on."""
-        model = components.denoiser
-        count = int(getattr(cfg, "blocks_to_swap", None) or 0)
-        model.to(dtype)
-        if not count:
-            model.to(device)
-            return
-        swapped = set()
-        doubles, singles = count // 2, (count - count // 2) * 2
-        for blocks, n in ((model.double_blocks, doubles), (model.single_blocks, singles)):
-            swapped |= {id(p) for block in list(blocks)[len(blocks) - n:] for p in block.parameters()}
-        for module in model.modules():  # everything but the swapped blocks' weights on the device
-            for name, param in list(module.named_parameters(recurse=False)):
-                if id(param) not in swapped:
-                    param.data = param.data.to(device)
-            for name, buffer in list(module.named_buffers(recurse=False)):
-                module._buffers[name] = buffer.to(device)
-
-    def finish_placing(self, components, cfg, device):
-        """Block swap from here (after fp8_base stored the weights: the swapped blocks keep theirs in float8)."""
-        count = int(getattr(cfg, "blocks_to_swap", None) or 0)
-        if count:
-            components.denoiser.block_swap = components.denoiser.enable_block_swap(count, device)
-
-    def enable_gradient_checkpointing(self, components, cfg) -> None:
-        components.denoiser.enable_gradient_checkpointing(cpu_offload=bool(getattr(cfg, "cpu_offload_checkpointing",
-                                                                                   False)))
-
     # ---- prompts
     def prompt_options(self, settings):
         length = getattr(settings, "t5xxl_max_token_length", None) or self.default_t5_length
@@ -373,23 +271,8 @@ class FluxFamily(ModelFamily):
                               options["apply_t5_attn_mask"], device)
 
     # ---- objective
-    def flow_recipe(self, cfg):
-        from .flow_matching import FlowRecipe
-
-        return FlowRecipe(
-            timestep_sampling=getattr(cfg, "timestep_sampling", None) or self.default_sampling,
-            sigmoid_scale=float(getattr(cfg, "sigmoid_scale", None) or 1.0),
-            discrete_flow_shift=float(getattr(cfg, "discrete_flow_shift", None) or 3.1582),
-            weighting_scheme=getattr(cfg, "weighting_scheme", None) or "uniform",
-            logit_mean=float(getattr(cfg, "logit_mean", 0.0) or 0.0),
-            logit_std=float(getattr(cfg, "logit_std", 1.0) or 1.0),
-            mode_scale=float(getattr(cfg, "mode_scale", 1.29) or 1.29),
-            model_prediction_type=getattr(cfg, "model_prediction_type", None) or "raw",
-            min_timestep=getattr(cfg, "min_timestep", None), max_timestep=getattr(cfg, "max_timestep", None),
-            ip_noise_gamma=getattr(cfg, "ip_noise_gamma", None),
-            ip_noise_gamma_random_strength=bool(getattr(cfg, "ip_noise_gamma_random_strength", False)))
-
     default_sampling = "shift"  # sd-scripts' docs: shift 3.1582, raw prediction, guidance 1.0 for dev LoRA
+    default_shift = 3.1582
 
     def guidance(self, cfg) -> float | None:
         """The guidance vector's value in training (dev: sd-scripts' docs say 1.0), None without guidance_in."""
@@ -400,17 +283,6 @@ class FluxFamily(ModelFamily):
         return FlowObjective(self.flow_recipe(cfg), self.guidance(cfg) if self.guidance_embed else None,
                              chroma=isinstance(self, Chroma),
                              apply_t5_mask=self.prompt_options(cfg)["apply_t5_attn_mask"])
-
-    # ---- latents
-    def vae_scale_and_shift(self, vae):
-        return float(vae.config.scaling_factor), float(vae.config.shift_factor)
-
-    def vae_needs_float32(self, precision, no_half_vae):
-        return precision == "no" or no_half_vae
-
-    # ---- sample images
-    def samplers(self):
-        return ("euler",)
 
     def render(self, components, prompt, sampler, options, device, dtype, seed, output_type="pil"):
         """sd-scripts' Flux sampling: Euler over the shifted schedule (unshifted for schnell); dev gets the
@@ -450,20 +322,14 @@ class FluxFamily(ModelFamily):
     def architecture(self, v_parameterization):
         return f"flux-1-{self.model_description}/lora"
 
-    def modelspec_prediction_type(self, v_parameterization):
-        return None  # sd-scripts stamps none on Flux files (a flow model)
-
     def metadata(self, cfg):
         """sd-scripts' FluxNetworkTrainer.update_metadata keys, with the values this run used."""
         recipe = self.flow_recipe(cfg)
         return {"ss_model_type": "chroma" if isinstance(self, Chroma) else "flux",
                 "ss_apply_t5_attn_mask": self.prompt_options(cfg)["apply_t5_attn_mask"],
-                "ss_weighting_scheme": recipe.weighting_scheme, "ss_logit_mean": recipe.logit_mean,
-                "ss_logit_std": recipe.logit_std, "ss_mode_scale": recipe.mode_scale,
+                **self.recipe_metadata(cfg),
                 "ss_guidance_scale": self.guidance(cfg) if self.guidance_embed else None,
-                "ss_timestep_sampling": recipe.timestep_sampling, "ss_sigmoid_scale": recipe.sigmoid_scale,
                 "ss_model_prediction_type": recipe.model_prediction_type,
-                "ss_discrete_flow_shift": recipe.discrete_flow_shift,
                 "ss_t5xxl_max_token_length": self.prompt_options(cfg)["t5xxl_max_token_length"]}
 
     # ---- estimate
@@ -506,20 +372,6 @@ class FluxFamily(ModelFamily):
 
     # ---- tools (lora inspect / convert / extract / merge into a checkpoint)
     # They work from file headers and read tensor by tensor: a 24 GB transformer is never built or held whole.
-    # The BFL paths a LoRA file may name as they are (ComfyUI reads the bare path and ``diffusion_model.`` + path),
-    # besides sd-scripts' ``lora_unet_`` / ``lora_te1_`` / ``lora_te3_`` names.
-    lora_path_prefixes = ("diffusion_model.", "double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.",
-                          "vector_in.", "guidance_in.", "final_layer.", "distilled_guidance_layer.")
-    # the separate text-encoder files and the LoRA prefix of their modules (sd-scripts' networks.lora_flux)
-    text_encoder_lora_prefixes = {"clip_l": "lora_te1_", "t5xxl": "lora_te3_"}
-
-    @staticmethod
-    def kohya_stem(stem: str) -> str:
-        """sd-scripts' name of a module that a file names by its BFL path (bare or after ``diffusion_model.``)."""
-        if stem.startswith("lora_"):
-            return stem
-        return "lora_unet_" + stem.removeprefix("diffusion_model.").replace(".", "_")
-
     def lora_file_fits(self, stems) -> bool:
         """Whether a LoRA file's module names can be this variant's: the double / single block layout, and no module
         only another variant has (Chroma has no CLIP-L, no per-block modulation and no time / vector / guidance input;
@@ -536,13 +388,12 @@ class FluxFamily(ModelFamily):
         return not chroma_only and (self.guidance_embed or not any(n.startswith("lora_unet_guidance_in_")
                                                                    for n in names))
 
-    @staticmethod
-    def lora_module_type(stem: str) -> str:
+    def lora_module_type(self, stem: str) -> str:
         """A module's type across blocks: "double img_attn_qkv", "single linear1", "input time_in_in_layer",
         "te1 (CLIP-L)", "te3 (T5)"."""
         import re
 
-        name = FluxFamily.kohya_stem(stem)
+        name = self.kohya_stem(stem)
         match = re.match(r"lora_unet_(double|single)_blocks_\d+_(.+)", name)
         if match:
             return f"{match[1]} {match[2]}"
@@ -632,46 +483,6 @@ class FluxFamily(ModelFamily):
             diffusers = "yes"
         return {"ComfyUI": "yes", "Forge": "yes", "AUTOMATIC1111": f"no: it has no {self.title}",
                 "diffusers": diffusers}
-
-    @staticmethod
-    def module_path(key: str) -> str:
-        """The BFL module path of a transformer weight key (``model.diffusion_model.`` and ``.weight`` taken off)."""
-        return key.removeprefix(BFL_PREFIX).removesuffix(".weight")
-
-    def lora_weight_keys(self, part: str, keys, targets_only: bool = False) -> dict[str, str]:
-        """LoRA stem -> the weight key it changes in a file of ``part`` ("transformer", "clip_l", "t5xxl") from that
-        file's keys (BFL names, with or without ``model.diffusion_model.``; transformers' names for CLIP-L and T5).
-        Every name a file may use (``lora_names``' aliases), or with ``targets_only`` one sd-scripts name per layer
-        LoRA trains (what ``extract`` writes: the blocks' Linears; CLIP-L's attention and MLP; T5's attention and gated
-        MLP)."""
-        import re
-
-        table = {}
-        for key in keys:
-            if not key.endswith(".weight"):
-                continue
-            path = key.removesuffix(".weight")
-            if part == "transformer":
-                path = path.removeprefix(BFL_PREFIX)
-                if targets_only and not path.startswith(TARGET_BLOCKS) or ".norm." in path:
-                    continue
-                names = ["lora_unet_" + path.replace(".", "_")] + ([] if targets_only else
-                                                                   [path, "diffusion_model." + path])
-            elif part == "clip_l":
-                if targets_only and not re.search(r"encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$",
-                                                  path):
-                    continue
-                names = ["lora_te1_" + path.replace(".", "_")]
-            elif part == "t5xxl":
-                if targets_only and not re.search(r"encoder\.block\.\d+\.layer\.\d+\.(SelfAttention\.[qkvo]|"
-                                                  r"DenseReluDense\.(wi_0|wi_1|wi|wo))$", path):
-                    continue
-                names = ["lora_te3_" + path.replace(".", "_")]
-            else:
-                raise ValueError(f"unknown part {part!r}")
-            for name in names:
-                table.setdefault(name, key)
-        return table
 
     def diffusers_lora_modules(self, bfl_path: str, out_features: int, in_features: int) -> list[tuple[str, int]]:
         """The diffusers modules (under ``transformer.``) a BFL Linear's outputs are, with their row counts, in row
@@ -858,21 +669,6 @@ class FlowObjective(Objective):
         raise UserError("huber_schedule = \"snr\" needs a DDPM noise schedule; with Flux use constant or exponential")
 
 
-def decode_image(vae, latents, scale_and_shift, output_type: str = "pil"):
-    """Latents back to an image: undo the family's normalisation, decode, map [-1, 1] to [0, 1]."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    scale, shift = scale_and_shift
-    with torch.no_grad():
-        decoded = vae.decode((latents / scale + shift).to(next(vae.parameters()).dtype)).sample
-    array = ((decoded[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
-    if output_type == "np":
-        return array
-    return Image.fromarray((array * 255).round().astype(np.uint8))
-
-
 def t5_layers(t5) -> list[tuple[str, object]]:
     """(LoRA stem, module) of T5's attention and gated MLP Linears with sd-scripts' ``lora_te3_`` names (the
     module path under the encoder, e.g. ``lora_te3_encoder_block_0_layer_0_SelfAttention_q``)."""
@@ -1008,26 +804,3 @@ class _LazyUnion(Mapping):
 
     def __len__(self):
         return len(self._views)
-
-
-PART_CHECKS = {"ae": ("is_flux_ae", "a Flux autoencoder (ae.safetensors)"),
-               "clip_l": ("is_clip_l", "a CLIP-L text encoder (clip_l.safetensors)"),
-               "t5xxl": ("is_t5", "a T5-XXL encoder (t5xxl_fp16.safetensors)")}
-
-
-def check_part_file(setting: str, path: Path) -> None:
-    """The file a separate-part setting names is that part, from its header only (torch-free): a swapped file is
-    named before the run starts."""
-    from ..errors import UserError
-    from ..io_utils import SafetensorsFormatError, read_safetensors_header
-    from . import flux_parts
-
-    if not path.is_file():
-        raise UserError(f"{setting}: not found: {path}")
-    try:
-        header = read_safetensors_header(path, setting)
-    except SafetensorsFormatError as exc:
-        raise UserError(f"{exc}; {setting} needs a .safetensors file") from None
-    test, what = PART_CHECKS[setting]
-    if not getattr(flux_parts, test)(list(header.tensors)):
-        raise UserError(f"{setting}: {path.name} is not {what}; is it the right file for this setting?")

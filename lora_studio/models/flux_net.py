@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
-from .block_swap import SwapHandles, swap_blocks
+from .block_swap import SwapHandles, swap_by_plan
 
 TIME_EMBED_DIM = 256  # BFL's timestep_embedding width for time_in / guidance_in
 BFL_PREFIX = "model.diffusion_model."  # the prefix of a DiT inside a full (ComfyUI-style) checkpoint
@@ -315,17 +315,20 @@ class FluxTransformer(nn.Module):
         self.gradient_checkpointing = False
         self.cpu_offload_checkpointing = False
 
-    def enable_block_swap(self, count: int, device) -> SwapHandles:
+    def swap_plan(self, count: int) -> list[tuple[nn.ModuleList, int]]:
         """sd-scripts' --blocks_to_swap N: N // 2 double blocks and (N - N // 2) * 2 single blocks (the last ones)
-        stay on the CPU (``Flux.enable_block_swap``; at most all but 2 of each). Returns a handle with ``remove()``."""
+        stay on the CPU (``Flux.enable_block_swap``; at most all but 2 of each)."""
         doubles, singles = count // 2, (count - count // 2) * 2
         if count < 0:
             raise UserError(f"blocks_to_swap must be 0 or more, not {count}")
         if doubles > len(self.double_blocks) - 2 or singles > len(self.single_blocks) - 2:
             raise UserError(f"blocks_to_swap {count} is too many for {len(self.double_blocks)} double and "
                             f"{len(self.single_blocks)} single blocks (each keeps at least 2 on the device)")
-        return SwapHandles([swap_blocks(self.double_blocks, doubles, device),
-                            swap_blocks(self.single_blocks, singles, device)])
+        return [(self.double_blocks, doubles), (self.single_blocks, singles)]
+
+    def enable_block_swap(self, count: int, device) -> SwapHandles:
+        """Block swap of ``swap_plan(count)``; returns a handle with ``remove()``."""
+        return swap_by_plan(self.swap_plan(count), device)
 
     def forward(self, img: Tensor, img_ids: Tensor, txt: Tensor, txt_ids: Tensor, timesteps: Tensor,
                 y: Tensor | None = None, guidance: Tensor | None = None, txt_mask: Tensor | None = None) -> Tensor:

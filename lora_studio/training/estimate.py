@@ -291,9 +291,9 @@ def _network_arg_on(cfg: Config, name: str) -> bool:
 
 @dataclass
 class BlockSwap:
-    """blocks_to_swap as the engine does it (``FluxFamily.place_denoiser``, sd-scripts' split): the last N // 2
-    double and 2 x (N - N // 2) single blocks keep their frozen weights in RAM, each copied in just before it runs.
-    With gradient checkpointing one block is on the device at a time; without it the copies stay until the
+    """blocks_to_swap as the engine does it (the denoiser's ``swap_plan``, sd-scripts' split): for Flux the last
+    N // 2 double and 2 x (N - N // 2) single blocks, for a transformer of one kind of block its last N, keep their
+    frozen weights in RAM, each copied in just before it runs. With gradient checkpointing one block is on the device at a time; without it the copies stay until the
     backward (the saved tensors hold them), so nothing is saved."""
     swapped_bytes: float  # the swapped blocks' weights (in RAM)
     device_saving: float  # what it takes off the device's peak in training
@@ -304,7 +304,10 @@ class BlockSwap:
         if not count or not size.blocks:
             return cls(0.0, 0.0)
         (doubles, double_size), (singles, single_size) = size.blocks["double"], size.blocks["single"]
-        n_double, n_single = min(count // 2, doubles), min((count - count // 2) * 2, singles)
+        if singles:  # Flux's split (sd-scripts): N // 2 double and 2 x (N - N // 2) single blocks
+            n_double, n_single = min(count // 2, doubles), min((count - count // 2) * 2, singles)
+        else:  # one kind of block (SD3, Anima, Lumina 2): the last N
+            n_double, n_single = min(count, doubles), 0
         swapped = (n_double * double_size + n_single * single_size) * bytes_per_weight
         in_flight = (double_size if n_double else single_size) * bytes_per_weight
         return cls(swapped, swapped - in_flight if cfg.gradient_checkpointing else 0.0)
