@@ -16,6 +16,11 @@ Each network module reads the arguments its sd-scripts (or LyCORIS) namesake rea
 - Flux.1 / Chroma (sd-scripts' ``networks.lora_flux``, also accepted as ``network_module``): ``train_blocks``,
   ``in_dims``, the per-type dims (``img_attn_dim`` ... ``single_mod_dim``), ``train_double_block_indices``,
   ``train_single_block_indices``, ``split_qkv``, ``train_t5xxl``; the Flux family reads them (``models.flux``).
+- SD3 / SD3.5 (``networks.lora_sd3``): ``context_attn_dim`` ... ``x_mod_dim``, ``emb_dims``, ``train_block_indices``,
+  ``split_qkv``, ``train_t5xxl``; Anima (``networks.lora_anima``): ``train_llm_adapter``, ``include_patterns``,
+  ``exclude_patterns``, ``network_reg_dims``, ``network_reg_lrs``; Lumina 2 (``networks.lora_lumina``): ``attn_dim``,
+  ``mlp_dim``, ``mod_dim``, ``refiner_dim``, ``embedder_dims``, ``train_blocks``, ``split_qkv``. Each family reads its
+  own (``ModelFamily.network_args``) and refuses another's.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from ..models.family import TargetSpec
 from .values import parse_key_values
 
 LYCORIS_MODULE = "lycoris.kohya"
-LORA_MODULES = ("networks.lora", "lora_studio.lora", "networks.lora_flux")
+# sd-scripts' per-family LoRA modules are LoRA here too: the family decides the modules and names
+LORA_MODULES = ("networks.lora", "lora_studio.lora", "networks.lora_flux", "networks.lora_sd3", "networks.lora_anima",
+                "networks.lora_lumina")
 NETWORK_MODULES = LORA_MODULES + ("networks.lora_fa", "networks.dylora", LYCORIS_MODULE)
 ALGOS = ("lora", "locon", "loha", "lokr", "ia3", "dylora", "glora", "diag-oft", "boft", "full")
 FULL_MATRIX_DIM = 100000  # a rank this large means "no factorisation" to LyCORIS's LoKr
@@ -46,7 +53,14 @@ BLOCK_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_
 FLUX_ARGS = ("train_blocks", "in_dims", "img_attn_dim", "txt_attn_dim", "img_mlp_dim", "txt_mlp_dim", "img_mod_dim",
              "txt_mod_dim", "single_dim", "single_mod_dim", "train_double_block_indices", "train_single_block_indices",
              "split_qkv", "train_t5xxl", "verbose")
-SUPPORTED = {**{m: _LORA_ARGS + BLOCK_ARGS + FLUX_ARGS for m in LORA_MODULES + ("networks.lora_fa",)},
+SD3_ARGS = ("context_attn_dim", "context_mlp_dim", "context_mod_dim", "x_attn_dim", "x_mlp_dim", "x_mod_dim",
+            "emb_dims", "train_block_indices", "split_qkv", "train_t5xxl", "verbose")
+ANIMA_ARGS = ("train_llm_adapter", "include_patterns", "exclude_patterns", "network_reg_dims", "network_reg_lrs",
+              "verbose")
+LUMINA_ARGS = ("attn_dim", "mlp_dim", "mod_dim", "refiner_dim", "embedder_dims", "train_blocks", "split_qkv", "verbose")
+# every family's own arguments (each family reads its own tuple and refuses the others)
+FAMILY_ARGS = tuple(dict.fromkeys(FLUX_ARGS + SD3_ARGS + ANIMA_ARGS + LUMINA_ARGS))
+SUPPORTED = {**{m: _LORA_ARGS + BLOCK_ARGS + FAMILY_ARGS for m in LORA_MODULES + ("networks.lora_fa",)},
              "networks.dylora": ("conv_dim", "conv_alpha", "unit") + LORAPLUS,
              LYCORIS_MODULE: _LORA_ARGS + ("algo", "dora_wd", "factor", "preset", "constraint", "block_size",
                                            "wd_on_output", "disable_conv_cp", "dropout")
@@ -206,7 +220,7 @@ def parse_network_args(items: list[str] | None, network_module: str = "networks.
         ratios[name] = None if value is None else float(value)
     # sd-scripts: the part's own ratio, else loraplus_lr_ratio
     args = replace(args, blocks=tuple((k, values[k]) for k in BLOCK_ARGS if k in values),
-                   family_args=tuple((k, values[k]) for k in FLUX_ARGS if k in values),
+                   family_args=tuple((k, values[k]) for k in FAMILY_ARGS if k in values),
                    loraplus_unet=ratios["loraplus_unet_lr_ratio"] or ratios["loraplus_lr_ratio"],
                    loraplus_text_encoder=ratios["loraplus_text_encoder_lr_ratio"] or ratios["loraplus_lr_ratio"])
     problem = lycoris_rank_problem("conv_dim", conv_dim, args) if conv_dim else None

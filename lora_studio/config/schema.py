@@ -194,9 +194,10 @@ SETTINGS: tuple[Setting, ...] = (
        "networks.lora: LoRA (LoCon with conv_dim in Network args). networks.lora_fa: LoRA-FA (only the up weights "
        "train). networks.dylora: DyLoRA (unit=N in Network args). lycoris.kohya: the LyCORIS types, chosen with "
        "algo=locon|loha|lokr|ia3|dylora|glora|diag-oft|boft|full in Network args (dora_wd=true for DoRA). "
-       "networks.lora_flux: sd-scripts' name of LoRA for Flux (the same as networks.lora here).",
-       "network", choices=("networks.lora", "lora_studio.lora", "networks.lora_flux", "networks.lora_fa",
-                           "networks.dylora",
+       "networks.lora_flux, lora_sd3, lora_anima, lora_lumina: sd-scripts' names of LoRA for Flux, SD3, Anima and "
+       "Lumina 2 (the same as networks.lora here: the model decides the modules).",
+       "network", choices=("networks.lora", "lora_studio.lora", "networks.lora_flux", "networks.lora_sd3",
+                           "networks.lora_anima", "networks.lora_lumina", "networks.lora_fa", "networks.dylora",
                            "lycoris.kohya"), advanced=True),
     _s("network_dim", INT, 4, "Network Rank (Dimension)",
        "Rank of each adapter: capacity and file size. 100000 with LyCORIS LoKr: a full-matrix LoKr.", "network",

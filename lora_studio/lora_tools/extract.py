@@ -162,7 +162,7 @@ def _extract_streamed(family, model: Path, tuned: Path, out: Path, dim: int, cla
                 tensors[f"{stem}.alpha"] = torch.tensor(float(down.shape[0]))
     phase("writing")
     net_args = {"train_t5xxl": "True"} if any(k.startswith("lora_te3_") for k in tensors) else {}
-    metadata = {"ss_base_model_version": family.base_model_version, "ss_network_module": "networks.lora_flux",
+    metadata = {"ss_base_model_version": family.base_model_version, "ss_network_module": family.lora_module,
                 "ss_network_dim": str(dim), "ss_network_alpha": str(float(dim)),
                 "ss_network_args": json.dumps(net_args), "ss_output_name": out.stem, "modelspec.title": out.stem,
                 "modelspec.architecture": family.architecture(False),

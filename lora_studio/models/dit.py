@@ -40,6 +40,7 @@ class DiTFamily(ModelFamily):
     ignored_settings = DIT_IGNORED
     base_model_version = ""  # ss_base_model_version, as sd-scripts writes it
     modelspec_implementation = ""
+    lora_module = "networks.lora"  # sd-scripts' LoRA network module for the family (ss_network_module of extract)
     # the prefixes a transformer's keys may carry in a checkpoint (ComfyUI's full checkpoints, Anima's net.)
     checkpoint_prefixes: tuple[str, ...] = ("model.diffusion_model.",)
     # setting -> ("module.function" under lora_studio.models: a torch-free test of a header's tensor names, what the

@@ -50,6 +50,7 @@ class FluxFamily(DiTFamily):
     model_description = "dev"  # modelspec.architecture "flux-1-dev/lora"
     modelspec_implementation = "https://github.com/black-forest-labs/flux"
     checkpoint_prefixes = (BFL_PREFIX,)
+    lora_module = "networks.lora_flux"
     separate_files = {"ae": "autoencoder (ae.safetensors)", "clip_l": "CLIP-L text encoder (clip_l.safetensors)",
                       "t5xxl": "T5-XXL text encoder (t5xxl_fp16.safetensors)"}
     part_files = {"ae": PartFile(("vae",), ("ae.safetensors", "flux_ae.safetensors"), ("ae",)),

@@ -296,8 +296,9 @@ class LoRANetwork(nn.Module):
         self.block_of: dict[str, int] = {}
         foreign = [name for name, _ in args.family_args if name not in family.network_args()]
         if foreign:
-            raise UserError(f"network_args: {', '.join(foreign)} are Flux arguments (sd-scripts' networks.lora_flux); "
-                            f"{family.title} does not read them")
+            raise UserError(f"network_args: {', '.join(foreign)}: arguments of another model family's sd-scripts "
+                            f"network module (networks.lora_flux, lora_sd3, lora_anima, lora_lumina); {family.title} "
+                            "does not read them")
         # The family says which modules get adapters and their names (and, block-wise, each one's block).
         for target in family.adapter_targets(components, train_unet, train_text_encoder, args.targets()):
             block = family.lora_block_index(target.stem) if target.text_encoder is None else -1
@@ -321,7 +322,8 @@ class LoRANetwork(nn.Module):
             raise RuntimeError(f"two modules map to the LoRA name {stem}")
         args = self.args or NetworkArgs()
         if split and (norm or _uses_lycoris(args) or args.module in ("networks.dylora", "networks.lora_fa")):
-            raise UserError("split_qkv trains LoRA (networks.lora / networks.lora_flux) only, as in sd-scripts")
+            raise UserError("split_qkv trains LoRA (networks.lora or the family's sd-scripts LoRA module) only, as in "
+                            "sd-scripts")
         if norm or _uses_lycoris(args):
             adapter = lycoris_adapter(stem, module, rank, alpha, dropout, args, norm)
         elif args.module == "networks.dylora":

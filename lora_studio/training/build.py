@@ -240,7 +240,7 @@ def cache_latents(c: Components, data, cfg: Config, device: torch.device, seed: 
 
 def cache_text_encoder_outputs(c: Components, data, cfg: Config, trained: Trained, device: torch.device,
                                precision: Precision, accelerator) -> dict:
-    check_te_cache_allowed(cfg, trained.text_encoder, data)
+    check_te_cache_allowed(cfg, trained.text_encoder, data, c.family)
     folders = {}
     for i, item in enumerate(data.items):
         folders.setdefault(data.caption_for(i, 0, (0,)), item.path.parent)

@@ -47,7 +47,8 @@ class BatchLoss:
 
     def condition(self, batch: dict) -> dict:
         if self.te_cache is not None:
-            cond = cached_condition(self.te_cache, batch["captions"], self.device)
+            cond = cached_condition(self.te_cache, batch["captions"], self.device,
+                                    getattr(self.family, "drop_cached_condition", None))
         else:
             with torch.set_grad_enabled(self.train_text_encoder), self.precision.autocast(self.device):
                 cond = self.family.encode_prompt(self.components, batch["captions"], self.device, self.prompt_options,

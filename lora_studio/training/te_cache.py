@@ -1,7 +1,9 @@
 """Text-encoder outputs computed once per caption (cache_text_encoder_outputs), in memory or on disk.
 
 Only valid when the text encoders are frozen and every caption is fixed (no shuffling or dropout), as in
-sd-scripts; both are checked before anything is encoded.
+sd-scripts; both are checked before anything is encoded. A family that can drop a cached condition
+(``drop_cached_condition``: Anima, as sd-scripts' drop_cached_text_encoder_outputs) keeps whole-caption dropout:
+a dropped caption ("") becomes that family's empty condition.
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ from ..data.images import CACHE_FOLDER
 log = logging.getLogger(__name__)
 
 
-def check_te_cache_allowed(cfg: Config, train_te: bool, data) -> None:
+WHOLE_CAPTION_DROPOUT = ("caption_dropout_rate", "caption_dropout_every_n_epochs")
+
+
+def check_te_cache_allowed(cfg: Config, train_te: bool, data, family=None) -> None:
     if train_te:
         raise UserError("cache_text_encoder_outputs needs frozen text encoders: set network_train_unet_only = true "
                         "(or text_encoder_lr = 0)")
+    drops = getattr(family, "drop_cached_condition", None) is not None
     varying = [name for name in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
                                  "caption_dropout_every_n_epochs", "enable_wildcard", "token_warmup_step")
-               if any(getattr(s, name) for d in data.datasets for s in d.subsets)]
+               if any(getattr(s, name) for d in data.datasets for s in d.subsets)
+               and not (drops and name in WHOLE_CAPTION_DROPOUT)]
     if varying:
         raise UserError(f"cache_text_encoder_outputs needs fixed captions; turn off {', '.join(varying)}")
 
@@ -82,6 +89,13 @@ def build_te_cache(captions_by_folder: dict[str, Path], encode, fingerprint: str
     return cache
 
 
-def cached_condition(cache: dict[str, dict[str, torch.Tensor]], captions: list[str], device) -> dict:
-    keys = cache[captions[0]].keys()
-    return {k: torch.stack([cache[c][k] for c in captions]).to(device) for k in keys}
+def cached_condition(cache: dict[str, dict[str, torch.Tensor]], captions: list[str], device, drop=None) -> dict:
+    """The cached outputs of ``captions``; with ``drop`` (the family's ``drop_cached_condition``) a dropped caption
+    ("" when no image's caption is empty) is the family's empty condition: ``drop(cond, dropped rows)``."""
+    dropped = [drop is not None and c == "" and c not in cache for c in captions]
+    stand_in = next(iter(cache))  # any caption's entry, only for the shapes of a dropped row
+    rows = [cache[stand_in if gone else c] for c, gone in zip(captions, dropped)]
+    cond = {k: torch.stack([row[k] for row in rows]).to(device) for k in rows[0]}
+    if any(dropped):
+        cond = drop(cond, torch.tensor(dropped, device=device))
+    return cond
