@@ -5,8 +5,9 @@ step count, ``lr_warmup`` is a percentage, a JSON 0 often means "sd-scripts' def
 noise keys are passed, ``LoRA_type`` becomes a network module and its arguments. A Flux.1 / Chroma configuration
 (``flux1_checkbox``, LoRA type "Flux1") is read as the GUI's Flux.1 panel passes it to ``flux_train_network.py``: its
 paths and recipe values as written, its network fields as ``networks.lora_flux`` arguments, its deprecated fields
-converted as sd-scripts converts them, the SD-only fields sd-scripts' Flux training does not read left out. The
-report says, in four parts, what was carried over, what was set differently (and why), what is not supported, and
+converted as sd-scripts converts them, the SD-only fields sd-scripts' Flux training does not read left out. An SD3 /
+SD3.5, Anima or Lumina 2 configuration (``sd3_checkbox``, ``anima_checkbox``, ``lumina_checkbox``; LoRA type "Anima",
+"Lumina") is read the same way from the GUI's SD3, Anima and Lumina panels (``DIT_IMPORTS``). The report says, in four parts, what was carried over, what was set differently (and why), what is not supported, and
 what only the Kohya_ss GUI reads.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from .network_args import LORAPLUS, LYCORIS_NOT_READ, LYCORIS_PRESETS
 from .optimizers import optimizer_problem
-from .schema import BY_NAME, FLUX, UNSUPPORTED
+from .schema import ANIMA, BY_NAME, DIT, FLUX, LUMINA, SD, SD3, UNSUPPORTED
 from .values import parse_value
 from ..errors import ConfigError
 
@@ -41,8 +42,8 @@ SPECIAL = {"LoRA_type", "xformers", "lr_warmup", "lr_warmup_steps", "optimizer_a
            "adaptive_noise_scale", "noise_offset_random_strength", "multires_noise_iterations",
            "multires_noise_discount", "max_grad_norm", "caption_extension", "sdxl_no_half_vae",
            "sdxl_cache_text_encoder_outputs", "rank_dropout", "module_dropout", "use_wandb", "lr_scheduler",
-           "learning_rate", "flux1_checkbox", "sd3_checkbox", "LyCORIS_preset", "unit", "constrain",
-           "bucket_reso_steps", "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+           "learning_rate", "flux1_checkbox", "sd3_checkbox", "anima_checkbox", "lumina_checkbox", "LyCORIS_preset",
+           "unit", "constrain", "bucket_reso_steps", "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
            "resume_from_huggingface"}
 # What only the Kohya_ss GUI reads: the accelerate launcher's fields and the GUI's own state.
 GUI_ONLY = {"num_cpu_threads_per_process", "num_processes", "num_machines", "multi_gpu", "gpu_ids",
@@ -56,8 +57,8 @@ LYCORIS_TYPES = {"LyCORIS/LoCon": "locon", "LoCon": "locon", "LyCORIS/LoHa": "lo
                  "LyCORIS/iA3": "ia3", "LyCORIS/DyLoRA": "dylora", "LyCORIS/GLoRA": "glora",
                  "LyCORIS/BOFT": "boft", "LyCORIS/Diag-OFT": "diag-oft", "LyCORIS/Native Fine-Tuning": "full"}
 NATIVE_LYCORIS_TYPES = {"Kohya LoHa": "loha", "Kohya LoKr": "lokr"}
-OTHER_FAMILY_TYPES = {"Anima": "Anima", "Lumina": "Lumina", "HunyuanImage-2.1": "HunyuanImage"}
-TRAINED_FAMILIES = "SD1.x, SD2.x, SDXL, Flux.1 and Chroma"
+OTHER_FAMILY_TYPES = {"HunyuanImage-2.1": "HunyuanImage"}
+TRAINED_FAMILIES = "SD1.x, SD2.x, SDXL, Flux.1, Chroma, SD3 / SD3.5, Anima and Lumina 2"
 # The Kohya_ss GUI's Flux.1 LoRA types: LoRA (sd-scripts' networks.lora_flux) and OFT (networks.oft_flux)
 FLUX_TYPES = ("Flux1", "Flux1 OFT")
 FLUX_MODULE = "networks.lora_flux"
@@ -228,12 +229,10 @@ def convert(data: dict[str, Any]) -> KohyaImport:
                           "adapters; save the LoRA tab's configuration in Kohya_ss and import that")
     result = KohyaImport()
     flux = is_flux(data)
-    filled = {k: v for k, v in {**KOHYA_GUI_DEFAULTS, **(_flux_defaults(data) if flux else {})}.items()
-              if k not in data}
+    dit = dit_family(data)
+    panel = _flux_defaults(data) if flux else dit.defaults if dit else {}
+    filled = {k: v for k, v in {**KOHYA_GUI_DEFAULTS, **panel}.items() if k not in data}
     data = {**filled, **data}
-    if data.get("sd3_checkbox"):
-        result.unsupported.append(f"sd3_checkbox = true: this configuration trains an SD3 model, which LoRA Studio "
-                                  f"does not train (it trains {TRAINED_FAMILIES}); its other settings are imported")
     _run_length(result, data)
     _warmup(result, data)
     _network(result, data)
@@ -243,15 +242,19 @@ def convert(data: dict[str, Any]) -> KohyaImport:
     _resume_from_hub(result, data)
     if flux:
         _flux(result, data)
+    elif dit:
+        _dit(result, data, dit)
     else:
         result.ignored += [k for k in data if k in FLUX_FIELDS]  # the GUI passes them for Flux only
-    result.ignored += [k for k in SD3_FIELDS if k in data]
+    if not dit:  # the GUI passes its SD3, Anima and Lumina panels for their family only
+        result.ignored += [k for k in data if k in DIT_PANEL_KEYS]
+    families = FLUX if flux else dit.families if dit else SD
+    handled = FLUX_FIELDS | DIT_PANEL_KEYS | set(dit.replaces if dit else ())
     for key, value in data.items():
-        if key in SPECIAL or key in LYCORIS_ARGS or key in BLOCK_ARGS or key in GUI_ONLY or key in FLUX_FIELDS \
-                or key in SD3_FIELDS:
+        if key in SPECIAL or key in LYCORIS_ARGS or key in BLOCK_ARGS or key in GUI_ONLY or key in handled:
             continue
         name = RENAMED.get(key, key)
-        if name in BY_NAME and not flux and _flux_only(name):
+        if name in BY_NAME and _other_family(name, families):
             result.ignored.append(key)
         elif name in BY_NAME:
             _put(result, name, value, key)
@@ -264,13 +267,15 @@ def convert(data: dict[str, Any]) -> KohyaImport:
             result.ignored.append(key)
     if flux:
         _without_sd_settings(result)
+    elif dit:
+        _dit_after(result, dit)
     _check_optimizer(result)
     _say_masks(result)
     if flux:
         _say_flux_defaults(result, filled)
     _say_filled(result, filled)
     result.named = set(result.settings) | {RENAMED.get(k, k) for k in data if RENAMED.get(k, k) in BY_NAME} | {
-        name for k in data for name in DECIDES.get(k, ())}
+        name for k in data for name in DECIDES.get(k, ())} | {dit.fields[k] for k in data if dit and k in dit.fields}
     return result
 
 
@@ -420,7 +425,11 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
     dropouts = [f"{name}={_num(data[name]):g}" for name in ("rank_dropout", "module_dropout")
                 if _num(data.get(name)) > 0]
     blocks = [k for k in BLOCK_ARGS if not _empty(data.get(k))]
-    if lora_type in KOHYA_TYPES:
+    dit = dit_family(data)
+    dit_lora = bool(dit) and _dit_network(result, data, dit, lora_type, dropouts, blocks)
+    if dit_lora:
+        pass
+    elif lora_type in KOHYA_TYPES:
         module = KOHYA_TYPES[lora_type]
         args = []
         if lora_type == "Kohya LoCon":
@@ -470,7 +479,10 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
     elif lora_type in NATIVE_LYCORIS_TYPES:  # sd-scripts' own LoHa / LoKr (networks.loha / networks.lokr)
         algo = NATIVE_LYCORIS_TYPES[lora_type]
         args = [f"algo={algo}"]
-        if _num(data.get("conv_dim")) > 0:
+        if _num(data.get("conv_dim")) > 0 and dit:
+            result.notes.append(f"conv_dim = {data['conv_dim']!r}: passed by the Kohya_ss GUI, but {dit.title}'s "
+                                f"transformer has no convolution networks.{algo} adapts (no effect): left out")
+        elif _num(data.get("conv_dim")) > 0:
             args += [f"conv_dim={int(_num(data['conv_dim']))}", f"conv_alpha={data.get('conv_alpha', 1)}"]
         if data.get("use_tucker"):
             args.append("use_tucker=True")
@@ -481,6 +493,9 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
         result.notes.append(f"LoRA type '{lora_type}' (sd-scripts' own {algo}, networks.{algo}): trained with "
                             f"LyCORIS's {algo}, which writes the same hada_*/lokr_* weights AUTOMATIC1111 and ComfyUI "
                             "read")
+        if dit:  # Anima: sd-scripts' module finds the transformer's attention and MLP layers itself
+            result.notes.append(f"On {dit.title}, sd-scripts' networks.{algo} adapts the layers networks.lora_anima "
+                                "does (the blocks' attention and MLP Linears); LyCORIS's nearest preset is attn-mlp")
     elif lora_type in FLUX_TYPES:
         _flux_network(result, data, lora_type, dropouts, blocks)
     elif lora_type in OTHER_FAMILY_TYPES:
@@ -496,12 +511,13 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
     for key in ("LyCORIS_preset", "unit", "constrain") + LYCORIS_ARGS:
         if key not in data:
             continue
-        used = lora_type in LYCORIS_TYPES or (key == "unit" and lora_type == "Kohya DyLoRA")
+        used = lora_type in LYCORIS_TYPES or (key == "unit" and lora_type == "Kohya DyLoRA" and not dit_lora) or (
+            lora_type in NATIVE_LYCORIS_TYPES and key in ("use_tucker", "factor"))
         (result.carried if used else result.ignored).append(key)
     conv_types = ("Kohya LoCon", "Kohya DyLoRA") + tuple(LYCORIS_TYPES) + tuple(NATIVE_LYCORIS_TYPES)
     for key in ("conv_dim", "conv_alpha"):
-        if key in data:  # the types that read them say so in their network_args
-            (result.carried if lora_type in conv_types else result.ignored).append(key)
+        if key in data:  # the types that read them say so in their network_args (a DiT family's: a note)
+            (result.carried if lora_type in conv_types and not dit else result.ignored).append(key)
     passed = {a.split("=", 1)[0] for a in result.settings.get("network_args") or []}
     for key in ("rank_dropout", "module_dropout"):
         if key in passed:
@@ -574,7 +590,9 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
         _put(result, "optimizer_args", str(data["optimizer_args"]), "optimizer_args")
     steps = _num(data.get("bucket_reso_steps"))
     # what sd-scripts' SDXL / Flux / SD LoRA scripts require
-    least, which = (32, "SDXL") if data.get("sdxl") else (32, "Flux") if is_flux(data) else (64, "SD1.x/2.x")
+    dit = dit_family(data)
+    least, which = (32, "SDXL") if data.get("sdxl") else (32, "Flux") if is_flux(data) else (
+        dit.bucket_steps, dit.title) if dit else (64, "SD1.x/2.x")
     if steps and steps % least:
         result.settings["bucket_reso_steps"] = least
         result.notes.append(f"bucket_reso_steps = {data['bucket_reso_steps']!r} -> {least}: sd-scripts requires a "
@@ -627,7 +645,8 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
         _additional_parameters(result, str(data["additional_parameters"]))
     for key in GUI_ONLY & set(data):
         result.ignored.append(key)
-    for key in ("sdxl", "flux1_checkbox", "sd3_checkbox", "epoch", "noise_offset_type"):
+    for key in ("sdxl", "flux1_checkbox", "sd3_checkbox", "anima_checkbox", "lumina_checkbox", "epoch",
+                "noise_offset_type"):
         if key in data:
             result.ignored.append(key)
 
@@ -650,10 +669,10 @@ def _flux_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return {**FLUX_GUI_DEFAULTS, **(CHROMA_GUI_DEFAULTS if _is_chroma(data) else {})}
 
 
-def _flux_only(name: str) -> bool:
-    """A setting of the Flux families only (the schema's Flux group)."""
-    families = BY_NAME[name].families
-    return bool(families) and all(f in FLUX for f in families)
+def _other_family(name: str, families: tuple[str, ...]) -> bool:
+    """A setting of flow-matching families only, none of them the configuration's (``families``)."""
+    own = BY_NAME[name].families
+    return bool(own) and set(own) <= set(DIT) and not set(own) & set(families)
 
 
 def _flux_network(result: KohyaImport, data: dict[str, Any], lora_type: str, dropouts: list[str],
@@ -703,7 +722,7 @@ def _flux(result: KohyaImport, data: dict[str, Any]) -> None:
     _flux_files(result, data)
     _flux_recipe(result, data)
     _flux_memory(result, data)
-    _flux_caches(result, data)
+    _te_caches(result, data, ("flux1_cache_text_encoder_outputs", "flux1_cache_text_encoder_outputs_to_disk"), "Flux")
     _t5xxl_lr(result, data)
     _flux_gui_fields(result, data)
 
@@ -792,25 +811,33 @@ def _flux_memory(result: KohyaImport, data: dict[str, Any]) -> None:
                             "Studio; turn one off")
 
 
-def _flux_caches(result: KohyaImport, data: dict[str, Any]) -> None:
-    """The Flux.1 panel's text-encoder caches are sd-scripts' cache_text_encoder_outputs(_to_disk)."""
-    for key, name in (("flux1_cache_text_encoder_outputs", "cache_text_encoder_outputs"),
-                      ("flux1_cache_text_encoder_outputs_to_disk", "cache_text_encoder_outputs_to_disk")):
+def _te_caches(result: KohyaImport, data: dict[str, Any], keys: tuple[str, str], title: str,
+               dropout_cached: bool = False) -> None:
+    """A family panel's text-encoder caches are sd-scripts' cache_text_encoder_outputs(_to_disk); cached outputs need
+    fixed captions (Anima's script alone drops cached captions itself, and trains no text encoder from a cache)."""
+    for key, name in zip(keys, ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk")):
         if data.get(key):
             result.settings[name] = True
-            result.notes.append(f"{key} = true -> {name} = true (what the Kohya_ss GUI passes for Flux)")
+            result.notes.append(f"{key} = true -> {name} = true (what the Kohya_ss GUI passes for {title})")
         elif key in data:
             result.ignored.append(key)
-    if result.settings.get("cache_text_encoder_outputs") and (
-            data.get("shuffle_caption") or _num(data.get("caption_dropout_rate")) > 0):
-        result.notes.append("cached text-encoder outputs with shuffle_caption or caption_dropout_rate: cached outputs "
-                            "need fixed captions, so sd-scripts stops, and so does LoRA Studio, saying which to turn "
-                            "off")
+    if not result.settings.get("cache_text_encoder_outputs"):
+        return
+    if data.get("shuffle_caption") or (not dropout_cached and _num(data.get("caption_dropout_rate")) > 0):
+        result.notes.append("cached text-encoder outputs with shuffle_caption"
+                            + ("" if dropout_cached else " or caption_dropout_rate")
+                            + ": cached outputs need fixed captions, so sd-scripts stops, and so does LoRA Studio, "
+                            "saying which to turn off")
+    if dropout_cached and not result.settings.get("network_train_unet_only"):
+        result.notes.append(f"cached text-encoder outputs while the text encoder trains (text_encoder_lr is not 0): "
+                            f"sd-scripts' {title} training stops (it cannot train the text encoder from a cache); set "
+                            "text_encoder_lr to 0 or turn the cache off")
 
 
-def _t5xxl_lr(result: KohyaImport, data: dict[str, Any]) -> None:
-    """The GUI's T5XXL learning rate: text_encoder_lr = [CLIP-L's, T5-XXL's] (Chroma, without CLIP-L: T5-XXL's);
-    refused by the GUI without a text-encoder learning rate."""
+def _t5xxl_lr(result: KohyaImport, data: dict[str, Any], meaning: str | None = None) -> None:
+    """The GUI's T5XXL learning rate: text_encoder_lr = [the text-encoder rate, T5-XXL's] (Chroma, without CLIP-L:
+    T5-XXL's); refused by the GUI without a text-encoder learning rate. ``meaning``: what the two values train (Flux's
+    CLIP-L and T5-XXL when not given)."""
     t5, te = _num(data.get("t5xxl_lr")), _num(data.get("text_encoder_lr"))
     if not t5:
         if "t5xxl_lr" in data:
@@ -824,10 +851,14 @@ def _t5xxl_lr(result: KohyaImport, data: dict[str, Any]) -> None:
     chroma = _is_chroma(data)
     result.settings["text_encoder_lr"] = t5 if chroma else [te, t5]
     result.carried.append("t5xxl_lr")
+    if meaning is None:
+        meaning = (" (Chroma's only text encoder is T5-XXL)" if chroma else
+                   " (CLIP-L, T5-XXL), as the Kohya_ss GUI passes them") + (
+            "" if data.get("train_t5xxl") else "; T5-XXL trains only with train_t5xxl, which is off")
+    else:
+        meaning = " " + meaning
     result.notes.append(f"t5xxl_lr = {data['t5xxl_lr']!r} -> text_encoder_lr = {result.settings['text_encoder_lr']!r}"
-                        + (" (Chroma's only text encoder is T5-XXL)" if chroma else
-                           " (CLIP-L, T5-XXL), as the Kohya_ss GUI passes them")
-                        + ("" if data.get("train_t5xxl") else "; T5-XXL trains only with train_t5xxl, which is off"))
+                        + meaning)
 
 
 def _flux_gui_fields(result: KohyaImport, data: dict[str, Any]) -> None:
@@ -850,12 +881,7 @@ def _flux_gui_fields(result: KohyaImport, data: dict[str, Any]) -> None:
                             "script does not read it, so it has no effect in Kohya_ss or here")
     elif "mem_eff_save" in data:
         result.ignored.append("mem_eff_save")
-    if not _empty(data.get("show_timesteps")):
-        result.unsupported.append(f"show_timesteps = {data['show_timesteps']!r}: in sd-scripts it shows the timestep "
-                                  "draw and exits without training; LoRA Studio has no such mode and trains")
-    else:
-        result.ignored += [k for k in ("show_timesteps",) if k in data]
-    result.ignored += [k for k in ("show_timesteps_resolution",) if k in data]
+    _timestep_preview(result, data)
     ggpo = ("train_lora_ggpo", "ggpo_sigma", "ggpo_beta")
     if data.get("train_lora_ggpo") and lora_type == "Flux1":
         result.unsupported.append(f"train_lora_ggpo = true (GGPO, ggpo_sigma = {data.get('ggpo_sigma')!r}, ggpo_beta "
@@ -868,30 +894,43 @@ def _flux_gui_fields(result: KohyaImport, data: dict[str, Any]) -> None:
         result.ignored = [k for k in result.ignored if k not in SD3_FIELDS]  # said here instead
         result.notes.append(f"{', '.join(sd3)}: the Kohya_ss GUI's SD3 fields, which it does not pass for Flux: "
                             "sd-scripts' defaults apply (uniform weighting)")
-    if data.get("loss_type") in ("huber", "smooth_l1") and data.get("huber_schedule", "snr") == "snr":
-        result.notes.append(f"loss_type = {data['loss_type']!r} with huber_schedule = 'snr': sd-scripts stops for "
-                            "Flux (it has no DDPM noise schedule), and so does LoRA Studio; set huber_schedule to "
-                            "constant or exponential")
+    _dit_losses(result, data)
 
 
-def _without_sd_settings(result: KohyaImport) -> None:
-    """The SD-only settings a Flux configuration carries (the GUI passes some of them, e.g. noise_offset,
-    min_snr_gamma, clip_skip): sd-scripts' Flux training does not use them, so they are left out, said when set."""
-    from ..models.flux import FluxFamily
-
+def _without_sd_settings(result: KohyaImport, families: tuple[str, ...] = FLUX, title: str = "Flux") -> None:
+    """The settings a flow-matching configuration carries that its family does not read (the SD-only ones the GUI
+    passes, e.g. noise_offset, min_snr_gamma, clip_skip, and a VAE file Lumina does not use): sd-scripts' training
+    of the family does not use them, so they are left out, said when set."""
+    reasons = _ignored_reasons(families)
     active: dict[str, list[str]] = {}  # why -> the settings it explains
-    for name in [n for n in result.settings if BY_NAME[n].families and not set(BY_NAME[n].families) & set(FLUX)]:
+    for name in [n for n in result.settings if BY_NAME[n].families and not set(BY_NAME[n].families) & set(families)]:
         value = result.settings.pop(name)
         result.carried = [k for k in result.carried if RENAMED.get(k, k) != name]
         if value in (BY_NAME[name].default, None, False, 0):
             result.ignored.append(name)
         else:
-            why = FluxFamily.ignored_settings.get(name, "a Stable Diffusion option")
+            why = reasons.get(name, "a Stable Diffusion option")
             active.setdefault(why, []).append(f"{name} = {value!r}")
     if active:
-        result.notes.append("Not imported, as sd-scripts' Flux training does not use them (so they had no effect in "
-                            "Kohya_ss either): " + "; ".join(f"{', '.join(names)}: {why}"
-                                                             for why, names in active.items()))
+        result.notes.append(f"Not imported, as sd-scripts' {title} training does not use them (so they had no effect "
+                            "in Kohya_ss either): " + "; ".join(f"{', '.join(names)}: {why}"
+                                                                for why, names in active.items()))
+
+
+def _ignored_reasons(families: tuple[str, ...]) -> dict[str, str]:
+    """Why a family does not read a setting (the model family's own words, as training says them)."""
+    from ..models.registry import BY_NAME as FAMILIES
+
+    family = next((FAMILIES[n] for n in families if n in FAMILIES), None)
+    if family is not None:
+        return family.ignored_settings
+    try:  # a family not registered (yet): what every flow-matching transformer ignores
+        from ..models.dit import DIT_IGNORED
+    except ImportError:
+        from ..models.flux import FluxFamily
+
+        return FluxFamily.ignored_settings
+    return DIT_IGNORED
 
 
 def _say_flux_defaults(result: KohyaImport, filled: dict[str, Any]) -> None:
@@ -908,6 +947,300 @@ def _say_flux_defaults(result: KohyaImport, filled: dict[str, Any]) -> None:
             + ("Chroma" if chroma else "Flux") + " LoRA Studio recommends "
             + ", ".join(f"{k} = {recommended[k]!r}" for k in differ)
             + ": clear those settings to train with the recommended values")
+
+
+# ---- SD3 / SD3.5, Anima, Lumina 2: what the Kohya_ss GUI's SD3, Anima and Lumina panels pass to sd-scripts'
+# sd3_train_network.py, anima_train_network.py and lumina_train_network.py (its lora_gui.py, train_model)
+
+
+@dataclass(frozen=True)
+class DitImport:
+    """One of the GUI's flow-matching panels besides Flux.1 (kohya_gui/class_sd3.py, class_anima.py,
+    class_lumina.py), as lora_gui.py passes it to the family's sd-scripts script."""
+    title: str
+    switch: str  # the GUI's model checkbox (class_source_model.py)
+    script: str
+    families: tuple[str, ...]  # the schema's names of the family's models
+    module: str  # the sd-scripts network module of the family's own LoRA type
+    lora_types: tuple[str, ...]  # the LoRA types the GUI trains the family with (its own first)
+    fields: dict[str, str]  # the panel's JSON key -> the sd-scripts setting the GUI passes it as
+    defaults: dict[str, Any]  # the panel at a fresh GUI's values: what a preset without them trains with
+    zero_is: dict[str, Any]  # setting -> sd-scripts' default, which a 0 (dropped by the GUI) leaves; None: unset
+    caches: tuple[str, str]  # the panel's switches for cache_text_encoder_outputs(_to_disk)
+    bucket_steps: int  # the multiple sd-scripts' script requires of bucket_reso_steps
+    no_effect: dict[str, str] = field(default_factory=dict)  # panel key -> why sd-scripts does nothing with it
+    unsupported: dict[str, str] = field(default_factory=dict)  # panel key -> what LoRA Studio does not do
+    replaces: tuple[str, ...] = ()  # general GUI fields the panel's own replace for this family (not passed)
+    text_encoders: str = ""  # the text encoders text_encoder_lr's values go to, as the network module reads them
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """Every JSON key of the panel."""
+        return frozenset(self.fields) | set(self.defaults) | set(self.no_effect) | set(self.unsupported) | set(
+            self.caches)
+
+
+_DOES_NOT_WORK = "sd-scripts marks it [DOES NOT WORK] and does nothing with it"
+SD3_IMPORT = DitImport(
+    title="SD3 / SD3.5", switch="sd3_checkbox", script="sd3_train_network.py", families=SD3,
+    module="networks.lora_sd3", lora_types=("Standard", "Kohya LoCon"),
+    fields={"sd3_clip_l": "clip_l", "clip_g": "clip_g", "sd3_t5xxl": "t5xxl", "weighting_scheme": "weighting_scheme",
+            "logit_mean": "logit_mean", "logit_std": "logit_std", "mode_scale": "mode_scale",
+            "sd3_clip_l_dropout_rate": "clip_l_dropout_rate", "clip_g_dropout_rate": "clip_g_dropout_rate",
+            "sd3_t5_dropout_rate": "t5_dropout_rate", "pos_emb_random_crop_rate": "pos_emb_random_crop_rate",
+            "sd3_enable_scaled_pos_embed": "enable_scaled_pos_embed",
+            "sd3_text_encoder_batch_size": "text_encoder_batch_size"},
+    defaults={"weighting_scheme": "logit_normal", "logit_mean": 0.0, "logit_std": 1.0, "mode_scale": 1.29,
+              "sd3_clip_l": "", "clip_g": "", "sd3_t5xxl": "", "save_clip": False, "save_t5xxl": False,
+              "t5xxl_device": "", "t5xxl_dtype": "bf16", "sd3_text_encoder_batch_size": 1,
+              "sd3_cache_text_encoder_outputs": False, "sd3_cache_text_encoder_outputs_to_disk": False,
+              "sd3_clip_l_dropout_rate": 0.0, "clip_g_dropout_rate": 0.0, "sd3_t5_dropout_rate": 0.0,
+              "sd3_fused_backward_pass": False, "sd3_disable_mmap_load_safetensors": False,
+              "sd3_enable_scaled_pos_embed": False, "pos_emb_random_crop_rate": 0.0},
+    zero_is={"logit_std": 1.0, "mode_scale": 1.29, "text_encoder_batch_size": None},
+    caches=("sd3_cache_text_encoder_outputs", "sd3_cache_text_encoder_outputs_to_disk"), bucket_steps=32,
+    no_effect={"save_clip": _DOES_NOT_WORK, "save_t5xxl": _DOES_NOT_WORK, "t5xxl_device": _DOES_NOT_WORK,
+               "t5xxl_dtype": _DOES_NOT_WORK},
+    unsupported={"sd3_fused_backward_pass": "fused_backward_pass (the optimizer step inside the backward pass)",
+                 "sd3_disable_mmap_load_safetensors": "disable_mmap_load_safetensors (reading the model without "
+                                                      "memory-mapping it)"},
+    text_encoders="CLIP-L; CLIP-G and T5-XXL (networks.lora_sd3 gives a second value to both)")
+ANIMA_IMPORT = DitImport(
+    title="Anima", switch="anima_checkbox", script="anima_train_network.py", families=ANIMA,
+    module="networks.lora_anima", lora_types=("Anima", "Kohya LoHa", "Kohya LoKr"),
+    fields={"anima_qwen3": "qwen3", "anima_vae": "vae", "anima_llm_adapter_path": "llm_adapter_path",
+            "anima_discrete_flow_shift": "discrete_flow_shift", "anima_timestep_sampling": "timestep_sampling",
+            "anima_sigmoid_scale": "sigmoid_scale", "anima_qwen3_max_token_length": "qwen3_max_token_length",
+            "anima_t5_max_token_length": "t5_max_token_length", "anima_vae_chunk_size": "vae_chunk_size",
+            "anima_vae_disable_cache": "vae_disable_cache", "anima_torch_compile": "torch_compile"},
+    defaults={"anima_qwen3": "", "anima_vae": "", "anima_llm_adapter_path": "", "anima_t5_tokenizer_path": "",
+              "anima_discrete_flow_shift": 1.0, "anima_timestep_sampling": "sigmoid", "anima_sigmoid_scale": 1.0,
+              "anima_qwen3_max_token_length": 512, "anima_t5_max_token_length": 512, "anima_attn_mode": "torch",
+              "anima_split_attn": False, "anima_vae_chunk_size": 0, "anima_vae_disable_cache": False,
+              "anima_qwen_image_vae_2d": False, "anima_cache_text_encoder_outputs": False,
+              "anima_cache_text_encoder_outputs_to_disk": False, "anima_unsloth_offload_checkpointing": False,
+              "anima_compile": False, "anima_torch_compile": False, "anima_compile_backend": "inductor",
+              "anima_compile_mode": "default", "anima_compile_dynamic": "auto", "anima_compile_fullgraph": False,
+              "anima_compile_cache_size_limit": 0},
+    zero_is={"discrete_flow_shift": 1.0, "sigmoid_scale": 1.0, "qwen3_max_token_length": 512,
+             "t5_max_token_length": 512, "vae_chunk_size": None},
+    caches=("anima_cache_text_encoder_outputs", "anima_cache_text_encoder_outputs_to_disk"), bucket_steps=16,
+    unsupported={"anima_t5_tokenizer_path": "t5_tokenizer_path (a T5 tokenizer folder of your own; LoRA Studio uses "
+                                            "the T5 tokenizer Anima's adapter was trained with)",
+                 "anima_attn_mode": "attn_mode (attention through flash or sageattn; LoRA Studio's attention is "
+                                    "PyTorch's SDPA, or xformers with the xformers setting)",
+                 "anima_split_attn": "split_attn (attention one sample at a time)",
+                 "anima_qwen_image_vae_2d": "qwen_image_vae_2d (a 2D Qwen-Image VAE)",
+                 "anima_compile_cache_size_limit": "compile_cache_size_limit (torch._dynamo's cache size)"},
+    replaces=("vae",), text_encoders="Qwen3 (networks.lora_anima reads the first value only)")
+LUMINA_IMPORT = DitImport(
+    title="Lumina 2", switch="lumina_checkbox", script="lumina_train_network.py", families=LUMINA,
+    module="networks.lora_lumina", lora_types=("Lumina",),
+    fields={"lumina_gemma2": "gemma2", "lumina_ae": "ae", "lumina_discrete_flow_shift": "discrete_flow_shift",
+            "lumina_model_prediction_type": "model_prediction_type",
+            "lumina_timestep_sampling": "timestep_sampling", "lumina_sigmoid_scale": "sigmoid_scale",
+            "lumina_gemma2_max_token_length": "gemma2_max_token_length", "lumina_system_prompt": "system_prompt"},
+    defaults={"lumina_gemma2": "", "lumina_ae": "", "lumina_discrete_flow_shift": 6.0,
+              "lumina_model_prediction_type": "raw", "lumina_timestep_sampling": "shift", "lumina_sigmoid_scale": 1.0,
+              "lumina_gemma2_max_token_length": 256, "lumina_system_prompt": "", "lumina_use_flash_attn": False,
+              "lumina_use_sage_attn": False, "lumina_cache_text_encoder_outputs": False,
+              "lumina_cache_text_encoder_outputs_to_disk": False},
+    zero_is={"discrete_flow_shift": 6.0, "sigmoid_scale": 1.0, "gemma2_max_token_length": None},
+    caches=("lumina_cache_text_encoder_outputs", "lumina_cache_text_encoder_outputs_to_disk"), bucket_steps=16,
+    unsupported={"lumina_use_flash_attn": "use_flash_attn (attention through the flash-attn package)",
+                 "lumina_use_sage_attn": "use_sage_attn (attention through SageAttention)"},
+    text_encoders="Gemma2 (networks.lora_lumina reads the first value only)")
+DIT_IMPORTS = (SD3_IMPORT, ANIMA_IMPORT, LUMINA_IMPORT)  # in the order the GUI picks the script
+DIT_PANEL_KEYS = frozenset().union(*(f.keys for f in DIT_IMPORTS))
+# The GUI's Anima per-block compile fields -> LoRA Studio's compile settings (passed with anima_compile only)
+ANIMA_COMPILE = {"anima_compile_backend": "dynamo_backend", "anima_compile_mode": "dynamo_mode",
+                 "anima_compile_fullgraph": "dynamo_use_fullgraph"}
+
+
+def dit_family(data: dict[str, Any]) -> DitImport | None:
+    """The SD3, Anima or Lumina panel a configuration trains with: its checkbox (the GUI's script choice, after SDXL
+    and Flux.1), or Anima's / Lumina's own LoRA type (which the GUI accepts with its checkbox only)."""
+    if data.get("sdxl") or is_flux(data):
+        return None
+    return next((f for f in DIT_IMPORTS if data.get(f.switch)), None) or next(
+        (f for f in DIT_IMPORTS[1:] if data.get("LoRA_type") == f.lora_types[0]), None)
+
+
+def _network_module(result: KohyaImport, name: str) -> str:
+    """sd-scripts' network module when LoRA Studio accepts its name, else networks.lora (the same LoRA here)."""
+    if name in (BY_NAME["network_module"].choices or ()):
+        return name
+    result.notes.append(f"network_module: sd-scripts' {name} is not a network_module LoRA Studio accepts yet; "
+                        "networks.lora is used (LoRA on the family's own layers, as the model family decides)")
+    return "networks.lora"
+
+
+def _dit_network(result: KohyaImport, data: dict[str, Any], fam: DitImport, lora_type: str, dropouts: list[str],
+                 blocks: list[str]) -> bool:
+    """The family's own LoRA type: its network module with the dropouts (the only network_args the GUI writes for
+    it). The LyCORIS types (SD3) and Kohya LoHa / LoKr (Anima) are the general rules' (False); another type is one
+    the GUI does not train the family with: the family's LoRA stands in."""
+    if (fam is SD3_IMPORT and lora_type in LYCORIS_TYPES) or (
+            lora_type in NATIVE_LYCORIS_TYPES and lora_type in fam.lora_types):
+        return False
+    if lora_type not in fam.lora_types:
+        trained = "', '".join(fam.lora_types) + ("' or a LyCORIS type" if fam is SD3_IMPORT else "'")
+        result.unsupported.append(f"LoRA type '{lora_type}' with {fam.title}: the Kohya_ss GUI trains {fam.title} "
+                                  f"with '{trained} only (it refuses this one or sd-scripts' {fam.script} cannot use "
+                                  f"it); LoRA ({fam.module}) is used")
+    result.settings["network_module"] = _network_module(result, fam.module)
+    if dropouts:
+        result.settings["network_args"] = list(dropouts)
+    if blocks:
+        result.notes.append(f"{', '.join(blocks)}: SD U-Net block weights; {fam.module} does not read them (no "
+                            "effect in Kohya_ss): left out")
+    if lora_type == "Kohya LoCon" and _num(data.get("conv_dim")) > 0:
+        result.notes.append(f"conv_dim = {data['conv_dim']!r}, conv_alpha = {data.get('conv_alpha')!r}: passed by "
+                            f"the Kohya_ss GUI, but {fam.title}'s transformer has no convolution {fam.module} adapts "
+                            "(no effect in Kohya_ss): left out")
+    return True
+
+
+def _dit(result: KohyaImport, data: dict[str, Any], fam: DitImport) -> None:
+    """Every field of the family's panel (and the general ones it reads its own way), as the GUI passes them."""
+    why = f"{fam.switch} = true" if data.get(fam.switch) else \
+        f"LoRA type '{data.get('LoRA_type')}' ({fam.switch} is not set: the Kohya_ss GUI refuses to start without it)"
+    result.notes.append(f"{why}: the configuration trains {fam.title} (Kohya_ss runs sd-scripts' {fam.script}); "
+                        "LoRA Studio reads the model from the checkpoint itself")
+    _dit_fields(result, data, fam)
+    _te_caches(result, data, fam.caches, fam.title, dropout_cached=fam is ANIMA_IMPORT)
+    swap = int(_num(data.get("blocks_to_swap")))
+    if swap:
+        _put(result, "blocks_to_swap", swap, "blocks_to_swap")
+    elif "blocks_to_swap" in data:
+        result.ignored.append("blocks_to_swap")
+    if fam is SD3_IMPORT:
+        _t5xxl_lr(result, data, "(CLIP-L; CLIP-G and T5-XXL: networks.lora_sd3 gives the second value to both), as "
+                                "the Kohya_ss GUI passes them; T5-XXL trains only with network_args train_t5xxl, which "
+                                "the GUI does not pass for SD3, so its value goes to CLIP-G")
+    elif _num(data.get("t5xxl_lr")) and _num(data.get("text_encoder_lr")):
+        result.notes.append(f"t5xxl_lr = {data['t5xxl_lr']!r}: the Kohya_ss GUI passes it as text_encoder_lr's "
+                            f"second value, which {fam.title}'s one text encoder does not read (no effect): left out")
+    elif "t5xxl_lr" in data:
+        _t5xxl_lr(result, data, "")  # a T5 rate without a text-encoder one: the GUI refuses to start
+    if fam is ANIMA_IMPORT:
+        _anima(result, data)
+    _other_panels(result, data, fam)
+    _timestep_preview(result, data)
+    _dit_losses(result, data)
+
+
+def _dit_fields(result: KohyaImport, data: dict[str, Any], fam: DitImport) -> None:
+    """The panel's paths and recipe values as written; a 0 the GUI drops (its filter drops values equal to False)
+    leaves sd-scripts' default; the fields sd-scripts or LoRA Studio do not use, named."""
+    renamed = []
+    for key, name in fam.fields.items():
+        value = data.get(key)
+        if name in fam.zero_is and not isinstance(value, bool) and not _empty(value) and _num(value) == 0:
+            default = fam.zero_is[name]
+            if default is None:
+                result.ignored.append(key)
+                continue
+            result.settings[name] = default
+            result.notes.append(f"{key} = 0 -> {name} = {default}: the Kohya_ss GUI does not pass a 0, so sd-scripts "
+                                f"trains with its default {default}")
+        elif isinstance(value, bool) and not value or _empty(value):
+            if key in data:
+                result.ignored.append(key)
+        elif _put(result, name, value, key):
+            renamed += [f"{key} -> {name}"] if name != key else []
+    if renamed:
+        result.notes.append(f"The {fam.title} panel's fields, as the Kohya_ss GUI passes them: {', '.join(renamed)}")
+    for key, why in fam.no_effect.items():
+        if data.get(key) not in (None, "", False, fam.defaults.get(key)):
+            result.notes.append(f"{key} = {data[key]!r}: {why} (no effect in Kohya_ss): left out")
+        elif key in data:
+            result.ignored.append(key)
+    for key, what in fam.unsupported.items():
+        if data.get(key) not in (None, "", 0, False, fam.defaults.get(key)):
+            result.unsupported.append(f"{key} = {data[key]!r}: {what} is not supported; trained without it")
+        elif key in data:
+            result.ignored.append(key)
+    for key in fam.replaces:
+        if not _empty(data.get(key)) and data.get(key) != data.get(_panel_key(fam, key)):
+            result.notes.append(f"{key} = {data[key]!r} is not passed: the Kohya_ss GUI passes the {fam.title} "
+                                f"panel's {_panel_key(fam, key)} instead")
+        elif key in data:
+            result.ignored.append(key)
+
+
+def _panel_key(fam: DitImport, name: str) -> str:
+    return next(k for k, v in fam.fields.items() if v == name)
+
+
+def _anima(result: KohyaImport, data: dict[str, Any]) -> None:
+    """What sd-scripts' Anima script does with the general fields, and the panel's compile and offload switches."""
+    if data.get("anima_unsloth_offload_checkpointing"):
+        result.settings.update(cpu_offload_checkpointing=True, gradient_checkpointing=True)
+        result.notes.append("anima_unsloth_offload_checkpointing = true -> cpu_offload_checkpointing = true and "
+                            "gradient_checkpointing = true: LoRA Studio's nearest setting (the same activations kept "
+                            "on the CPU, moved without sd-scripts' asynchronous copies)")
+    else:
+        result.ignored += [k for k in ("anima_unsloth_offload_checkpointing",) if k in data]
+    compile_keys = ("anima_compile", "anima_compile_dynamic") + tuple(ANIMA_COMPILE)
+    if not data.get("anima_compile"):
+        result.ignored += [k for k in compile_keys if k in data]
+        return
+    result.settings["torch_compile"] = True
+    result.notes.append("anima_compile = true (sd-scripts' per-block torch.compile) -> torch_compile = true: LoRA "
+                        "Studio compiles the transformer with its LoRA, with the compile fields as its dynamo_* "
+                        "settings")
+    for key, name in ANIMA_COMPILE.items():
+        _put(result, name, data.get(key), key)
+    dynamic = str(data.get("anima_compile_dynamic") or "auto").lower()
+    if dynamic in ("true", "false"):
+        _put(result, "dynamo_use_dynamic", dynamic, "anima_compile_dynamic")
+    else:
+        result.ignored += [k for k in ("anima_compile_dynamic",) if k in data]
+    result.carried.append("anima_compile")
+
+
+def _dit_after(result: KohyaImport, fam: DitImport) -> None:
+    """What the family's script turns off among the general settings the GUI passes (after they are read)."""
+    if fam is ANIMA_IMPORT and result.settings.pop("fp8_base", False):
+        result.carried = [k for k in result.carried if k != "fp8_base"]
+        result.notes.append("fp8_base = true: sd-scripts' Anima training turns it off (it does not support fp8), so "
+                            "Kohya_ss trained without it: left out")
+    _without_sd_settings(result, fam.families, fam.title)
+
+
+def _other_panels(result: KohyaImport, data: dict[str, Any], fam: DitImport) -> None:
+    """The other families' panels, which the GUI saves with every configuration and passes for their family only:
+    named where they set what this family reads."""
+    said = []
+    for key in sorted(FLUX_FIELDS & set(data)):
+        name = {"flux1_clip_l": "clip_l", "flux1_t5xxl": "t5xxl"}.get(key, key)
+        setting = BY_NAME.get(name)
+        if setting is not None and set(setting.families or ()) & set(fam.families) and not _empty(data[key]) \
+                and data[key] != FLUX_GUI_DEFAULTS.get(key) and name not in ("blocks_to_swap",):
+            said.append(f"{key} = {data[key]!r}")
+        elif key != "blocks_to_swap":
+            result.ignored.append(key)
+    if said:
+        result.notes.append(f"{', '.join(said)}: fields of the Kohya_ss GUI's Flux.1 panel, which it passes for Flux "
+                            f"only, not for {fam.title}: sd-scripts' defaults apply")
+    result.ignored += [k for k in DIT_PANEL_KEYS - fam.keys if k in data]
+
+
+def _timestep_preview(result: KohyaImport, data: dict[str, Any]) -> None:
+    if not _empty(data.get("show_timesteps")):
+        result.unsupported.append(f"show_timesteps = {data['show_timesteps']!r}: in sd-scripts it shows the timestep "
+                                  "draw and exits without training; LoRA Studio has no such mode and trains")
+    else:
+        result.ignored += [k for k in ("show_timesteps",) if k in data]
+    result.ignored += [k for k in ("show_timesteps_resolution",) if k in data]
+
+
+def _dit_losses(result: KohyaImport, data: dict[str, Any]) -> None:
+    if data.get("loss_type") in ("huber", "smooth_l1") and data.get("huber_schedule", "snr") == "snr":
+        result.notes.append(f"loss_type = {data['loss_type']!r} with huber_schedule = 'snr': sd-scripts stops for "
+                            "the flow-matching transformers (they have no DDPM noise schedule), and so does LoRA "
+                            "Studio; set huber_schedule to constant or exponential")
 
 
 def _resume_from_hub(result: KohyaImport, data: dict[str, Any]) -> None:
