@@ -426,7 +426,7 @@ class AnimaTransformer(nn.Module):
     def disable_gradient_checkpointing(self) -> None:
         self.gradient_checkpointing = self.cpu_offload_checkpointing = False
 
-    def swap_block_lists(self, count: int) -> list[tuple[nn.ModuleList, int]]:
+    def swap_plan(self, count: int) -> list[tuple[nn.ModuleList, int]]:
         """sd-scripts' --blocks_to_swap N for Anima: the last N of the blocks (at most all but 2: 26 of 28)."""
         if count < 0 or count > len(self.blocks) - 2:
             raise UserError(f"blocks_to_swap {count}: Anima has {len(self.blocks)} blocks and keeps at least 2 on the "
@@ -434,7 +434,7 @@ class AnimaTransformer(nn.Module):
         return [(self.blocks, count)]
 
     def enable_block_swap(self, count: int, device) -> SwapHandles:
-        return SwapHandles([swap_blocks(blocks, n, device) for blocks, n in self.swap_block_lists(count)])
+        return SwapHandles([swap_blocks(blocks, n, device) for blocks, n in self.swap_plan(count)])
 
     # ---- forward
     def text_context(self, qwen3: Tensor, qwen3_mask: Tensor | None, t5_ids: Tensor | None,
@@ -556,3 +556,123 @@ def config_from_shapes(keys_and_shapes: Mapping[str, tuple], adapter: AdapterCon
                    crossattn_emb_channels=shapes["blocks.0.cross_attn.k_proj.weight"][1], in_channels=latent,
                    out_channels=latent, patch_spatial=patch, concat_padding_mask=channels == latent + 1,
                    adaln_lora_dim=lora_dim, adapter=adapter)
+
+
+# ---------------------------------------------------------------- the Qwen-Image VAE as the engine uses it
+
+def _chunked_conv_forward(conv, chunk: int):
+    """A forward for a Conv2d / Conv3d that computes its output in bands of ``chunk`` rows (the height axis), each
+    from the input rows it reads: exact, with a smaller peak (sd-scripts' spatial chunking). The Qwen-Image VAE's
+    causal Conv3d pads in its own forward; the band split runs on the padded input."""
+    original = conv.forward
+    is3d = conv.weight.dim() == 5
+    axis = 3 if is3d else 2
+    kernel, stride = conv.kernel_size[axis - 2], conv.stride[axis - 2]
+
+    conv_nd = F.conv3d if is3d else F.conv2d
+
+    def conv_rows(x):
+        return conv_nd(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+    def run(x):
+        if kernel <= 1 or x.shape[axis] <= chunk + kernel:
+            return conv_rows(x)
+        out_rows = (x.shape[axis] - kernel) // stride + 1
+        bands = []
+        for start in range(0, out_rows, chunk):
+            end = min(start + chunk, out_rows)
+            bands.append(conv_rows(x.narrow(axis, start * stride, (end - start - 1) * stride + kernel)))
+        return torch.cat(bands, dim=axis)
+
+    def forward(x, cache_x=None):
+        if is3d:
+            padding = list(conv._padding)
+            if cache_x is not None and conv._padding[4] > 0:
+                x = torch.cat([cache_x.to(x.device), x], dim=2)
+                padding[4] -= cache_x.shape[2]
+            return run(F.pad(x, padding))
+        if any(conv.padding):
+            pad_h, pad_w = conv.padding
+            return run(F.pad(x, (pad_w, pad_w, pad_h, pad_h)))
+        return run(x)
+
+    forward.original = original
+    return forward
+
+
+class AnimaVAE(nn.Module):
+    """The Qwen-Image VAE as the engine uses a VAE, with Anima's latent normalisation inside: ``encode(pixels)``
+    ([B, 3, H, W] in [-1, 1]) gives ``.latent_dist.sample()`` = the posterior's mode (as sd-scripts'
+    encode_pixels_to_latents; deterministic, so the generator is not drawn from) normalised per channel, [B, 16, H/8,
+    W/8]; ``decode(latents)`` undoes it and returns ``.sample`` [B, 3, H, W]. ``vae_scale_and_shift`` is then (1, 0)."""
+
+    def __init__(self, model, chunk_size: int | None = None, disable_cache: bool = False):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.disable_cache = disable_cache
+        self.chunk_size = None
+        mean, std = self.config.latents_mean, self.config.latents_std
+        self.register_buffer("latents_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), False)
+        self.register_buffer("latents_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), False)
+        if chunk_size:
+            self.enable_chunking(chunk_size)
+
+    def enable_chunking(self, chunk_size: int) -> None:
+        """sd-scripts' vae_chunk_size: an odd size is raised to the next even one, as sd-scripts does."""
+        chunk = int(chunk_size) + (int(chunk_size) % 2)
+        self.chunk_size = chunk
+        for module in self.model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)):
+                module.forward = _chunked_conv_forward(module, chunk)
+
+    @property
+    def dtype(self):
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def _run(self, part: str, x):
+        """encoder / decoder on one frame, with the feature cache (diffusers' path) or without it."""
+        m = self.model
+        if part == "encoder":
+            if self.disable_cache:
+                return m.quant_conv(m.encoder(x))
+            return m._encode(x)
+        if self.disable_cache:
+            return m.decoder(m.post_quant_conv(x)).clamp(-1.0, 1.0)
+        return m._decode(x).sample
+
+    def encode(self, pixels):
+        from types import SimpleNamespace
+
+        with torch.no_grad():
+            h = self._run("encoder", pixels.to(self.dtype).unsqueeze(2))
+        mode = h[:, :h.shape[1] // 2, 0].float()
+        latents = (mode - self.latents_mean.to(mode.device)) / self.latents_std.to(mode.device)
+        return SimpleNamespace(latent_dist=_Fixed(latents))
+
+    def decode(self, latents):
+        from types import SimpleNamespace
+
+        import torch
+
+        z = latents.float() * self.latents_std.to(latents.device) + self.latents_mean.to(latents.device)
+        with torch.no_grad():
+            out = self._run("decoder", z.to(self.dtype).unsqueeze(2))
+        return SimpleNamespace(sample=out[:, :, 0])
+
+
+class _Fixed:
+    """A posterior whose sample is its mode (sd-scripts encodes Anima latents with ``posterior.mode()``)."""
+
+    def __init__(self, latents):
+        self.latents = latents
+
+    def sample(self, generator=None):
+        return self.latents
+
+    def mode(self):
+        return self.latents
