@@ -489,7 +489,8 @@ def _network(result: KohyaImport, data: dict[str, Any]) -> None:
         if algo == "lokr" and _num(data.get("factor")) not in (0, -1):
             args.append(f"factor={int(_num(data['factor']))}")
         result.settings["network_module"] = "lycoris.kohya"
-        result.settings["network_args"] = args + dropouts + ["preset=attn-mlp" if not args[1:2] else "preset=full"]
+        preset = "attn-mlp" if dit or not args[1:2] else "full"
+        result.settings["network_args"] = args + dropouts + [f"preset={preset}"]
         result.notes.append(f"LoRA type '{lora_type}' (sd-scripts' own {algo}, networks.{algo}): trained with "
                             f"LyCORIS's {algo}, which writes the same hada_*/lokr_* weights AUTOMATIC1111 and ComfyUI "
                             "read")
@@ -655,8 +656,10 @@ def _renamed_and_defaults(result: KohyaImport, data: dict[str, Any]) -> None:
 
 
 def is_flux(data: dict[str, Any]) -> bool:
-    """A Flux.1 / Chroma configuration: the GUI's Flux.1 checkbox, or one of its Flux LoRA types."""
-    return bool(data.get("flux1_checkbox")) or data.get("LoRA_type") in FLUX_TYPES
+    """A Flux.1 / Chroma configuration: the GUI's Flux.1 checkbox, or one of its Flux LoRA types (without another
+    family's checkbox, which picks that family's script)."""
+    return bool(data.get("flux1_checkbox")) or (data.get("LoRA_type") in FLUX_TYPES
+                                                and not any(data.get(f.switch) for f in DIT_IMPORTS))
 
 
 def _is_chroma(data: dict[str, Any]) -> bool:
@@ -1060,7 +1063,7 @@ ANIMA_COMPILE = {"anima_compile_backend": "dynamo_backend", "anima_compile_mode"
 def dit_family(data: dict[str, Any]) -> DitImport | None:
     """The SD3, Anima or Lumina panel a configuration trains with: its checkbox (the GUI's script choice, after SDXL
     and Flux.1), or Anima's / Lumina's own LoRA type (which the GUI accepts with its checkbox only)."""
-    if data.get("sdxl") or is_flux(data):
+    if data.get("sdxl") or data.get("flux1_checkbox"):
         return None
     return next((f for f in DIT_IMPORTS if data.get(f.switch)), None) or next(
         (f for f in DIT_IMPORTS[1:] if data.get("LoRA_type") == f.lora_types[0]), None)
