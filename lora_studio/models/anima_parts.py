@@ -85,6 +85,14 @@ def is_qwen_image_vae(keys: Iterable[str]) -> bool:
     return vae_layout(keys) is not None
 
 
+def is_llm_adapter(keys: Iterable[str]) -> bool:
+    """An Anima LLM adapter on its own or inside a DiT file (``llm_adapter.embed.weight``, or ``embed.weight`` with
+    the adapter's blocks)."""
+    keys = set(keys)
+    return any(k.endswith("llm_adapter.embed.weight") for k in keys) or (
+        "embed.weight" in keys and "blocks.0.cross_attn.q_proj.weight" in keys)
+
+
 def is_anima_transformer(keys: Iterable[str]) -> bool:
     """An Anima DiT: Cosmos' block names (``blocks.N.self_attn.q_proj``, ``x_embedder.proj.1``) under ``net.`` /
     ComfyUI's ``model.diffusion_model.`` / no prefix."""
