@@ -257,7 +257,7 @@ class LuminaTransformer(nn.Module):
         self.gradient_checkpointing = False
         self.cpu_offload_checkpointing = False
 
-    def swap_block_lists(self, count: int) -> list[tuple[nn.ModuleList, int]]:
+    def swap_plan(self, count: int) -> list[tuple[nn.ModuleList, int]]:
         """sd-scripts' --blocks_to_swap N for Lumina: the last N of the main ``layers`` (the refiners never), at most
         all but 2 of them (NextDiT.enable_block_swap: 24 of 26)."""
         if count < 0:
@@ -268,8 +268,8 @@ class LuminaTransformer(nn.Module):
         return [(self.layers, count)]
 
     def enable_block_swap(self, count: int, device) -> SwapHandles:
-        """Swap the blocks ``swap_block_lists`` names; returns a handle with ``remove()``."""
-        return SwapHandles([swap_blocks(blocks, n, device) for blocks, n in self.swap_block_lists(count)])
+        """Swap the blocks ``swap_plan`` names; returns a handle with ``remove()``."""
+        return SwapHandles([swap_blocks(blocks, n, device) for blocks, n in self.swap_plan(count)])
 
     # ---- forward
     def forward(self, x: Tensor, t: Tensor, cap_feats: Tensor, cap_mask: Tensor) -> Tensor:
