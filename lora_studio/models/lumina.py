@@ -379,11 +379,13 @@ def sampling_sigmas(steps: int, shift: float = 6.0) -> list[float]:
 def guided(cond, uncond, scale: float, renorm: float):
     """Classifier-free guidance, uncond + scale (cond - uncond), then with ``renorm`` > 0 each sample's norm capped at
     renorm x the conditional prediction's norm (sd-scripts' renorm_cfg)."""
+    import torch
+
     pred = uncond + scale * (cond - uncond)
     if renorm > 0:
         dims = tuple(range(1, cond.ndim))
-        limit = cond.norm(dim=dims, keepdim=True) * renorm
-        norm = pred.norm(dim=dims, keepdim=True)
+        limit = torch.linalg.vector_norm(cond, dim=dims, keepdim=True) * renorm
+        norm = torch.linalg.vector_norm(pred, dim=dims, keepdim=True)
         pred = pred * (limit / norm).where(norm >= limit, pred.new_ones(()))
     return pred
 
