@@ -135,10 +135,14 @@ class Anima(DiTFamily):
     default_shift = 1.0
     sample_steps = 30  # sd-scripts' Anima sample defaults: 30 steps, scale 7.5, flow_shift 3.0
     sample_cfg = 7.5
-    # Anima at 1024 px: 4096 image tokens (a 128 x 128 latent in 2 x 2 patches) through 28 blocks of width 2048
-    # with a 512-token context. Counted on the meta device at real size (one block, bf16, SDPA, LoRA on the 10
-    # block Linears; scripts in the session report): activations and FLOPs per block, times 28.
-    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.0, step_flops=0.0, native_pixels=1024 * 1024,
+    # Anima at 1024 px: 4096 image tokens (a 128 x 128 latent in 2 x 2 patches) through 28 blocks of width 2048 with a
+    # 512-token context, counted on one real-size block on the meta device (bf16, frozen weights, the input needing
+    # its gradient as under LoRA): autograd keeps 134,686 bytes a token per block with a flash-style attention (q, k,
+    # v, output and its log-sum-exp saved; 65.8 bytes a token per unit of width, Flux's double block 49.5), so x 28
+    # / 4 latent pixels a token = 0.94 MB a latent pixel. FLOPs (FlopCounterMode, SDPA counted): forward 0.640,
+    # backward 0.773 TFLOP a block (activation gradients only: 1.2 x), x 28 = 39.6 TFLOP a sample (the LLM adapter
+    # over 512 tokens adds under 1%). TE cache entry: Qwen3's 512 x 1024 states and three 512-long id / mask rows.
+    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.94e6, step_flops=3.96e13, native_pixels=1024 * 1024,
                                  te_cache_bytes_per_caption=(512 * 1024 + 3 * 512) * 4)
 
     # ---- recognising and loading
