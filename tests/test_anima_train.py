@@ -1,0 +1,137 @@
+"""Anima trains end to end through ``lora-studio train`` on tiny files written as users have them (the DiT under
+``net.`` with its LLM adapter, Qwen3 as one file, the Qwen-Image VAE in ComfyUI names, a tokenizer_cache_dir),
+learns (the held-out loss falls) and writes sd-scripts' names and metadata; the recipe's numbers are sd-scripts'."""
+
+import json
+import re
+
+import pytest
+import torch
+from conftest import built_once, run_cli, write_config
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lora_studio.config import build_config
+from lora_studio.errors import UserError
+from lora_studio.models.anima import Anima
+from lora_studio.models.loading import load_components
+
+
+def _settings(models, data, out, **extra):
+    return {**models, "train_data_dir": str(data), "output_dir": str(out), "output_name": "anima_lora",
+            "resolution": "64", "train_batch_size": 2, "max_train_steps": 16, "learning_rate": 4e-3, "network_dim": 4,
+            "network_alpha": 4.0, "seed": 7, "cache_latents": True, "validation_split": 0.25,
+            "validate_every_n_steps": 8, "qwen3_max_token_length": 24, "t5_max_token_length": 24, **extra}
+
+
+@pytest.fixture(scope="module")
+def anima_run(tmp_path_factory):
+    def build(root):
+        from lora_studio.demo import write_dataset
+        from lora_studio.models.tiny_anima import write_tiny_anima
+
+        models = write_tiny_anima(root / "model", "single", seed=3)
+        data = write_dataset(root / "data", count=8, repeats=3)
+        config = write_config(root / "anima.toml", _settings(models, data, root / "out"))
+        run_cli("train", "--config", str(config))
+        return {"models": models, "data": str(data)}
+    return built_once(tmp_path_factory, "anima-run", build)
+
+
+def test_trains_learns_and_writes_sd_scripts_names_and_metadata(anima_run):
+    root, info = anima_run
+    path = root / "out" / "anima_lora.safetensors"
+    tensors = load_file(str(path))
+    stems = {k.split(".")[0] for k in tensors}
+    unet = sorted(s for s in stems if s.startswith("lora_unet_"))
+    assert len(unet) == 2 * 10  # 2 tiny blocks x (self / cross q, k, v, output_proj; mlp layer1, layer2)
+    assert "lora_unet_blocks_0_self_attn_q_proj" in unet and "lora_unet_blocks_1_mlp_layer2" in unet
+    assert not any(re.search(r"modulation|embedder|final_layer|llm_adapter", s) for s in unet)
+    te = sorted(s for s in stems if s.startswith("lora_te_"))
+    assert len(te) == 2 * 7 and "lora_te_layers_0_self_attn_q_proj" in te and "lora_te_layers_1_mlp_down_proj" in te
+    assert tensors["lora_unet_blocks_0_cross_attn_k_proj.lora_down.weight"].shape == (4, 32)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_base_model_version"] == "anima"
+    assert meta["modelspec.architecture"] == "anima-preview/lora"
+    assert meta["modelspec.implementation"] == "https://huggingface.co/circlestone-labs/Anima"
+    assert "modelspec.prediction_type" not in meta  # sd-scripts' "epsilon" would be wrong for a flow model
+    assert (meta["ss_timestep_sampling"], float(meta["ss_discrete_flow_shift"]), float(meta["ss_sigmoid_scale"])) \
+        == ("sigmoid", 1.0, 1.0)
+    assert meta["ss_weighting_scheme"] == "uniform" and float(meta["ss_mode_scale"]) == pytest.approx(1.29)
+    events = [json.loads(line) for line in (root / "out" / "anima_lora_events.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in events if e.get("type") == "validation"]
+    assert len(losses) >= 2 and losses[-1] < losses[0]  # the held-out loss fell
+
+
+def test_comfyui_naming_rule_reaches_every_trained_module(anima_run):
+    """ComfyUI registers lora_unet_{path with . -> _} for every diffusion_model.{path}.weight and lora_te_{path} for
+    the Qwen3 layers: re-derived from the model, every written name is one of them."""
+    root, info = anima_run
+    components = load_components(info["models"]["pretrained_model_name_or_path"], info["models"]["vae"], False,
+                                 options=build_config(_settings(info["models"], info["data"], root / "x")))
+    comfy = {"lora_unet_" + n.replace(".", "_") for n, m in components.denoiser.named_modules()
+             if isinstance(m, torch.nn.Linear)}
+    comfy |= {"lora_te_" + n.replace(".", "_") for n, m in components.text_encoders[0].named_modules()
+              if isinstance(m, torch.nn.Linear) and n.startswith("layers.")}
+    stems = {k.split(".")[0] for k in load_file(str(root / "out" / "anima_lora.safetensors"))}
+    assert stems <= comfy
+    names = Anima().lora_names(components)
+    assert all(s in names for s in stems) and "diffusion_model.blocks.0.self_attn.q_proj" in names
+
+
+def test_recipe_sigma_target_and_sampler(anima_run):
+    root, info = anima_run
+    cfg = build_config(_settings(info["models"], info["data"], root / "x"))
+    components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, False, options=cfg)
+    family = Anima()
+    objective = family.objective(components, cfg)
+    seen = {}
+    forward = components.denoiser.forward
+
+    def spy(x, sigmas, context, **kw):
+        seen.update(x=x.clone(), sigmas=sigmas.clone(), padding=kw["padding_mask"].clone())
+        return forward(x, sigmas, context, **kw)
+    components.denoiser.forward = spy
+    latents, noise = torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4)
+    sigmas = torch.tensor([0.25, 0.75])
+    cond = family.encode_prompt(components, ["a cat", "a dog"], "cpu", family.prompt_options(cfg))
+    pred, target = objective.prediction_and_target(components, latents, noise, sigmas, cond)
+    assert torch.equal(seen["sigmas"], sigmas)  # the model gets sigma (timesteps / 1000)
+    assert seen["x"].shape == (2, 16, 1, 4, 4)  # 5-D
+    s = sigmas.view(-1, 1, 1, 1)
+    assert torch.allclose(seen["x"][:, :, 0], (1 - s) * latents + s * noise)  # x_t = (1 - sigma) x0 + sigma eps
+    assert torch.all(seen["padding"] == 0) and seen["padding"].shape == (2, 1, 4, 4)
+    assert torch.equal(target, noise - latents) and pred.shape == latents.shape
+    assert objective.loss_weights(sigmas, None).tolist() == [1.0, 1.0]
+    cosmap = family.objective(components, cfg.replace(weighting_scheme="sigma_sqrt"))
+    cosmap.prediction_and_target(components, latents, noise, sigmas, cond)
+    assert torch.allclose(cosmap.loss_weights(sigmas, None), sigmas ** -2.0)
+    torch.manual_seed(0)
+    draws = objective.sample_timesteps(torch.zeros(4096, 16, 8, 8))
+    assert float(draws.mean()) == pytest.approx(0.5, abs=0.01)  # sigmoid(N(0, 1)): symmetric about 0.5
+    assert float(draws.std()) == pytest.approx(0.208, abs=0.01)
+    components.denoiser.forward = forward
+    from lora_studio.training.prompts import SamplePrompt
+
+    image = family.render(components, SamplePrompt("a cat", "", 64, 64, 1, 3, 2.0), "euler",
+                          family.prompt_options(cfg), "cpu", torch.float32, 1, output_type="np")
+    assert image.shape == (64, 64, 3) and 0.0 <= image.min() and image.max() <= 1.0
+
+
+def test_network_args_choose_modules(anima_run):
+    from lora_studio.models.family import TargetSpec
+
+    root, info = anima_run
+    cfg = build_config(_settings(info["models"], info["data"], root / "x"))
+    components = load_components(cfg.pretrained_model_name_or_path, cfg.vae, False, options=cfg)
+    family = Anima()
+    args = (("train_llm_adapter", "true"), ("exclude_patterns", "['.*layer2']"),
+            ("include_patterns", "['t_embedder.*']"), ("network_reg_dims", r"blocks\.0\..*=8"))
+    stems = {t.stem: t.rank for t in family.adapter_targets(components, True, False, TargetSpec(family_args=args))}
+    assert "lora_unet_t_embedder_1_linear_1" in stems  # include_patterns re-includes an excluded module
+    assert "lora_unet_blocks_0_mlp_layer2" not in stems and "lora_unet_blocks_0_mlp_layer1" in stems
+    assert "lora_unet_llm_adapter_blocks_0_self_attn_q_proj" in stems and "lora_unet_llm_adapter_blocks_0_mlp_0" in stems
+    assert stems["lora_unet_blocks_0_self_attn_q_proj"] == 8 and stems["lora_unet_blocks_1_self_attn_q_proj"] is None
+    with pytest.raises(UserError, match="include_patterns"):
+        family.adapter_targets(components, True, False, TargetSpec(family_args=(("include_patterns", "['(']"),)))
