@@ -131,7 +131,8 @@ def test_network_args_choose_modules(anima_run):
     stems = {t.stem: t.rank for t in family.adapter_targets(components, True, False, TargetSpec(family_args=args))}
     assert "lora_unet_t_embedder_1_linear_1" in stems  # include_patterns re-includes an excluded module
     assert "lora_unet_blocks_0_mlp_layer2" not in stems and "lora_unet_blocks_0_mlp_layer1" in stems
-    assert "lora_unet_llm_adapter_blocks_0_self_attn_q_proj" in stems and "lora_unet_llm_adapter_blocks_0_mlp_0" in stems
+    assert "lora_unet_llm_adapter_blocks_0_self_attn_q_proj" in stems
+    assert "lora_unet_llm_adapter_blocks_0_mlp_0" in stems
     assert stems["lora_unet_blocks_0_self_attn_q_proj"] == 8 and stems["lora_unet_blocks_1_self_attn_q_proj"] is None
     with pytest.raises(UserError, match="include_patterns"):
         family.adapter_targets(components, True, False, TargetSpec(family_args=(("include_patterns", "['(']"),)))

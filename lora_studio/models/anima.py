@@ -142,7 +142,8 @@ class Anima(DiTFamily):
     # / 4 latent pixels a token = 0.94 MB a latent pixel. FLOPs (FlopCounterMode, SDPA counted): forward 0.640,
     # backward 0.773 TFLOP a block (activation gradients only: 1.2 x), x 28 = 39.6 TFLOP a sample (the LLM adapter
     # over 512 tokens adds under 1%). TE cache entry: Qwen3's 512 x 1024 states and three 512-long id / mask rows.
-    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.94e6, step_flops=3.96e13, native_pixels=1024 * 1024,
+    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.94e6, step_flops=3.96e13,
+                                 native_pixels=1024 * 1024,
                                  te_cache_bytes_per_caption=(512 * 1024 + 3 * 512) * 4)
 
     # ---- recognising and loading

@@ -7,7 +7,8 @@
 - the Qwen-Image VAE as ``qwen_image_vae.safetensors`` in ComfyUI / Wan names (``encoder.downsamples.N.residual.0``
   ...), 4 levels so it downsamples by 8 like the real one;
 - a tokenizer_cache_dir with a tiny byte-level Qwen tokenizer (``Qwen_Qwen3-0.6B/``: tokenizer.json +
-  tokenizer_config.json, ``<|endoftext|>`` the pad) and the tiny T5 tokenizer of ``tiny_flux`` (``google_t5-v1_1-xxl/``).
+  tokenizer_config.json, ``<|endoftext|>`` the pad) and the tiny T5 tokenizer of ``tiny_flux``
+  (``google_t5-v1_1-xxl/``).
 
 torch is imported inside the functions.
 """
