@@ -201,3 +201,32 @@ def test_settings_name_what_is_missing_or_wrong(lumina_run, tmp_path):
     assert family.check_settings(build_config(lumina_settings(models, info["data"], tmp_path))) == []
     with pytest.raises(UserError, match="tokenizer_cache_dir"):
         load_tokenizer(str(tmp_path / "empty"))
+
+
+def test_comfyui_names_and_the_lora_tools_hooks(lumina_run):
+    """ComfyUI's rule (comfy/lora.py model_lora_keys_unet): for every ``diffusion_model.X.weight`` of the loaded model
+    it accepts ``lora_unet_`` + X with "." -> "_"; each transformer module of our file is one of those, read from the
+    ComfyUI-prefixed model file. The tools see a Lumina file (and no Flux file) in it, its fused qkv, and say which
+    apps read it."""
+    from lora_studio.lora_delta import read_lora_file
+    from lora_studio.models.lumina import LuminaFamily
+    from lora_studio.models.registry import FAMILIES
+
+    root, info = lumina_run
+    with safe_open(info["models"]["pretrained_model_name_or_path"], "pt") as f:
+        accepted = {"lora_unet_" + k.removeprefix("model.diffusion_model.").removesuffix(".weight").replace(".", "_")
+                    for k in f.keys() if k.endswith(".weight") and len(f.get_slice(k).get_shape()) == 2}
+    path = root / "out" / "lumina_lora.safetensors"
+    lora = read_lora_file(path)
+    unet = [s for s in lora.modules if s.startswith("lora_unet_")]
+    assert unet and set(unet) <= accepted
+    family = LuminaFamily()
+    assert [f.name for f in FAMILIES if getattr(f, "lora_file_fits", None) and f.lora_file_fits(lora.modules)] \
+        == ["lumina2"]
+    summary = family.lora_file_summary(lora.modules, lora.metadata)
+    assert summary["fused"] == {"qkv": 6, "stored_split": 0}
+    assert summary["module_types"]["layers attention_qkv"]["modules"] == 2
+    assert family.lora_weight_keys("gemma2", ["model.layers.0.self_attn.q_proj.weight"], targets_only=True) == \
+        {"lora_te_layers_0_self_attn_q_proj": "model.layers.0.self_attn.q_proj.weight"}
+    apps = family.lora_apps(list(lora.modules), plain=True)
+    assert apps["ComfyUI"] == "yes" and apps["diffusers"].startswith("convert it first")

@@ -89,14 +89,14 @@ class LuminaFamily(DiTFamily):
     sample_cfg = 3.5
     cfg_trunc_ratio = 0.25
     renorm_cfg = 1.0
-    # Lumina 2 at 1024 px: 4096 image tokens + up to 256 caption tokens through 26 layers (and 2 + 2 refiners) of
-    # width 2304. Activations: autograd's saved tensors of one real-width layer with LoRA on every Linear, counted
-    # with saved_tensors_hooks on the meta device (bf16, SDPA): ~44 bytes a token per unit of width, so
-    # 26 x 44 x 2304 / 4 latent pixels a token = 0.66 MB a latent pixel; the refiners add ~4%. FLOPs: FlopCounterMode
-    # on the meta device, the whole model at 1024 px and 256 caption tokens: forward 2 x 2.6e9 params x 4352 tokens
-    # + attention ~ 24 TFLOP; a LoRA step (backward 1.2 x the forward, perf.md's rule) ~ 53 TFLOP. TE cache entry:
+    # Lumina 2 at 1024 px: 4096 image + up to 256 caption tokens through 26 layers (and 2 + 2 refiners) of width
+    # 2304. FLOPs: FlopCounterMode on one real-width layer with LoRA (meta device, 4352 tokens): 0.86 TFLOP forward,
+    # x 26 layers + the refiners ~ 24 TFLOP; a LoRA step (backward 1.2 x the forward, perf.md's rule) ~ 53 TFLOP.
+    # Activations: NOT measured (the meta device's SDPA is the math kernel, which keeps the attention matrix): Flux's
+    # measured ~49.5 bytes a token per unit of width for a block with LoRA on every Linear, x 26 x 2304 / 4 latent
+    # pixels a token = 0.74 MB a latent pixel, + the refiners ~ 0.8 MB; to calibrate on a GPU. TE cache entry:
     # Gemma2's 256 x 2304 states and the 256 mask, float32.
-    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.69e6, step_flops=5.3e13,
+    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.8e6, step_flops=5.3e13,
                                  native_pixels=1024 * 1024, te_cache_bytes_per_caption=(256 * 2304 + 256) * 4)
 
     # ---- recognising and loading
