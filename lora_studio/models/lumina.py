@@ -480,3 +480,13 @@ class LuminaObjective(FlowObjective):
         pred, self._weighting = fm.apply_prediction_type(self.recipe.model_prediction_type, pred, noisy, sigmas,
                                                          self.recipe.weighting_scheme)
         return pred, latents - noise
+
+
+def bench_condition(denoiser, batch_size: int, device, dtype, tokens: int = 256) -> dict:
+    """A random condition of the shapes ``encode_prompt`` returns (Gemma2's states at the transformer's caption
+    width, ``tokens`` of them, all attended), for ``lora-studio bench``."""
+    import torch
+
+    width = denoiser.config.cap_feat_dim
+    return {"gemma2": torch.randn(batch_size, tokens, width, device=device, dtype=dtype),
+            "gemma2_mask": torch.ones(batch_size, tokens, dtype=torch.int64, device=device)}
