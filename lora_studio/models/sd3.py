@@ -88,10 +88,10 @@ class SD3Family(DiTFamily):
     # streams with one joint attention and 4x MLPs, as a Flux double block, so its activations are taken as Flux's
     # ~49.5 bytes a token per unit of width (bf16, SDPA, LoRA on every block Linear; flux.py): 24 x 49.5 x 1536 =
     # 1.82 MB a token = 0.46 MB a latent pixel (a token is 2 x 2). FLOPs: FlopCounterMode over the real-size MMDiT on
-    # the meta device at 1024 px with 333 text tokens (forward 10.7 TFLOP), LoRA step = 2.2 x forward (the
+    # the meta device at 1024 px with 333 text tokens (forward 8.9 TFLOP), LoRA step = 2.2 x forward (the
     # backward 1.2 x: activation gradients only, flux.py's rule). TE cache entry: the (77 + 256) x 4096 context and the
     # 2048 pooled vector, float32.
-    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.46e6, step_flops=2.35e13,
+    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.46e6, step_flops=1.96e13,
                                  native_pixels=1024 * 1024, te_cache_bytes_per_caption=(333 * 4096 + 2048) * 4)
 
     # ---- recognising and loading
@@ -395,8 +395,9 @@ class SD35Medium(SD3Family):
     title = "SD3.5 medium"
     model_type = base_model_version = "5-medium"
     # as SD3 medium (24 blocks of 1536), plus attn2 in 13 x streams (~0.3 of a joint block's activations each):
-    # (24 + 13 x 0.3) x 49.5 x 1536 / 4; FLOPs as SD3 medium's measurement with the 13 image-only attentions
-    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.53e6, step_flops=2.7e13,
+    # (24 + 13 x 0.3) x 49.5 x 1536 / 4; FLOPs measured as SD3 medium's (forward 11.2 TFLOP: the 13 image-only
+    # attentions over 4096 tokens)
+    estimate = EstimateConstants(activation_bytes_per_latent_pixel=0.53e6, step_flops=2.47e13,
                                  native_pixels=1024 * 1024, te_cache_bytes_per_caption=(333 * 4096 + 2048) * 4)
 
 
@@ -406,8 +407,8 @@ class SD35Large(SD3Family):
     name = "sd3.5-large"
     title = "SD3.5 large"
     model_type = base_model_version = "5-large"
-    # 38 x 49.5 x 2432 / 4 bytes a latent pixel; FLOPs measured as SD3 medium's (forward 40.5 TFLOP at 1024 px)
-    estimate = EstimateConstants(activation_bytes_per_latent_pixel=1.14e6, step_flops=8.9e13,
+    # 38 x 49.5 x 2432 / 4 bytes a latent pixel; FLOPs measured as SD3 medium's (forward 31.1 TFLOP at 1024 px)
+    estimate = EstimateConstants(activation_bytes_per_latent_pixel=1.14e6, step_flops=6.85e13,
                                  native_pixels=1024 * 1024, te_cache_bytes_per_caption=(333 * 4096 + 2048) * 4)
 
 
