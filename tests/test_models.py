@@ -75,10 +75,12 @@ def test_a_family_we_do_not_train_is_named_at_the_check_and_at_the_start(tiny_mo
 
     cascade = tmp_path / "stable-cascade-stage-c.safetensors"  # (Flux is trained now: a single file of another one)
     save_file({"down_blocks.0.0.channelwise.0.weight": torch.zeros(2, 2)}, str(cascade))
-    sd3 = tmp_path / "sd3.5-diffusers"
-    sd3.mkdir()
-    (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
-    for model, name in ((cascade, "Stable Cascade"), (sd3, "SD3 / SD3.5")):
+    z_image = tmp_path / "z_image_turbo_bf16.safetensors"  # Lumina 2's layout, but its adaLN is a plain Linear
+    save_file({"layers.0.adaLN_modulation.0.weight": torch.zeros(2, 2)}, str(z_image))
+    qwen = tmp_path / "qwen-image-diffusers"
+    qwen.mkdir()
+    (qwen / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
+    for model, name in ((cascade, "Stable Cascade"), (z_image, "Z-Image"), (qwen, "Qwen-Image")):
         with pytest.raises(UserError, match=f"is a {name} model, which LoRA Studio does not train"):
             load_components(str(model), None, False)
         problems = check_form({"pretrained_model_name_or_path": str(model), "output_dir": str(tmp_path / "o"),

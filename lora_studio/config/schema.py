@@ -525,6 +525,9 @@ FLUX_SETTINGS: tuple[Setting, ...] = (
     _anima("qwen3", PATH, None, "Qwen3", "Anima's text encoder: qwen_3_06b_base.safetensors, or a Qwen3-0.6B folder."),
     _anima("llm_adapter_path", PATH, None, "LLM adapter",
            "A separate LLM adapter file (llm_adapter.*); empty: the one inside the Anima checkpoint.", advanced=True),
+    _anima("t5_tokenizer_path", PATH, None, "T5 tokenizer folder",
+           "Anima: a folder with the T5 tokenizer its LLM adapter's ids come from (spiece.model or tokenizer.json); "
+           "empty: google/t5-v1_1-xxl's, found as Tokenizer cache folder says.", advanced=True),
     _lumina("gemma2", PATH, None, "Gemma2", "Lumina 2's text encoder: gemma_2_2b_fp16.safetensors, or a Gemma2-2B "
             "folder."),
     _flux("model_type", STR, None, "Model type", "flux or chroma, as sd-scripts; empty: told from the weights.",
@@ -668,7 +671,7 @@ ADVANCED_SECTIONS: dict[str, tuple[str, ...]] = {
                                    "text_encoder_batch_size", "cpu_offload_checkpointing"),
     "SD3": ("apply_lg_attn_mask", "clip_l_dropout_rate", "clip_g_dropout_rate", "t5_dropout_rate",
             "pos_emb_random_crop_rate", "enable_scaled_pos_embed"),
-    "Anima": ("llm_adapter_path", "qwen3_max_token_length", "t5_max_token_length", "vae_chunk_size",
+    "Anima": ("llm_adapter_path", "t5_tokenizer_path", "qwen3_max_token_length", "t5_max_token_length", "vae_chunk_size",
               "vae_disable_cache"),
     "Lumina 2": ("gemma2_max_token_length",),
 }

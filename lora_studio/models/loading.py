@@ -186,7 +186,7 @@ def load_components(model_path: str, vae_path: str | None, v2: bool, allow_pickl
         options = build_config(options)
     components = (load_diffusers_folder(path, v2, setting, options) if path.is_dir()
                   else load_single_file(path, v2, allow_pickle, setting, options))
-    if vae_path:
+    if vae_path and "vae" not in components.family.separate_files:  # Anima's vae is its own part, loaded
         vpath = Path(vae_path).expanduser()
         if not vpath.exists():
             raise UserError(f"vae: not found: {vpath}")

@@ -6,18 +6,24 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from .anima import Anima
 from .family import ModelFamily
 from .flux import Chroma, FluxFamily, FluxSchnell
+from .lumina import LuminaFamily
 from .sd1 import SD1
 from .sd2 import SD2
+from .sd3 import SD3Family, SD35Large, SD35Medium
 from .sdxl import SDXL
 
 # Asked in this order: a family's rule may assume the ones before it did not match.
-FAMILIES: tuple[ModelFamily, ...] = (Chroma(), FluxFamily(), FluxSchnell(), SDXL(), SD2(), SD1())
+FAMILIES: tuple[ModelFamily, ...] = (Chroma(), FluxFamily(), FluxSchnell(), Anima(), LuminaFamily(),
+                                     SD3Family(), SD35Medium(), SD35Large(), SDXL(), SD2(), SD1())
 BY_NAME = {f.name: f for f in FAMILIES}
 # Families people bring that LoRA Studio does not train (yet): a weight name only they have, and their pipelines.
-NOT_TRAINED = {"SD3 / SD3.5": ("joint_blocks.", "StableDiffusion3Pipeline"),
-               "Stable Cascade": ("down_blocks.0.0.channelwise", "StableCascadeDecoderPipeline")}
+NOT_TRAINED = {"Stable Cascade": ("down_blocks.0.0.channelwise", "StableCascadeDecoderPipeline"),
+               "Z-Image": ("layers.0.adaLN_modulation.0.", "ZImagePipeline"),
+               "Flux.2": ("single_stream_modulation.lin.", "Flux2Pipeline"),
+               "Qwen-Image": ("img_mod.1.", "QwenImagePipeline")}
 
 
 def not_trained_family(keys=(), pipeline: str = "") -> str | None:
