@@ -1,5 +1,6 @@
-"""Prompt lines in sd-scripts' sample-prompt format (``--n --w --h --d --s --l --g --ss``), without torch: read by the
-engine's sample images and by the GUI's Test tab."""
+"""Prompt lines in sd-scripts' sample-prompt format (``--n --w --h --d --s --l --g --ss``, and for the flow-matching
+transformers ``--fs`` flow shift, ``--ctr`` CFG truncation and ``--rcfg`` CFG renormalisation), without torch: read by
+the engine's sample images and by the GUI's Test tab."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-_OPTION = re.compile(r"^(n|w|h|d|s|l|g|ss)\s+(.*)$", re.DOTALL)
+_OPTION = re.compile(r"^(n|w|h|d|s|l|g|ss|fs|ctr|rcfg)\s+(.*)$", re.DOTALL)
 
 
 def prompt_options(line: str) -> tuple[str, list[tuple[str, str]]]:
@@ -35,6 +36,9 @@ class SamplePrompt:
     cfg_scale: float | None = None  # --l: classifier-free guidance (None: the family's default, 7.5 for SD)
     sampler: str | None = None
     guidance: float | None = None  # --g: Flux dev's embedded guidance (None: 3.5, as sd-scripts' samples)
+    flow_shift: float | None = None  # --fs: the sampling schedule's shift (SD3, Anima, Lumina 2; None: the family's)
+    cfg_trunc_ratio: float | None = None  # --ctr: Lumina 2 applies CFG only below this share of the time (0.25)
+    renorm_cfg: float | None = None  # --rcfg: Lumina 2's CFG renormalisation (1.0)
 
 
 def parse_prompt_line(line: str, default_size: int, pixel_multiple: int = 8) -> SamplePrompt | None:
@@ -62,6 +66,12 @@ def parse_prompt_line(line: str, default_size: int, pixel_multiple: int = 8) -> 
                 sample.guidance = float(value)
             elif key == "ss":
                 sample.sampler = value
+            elif key == "fs":
+                sample.flow_shift = float(value)
+            elif key == "ctr":
+                sample.cfg_trunc_ratio = float(value)
+            elif key == "rcfg":
+                sample.renorm_cfg = float(value)
         except ValueError:
             raise UserError(f"sample_prompts: option --{key} needs a number, got '{value}' in: {line}") from None
     sample.width -= sample.width % pixel_multiple
