@@ -254,10 +254,9 @@ def _flux_to_kohya(source: Path, family, layers: dict[str, _Layer]) -> dict[str,
         down, up = down.float(), up.float()
         scale = _alpha_of(path, down.shape[0], alpha_pattern, lora_alpha) / down.shape[0]
         part, _, inner = path.partition(".")
-        prefix = family.text_encoder_lora_prefixes["clip_l" if part == "text_encoder" else "t5xxl"] \
-            if part in ("text_encoder", "text_encoder_2") else None
-        if prefix is not None and (prefix != "lora_te1_" or family.uses_clip):
-            singles[prefix + inner.replace(".", "_")] = (down, up, scale)
+        setting = family.diffusers_text_encoders.get(part)  # the pipeline's text encoder -> its setting
+        if setting is not None:
+            singles[family.text_encoder_lora_prefixes[setting] + inner.replace(".", "_")] = (down, up, scale)
             continue
         found = by_part.get(inner if part == "transformer" else path)
         if found is None:

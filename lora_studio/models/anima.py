@@ -109,6 +109,7 @@ class AnimaPlan:
 
 class Anima(DiTFamily):
     name = "anima"
+    lora_module = "networks.lora_anima"
     title = "Anima"
     base_model_version = "anima"
     modelspec_implementation = "https://huggingface.co/circlestone-labs/Anima"
@@ -404,6 +405,29 @@ class Anima(DiTFamily):
             if self.strip_prefix(key) == "x_embedder.proj.1.weight":
                 return shape[0]
         return 0
+
+    # ---- lora-studio bench --model anima
+    def bench_configs(self):
+        from .anima_net import ANIMA, TINY_ANIMA
+
+        return ANIMA, TINY_ANIMA
+
+    def build_denoiser(self, config):
+        from .anima_net import AnimaTransformer
+
+        return AnimaTransformer(config)
+
+    def bench_condition(self, denoiser, batch_size, device, dtype, tokens: int = 512):
+        """Qwen3's states and the T5 ids of ``tokens`` tokens each (sd-scripts' default lengths), all attended."""
+        import torch
+
+        config = denoiser.config
+        width = config.adapter.source_dim if config.adapter else config.crossattn_emb_channels
+        vocab = config.adapter.vocab_size if config.adapter else 32128
+        g = torch.Generator().manual_seed(2)
+        ones = torch.ones(batch_size, tokens, dtype=torch.int64, device=device)
+        return {"qwen3": torch.randn(batch_size, tokens, width, generator=g).to(device, dtype), "qwen3_mask": ones,
+                "t5_ids": torch.randint(0, vocab, (batch_size, tokens), generator=g).to(device), "t5_mask": ones}
 
 
 class AnimaObjective(Objective):

@@ -51,6 +51,8 @@ class DiTFamily(ModelFamily):
     # separate text-encoder setting -> the LoRA prefix of its modules, and the regex of the module paths LoRA trains
     text_encoder_lora_prefixes: dict[str, str] = {}
     te_target_patterns: dict[str, str] = {}
+    # the diffusers pipeline's text-encoder components -> their separate-file setting (lora convert)
+    diffusers_text_encoders: dict[str, str] = {}
     # module paths a LoRA file may name as they are (ComfyUI reads the bare path and ``diffusion_model.`` + path)
     lora_path_prefixes: tuple[str, ...] = ("diffusion_model.",)
     # a transformer block's path: group 1 the block list, group 2 its index (block swap, inspect, the estimate)
@@ -381,6 +383,19 @@ class DiTFamily(ModelFamily):
 
     def latent_channels_of(self, shapes) -> int:
         return 16
+
+    # ---- lora-studio bench --model: the denoiser at real size and a tiny one of the same topology
+    def bench_configs(self) -> tuple:
+        """(the real denoiser's config, a tiny config of the same topology)."""
+        raise NotImplementedError
+
+    def build_denoiser(self, config):
+        """The denoiser of ``config`` (called on the meta device by the bench)."""
+        raise NotImplementedError
+
+    def bench_condition(self, denoiser, batch_size: int, device, dtype) -> dict:
+        """A random condition of the shapes ``encode_prompt`` gives for ``denoiser``."""
+        raise NotImplementedError
 
 
 def decode_image(vae, latents, scale_and_shift, output_type: str = "pil"):

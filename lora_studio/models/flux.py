@@ -68,6 +68,7 @@ class FluxFamily(DiTFamily):
     te_target_patterns = {"clip_l": r"encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$",
                           "t5xxl": r"encoder\.block\.\d+\.layer\.\d+\.(SelfAttention\.[qkvo]|"
                                    r"DenseReluDense\.(wi_0|wi_1|wi|wo))$"}
+    diffusers_text_encoders = {"text_encoder": "clip_l", "text_encoder_2": "t5xxl"}  # FluxPipeline
     lora_path_prefixes = ("diffusion_model.", "double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.",
                           "vector_in.", "guidance_in.", "final_layer.", "distilled_guidance_layer.")
     uses_clip = True
@@ -516,18 +517,19 @@ class FluxFamily(DiTFamily):
             inverse = {"linear2": "proj_out", "modulation.lin": "norm.linear"}
         return [(prefix + inverse[inner], out_features)] if inner in inverse else []
 
-    @staticmethod
-    def text_encoder_module_path(stem: str) -> tuple[str, str] | None:
-        """(diffusers pipeline part, module path) of a CLIP-L (lora_te1_) or T5 (lora_te3_) LoRA module: FluxPipeline's
-        text_encoder and text_encoder_2 with transformers' names; None for another name."""
+    def text_encoder_module_path(self, stem: str) -> tuple[str, str] | None:
+        """(diffusers pipeline part, module path) of a CLIP-L (lora_te1_) or T5 (lora_te3_) LoRA module: the
+        pipeline's text encoder of that setting (FluxPipeline: text_encoder, text_encoder_2; ChromaPipeline's T5 is
+        its text_encoder) with transformers' names; None for another name."""
         import re
 
+        part = {setting: name for name, setting in self.diffusers_text_encoders.items()}
         match = re.fullmatch(r"lora_te1_text_model_encoder_layers_(\d+)_(self_attn|mlp)_(\w+)", stem)
-        if match:
-            return "text_encoder", f"text_model.encoder.layers.{match[1]}.{match[2]}.{match[3]}"
+        if match and "clip_l" in part:
+            return part["clip_l"], f"text_model.encoder.layers.{match[1]}.{match[2]}.{match[3]}"
         match = re.fullmatch(r"lora_te3_encoder_block_(\d+)_layer_(\d+)_(SelfAttention|DenseReluDense)_(\w+)", stem)
         if match:
-            return "text_encoder_2", f"encoder.block.{match[1]}.layer.{match[2]}.{match[3]}.{match[4]}"
+            return part["t5xxl"], f"encoder.block.{match[1]}.layer.{match[2]}.{match[3]}.{match[4]}"
         return None
 
 
@@ -564,6 +566,7 @@ class Chroma(FluxFamily):
     default_sampling = "sigmoid"  # sd-scripts' Chroma recommendation, with raw prediction
     sample_cfg = 4.0  # sd-scripts' Chroma samples: --g 0 --l 4.0 with a negative prompt
     ignored_settings = {**FluxFamily.ignored_settings, "clip_l": "Chroma has no CLIP-L"}
+    diffusers_text_encoders = {"text_encoder": "t5xxl"}  # ChromaPipeline
 
     def matches_checkpoint(self, keys):
         keys = set(strip_prefix(keys))

@@ -67,6 +67,7 @@ class LuminaFamily(DiTFamily):
     base_model_version = "lumina2"  # lumina_util.MODEL_VERSION_LUMINA_V2
     modelspec_implementation = "https://github.com/Alpha-VLLM/Lumina-Image-2.0"
     lora_module = "networks.lora_lumina"
+    diffusers_text_encoders = {"text_encoder": "gemma2"}  # Lumina2Pipeline
     checkpoint_prefixes = (COMFY_PREFIX,)
     separate_files = {"gemma2": "Gemma2 text encoder (gemma_2_2b_fp16.safetensors)",
                       "ae": "autoencoder (ae.safetensors, the Flux AE)"}
@@ -281,6 +282,21 @@ class LuminaFamily(DiTFamily):
             if self.strip_prefix(key) == "x_embedder.weight":
                 return shape[1] // 4
         return 16
+
+    # ---- lora-studio bench --model lumina2
+    def bench_configs(self):
+        from .lumina_net import LUMINA_2B
+        from .tiny_lumina import tiny_lumina_config
+
+        return LUMINA_2B, tiny_lumina_config()
+
+    def build_denoiser(self, config):
+        from .lumina_net import LuminaTransformer
+
+        return LuminaTransformer(config)
+
+    def bench_condition(self, denoiser, batch_size, device, dtype):
+        return bench_condition(denoiser, batch_size, device, dtype)
 
     # ---- tools
     def te_module_path(self, part, key_path):

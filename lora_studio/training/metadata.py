@@ -56,7 +56,10 @@ class RunMetadata:
             "ss_gradient_accumulation_steps": cfg.gradient_accumulation_steps, "ss_max_grad_norm": cfg.max_grad_norm,
             "ss_mixed_precision": cfg.mixed_precision, "ss_full_fp16": bool(cfg.full_fp16),
             "ss_fp8_base": bool(cfg.fp8_base), "ss_fp8_base_unet": bool(cfg.fp8_base_unet), "ss_lowram": cfg.lowram,
-            "ss_network_module": cfg.network_module, "ss_network_dim": cfg.network_dim,
+            # plain LoRA on a transformer is sd-scripts' module of its family (networks.lora_flux, lora_sd3 ...)
+            "ss_network_module": getattr(family, "lora_module", None) if cfg.network_module in (
+                "networks.lora", "lora_studio.lora") and getattr(family, "lora_module", None) else cfg.network_module,
+            "ss_network_dim": cfg.network_dim,
             "ss_network_alpha": cfg.network_alpha if cfg.network_alpha else cfg.network_dim,
             "ss_network_args": network_args or None, "ss_network_dropout": cfg.network_dropout,
             # which programs read this file (not an sd-scripts key; A1111 and civitai show unknown keys as they are)
