@@ -59,16 +59,24 @@ def bench_models() -> dict[str, tuple[str, object, object]]:
 
     from .models import tiny
     from .models.flux_net import CHROMA, FLUX_DEV, FLUX_SCHNELL
+    from .models.registry import BY_NAME
     from .models.sd1 import SD1_UNET
     from .models.sdxl import SDXL_UNET
     from .models.tiny_flux import tiny_flux_config
 
     def small(variant):
         return dataclasses.replace(tiny_flux_config(variant), mlp_ratio=4.0)
-    return {"sd15": ("sd1", SD1_UNET, tiny.TINY_UNET), "sdxl": ("sdxl", SDXL_UNET, tiny.TINY_SDXL_UNET),
-            "flux-dev": ("flux-dev", FLUX_DEV, small("dev")), "flux-schnell": ("flux-schnell", FLUX_SCHNELL,
-                                                                                small("schnell")),
-            "chroma": ("chroma", CHROMA, small("chroma"))}
+    models = {"sd15": ("sd1", SD1_UNET, tiny.TINY_UNET), "sdxl": ("sdxl", SDXL_UNET, tiny.TINY_SDXL_UNET),
+              "flux-dev": ("flux-dev", FLUX_DEV, small("dev")), "flux-schnell": ("flux-schnell", FLUX_SCHNELL,
+                                                                                  small("schnell")),
+              "chroma": ("chroma", CHROMA, small("chroma"))}
+    for name in DIT_BENCH_MODELS:  # the other transformers: their family knows both sizes (``bench_configs``)
+        models[name] = (name, *BY_NAME[name].bench_configs())
+    return models
+
+
+# the transformer families whose denoiser the bench builds through the family (DiTFamily.build_denoiser)
+DIT_BENCH_MODELS = ("sd3-medium", "sd3.5-medium", "sd3.5-large", "anima", "lumina2")
 
 
 
@@ -80,7 +88,7 @@ def bench_family(model: str):
 
 
 def is_transformer(model: str) -> bool:
-    return model.startswith("flux") or model == "chroma"
+    return model.startswith("flux") or model == "chroma" or model in DIT_BENCH_MODELS
 
 
 def build_unet(model: str, tiny: bool):
@@ -166,8 +174,9 @@ def _cond(batch: dict, dtype) -> tuple[torch.Tensor, dict]:
     return batch["encoder_hidden_states"].to(dtype), extra
 
 
-# what a text-encoder cache entry holds, per family: SD's states (and SDXL's pooled embeds), Flux's pooled, T5, mask
-CONDITIONING = ("encoder_hidden_states", "text_embeds", "pooled", "t5", "t5_mask")
+# what a bench batch holds besides a text-encoder cache entry (the family's condition: SD's states and SDXL's pooled
+# embeds, Flux's pooled, T5 and mask ...)
+NOT_CONDITIONING = ("latents", "time_ids", "engine")
 
 
 class OurLoop:
@@ -220,7 +229,7 @@ class OurLoop:
         """The bench batch as the engine's data loader gives it: latents, captions of cached text-encoder outputs."""
         captions = [f"caption {i}" for i in range(batch["latents"].shape[0])]
         for i, caption in enumerate(captions):
-            self.te_cache[caption] = {k: batch[k][i] for k in CONDITIONING if k in batch}
+            self.te_cache[caption] = {k: v[i] for k, v in batch.items() if k not in NOT_CONDITIONING}
         engine = {"latents": batch["latents"], "captions": captions,
                   "loss_weights": torch.ones(len(captions), device=batch["latents"].device)}
         if "time_ids" in batch:
@@ -481,6 +490,22 @@ def _flux_loops(args, family, device, resolution: int):
     return model, batch, reference
 
 
+def _dit_loops(args, family, device, resolution: int):
+    """(our transformer, the batch, None) for SD3 / SD3.5, Anima and Lumina 2: the family's denoiser with random
+    weights, random cached latents and a random condition of the shapes its text encoders give (no diffusers+peft
+    reference here)."""
+    from .models.ldm_build import empty
+
+    _, full, small = bench_models()[args.model]
+    dtype = _dtype(args.precision)
+    model = materialize(empty(lambda: family.build_denoiser(small if args.tiny else full)), device, dtype)
+    g = torch.Generator().manual_seed(1)
+    side = resolution // 8
+    latents = torch.randn(args.batch, family.latent_channels_of({}), side, side, generator=g).to(device)
+    condition = family.bench_condition(model, args.batch, device, dtype)
+    return model, {"latents": latents, **condition}, None
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     family = bench_family(args.model)
@@ -488,7 +513,8 @@ def run(args: argparse.Namespace) -> dict:
     if resolution % family.pixel_multiple:
         raise ValueError(f"--resolution {resolution}: {family.title} needs a multiple of {family.pixel_multiple}")
     peak = _device_peak(device)
-    loops = _flux_loops if is_transformer(args.model) else _sd_loops
+    loops = (_dit_loops if args.model in DIT_BENCH_MODELS else _flux_loops if is_transformer(args.model)
+             else _sd_loops)
     denoiser, batch, reference = loops(args, family, device, resolution)
     compiled = compile_settings(args)
     timed = [warm_up("lora-studio", lambda: OurLoop(denoiser, family, args.rank, args.precision, device,

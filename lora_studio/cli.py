@@ -29,7 +29,8 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
 
 
 # the denoisers lora_studio.bench builds
-BENCH_MODELS = ("sd15", "sdxl", "flux-dev", "flux-schnell", "chroma")
+BENCH_MODELS = ("sd15", "sdxl", "flux-dev", "flux-schnell", "chroma", "sd3-medium", "sd3.5-medium", "sd3.5-large",
+                "anima", "lumina2")
 
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:

@@ -59,3 +59,23 @@ def test_flux_batches_have_the_shapes_flux_trains_on():
     assert batch["latents"].shape == (2, 16, 128, 128) and batch["pooled"].shape == (2, 768)
     assert batch["t5"].shape == (2, 512, 4096) and batch["t5_mask"].shape == (2, 512)
     assert bench.bench_family("flux-schnell").default_t5_length == 256
+
+
+def test_the_other_transformers_bench_their_own_step_and_say_there_is_no_reference(capsys):
+    """``lora-studio bench --model sd3.5-medium / anima / lumina2 --tiny``: the family's denoiser (built through the
+    family), a random condition of its text encoders' shapes, the engine's step timed with its FLOPs counted."""
+    import torch
+
+    parser = argparse.ArgumentParser()
+    add_bench_options(parser)
+    for model, title in (("sd3.5-medium", "SD3.5 medium"), ("anima", "Anima"), ("lumina2", "Lumina 2")):
+        args = parser.parse_args(["--model", model, "--tiny", "--precision", "no", "--rank", "4", "--batch", "1",
+                                  "--steps", "1", "--warmup", "1"])
+        assert bench.main(args) == 0
+        printed = capsys.readouterr().out
+        assert f"tiny-{model} 64px batch 1 rank 4" in printed and f"no diffusers+peft reference for {title}" in printed
+    # the real sizes the bench builds are the families' real models (meta device: nothing allocated)
+    with torch.device("meta"):
+        sizes = {model: sum(p.numel() for p in bench.bench_family(model).build_denoiser(
+            bench.bench_models()[model][1]).parameters()) / 1e9 for model in ("sd3.5-large", "anima", "lumina2")}
+    assert 8.0 < sizes["sd3.5-large"] < 8.2 and 1.9 < sizes["anima"] < 2.2 and 2.5 < sizes["lumina2"] < 2.7, sizes

@@ -73,8 +73,18 @@ def describe(family: ModelFamily, path: Path) -> str:
     if path.is_dir():
         return f"{family.title} (diffusers folder)"
     if family.separate_files:
-        return f"{family.title} ({family.denoiser_title}; needs {', '.join(family.separate_files)})"
+        needs = family.required_files(path) if hasattr(family, "required_files") else list(family.separate_files)
+        optional = [n for n in getattr(family, "optional_files", ()) if n in _parts_to_find(family, path)]
+        if not needs and not optional:
+            return f"{family.title} ({family.denoiser_title}; its parts inside)"
+        return (f"{family.title} ({family.denoiser_title}; needs {', '.join(needs) or 'nothing else'}"
+                + (f"; optional {', '.join(optional)}" if optional else "") + ")")
     return f"{family.title} (single file)"
+
+
+def _parts_to_find(family: ModelFamily, path: Path) -> list[str]:
+    """The separate parts a transformer file needs (a family may hold some inside: SD3)."""
+    return family.parts_to_find(path) if hasattr(family, "parts_to_find") else list(family.separate_files)
 
 
 def _without_setting(message: str) -> str:
@@ -215,12 +225,13 @@ def fill_parts(model: str | None, family: ModelFamily | None, current: dict[str,
         return out
     taken = [Path(str(v)).expanduser() for k, v in current.items() if k in family.separate_files and
              str(v or "").strip()]
-    for part in family.separate_files:
-        if str(current.get(part) or "").strip():
-            continue
+    for part in _parts_to_find(family, model_file):
+        if str(current.get(part) or "").strip() or part not in family.part_files:
+            continue  # a part the file holds, or one with no usual place (Anima's separate LLM adapter)
         found = find_part(model_file, family, part, roots, taken)
         if found is None:
-            out.missing.append(part)
+            if part not in getattr(family, "optional_files", ()):
+                out.missing.append(part)
             continue
         taken.append(found)
         out.values[part] = str(found)

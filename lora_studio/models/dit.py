@@ -111,10 +111,14 @@ class DiTFamily(ModelFamily):
         """The family's own requirements (raise UserError naming the setting) and warnings."""
         return []
 
+    def parts_to_find(self, source) -> list[str]:
+        """The separate parts a run of ``source`` reads from files of their own (all of them; a family whose
+        checkpoints may hold their parts asks the file: SD3)."""
+        return list(self.separate_files)
+
     def required_files(self, source) -> list[str]:
-        """The separate files a run of ``source`` must name (all but ``optional_files``; a family whose checkpoints
-        may hold their parts asks the file)."""
-        return [name for name in self.separate_files if name not in self.optional_files]
+        """The separate files a run of ``source`` must name: ``parts_to_find`` but ``optional_files``."""
+        return [name for name in self.parts_to_find(source) if name not in self.optional_files]
 
     def _require_files(self, paths: dict, source: str) -> None:
         from ..errors import UserError

@@ -125,9 +125,9 @@ class SD3Family(DiTFamily):
                         f"{'sd3_medium' if self.model_type == 'medium' else 'sd3.5_' + self.model_type[2:]}"
                         ".safetensors (the text encoders from text_encoders/ as clip_l, clip_g, t5xxl)")
 
-    def required_files(self, source) -> list[str]:
-        """The part files a run of ``source`` must name: the parts its checkpoint does not hold (T5 may be left out);
-        when the header cannot be read, none (the model check names the file)."""
+    def parts_to_find(self, source) -> list[str]:
+        """The parts ``source``'s checkpoint does not hold (T5 may then be left out: ``optional_files``); when the
+        header cannot be read, none (the model check names the file)."""
         from .sd3_parts import checkpoint_parts
 
         try:
@@ -136,7 +136,7 @@ class SD3Family(DiTFamily):
             held = checkpoint_parts(read_safetensors_header(Path(str(source)).expanduser(), "model").tensors)
         except Exception:
             return []
-        return [name for name in PART_SETTINGS if not held[name] and name not in self.optional_files]
+        return [name for name in PART_SETTINGS if not held[name]]
 
     def family_checks(self, cfg):
         from ..errors import UserError
@@ -385,6 +385,20 @@ class SD3Family(DiTFamily):
         sd-scripts' (sd-scripts #2103)."""
         return {"ComfyUI": "yes", "Forge": "yes", "AUTOMATIC1111": f"no: it has no {self.title}",
                 "diffusers": "no: its SD3 loader does not read sd-scripts' names (lora_unet_joint_blocks_...)"}
+
+    # ---- lora-studio bench --model sd3-medium / sd3.5-medium / sd3.5-large
+    def bench_configs(self):
+        from .sd3_net import CONFIGS, TINY_CONFIGS
+
+        return CONFIGS[self.model_type], TINY_CONFIGS[self.model_type]
+
+    def build_denoiser(self, config):
+        from .sd3_net import MMDiT
+
+        return MMDiT(config)
+
+    def bench_condition(self, denoiser, batch_size, device, dtype):
+        return bench_condition(denoiser, batch_size, device, dtype)
 
 
 class SD35Medium(SD3Family):
