@@ -28,7 +28,7 @@ LONGEST_FIRST = ["test_gui_browser.py", "test_gui_browser_runs_and_tabs.py", "te
                  "test_lycoris.py", "test_step_guard.py", "test_sdxl.py", "test_gui_browser_test_and_grid.py",
                  "test_gui_browser_form_state.py", "test_gui_browser_settings_layout.py", "test_bench.py",
                  "test_flux_train.py", "test_lora_tools_flux.py", "test_flux_compat.py", "test_estimate_flux.py",
-                 "test_flux_settings.py"]
+                 "test_flux_settings.py", "test_sd3_train.py", "test_anima_train.py", "test_lumina_train.py"]
 
 # Modules whose tests need no training run, no trained file and no engine process: ``./test.sh --quick``.
 QUICK = {"test_attention.py", "test_caption_edit.py", "test_captioning.py", "test_config.py", "test_data.py",
@@ -39,7 +39,8 @@ QUICK = {"test_attention.py", "test_caption_edit.py", "test_captioning.py", "tes
          "test_file_hashes.py", "test_tool_inputs.py", "test_image_hash.py", "test_model_check.py",
          "test_gui_test_and_grid_units.py", "test_settings_layout.py", "test_gui_runs_and_tabs_units.py",
          "test_gui_flux.py", "test_flux_net.py", "test_flow_matching.py", "test_flux_parts.py",
-         "test_kohya_import_flux.py", "test_estimate_calibration.py"}
+         "test_kohya_import_flux.py", "test_estimate_calibration.py", "test_sd3_net.py", "test_sd3_parts.py",
+         "test_anima_net.py", "test_anima_parts.py", "test_lumina_net.py", "test_kohya_import_dit.py"}
 
 
 def pytest_configure(config):

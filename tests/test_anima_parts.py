@@ -38,7 +38,7 @@ def test_tokenizers_missing_offline_name_the_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(UserError, match="tokenizer_cache_dir.*Qwen/Qwen3-0.6B"):
         ap.qwen3_tokenizer(str(tmp_path), tmp_path / "qwen.safetensors")
-    with pytest.raises(UserError, match="tokenizer_cache_dir: Anima needs the T5"):
+    with pytest.raises(UserError, match="tokenizer_cache_dir: the T5-XXL tokenizer .* Anima's adapter ids"):
         ap.t5_tokenizer(str(tmp_path))
 
 

@@ -570,10 +570,10 @@ FLUX_SETTINGS: tuple[Setting, ...] = (
          "Caption length for T5. Empty: 512 for Flux dev and Chroma, 256 for schnell and SD3.", minimum=16,
          maximum=512, advanced=True, families=FLUX + SD3),
     _dit("apply_t5_attn_mask", BOOL, None, "Apply T5 attention mask",
-         "Mask T5's padding (Flux: in T5 and the transformer's attention; SD3: zeroes the padded states). Empty: on "
-         "for Chroma (required), off otherwise.", advanced=True, families=FLUX + SD3),
+         "Mask T5's padding in T5's attention (Flux: also in the transformer's). Empty: on for Chroma (required), "
+         "off otherwise.", advanced=True, families=FLUX + SD3),
     _sd3("apply_lg_attn_mask", BOOL, None, "Apply CLIP-L/G attention mask",
-         "SD3: zero CLIP-L's and CLIP-G's states past the caption's end (sd-scripts' apply_lg_attn_mask).",
+         "SD3: mask CLIP-L's and CLIP-G's padding in their attention (sd-scripts' apply_lg_attn_mask).",
          advanced=True),
     _sd3("clip_l_dropout_rate", FLOAT, 0.0, "CLIP-L dropout rate",
          "SD3: how often a caption's CLIP-L output is dropped (zeroed) in training.", minimum=0.0, maximum=1.0,

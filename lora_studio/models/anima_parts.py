@@ -115,11 +115,7 @@ def t5_tokenizer(cache_dir: str | None, folder: str | None = None):
         if not path.is_dir():
             raise UserError(f"t5_tokenizer_path: not a folder: {path}")
         return flux_parts.t5_tokenizer_from_folder(path, "t5_tokenizer_path")
-    try:
-        return flux_parts._t5_tokenizer(cache_dir)
-    except UserError as exc:
-        raise UserError(str(exc).replace("Flux and Chroma need the T5-XXL tokenizer",
-                                         "Anima needs the T5 tokenizer's ids for its LLM adapter")) from None
+    return flux_parts._t5_tokenizer(cache_dir)  # its message names Anima's adapter ids among the T5 users
 
 
 def _qwen3_from_folder(folder: Path, setting: str):

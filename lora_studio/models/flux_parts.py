@@ -206,7 +206,8 @@ def _t5_missing(local: Path | None, why: str) -> str:
         "<tokenizer_cache_dir>/google_t5-v1_1-xxl/ (tokenizer_cache_dir is not set now)"
     spm = "" if _has_sentencepiece() else ("; reading spiece.model needs the sentencepiece package (pip install "
                                            "sentencepiece), tokenizer.json does not")
-    return (f"tokenizer_cache_dir: Flux and Chroma need the T5-XXL tokenizer ({T5_XXL_TOKENIZER_ID}); it is not "
+    return (f"tokenizer_cache_dir: the T5-XXL tokenizer ({T5_XXL_TOKENIZER_ID}) is needed (Flux, Chroma, SD3 with "
+            f"T5, Anima's adapter ids); it is not "
             f"{places} the Hugging Face cache ({hub_cache()}), and {why}. Download its {_t5_file_list()} from "
             f"https://huggingface.co/{T5_XXL_TOKENIZER_ID} (Files and versions) into {where} and set "
             f"tokenizer_cache_dir to the folder above it{spm}. Or run once with HF_HUB_OFFLINE=0 and a connection: "
@@ -309,7 +310,7 @@ def _not_a(setting: str, kind: str, path: Path, keys: list[str]) -> UserError:
     seems = what_file_is(keys)
     return UserError(f"{setting}: {path} is not {kind}" + (f"; it looks like {seems}" if seems else
                                                              " (no weight names of one)") +
-                     ". Check which file each of clip_l, t5xxl and ae names")
+                     ". Check which file each of the model's part settings names")
 
 
 # ================================================================ weights into empty modules
@@ -593,8 +594,8 @@ def load_ae(path: str | Path, dtype):
         raise _not_a("ae", "an autoencoder", path, keys)
     prefix, ldm_names = found
     if f"{prefix}quant_conv.weight" in shapes:
-        raise UserError(f"ae: {path} is a Stable Diffusion VAE (it has quant_conv); Flux and Chroma need the Flux "
-                        "AE (ae.safetensors from black-forest-labs/FLUX.1-schnell or FLUX.1-dev)")
+        raise UserError(f"ae: {path} is a Stable Diffusion VAE (it has quant_conv); Flux, Chroma and Lumina 2 need "
+                        "the Flux AE (ae.safetensors from black-forest-labs/FLUX.1-schnell or FLUX.1-dev)")
     _refuse_other_float8("ae", path, dtypes)
     try:
         cfg = flux_ae_config(shapes, prefix, ldm_names)
