@@ -136,3 +136,25 @@ def test_network_args_choose_modules(anima_run):
     assert stems["lora_unet_blocks_0_self_attn_q_proj"] == 8 and stems["lora_unet_blocks_1_self_attn_q_proj"] is None
     with pytest.raises(UserError, match="include_patterns"):
         family.adapter_targets(components, True, False, TargetSpec(family_args=(("include_patterns", "['(']"),)))
+
+
+def test_caption_dropout_trains_with_cached_text_encoder_outputs(anima_run, tmp_path):
+    """Anima alone keeps caption dropout with cached text-encoder outputs (sd-scripts' drop_cached_text_encoder_
+    outputs): the run trains, and a dropped caption ("") is looked up as Anima's empty condition (zero Qwen3 states
+    and mask, T5 ids and mask [1, 0, ...]) while the others keep their cached entries."""
+    from lora_studio.training.te_cache import cached_condition
+
+    root, info = anima_run
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "run.toml", _settings(
+        info["models"], info["data"], out, cache_text_encoder_outputs=True, network_train_unet_only=True,
+        caption_dropout_rate=0.5, max_train_steps=4))
+    run_cli("train", "--config", str(config))
+    assert (out / "anima_lora.safetensors").is_file()
+    ones = torch.ones(4, dtype=torch.int64)
+    cache = {"a cat": {"qwen3": torch.ones(4, 8), "qwen3_mask": ones, "t5_ids": torch.full((4,), 7), "t5_mask": ones}}
+    cond = cached_condition(cache, ["a cat", "", "a cat"], "cpu", Anima().drop_cached_condition)
+    assert torch.all(cond["qwen3"][[0, 2]] == 1) and torch.all(cond["qwen3"][1] == 0)
+    assert cond["qwen3_mask"][1].tolist() == [0, 0, 0, 0] and cond["t5_ids"][1].tolist() == [1, 0, 0, 0]
+    assert cond["t5_mask"][1].tolist() == [1, 0, 0, 0] and cond["t5_ids"][0].tolist() == [7, 7, 7, 7]
+    assert torch.all(cache["a cat"]["qwen3"] == 1)  # the cache itself is untouched
