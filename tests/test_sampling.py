@@ -16,9 +16,10 @@ def test_prompt_options():
     assert (plain.width, plain.height, plain.seed, plain.negative) == (640, 640, None, "")
     assert (plain.flow_shift, plain.cfg_trunc_ratio, plain.renorm_cfg) == (None, None, None)
     # the flow-matching transformers' options (sd-scripts' --fs, --ctr, --rcfg), and sizes at their 16-pixel multiple
-    dit = parse_prompt_line("a fox --fs 3.5 --ctr 0.3 --rcfg 0 --w 1000 --l 4", 1024, 16)
+    dit = parse_prompt_line("a fox --fs 3.5 --ctr 0.3 --rcfg 0 --w 1000 --l 4", 1024, 16, default_steps=36)
     assert (dit.flow_shift, dit.cfg_trunc_ratio, dit.renorm_cfg, dit.width, dit.cfg_scale) == (3.5, 0.3, 0.0, 992,
                                                                                                4.0)
+    assert dit.steps == 36 and parse_prompt_line("a fox --s 12", 1024, 16, 36).steps == 12  # the family's default
 
 
 def test_prompt_file_errors(tmp_path):

@@ -41,13 +41,15 @@ class SamplePrompt:
     renorm_cfg: float | None = None  # --rcfg: Lumina 2's CFG renormalisation (1.0)
 
 
-def parse_prompt_line(line: str, default_size: int, pixel_multiple: int = 8) -> SamplePrompt | None:
-    """One prompt line; sizes are rounded down to ``pixel_multiple`` (the family's: 8, or 16 for Flux)."""
+def parse_prompt_line(line: str, default_size: int, pixel_multiple: int = 8,
+                      default_steps: int = 30) -> SamplePrompt | None:
+    """One prompt line; sizes are rounded down to ``pixel_multiple`` (the family's: 8, or 16 for Flux), the steps
+    without --s are ``default_steps`` (the family's: sd-scripts' 30 for SD, 20 for Flux, 36 for Lumina 2 ...)."""
     line = line.strip()
     if not line or line.startswith("#"):
         return None
     text, options = prompt_options(line)
-    sample = SamplePrompt(prompt=text, width=default_size, height=default_size)
+    sample = SamplePrompt(prompt=text, width=default_size, height=default_size, steps=default_steps)
     for key, value in options:
         try:
             if key == "n":
@@ -87,9 +89,11 @@ def read_prompt_lines(path: str | Path) -> list[str]:
     return _decode_lines(path.read_bytes())
 
 
-def read_prompt_file(path: str | Path, default_size: int, pixel_multiple: int = 8) -> list[SamplePrompt]:
+def read_prompt_file(path: str | Path, default_size: int, pixel_multiple: int = 8,
+                     default_steps: int = 30) -> list[SamplePrompt]:
     lines = read_prompt_lines(path)
-    prompts = [p for p in (parse_prompt_line(line, default_size, pixel_multiple) for line in lines) if p is not None]
+    prompts = [p for p in (parse_prompt_line(line, default_size, pixel_multiple, default_steps) for line in lines)
+               if p is not None]
     if not prompts:
         raise UserError(f"sample_prompts: no prompt in {path} (one prompt a line; # starts a comment)")
     return prompts

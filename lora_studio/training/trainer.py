@@ -124,8 +124,8 @@ class Trainer:
             self._log_estimate(resolved.plan)
         # as sd-scripts: the prompt file is read only when sample images are due at some point
         wants_samples = cfg.sample_every_n_epochs or cfg.sample_every_n_steps or cfg.sample_at_first
-        multiple = family.pixel_multiple if family is not None else 8
-        self.prompts = read_prompt_file(cfg.sample_prompts, self.data.datasets[0].resolution[0], multiple) \
+        multiple, steps = (family.pixel_multiple, family.sample_steps) if family is not None else (8, 30)
+        self.prompts = read_prompt_file(cfg.sample_prompts, self.data.datasets[0].resolution[0], multiple, steps) \
             if cfg.sample_prompts and wants_samples else []
         if self.prompts and self.is_main:
             self.paths["samples"].mkdir(exist_ok=True)
