@@ -58,6 +58,7 @@ class SD3Family(DiTFamily):
     model_type = "medium"  # sd-scripts' analyze_state_dict_state: ss_base_model_version, modelspec's architecture
     base_model_version = "medium"
     modelspec_implementation = "diffusers"  # what sd-scripts stamps on an SD3 LoRA (sai_model_spec: LoRA, not SDXL)
+    lora_module = "networks.lora_sd3"
     checkpoint_prefixes = (SD3_PREFIX,)
     separate_files = {"clip_l": "CLIP-L text encoder (clip_l.safetensors)",
                       "clip_g": "CLIP-G text encoder (clip_g.safetensors)",
