@@ -32,3 +32,10 @@ bench train-sd15-b4-live-te --train --model sd15 --batch 4 --rank 32 --precision
 bench train-sd15-b4-fp16 --train --model sd15 --batch 4 --rank 32 --precision fp16 --steps 40 --warmup 10
 bench train-sdxl-b1-gc --train --model sdxl --batch 1 --rank 32 --precision bf16 --gradient-checkpointing \
     --steps 20 --warmup 5
+# the transformers at 1024 px, batch 1 (their activation constants in the estimate are to be calibrated from these
+# peaks: docs/benchmarks.md)
+bench flux-dev-b1-gc --model flux-dev --batch 1 --rank 16 --precision bf16 --gradient-checkpointing
+bench sd35-large-b1 --model sd3.5-large --batch 1 --rank 16 --precision bf16
+bench sd35-medium-b1 --model sd3.5-medium --batch 1 --rank 16 --precision bf16
+bench anima-b1 --model anima --batch 1 --rank 16 --precision bf16
+bench lumina2-b1 --model lumina2 --batch 1 --rank 16 --precision bf16
