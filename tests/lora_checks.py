@@ -51,3 +51,27 @@ def assert_adapters_equal_file(loaded: dict, sd: dict, adapter: str) -> None:
         assert torch.equal(module.lora_A[adapter].weight.float().reshape(down.shape), down), stem
         assert torch.equal(module.lora_B[adapter].weight.float().reshape(up.shape), up), stem
         assert module.scaling[adapter] == pytest.approx(float(sd[f"{stem}.alpha"]) / down.shape[0])
+
+
+def held_out_loss(components, cfg, images) -> float:
+    """The loss of the images in ``images`` at the family's validation points with fixed noise, so two measurements
+    differ only by the weights (a LoRA attached or not, trained or not)."""
+    from lora_studio.data.dataset import TrainingData
+    from lora_studio.data.sources import datasets_from_config
+    from lora_studio.training.loss import denoising_loss
+    from lora_studio.training.vae import encode_latents
+
+    data = TrainingData(datasets_from_config(cfg.replace(train_data_dir=str(images), validation_split=0.0)), 1.0, 0)
+    pixels = torch.stack([torch.from_numpy(data.pixels(i, False)) for i in range(len(data.items))])
+    family = components.family
+    objective = family.objective(components, cfg)
+    g = torch.Generator().manual_seed(0)
+    total = 0.0
+    with torch.no_grad():
+        latents = encode_latents(components.vae, pixels, "cpu", g, family.vae_scale_and_shift(components.vae))
+        cond = family.encode_prompt(components, [it.caption for it in data.items], "cpu", family.prompt_options(cfg))
+        for point in objective.validation_points:
+            noise = torch.randn(latents.shape, generator=g)
+            total += float(denoising_loss(components, objective, latents, cond, torch.ones(len(latents)), noise,
+                                          objective.fixed_timesteps(point, len(latents), "cpu")))
+    return total / len(objective.validation_points)

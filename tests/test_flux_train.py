@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import flux_settings, run_cli, write_config
+from lora_checks import held_out_loss
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -14,30 +15,6 @@ from lora_studio.config import build_config
 from lora_studio.models.loading import load_components
 
 from lora_studio.models.tiny_flux import VARIANTS
-
-
-def _held_out_loss(components, cfg, images, multiplier_network=None) -> float:
-    """The flow loss of ``images`` at fixed sigmas and noise, so two measurements differ only by the weights."""
-    from lora_studio.data.dataset import TrainingData
-    from lora_studio.data.sources import datasets_from_config
-    from lora_studio.training.loss import denoising_loss
-    from lora_studio.training.vae import encode_latents
-
-    data = TrainingData(datasets_from_config(cfg.replace(train_data_dir=str(images), validation_split=0.0)), 1.0, 0)
-    pixels = torch.stack([torch.from_numpy(data.pixels(i, False)) for i in range(len(data.items))])
-    family = components.family
-    objective = family.objective(components, cfg)
-    g = torch.Generator().manual_seed(0)
-    total = 0.0
-    with torch.no_grad():
-        latents = encode_latents(components.vae, pixels, "cpu", g, family.vae_scale_and_shift(components.vae))
-        cond = family.encode_prompt(components, [it.caption for it in data.items], "cpu", family.prompt_options(cfg))
-        for sigma in (0.2, 0.4, 0.6, 0.8):
-            noise = torch.randn(latents.shape, generator=g)
-            sigmas = torch.full((len(latents),), sigma)
-            total += float(denoising_loss(components, objective, latents, cond, torch.ones(len(latents)), noise,
-                                          sigmas))
-    return total / 4
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -83,11 +60,11 @@ def test_each_variant_trains_learns_and_writes_sd_scripts_names(flux_runs, tmp_p
     cfg = build_config(flux_settings(info["models"], variant, info["data"], out))
     held_out = write_dataset(tmp_path / "held", count=4, repeats=1, seed=99)
     components = load_components(cfg.pretrained_model_name_or_path, None, False, options=cfg)
-    base = _held_out_loss(components, cfg, held_out)
+    base = held_out_loss(components, cfg, held_out)
     network = LoRANetwork(components, 4, 4.0)
     network.load_weights(path)
     network.attach()
-    trained = _held_out_loss(components, cfg, held_out)
+    trained = held_out_loss(components, cfg, held_out)
     assert trained < base * 0.97, (base, trained)
 
 

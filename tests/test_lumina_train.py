@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import built_once, run_cli, write_config
+from lora_checks import held_out_loss
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -40,28 +41,6 @@ def lumina_run(tmp_path_factory):
     return built_once(tmp_path_factory, "lumina-run", build)
 
 
-def _held_out_loss(components, cfg, images) -> float:
-    from lora_studio.data.dataset import TrainingData
-    from lora_studio.data.sources import datasets_from_config
-    from lora_studio.training.loss import denoising_loss
-    from lora_studio.training.vae import encode_latents
-
-    data = TrainingData(datasets_from_config(cfg.replace(train_data_dir=str(images), validation_split=0.0)), 1.0, 0)
-    pixels = torch.stack([torch.from_numpy(data.pixels(i, False)) for i in range(len(data.items))])
-    family = components.family
-    objective = family.objective(components, cfg)
-    g = torch.Generator().manual_seed(0)
-    total = 0.0
-    with torch.no_grad():
-        latents = encode_latents(components.vae, pixels, "cpu", g, family.vae_scale_and_shift(components.vae))
-        cond = family.encode_prompt(components, [it.caption for it in data.items], "cpu", family.prompt_options(cfg))
-        for sigma in (0.2, 0.4, 0.6, 0.8):
-            noise = torch.randn(latents.shape, generator=g)
-            total += float(denoising_loss(components, objective, latents, cond, torch.ones(len(latents)), noise,
-                                          torch.full((len(latents),), sigma)))
-    return total / 4
-
-
 def test_trains_learns_and_writes_sd_scripts_file(lumina_run, tmp_path):
     from lora_studio.demo import write_dataset
     from lora_studio.network.lora import LoRANetwork
@@ -93,11 +72,11 @@ def test_trains_learns_and_writes_sd_scripts_file(lumina_run, tmp_path):
     cfg = build_config(lumina_settings(info["models"], info["data"], root / "out"))
     held_out = write_dataset(tmp_path / "held", count=4, repeats=1, seed=99)
     components = load_components(cfg.pretrained_model_name_or_path, None, False, options=cfg)
-    base = _held_out_loss(components, cfg, held_out)
+    base = held_out_loss(components, cfg, held_out)
     network = LoRANetwork(components, 4, 4.0)
     network.load_weights(path)
     network.attach()
-    trained = _held_out_loss(components, cfg, held_out)
+    trained = held_out_loss(components, cfg, held_out)
     assert trained < base * 0.97, (base, trained)
 
 

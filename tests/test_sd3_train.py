@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from conftest import built_once, run_cli, write_config
+from lora_checks import held_out_loss
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -53,29 +54,6 @@ def sd3_runs(tmp_path_factory):
     return built_once(tmp_path_factory, "sd3-runs", build)
 
 
-def _held_out_loss(components, cfg, images) -> float:
-    """The loss of ``images`` at fixed timesteps and noise, so two measurements differ only by the weights."""
-    from lora_studio.data.dataset import TrainingData
-    from lora_studio.data.sources import datasets_from_config
-    from lora_studio.training.loss import denoising_loss
-    from lora_studio.training.vae import encode_latents
-
-    data = TrainingData(datasets_from_config(cfg.replace(train_data_dir=str(images), validation_split=0.0)), 1.0, 0)
-    pixels = torch.stack([torch.from_numpy(data.pixels(i, False)) for i in range(len(data.items))])
-    family = components.family
-    objective = family.objective(components, cfg)
-    g = torch.Generator().manual_seed(0)
-    total = 0.0
-    with torch.no_grad():
-        latents = encode_latents(components.vae, pixels, "cpu", g, family.vae_scale_and_shift(components.vae))
-        cond = family.encode_prompt(components, [it.caption for it in data.items], "cpu", family.prompt_options(cfg))
-        for t in objective.validation_points:
-            noise = torch.randn(latents.shape, generator=g)
-            total += float(denoising_loss(components, objective, latents, cond, torch.ones(len(latents)), noise,
-                                          objective.fixed_timesteps(t, len(latents), "cpu")))
-    return total / len(objective.validation_points)
-
-
 def test_trains_learns_and_writes_sd_scripts_names_shapes_and_metadata(sd3_runs, tmp_path):
     from lora_studio.demo import write_dataset
     from lora_studio.network.lora import LoRANetwork
@@ -111,11 +89,11 @@ def test_trains_learns_and_writes_sd_scripts_names_shapes_and_metadata(sd3_runs,
     cfg = build_config(sd3_settings(info["models"]["5-large"], info["data"], out))
     held_out = write_dataset(tmp_path / "held", count=4, repeats=1, seed=99)
     components = load_components(cfg.pretrained_model_name_or_path, None, False, options=cfg)
-    base = _held_out_loss(components, cfg, held_out)
+    base = held_out_loss(components, cfg, held_out)
     network = LoRANetwork(components, 4, 4.0)
     network.load_weights(path)
     network.attach()
-    trained = _held_out_loss(components, cfg, held_out)
+    trained = held_out_loss(components, cfg, held_out)
     assert trained < base * 0.97, (base, trained)
 
 
