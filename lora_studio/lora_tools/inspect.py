@@ -21,10 +21,14 @@ _BLOCK = re.compile(r"^lora_unet_((?:down|up)_blocks_\d+|mid_block|input_blocks_
 _CROSS_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 
 
-def block_of(stem: str) -> str:
+def block_of(stem: str, family=None) -> str:
+    """The block a module is in: a text encoder (te, te1 ...), a U-Net block, or a transformer family's block list
+    (its ``block_pattern``: joint_blocks, blocks, layers, noise_refiner ...); else "unet (other)"."""
     if stem.startswith(("lora_te1_", "lora_te2_", "lora_te3_", "lora_te_")):
         return stem.split("_text_model")[0].split("_encoder_block")[0].removeprefix("lora_").replace("_", "") or "te"
     match = _BLOCK.match(stem)
+    if match is None and getattr(family, "block_pattern", None):
+        match = re.match("lora_unet_" + family.block_pattern.replace(r"\.", "_"), stem)
     return match.group(1) if match else "unet (other)"
 
 
@@ -66,7 +70,7 @@ def _family(modules: dict[str, ModuleWeights], metadata: dict[str, str]) -> tupl
     if by_arch:
         return _named(by_arch, f"metadata modelspec.architecture = {arch}")
     if fit:
-        return _named(fit, "its module names (double / single blocks)")
+        return _named(fit, "its module names (the family's block names)")
     if any(s.startswith(("lora_te1_", "lora_te2_")) for s in modules):
         return _named([f for f in families if f.title == "SDXL"], "two text encoders (lora_te1_ / lora_te2_)")
     for stem, m in modules.items():
@@ -141,7 +145,7 @@ def inspect_lora(path: str | Path, show_progress: bool = False) -> dict[str, Any
     named = getattr(own, "kohya_stem", lambda stem: stem)  # a stem that is a module path, in sd-scripts' form
     blocks: dict[str, dict] = defaultdict(lambda: {"modules": 0, "ranks": set(), "alphas": set(), "norms": []})
     for stem, m in track(sorted(f.modules.items()), "measuring", show=show_progress):
-        b = blocks[block_of(named(stem))]
+        b = blocks[block_of(named(stem), own)]
         b["modules"] += 1
         if m.rank is not None:
             b["ranks"].add(m.rank)
@@ -222,18 +226,24 @@ def _describe_details(details: dict[str, Any]) -> list[str]:
     if not details:
         return []
     lines = ["  module types (modules, rank, alpha):"]
-    for name, t in details.get("module_types", {}).items():
+    types = details.get("module_types", {})
+    width = max([28, *map(len, types)])  # SD3's "joint_blocks context_block_adaLN_modulation_1" is longer
+    for name, t in types.items():
         rank = "/".join(map(str, t["rank"])) or "-"
         alpha = "/".join(f"{a:g}" for a in t["alpha"]) or "-"
-        lines.append(f"    {name:28} {t['modules']:4} modules  rank {rank:8} alpha {alpha}")
+        lines.append(f"    {name:{width}} {t['modules']:4} modules  rank {rank:8} alpha {alpha}")
     fused = details.get("fused")
     if fused:
-        lines.append(f"  fused modules: {fused['qkv']} qkv (q, k, v), {fused['linear1']} linear1 (q, k, v, MLP in); "
-                     f"{fused['stored_split']} stored split (block-diagonal up)")
+        kinds = [f"{fused['qkv']} qkv (q, k, v)"] + ([f"{fused['linear1']} linear1 (q, k, v, MLP in)"]
+                                                    if "linear1" in fused else [])  # Lumina 2: qkv only
+        lines.append(f"  fused modules: {', '.join(kinds)}; {fused['stored_split']} stored split (block-diagonal up)")
     for kind in ("double", "single"):
         indices = details.get(f"{kind}_blocks")
         if indices:
             lines.append(f"  {kind} blocks changed: {_ranges(indices)}")
+    for kind, indices in (details.get("blocks") or {}).items():  # the other transformers' block lists
+        if indices:
+            lines.append(f"  {kind} changed: {_ranges(indices)}")
     if details.get("split_qkv") is not None:
         lines.append(f"  split_qkv (network_args): {details['split_qkv']}")
     return lines
