@@ -140,6 +140,13 @@ def convert_lora(source: str | Path, out: str | Path, model: str | Path, to: str
     family = model_family(model, "--model")
     if streams_checkpoints(family):
         refuse_folder(model, family, "--model")
+        if not hasattr(family, "diffusers_lora_modules"):  # SD3 / SD3.5, Anima: no diffusers names here
+            if to == "diffusers":
+                verdict = family.lora_apps(list(read_lora_file(source).modules), True)["diffusers"]
+                raise UserError(f"lora convert has no diffusers names for {family.title} ({model.name}); diffusers "
+                                f"and {source.name}: {verdict}. Keep the kohya file: ComfyUI reads it as it is")
+            raise UserError(f"lora convert reads diffusers / peft files of SD1.x, SD2.x, SDXL, Flux.1, Chroma and "
+                            f"Lumina 2, not {family.title} ({model.name})")
         phase("reading the transformer's layer names")
         layers = _flux_layers(family, model)
         tensors = (_flux_to_diffusers if to == "diffusers" else _flux_to_kohya)(source, family, layers)
