@@ -9,7 +9,9 @@ Flux.1 / Chroma, as sd-scripts' networks/flux_extract_lora.py: the two transform
 ``model.diffusion_model.`` prefix is read through) are read tensor by tensor, never whole, and every Linear of the
 double and single blocks gives a module with sd-scripts' name (``lora_unet_double_blocks_0_img_attn_qkv``: a fused
 qkv or linear1 is one module). The text encoders are separate files: CLIP-L (``lora_te1_``) and T5 (``lora_te3_``)
-are extracted only when both of their files are given and differ by more than ``min_diff``.
+are extracted only when both of their files are given and differ by more than ``min_diff``. SD3 / SD3.5, Anima and
+Lumina 2 the same way, with their own names and text encoders (SD3: CLIP-L, CLIP-G, T5, which a checkpoint may hold
+itself: each is extracted only when it differs by more than ``min_diff``; Anima: Qwen3; Lumina 2: Gemma2).
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def extract_lora(model: str | Path, tuned: str | Path, out: str | Path, dim: int
         return _extract_streamed(family, model, tuned, out, dim, clamp_quantile, min_diff, dynamic_method,
                                  dynamic_param, device, save_precision, text_encoders or {}, show_progress)
     if text_encoders:
-        raise UserError("separate text-encoder files are for Flux.1 / Chroma; this base model holds its own")
+        raise UserError("separate text-encoder files are for the transformer families (Flux.1, Chroma, SD3, Anima, "
+                        "Lumina 2); this base model holds its own")
     phase("loading the models")
     base_c = load_components(str(model), None, v2, setting="--model")
     tuned_c = load_components(str(tuned), None, v2, setting="--tuned")
@@ -155,6 +158,11 @@ def _extract_streamed(family, model: Path, tuned: Path, out: Path, dim: int, cla
             if part != "transformer" and not _differs(pairs, base, other_view, min_diff):
                 log.info("the %s files differ by at most %g (min_diff): left out", part, min_diff)
                 continue
+            for te, prefix in family.text_encoder_lora_prefixes.items():  # those inside the checkpoint (SD3's)
+                held = [p for p in pairs if p[0].startswith(prefix)]
+                if part == "transformer" and held and not _differs(held, base, other_view, min_diff):
+                    log.info("the checkpoints' %s differs by at most %g (min_diff): left out", te, min_diff)
+                    pairs = [p for p in pairs if not p[0].startswith(prefix)]
             for stem, base_key, tuned_key in track(pairs, f"extracting ({part})", show=show_progress):
                 diff = other_view[tuned_key].to(device, torch.float32) - base[base_key].to(device, torch.float32)
                 up, down = _low_rank(diff, dim, clamp_quantile, dynamic_method, dynamic_param)
