@@ -68,8 +68,8 @@ def bake_checkpoint(model: str | Path, loras: list[str | Path], ratios: list[flo
         refuse_folder(model, family, "--model")
         return _bake_streamed(family, model, paths, ratios, out, save_precision, text_encoders)
     if text_encoders:
-        raise UserError(f"--{', --'.join(text_encoders)}: separate text-encoder files are for Flux.1 / Chroma; this "
-                        "base model holds its own text encoders")
+        raise UserError(f"--{', --'.join(text_encoders)}: separate text-encoder files are for the transformer "
+                        "families (Flux.1, Chroma, SD3, Anima, Lumina 2); this base model holds its own text encoders")
     return _bake_loaded(model, paths, ratios, out, save_precision, v2), []
 
 

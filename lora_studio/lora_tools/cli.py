@@ -7,6 +7,12 @@ import json
 from pathlib import Path
 
 
+# the transformer families' separate text-encoder files (their settings' names): who has them, which modules
+TEXT_ENCODER_FILES = {"clip_l": ("Flux.1 / SD3", "CLIP-L (lora_te1_)"), "clip_g": ("SD3", "CLIP-G (lora_te2_)"),
+                      "t5xxl": ("Flux.1 / Chroma / SD3", "T5-XXL (lora_te3_)"),
+                      "qwen3": ("Anima", "Qwen3 (lora_te_)"), "gemma2": ("Lumina 2", "Gemma2 (lora_te_)")}
+
+
 def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     tools = parser.add_subparsers(dest="tool", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -34,10 +40,9 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("--model", help="bake the LoRAs into this base model (a single-file checkpoint or a diffusers "
                                        "folder); the output is a single-file checkpoint")
     merge.add_argument("--v2", action="store_true", help="the base model is SD2.x (when its file does not say)")
-    merge.add_argument("--clip_l", help="Flux.1: also bake the CLIP-L modules (lora_te1_) into a copy of this "
-                                        "clip_l.safetensors (written as <out>-clip_l.safetensors); else left out")
-    merge.add_argument("--t5xxl", help="Flux.1 / Chroma: also bake the T5 modules (lora_te3_) into a copy of this "
-                                       "t5xxl file (written as <out>-t5xxl.safetensors); else they are left out")
+    for part, (family, modules) in TEXT_ENCODER_FILES.items():
+        merge.add_argument(f"--{part}", help=f"{family}: also bake the {modules} modules into a copy of this {part} "
+                                             f"file (written as <out>-{part}.safetensors); else they are left out")
     merge.add_argument("--lora", action="append", required=True, help="a LoRA file (repeat for more)")
     merge.add_argument("--ratio", action="append", type=float, default=[], help="its ratio (one per --lora)")
     merge.add_argument("--out", required=True, help="the merged file")
@@ -62,10 +67,10 @@ def add_lora_commands(parser: argparse.ArgumentParser) -> None:
     extract.add_argument("--device", default="cpu")
     extract.add_argument("--save_precision", choices=("float", "fp16", "bf16"), default="float")
     extract.add_argument("--v2", action="store_true", help="the models are SD2.x (when their files do not say)")
-    extract.add_argument("--clip_l", help="Flux.1: the base CLIP-L file (with --clip_l_tuned: extract lora_te1_ too)")
-    extract.add_argument("--clip_l_tuned", help="Flux.1: the fine-tuned CLIP-L file")
-    extract.add_argument("--t5xxl", help="Flux.1 / Chroma: the base T5-XXL file (with --t5xxl_tuned: lora_te3_ too)")
-    extract.add_argument("--t5xxl_tuned", help="Flux.1 / Chroma: the fine-tuned T5-XXL file")
+    for part, (family, modules) in TEXT_ENCODER_FILES.items():
+        extract.add_argument(f"--{part}", help=f"{family}: the base {part} file (with --{part}_tuned: extract the "
+                                               f"{modules} modules too)")
+        extract.add_argument(f"--{part}_tuned", help=f"{family}: the fine-tuned {part} file")
 
     convert = tools.add_parser("convert", parents=[common], help="kohya format <-> diffusers / peft format")
     convert.add_argument("source")
@@ -111,7 +116,7 @@ def _run_tool(args: argparse.Namespace) -> tuple[Path | None, dict]:
     elif args.tool == "extract":
         from .extract import extract_lora
 
-        text_encoders = {part: (getattr(args, part), getattr(args, f"{part}_tuned")) for part in ("clip_l", "t5xxl")
+        text_encoders = {part: (getattr(args, part), getattr(args, f"{part}_tuned")) for part in TEXT_ENCODER_FILES
                          if getattr(args, part) or getattr(args, f"{part}_tuned")}
         out = extract_lora(args.model, args.tuned, args.out, args.dim, args.conv_dim, args.clamp_quantile,
                            args.min_diff, args.dynamic_method, args.dynamic_param, args.device, args.save_precision,
@@ -119,14 +124,14 @@ def _run_tool(args: argparse.Namespace) -> tuple[Path | None, dict]:
     elif args.model:
         from .bake import bake_checkpoint
 
-        text_encoders = {part: getattr(args, part) for part in ("clip_l", "t5xxl") if getattr(args, part)}
+        text_encoders = {part: getattr(args, part) for part in TEXT_ENCODER_FILES if getattr(args, part)}
         out, notes = bake_checkpoint(args.model, args.lora, args.ratio, args.out, args.save_precision, args.v2,
                                      text_encoders)
         return out, {"text": "\n".join([f"wrote {out}", *notes]), "output": str(out), "notes": notes}
-    elif args.clip_l or args.t5xxl:
+    elif any(getattr(args, part) for part in TEXT_ENCODER_FILES):
         from ..errors import UserError
 
-        raise UserError("--clip_l / --t5xxl are for merging into a checkpoint (with --model)")
+        raise UserError(f"--{' / --'.join(TEXT_ENCODER_FILES)} are for merging into a checkpoint (with --model)")
     else:
         from .merge import merge_loras
 

@@ -93,8 +93,9 @@ def streams_checkpoints(family) -> bool:
 
 def refuse_folder(path: Path, family, setting: str) -> None:
     if path.is_dir():
-        raise UserError(f"{setting}: {path} is a {family.title} diffusers folder; give its single-file transformer in "
-                        "BFL layout (e.g. flux1-dev.safetensors), which this tool reads tensor by tensor")
+        raise UserError(f"{setting}: {path} is a {family.title} diffusers folder; give its single-file "
+                        "checkpoint in its native layout (e.g. flux1-dev.safetensors), which this tool reads tensor by "
+                        "tensor")
 
 
 def _safetensors_dtypes() -> dict[str, torch.dtype]:
