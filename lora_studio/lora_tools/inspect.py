@@ -24,8 +24,9 @@ _CROSS_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 def block_of(stem: str, family=None) -> str:
     """The block a module is in: a text encoder (te, te1 ...), a U-Net block, or a transformer family's block list
     (its ``block_pattern``: joint_blocks, blocks, layers, noise_refiner ...); else "unet (other)"."""
-    if stem.startswith(("lora_te1_", "lora_te2_", "lora_te3_", "lora_te_")):
-        return stem.split("_text_model")[0].split("_encoder_block")[0].removeprefix("lora_").replace("_", "") or "te"
+    te = re.match(r"lora_(te[123]?)_", stem)
+    if te:  # the text encoder, whatever its layers are named (CLIP's text_model, T5's encoder, Qwen3's layers)
+        return te.group(1)
     match = _BLOCK.match(stem)
     if match is None and getattr(family, "block_pattern", None):
         match = re.match("lora_unet_" + family.block_pattern.replace(r"\.", "_"), stem)
