@@ -154,7 +154,8 @@ def _bake_streamed(family, model: Path, paths: list[Path], ratios: list[float], 
     for lora, ratio in zip(files, ratios):
         matched = 0
         for stem, module in lora.modules.items():
-            part = next((p for p in tables if stem in tables[p]), None)
+            # a text encoder's own file, when given, wins over the one a checkpoint holds (SD3's), as in training
+            part = next((p for p in [*text_encoders, "transformer"] if stem in tables[p]), None)
             if part is None:
                 te = next((p for p, prefix in family.text_encoder_lora_prefixes.items() if stem.startswith(prefix)),
                           None)
