@@ -253,3 +253,38 @@ def test_convert_to_diffusers_is_lumina_only_and_says_why_for_sd3_and_anima(extr
     before, after = _deltas(extracted["out"]), _deltas(back)
     assert before.keys() == after.keys()
     assert all(float((after[s] - d).abs().max()) <= 1e-6 for s, d in before.items())
+
+
+def test_sd3_text_encoder_modules_go_to_their_own_files_when_given(dit_models, tmp_path):
+    """SD3 with its text encoders beside the checkpoint (clip_l / clip_g / t5xxl files): extract with --clip_g
+    recovers a CLIP-G change, and merge --model bakes lora_te2_ into a copy of the clip_g file (left out and named
+    without it); an all-in-one checkpoint given --clip_g bakes into that file, its own CLIP-G kept."""
+    from lora_studio.models.tiny_sd3 import write_tiny_sd3
+
+    parts = write_tiny_sd3(tmp_path / "separate", "medium", layout="separate")
+    model, clip_g = parts["pretrained_model_name_or_path"], parts["clip_g"]
+    te_key = "text_model.encoder.layers.0.mlp.fc1.weight"
+    changes = _tuned_copy(Path(clip_g), tmp_path / "clip_g_tuned.safetensors", [te_key],
+                          torch.Generator().manual_seed(5))
+    out = tmp_path / "x.safetensors"
+    run_cli("lora", "extract", "--model", model, "--tuned", model, "--out", str(out), "--dim", "2", "--clamp_quantile",
+            "1", "--clip_g", clip_g, "--clip_g_tuned", str(tmp_path / "clip_g_tuned.safetensors"), "--clip_l",
+            parts["clip_l"], "--clip_l_tuned", parts["clip_l"])
+    deltas = _deltas(out)
+    te = {s for s in deltas if not s.startswith("lora_unet_")}
+    assert len(te) == 12 and all(s.startswith("lora_te2_") for s in te)  # CLIP-L's files are the same: left out
+    assert _relative(deltas["lora_te2_text_model_encoder_layers_0_mlp_fc1"].reshape(64, 32), changes[te_key]) <= 1e-4
+    proc = run_cli("lora", "merge", "--model", model, "--lora", str(out), "--out", str(tmp_path / "a.safetensors"))
+    assert "left out 12 CLIP-G text encoder (clip_g.safetensors) modules (lora_te2_): give --clip_g" in proc.stdout
+    run_cli("lora", "merge", "--model", model, "--lora", str(out), "--ratio", "0.5", "--clip_g", clip_g, "--out",
+            str(tmp_path / "b.safetensors"))
+    base, baked = load_file(clip_g), load_file(str(tmp_path / "b-clip_g.safetensors"))
+    assert list(baked) == list(base)
+    assert _relative(baked[te_key] - base[te_key], 0.5 * changes[te_key]) <= 1e-4
+    # all in one, --clip_g given: the file given is changed, the checkpoint's CLIP-G is not
+    whole = dit_models["sd3"]["model"]
+    run_cli("lora", "merge", "--model", whole, "--lora", str(out), "--ratio", "0.5", "--clip_g", clip_g, "--out",
+            str(tmp_path / "c.safetensors"))
+    assert torch.equal(load_file(str(tmp_path / "c-clip_g.safetensors"))[te_key], baked[te_key])
+    inside, inside_baked = load_file(whole), load_file(str(tmp_path / "c.safetensors"))
+    assert all(torch.equal(inside_baked[k], v) for k, v in inside.items() if k.startswith("text_encoders."))
