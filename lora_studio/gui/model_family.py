@@ -150,14 +150,16 @@ def hidden_but_set(family: ModelFamily | None, values: dict[str, Any], shown: It
 
 # ================================================================ Flux / Chroma parts beside the transformer
 def _usable_header(path: Path, family: ModelFamily, part: str) -> bool:
-    """The file's header says it is ``part`` in a form the family loads (``ModelFamily.is_part_file``)."""
+    """The file's header says it is ``part`` in a form the family loads (``ModelFamily.is_part_file``), and is not
+    a base model of its own (an SD3 checkpoint beside a Lumina transformer holds an autoencoder too, but not the
+    Flux AE Lumina renders with)."""
     from ..io_utils import read_safetensors_header
 
     try:
         tensors = read_safetensors_header(path, part).tensors
     except UserError:
         return False
-    return family.is_part_file(part, tensors)
+    return family.is_part_file(part, tensors) and family_of_checkpoint(tensors) is None
 
 
 def part_folders(model_file: Path, family: ModelFamily, part: str) -> list[Path]:
