@@ -296,11 +296,15 @@ def family_values_for(model: str, files: list[str], roots: list[Path] | None = N
             break
     found = fill_parts(model, family, values, roots)
     values.update(found.values)
-    missing = [name for name in family.separate_files if not values.get(name)]
+    # the parts the model's file does not hold and that are not optional (SD3's may be inside, its T5 optional;
+    # Anima's LLM adapter is in the DiT file unless given)
+    needed = family.required_files(model) if hasattr(family, "required_files") else list(family.separate_files)
+    missing = [name for name in needed if not values.get(name)]
     if missing:
+        names = [family.part_files[n].names[0] for n in missing if n in family.part_files]
         raise UserError(f"{family.title} renders with its {', '.join(missing)} file(s): none was found in the run's "
-                        "config beside the LoRA file or next to the base model; put them beside the model (ae."
-                        "safetensors, clip_l.safetensors, t5xxl_fp16.safetensors)")
+                        "config beside the LoRA file or next to the base model; put them beside the model"
+                        + (f" ({', '.join(names)})" if names else ""))
     return values
 
 
