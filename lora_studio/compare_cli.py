@@ -132,10 +132,13 @@ def run_compare(args: argparse.Namespace) -> int:
         if not args.prompts:
             raise UserError("no prompts: give --prompts (a sample_prompts file or the prompt text)")
         first = Path(args.files[0]).expanduser()
+        settings = family_values(args)
+        if args.vae:  # a family whose VAE is a part of its own (SD3, Anima) reads it from its settings
+            settings["vae"] = args.vae
         index = compare_grid(args.files, args.prompts, model=args.model, vae=args.vae, v2=args.v2,
                              v_parameterization=True if args.v_parameterization else None,
                              clip_skip=args.clip_skip or 1, allow_pickle=args.allow_pickle,
-                             settings=family_values(args) or None,
+                             settings=settings or None,
                              out_dir=args.out or compare_folder(first.parent),
                              output_name=args.name or _run_name(first), **options)
     for grid in index["grids"]:
