@@ -307,6 +307,10 @@ class Anima(DiTFamily):
         return key_path
 
     # ---- prompts
+    def joint_text_tokens(self, options):
+        """None: the blocks read the LLM adapter's context by cross-attention (counted in the estimate's constants)."""
+        return 0
+
     def prompt_options(self, settings):
         from .anima_parts import DEFAULT_QWEN3_LENGTH, DEFAULT_T5_LENGTH
 

@@ -367,12 +367,12 @@ class DiTFamily(ModelFamily):
             counts["unet"] += size
             name = self.strip_prefix(key)
             block = re.match(self.block_pattern, name)
-            if block:
-                index = int(block.group(2)) if block.group(1) == self.main_blocks else None
-                if index is not None:
-                    sizes[index] = sizes.get(index, 0) + size
-                if name.endswith(".weight") and len(shape) == 2 and self.denoiser_target(name.removesuffix(".weight")):
-                    counts["lora_linear"] += shape[0] + shape[1]
+            if block and block.group(1) == self.main_blocks:
+                index = int(block.group(2))
+                sizes[index] = sizes.get(index, 0) + size
+            # every Linear LoRA adapts, in the blocks or not (Lumina 2's final layer)
+            if name.endswith(".weight") and len(shape) == 2 and self.denoiser_target(name.removesuffix(".weight")):
+                counts["lora_linear"] += shape[0] + shape[1]
         width = self.width_of(shapes)
         counts["blocks"] = {"double": [len(sizes), max(sizes.values(), default=0)], "single": [0, 0],
                             "hidden": width}
@@ -380,6 +380,11 @@ class DiTFamily(ModelFamily):
         return counts
 
     main_blocks = "blocks"  # the block list block swap and checkpointing count (the block_pattern's group 1)
+
+    def joint_text_tokens(self, options: dict) -> int:
+        """The text tokens the blocks attend beside the image tokens (the estimate's sequence length), from the
+        family's ``prompt_options``: T5's length (Flux.1)."""
+        return int(options.get("t5xxl_max_token_length", 512))
 
     def width_of(self, shapes) -> int:
         """The transformer's width, from a header."""

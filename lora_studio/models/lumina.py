@@ -209,6 +209,10 @@ class LuminaFamily(DiTFamily):
         return path.startswith(BLOCKS + ("final_layer.",)) and not path.rsplit(".", 1)[-1].endswith("norm")
 
     # ---- prompts
+    def joint_text_tokens(self, options):
+        """Gemma2's caption tokens join the image tokens."""
+        return int(options.get("gemma2_max_token_length", 256))
+
     def prompt_options(self, settings):
         length = getattr(settings, "gemma2_max_token_length", None)
         return {"gemma2_max_token_length": int(length) if length else 256,

@@ -289,6 +289,10 @@ class SD3Family(DiTFamily):
         return table
 
     # ---- prompts
+    def joint_text_tokens(self, options):
+        """CLIP's 77 and T5's tokens (333 by default) join the image tokens."""
+        return 77 + int(options.get("t5xxl_max_token_length", 256))
+
     def prompt_options(self, settings):
         length = getattr(settings, "t5xxl_max_token_length", None) or 256
         return {"t5xxl_max_token_length": int(length),

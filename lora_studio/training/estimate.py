@@ -14,6 +14,7 @@ denoiser comes in, and training, after ``build.release_unneeded`` has freed what
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import struct
 import subprocess
@@ -25,7 +26,7 @@ from ..config import Config
 from ..errors import UserError
 from ..io_utils import safetensors_shapes
 from ..models.family import ModelFamily
-from ..models.registry import BY_NAME, family_of_checkpoint, family_of_diffusers_folder
+from ..models.registry import BY_NAME, FAMILIES, family_of_checkpoint, family_of_diffusers_folder
 from .plan import images_per_vae_call
 
 GB = 1024**3
@@ -70,7 +71,11 @@ OPTIMIZER_STATE_COPIES = {"adamw": 2, "adamw8bit": 0.5, "lion": 1, "lion8bit": 0
                           "adafactor": 0.5, "sgd": 0}
 DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
                "I8": 1, "U8": 1, "BOOL": 1}
-TEXT_ENCODER_FILES = ("clip_l", "t5xxl")  # separate-file parts that are text encoders (the rest: the autoencoder)
+# the separate-file parts that are text encoders, of every transformer family (SD3's clip_g, Anima's qwen3, Lumina
+# 2's gemma2 too); those a family has are its text_encoder_lora_prefixes. The rest are autoencoders, but for parts of
+# the transformer itself (Anima's LLM adapter in a file of its own).
+TEXT_ENCODER_FILES = ("clip_l", "clip_g", "t5xxl", "qwen3", "gemma2")
+TRANSFORMER_FILES = ("llm_adapter_path",)
 
 
 @dataclass
@@ -121,7 +126,8 @@ class PartSize:
 
 
 _EMBEDDINGS = ("embed", "shared.weight", "relative_attention_bias")
-_ADAPTED = ("encoder.layers.", "encoder.block.")  # CLIP's and T5's attention and MLP layers
+# CLIP's and T5's attention and MLP layers, and the decoder-only LLMs' (Qwen3, Gemma2: ``model.layers.N.``)
+_ADAPTED = re.compile(r"(^|\.)(encoder\.layers|encoder\.block|layers)\.\d+\.")
 
 
 def part_size(path: str | Path) -> PartSize:
@@ -133,7 +139,7 @@ def part_size(path: str | Path) -> PartSize:
         stored += count * DTYPE_BYTES.get(dtype, 2)
         if len(shape) == 2 and name.endswith(".weight") and not any(e in name for e in _EMBEDDINGS):
             linear += count
-            if any(a in name for a in _ADAPTED):
+            if _ADAPTED.search(name):
                 lora += shape[0] + shape[1]
     return PartSize(params, linear, stored, lora)
 
@@ -190,7 +196,9 @@ def model_size(model: str | Path, separate_files: dict | None = None) -> ModelSi
         part = size.parts[name] = part_size(path)
         if name in TEXT_ENCODER_FILES:
             size.text_encoders += part.params
-            size.lora_te += part.lora_linear if name == "clip_l" else 0  # T5 only with train_t5xxl
+            size.lora_te += part.lora_linear if name != "t5xxl" else 0  # T5 only with train_t5xxl
+        elif name in TRANSFORMER_FILES:
+            size.unet += part.params
         else:
             size.vae += part.params
     return size
@@ -271,8 +279,7 @@ class _Run:
         """The text tokens a transformer attends beside the image (T5's length); 0 for a U-Net."""
         if not self.size.blocks:
             return 0
-        options = self.size.recipe.prompt_options(self.cfg)
-        return int(options.get("t5xxl_max_token_length", NATIVE_TEXT_TOKENS))
+        return self.size.recipe.joint_text_tokens(self.size.recipe.prompt_options(self.cfg))
 
     def lora_params(self) -> int:
         train_te = not self.cfg.network_train_unet_only
@@ -472,7 +479,7 @@ def _advice(cfg: Config, vram: float, gpu: GPU, per_sample: float, share: float,
 
 def resource_estimate(cfg: Config, data, steps_per_epoch: int, gpu: GPU | None) -> Estimate | None:
     """The estimate for a checked config and its scanned dataset; None when the model cannot be sized."""
-    separate = {name: getattr(cfg, name, None) for name in TEXT_ENCODER_FILES + ("ae",)}
+    separate = {name: getattr(cfg, name, None) for family in FAMILIES for name in family.separate_files}
     try:
         size = model_size(cfg.pretrained_model_name_or_path, separate)
     except (OSError, ValueError, KeyError, struct.error, UserError):
