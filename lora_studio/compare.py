@@ -368,6 +368,9 @@ def compare_grid(files: Sequence[str | Path], prompts, *, model: str | Path | No
             if renderer is None:
                 events.emit("log", level="info", message=f"loading {model}")
                 renderer = Renderer(model, **model_options)
+            multiple = renderer.components.family.pixel_multiple  # the sizes the family renders (16 px: SD3 ...)
+            jobs = [dataclasses.replace(p, width=p.width - p.width % multiple, height=p.height - p.height % multiple)
+                    for p in jobs]
             only = renderer.components.family.samplers()
             if len(only) == 1:  # a family that renders one way (Flux: Euler over its schedule) records that one
                 sampler = only[0]

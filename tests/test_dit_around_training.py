@@ -83,6 +83,11 @@ def _out(root, name) -> Path:
     return root / f"out-{name}"
 
 
+def _image_size(path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
 def _events(root, name) -> list[dict]:
     path = _out(root, name) / f"{name}_lora_events.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -263,17 +268,18 @@ def test_a_comparison_grid_of_a_runs_two_files(dit_runs, tmp_path):
     root, info = dit_runs
     config = _out(root, "lumina") / "lumina_lora_config.toml"
     proc = run_cli("compare", "--config", str(config), "--strengths", "0", "0.5", "1", "--steps", "2", "--out",
-                   str(tmp_path), "--device", "cpu", "--system_prompt", "You are an artist")
+                   str(tmp_path), "--device", "cpu", "--system_prompt", "You are an artist", "--size", "72x79")
     grids = proc.stdout.split()
     assert len(grids) == 1
     index = json.loads((tmp_path / "lumina_lora_compare.json").read_text(encoding="utf-8"))
     assert index["file_names"] == ["lumina_lora-step00000004", "lumina_lora"]
     assert index["model"] == info["models"]["lumina"]["pretrained_model_name_or_path"]
     grid = index["grids"][0]
+    # --size 72x79 rounded down to Lumina's 16 px, as its images are made
     assert (grid["width"], grid["height"], grid["steps"], grid["sampler"]) == (64, 64, 2, "euler")
     assert grid["tiles"][0][0] == grid["tiles"][1][0] == grid["base"]  # the base image once, shared by both rows
     tiles = {p for row in grid["tiles"] for p in row}
-    assert len(tiles) == 5 and all(Path(p).is_file() for p in tiles)
+    assert len(tiles) == 5 and all(_image_size(p) == (64, 64) for p in tiles)
     with Image.open(grids[0]) as image:
         assert image.width > 3 * 64 and image.height > 2 * 64  # 3 columns, 2 rows and their labels
 
