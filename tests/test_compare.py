@@ -118,7 +118,7 @@ def test_strength_equals_diffusers_lora_scale_and_zero_restores_weights_bit_for_
         pipe.set_adapters(["t"], [s])
         image = theirs()
         effect = np.abs(image - base).max()
-        assert effect > 1e-2  # the LoRA changes the image ...
+        assert effect > 5e-3  # the LoRA changes the image (20x the rounding, at half strength too) ...
         assert np.abs(ours[s] - image).max() <= 0.02 * effect, (s, np.abs(ours[s] - image).max(), effect)  # ... as
         # diffusers' LoRA at that scale does
         other = 0.5 if s == 1.0 else 1.0

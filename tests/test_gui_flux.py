@@ -181,7 +181,9 @@ def test_each_family_shows_its_own_fields_and_every_field_shows_with_no_model():
     assert set(hidden_settings(FAMILIES["sdxl"])) == set(hidden_settings(sd1))
     for family in (None, flux, chroma, sd1):  # the settings of every family always show
         assert all(applies(s, family) for s in S.SETTINGS if s.families is None)
-    assert set(FAMILY_FIELDS) == set(S.SD_ONLY) | {s.name for s in S.FLUX_SETTINGS}
+    # and the settings a family ignores although they apply elsewhere: SD3's recipe reads no ip_noise_gamma
+    assert set(FAMILY_FIELDS) == set(S.SD_ONLY) | {s.name for s in S.FLUX_SETTINGS} | {
+        "ip_noise_gamma", "ip_noise_gamma_random_strength"}
 
 
 def test_hidden_values_are_kept_and_named():
