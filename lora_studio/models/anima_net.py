@@ -34,10 +34,9 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
-from .block_swap import SwapHandles, swap_blocks
+from .transformer_base import CheckpointedTransformer, last_blocks
 
 CHECKPOINT_PREFIXES = ("net.", "model.diffusion_model.")  # the official file's and ComfyUI's all-in-one prefix
 
@@ -398,7 +397,7 @@ class LLMAdapter(nn.Module):
 
 # ---------------------------------------------------------------- the model
 
-class AnimaTransformer(nn.Module):
+class AnimaTransformer(CheckpointedTransformer):
     """The Anima DiT: ``forward`` takes 5-D latents and sigma and returns the velocity prediction (B, C, T, H, W)."""
 
     def __init__(self, config: AnimaConfig):
@@ -414,27 +413,11 @@ class AnimaTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_blocks))
         self.final_layer = FinalLayer(config)
         self.t_embedding_norm = RMSNorm(config.model_channels)
-        self.gradient_checkpointing = False
-        self.cpu_offload_checkpointing = False
 
     # ---- training switches
-    def enable_gradient_checkpointing(self, cpu_offload: bool = False) -> None:
-        """Checkpoint every block when training; ``cpu_offload`` keeps what the checkpoints hold on the CPU
-        (sd-scripts' --cpu_offload_checkpointing)."""
-        self.gradient_checkpointing, self.cpu_offload_checkpointing = True, cpu_offload
-
-    def disable_gradient_checkpointing(self) -> None:
-        self.gradient_checkpointing = self.cpu_offload_checkpointing = False
-
     def swap_plan(self, count: int) -> list[tuple[nn.ModuleList, int]]:
         """sd-scripts' --blocks_to_swap N for Anima: the last N of the blocks (at most all but 2: 26 of 28)."""
-        if count < 0 or count > len(self.blocks) - 2:
-            raise UserError(f"blocks_to_swap {count}: Anima has {len(self.blocks)} blocks and keeps at least 2 on the "
-                            f"device (at most {max(len(self.blocks) - 2, 0)}, as sd-scripts)")
-        return [(self.blocks, count)]
-
-    def enable_block_swap(self, count: int, device) -> SwapHandles:
-        return SwapHandles([swap_blocks(blocks, n, device) for blocks, n in self.swap_plan(count)])
+        return last_blocks(self.blocks, count, "Anima")
 
     # ---- forward
     def text_context(self, qwen3: Tensor, qwen3_mask: Tensor | None, t5_ids: Tensor | None,
@@ -477,25 +460,12 @@ class AnimaTransformer(nn.Module):
         else:
             adaln_lora, emb = None, self.t_embedding_norm(self.t_embedder(features))
         for block in self.blocks:
-            tokens = self._run(block, tokens, emb, adaln_lora, context, angles)
+            tokens = self.run_block(block, angles.device, tokens, emb, adaln_lora, context, angles)
         out = self.final_layer(tokens.to(emb.device), emb, adaln_lora)
         p, pt, c = config.patch_spatial, config.patch_temporal, config.out_channels
         out = out.reshape(b, tt, hh, ww, p, p, pt, c).permute(0, 7, 1, 6, 2, 4, 3, 5)
         return out.reshape(b, c, tt * pt, hh * p, ww * p)
 
-    def _run(self, block: nn.Module, *args):
-        """A block call, checkpointed when training with gradient checkpointing (wrapping ``__call__`` so that block
-        swap's hooks run again in the recompute)."""
-        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
-            return block(*args)
-        if self.cpu_offload_checkpointing:
-            return checkpoint(_call_on_device, block, args[-1].device, *args, use_reentrant=False)
-        return checkpoint(block, *args, use_reentrant=False)
-
-
-def _call_on_device(block: nn.Module, device: torch.device, *args):
-    """Run a block on ``device`` and hand its output back on the CPU: the checkpoint then holds CPU tensors."""
-    return block(*(a.to(device) if isinstance(a, Tensor) else a for a in args)).cpu()
 
 
 # ---------------------------------------------------------------- reading a checkpoint's sizes

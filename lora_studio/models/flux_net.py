@@ -19,10 +19,9 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
-from .block_swap import SwapHandles, swap_by_plan
+from .transformer_base import CheckpointedTransformer, rms_norm
 
 TIME_EMBED_DIM = 256  # BFL's timestep_embedding width for time_in / guidance_in
 BFL_PREFIX = "model.diffusion_model."  # the prefix of a DiT inside a full (ComfyUI-style) checkpoint
@@ -123,8 +122,7 @@ class RMSNorm(nn.Module):
         self.scale = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6) * self.scale.float()).to(x.dtype)
+        return rms_norm(x, self.scale)
 
 
 class QKNorm(nn.Module):
@@ -276,7 +274,7 @@ class Approximator(nn.Module):
 
 # ---------------------------------------------------------------- the model
 
-class FluxTransformer(nn.Module):
+class FluxTransformer(CheckpointedTransformer):
     """Flux.1 / Chroma denoiser: ``forward`` takes packed latents and returns the velocity prediction."""
 
     def __init__(self, config: FluxConfig):
@@ -298,22 +296,10 @@ class FluxTransformer(nn.Module):
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(config) for _ in range(config.depth))
         self.single_blocks = nn.ModuleList(SingleStreamBlock(config) for _ in range(config.depth_single_blocks))
         self.final_layer = LastLayer(config)
-        self.gradient_checkpointing = False
-        self.cpu_offload_checkpointing = False
 
     def block_layout(self) -> tuple[int, int]:
         """(double-stream block count, single-stream block count)."""
         return len(self.double_blocks), len(self.single_blocks)
-
-    def enable_gradient_checkpointing(self, cpu_offload: bool = False) -> None:
-        """Checkpoint every block when training; ``cpu_offload`` keeps the hidden states between blocks (what the
-        checkpoints hold) on the CPU, as sd-scripts' --cpu_offload_checkpointing does."""
-        self.gradient_checkpointing = True
-        self.cpu_offload_checkpointing = cpu_offload
-
-    def disable_gradient_checkpointing(self) -> None:
-        self.gradient_checkpointing = False
-        self.cpu_offload_checkpointing = False
 
     def swap_plan(self, count: int) -> list[tuple[nn.ModuleList, int]]:
         """sd-scripts' --blocks_to_swap N: N // 2 double blocks and (N - N // 2) * 2 single blocks (the last ones)
@@ -325,10 +311,6 @@ class FluxTransformer(nn.Module):
             raise UserError(f"blocks_to_swap {count} is too many for {len(self.double_blocks)} double and "
                             f"{len(self.single_blocks)} single blocks (each keeps at least 2 on the device)")
         return [(self.double_blocks, doubles), (self.single_blocks, singles)]
-
-    def enable_block_swap(self, count: int, device) -> SwapHandles:
-        """Block swap of ``swap_plan(count)``; returns a handle with ``remove()``."""
-        return swap_by_plan(self.swap_plan(count), device)
 
     def forward(self, img: Tensor, img_ids: Tensor, txt: Tensor, txt_ids: Tensor, timesteps: Tensor,
                 y: Tensor | None = None, guidance: Tensor | None = None, txt_mask: Tensor | None = None) -> Tensor:
@@ -344,10 +326,10 @@ class FluxTransformer(nn.Module):
                          self.config.theta)
         attn_mask = _key_mask(txt_mask, img.shape[1])
         for i, block in enumerate(self.double_blocks):
-            img, txt = self._run(block, img, txt, self._double_cond(cond, i), pe, attn_mask)
+            img, txt = self.run_block(block, pe.device, img, txt, self._double_cond(cond, i), pe, attn_mask)
         x = torch.cat((txt, img), 1)
         for i, block in enumerate(self.single_blocks):
-            x = self._run(block, x, self._single_cond(cond, i), pe, attn_mask)
+            x = self.run_block(block, pe.device, x, self._single_cond(cond, i), pe, attn_mask)
         img = x[:, txt.shape[1]:].to(cond.device)
         return self.final_layer(img, self._final_cond(cond))
 
@@ -392,22 +374,6 @@ class FluxTransformer(nn.Module):
     def _final_cond(self, cond: Tensor) -> Tensor:
         return cond[:, -2:] if self.config.chroma else cond
 
-    def _run(self, block: nn.Module, *args):
-        """A block call, checkpointed when training with gradient checkpointing. The checkpoint wraps the block's
-        ``__call__`` so that its hooks (block swap) run again in the recompute."""
-        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
-            return block(*args)
-        if self.cpu_offload_checkpointing:  # pe (second to last argument) is always on the compute device
-            return checkpoint(_call_on_device, block, args[-2].device, *args, use_reentrant=False)
-        return checkpoint(block, *args, use_reentrant=False)
-
-
-def _call_on_device(block: nn.Module, device: torch.device, *args):
-    """Run a block on ``device`` and hand its outputs back on the CPU: the checkpoint then holds CPU tensors."""
-    outputs = block(*(a.to(device) if isinstance(a, Tensor) else a for a in args))
-    if isinstance(outputs, tuple):
-        return tuple(o.cpu() for o in outputs)
-    return outputs.cpu()
 
 
 def _batched(ids: Tensor, like: Tensor) -> Tensor:

@@ -34,10 +34,9 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
-from .block_swap import SwapHandles, swap_blocks
+from .transformer_base import CheckpointedTransformer, RMSNorm, last_blocks
 
 COMFY_PREFIX = "model.diffusion_model."  # ComfyUI's all-in-one files (Neta Lumina) keep the DiT under it
 FREQUENCY_DIM = 256  # the sinusoidal time embedding's width
@@ -113,19 +112,6 @@ def apply_rope(x: Tensor, pe: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- layers (native names)
-
-class RMSNorm(nn.Module):
-    """RMSNorm with a ``weight``, computed in float32 and returned in the input's dtype."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
-
 
 class Attention(nn.Module):
     """Grouped-query self-attention: one fused ``qkv`` (q heads, then k and v of the fewer kv heads), per-head
@@ -220,7 +206,7 @@ class TimestepEmbedder(nn.Module):
 
 # ---------------------------------------------------------------- the model
 
-class LuminaTransformer(nn.Module):
+class LuminaTransformer(CheckpointedTransformer):
     """NextDiT: ``forward(x, t, cap_feats, cap_mask)`` as sd-scripts calls it, returning the model's prediction in
     the latents' layout (Lumina predicts x0 - eps: its time runs from noise to image)."""
 
@@ -243,33 +229,12 @@ class LuminaTransformer(nn.Module):
         if config.norm_final:
             self.norm_final = RMSNorm(dim, config.norm_eps)  # in the released file; NextDiT's forward never uses it
         self.final_layer = FinalLayer(config)
-        self.gradient_checkpointing = False
-        self.cpu_offload_checkpointing = False
 
     # ---- memory options
-    def enable_gradient_checkpointing(self, cpu_offload: bool = False) -> None:
-        """Checkpoint every block (refiners and layers) when training; ``cpu_offload`` keeps what the checkpoints
-        hold (the hidden states between blocks) on the CPU (sd-scripts accepts the flag for Lumina and ignores it)."""
-        self.gradient_checkpointing = True
-        self.cpu_offload_checkpointing = cpu_offload
-
-    def disable_gradient_checkpointing(self) -> None:
-        self.gradient_checkpointing = False
-        self.cpu_offload_checkpointing = False
-
     def swap_plan(self, count: int) -> list[tuple[nn.ModuleList, int]]:
         """sd-scripts' --blocks_to_swap N for Lumina: the last N of the main ``layers`` (the refiners never), at most
         all but 2 of them (NextDiT.enable_block_swap: 24 of 26)."""
-        if count < 0:
-            raise UserError(f"blocks_to_swap must be 0 or more, not {count}")
-        if count > len(self.layers) - 2:
-            raise UserError(f"blocks_to_swap {count} is too many for Lumina's {len(self.layers)} layers: at most "
-                            f"{len(self.layers) - 2} (sd-scripts keeps 2 on the device)")
-        return [(self.layers, count)]
-
-    def enable_block_swap(self, count: int, device) -> SwapHandles:
-        """Swap the blocks ``swap_plan`` names; returns a handle with ``remove()``."""
-        return SwapHandles([swap_blocks(blocks, n, device) for blocks, n in self.swap_plan(count)])
+        return last_blocks(self.layers, count, "Lumina 2")
 
     # ---- forward
     def forward(self, x: Tensor, t: Tensor, cap_feats: Tensor, cap_mask: Tensor) -> Tensor:
@@ -302,11 +267,11 @@ class LuminaTransformer(nn.Module):
         img_pe = rope_angles(img_pos, self.config.axes_dims, self.config.theta)
 
         for block in self.context_refiner:
-            cap = self._run(block, cap, cap_mask, cap_pe)
+            cap = self.run_block(block, cap_pe.device, cap, cap_mask, cap_pe)
         patches = x.view(b, channels, rows, p, cols, p).permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2)
         img = self.x_embedder(patches.to(dtype))
         for block in self.noise_refiner:
-            img = self._run(block, img, None, img_pe, c)
+            img = self.run_block(block, c.device, img, None, img_pe, c)
 
         # one joint sequence per sample: its caption tokens, its image tokens, then padding
         total = longest + image_len
@@ -319,25 +284,12 @@ class LuminaTransformer(nn.Module):
         pe = pe.scatter(1, slots[..., None, None].expand(-1, -1, *img_pe.shape[2:]), img_pe)
         key_mask = torch.arange(total, device=device)[None] < (cap_len + image_len)[:, None]
         for block in self.layers:
-            joint = self._run(block, joint, key_mask, pe, c)
+            joint = self.run_block(block, c.device, joint, key_mask, pe, c)
         out = self.final_layer(joint, c)
         out = out.gather(1, slots[..., None].expand(-1, -1, out.shape[-1]))  # the image tokens, in patch order
         out = out.view(b, rows, cols, p, p, channels).permute(0, 5, 1, 3, 2, 4)
         return out.reshape(b, channels, height, width)
 
-    def _run(self, block: nn.Module, *args):
-        """A block call, checkpointed when training with gradient checkpointing; the checkpoint wraps the block's
-        ``__call__`` so that its hooks (block swap) run again in the recompute."""
-        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
-            return block(*args)
-        if self.cpu_offload_checkpointing:
-            return checkpoint(_call_on_device, block, args[0].device, *args, use_reentrant=False)
-        return checkpoint(block, *args, use_reentrant=False)
-
-
-def _call_on_device(block: nn.Module, device: torch.device, *args):
-    """Run a block on ``device`` and hand its output back on the CPU: the checkpoint then holds a CPU tensor."""
-    return block(*(a.to(device) if isinstance(a, Tensor) else a for a in args)).cpu()
 
 
 # ---------------------------------------------------------------- reading a checkpoint's sizes

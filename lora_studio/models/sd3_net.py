@@ -31,10 +31,9 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
-from .block_swap import SwapHandles, swap_blocks
+from .transformer_base import CheckpointedTransformer, RMSNorm, last_blocks
 
 SD3_PREFIX = "model.diffusion_model."  # the MMDiT inside sd3_medium.safetensors / sd3.5_*.safetensors
 TIME_EMBED_DIM = 256
@@ -135,18 +134,6 @@ def _layer_norm(x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- layers (Stability AI's names)
-
-class RMSNorm(nn.Module):
-    """SD3.5's q/k norm: x / rms(x) x ``weight``, eps 1e-6 (computed in float32, returned in x's dtype)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight.float()).to(x.dtype)
-
 
 class PatchEmbed(nn.Module):
     def __init__(self, config: SD3Config):
@@ -277,7 +264,7 @@ class FinalLayer(nn.Module):
 
 # ---------------------------------------------------------------- the model
 
-class MMDiT(nn.Module):
+class MMDiT(CheckpointedTransformer):
     """SD3 / SD3.5 denoiser: ``forward(x, t, y, context)`` takes latents (B, 16, H, W), timesteps 0..1000, the pooled
     vector and the text states, and returns the flow prediction (B, 16, H, W)."""
 
@@ -296,34 +283,14 @@ class MMDiT(nn.Module):
         self.joint_blocks = nn.ModuleList(JointBlock(config, pre_only=i == config.depth - 1, with_attn2=i in attn2)
                                           for i in range(config.depth))
         self.final_layer = FinalLayer(config)
-        self.gradient_checkpointing = False
-        self.cpu_offload_checkpointing = False
         self.pos_emb_random_crop_rate = 0.0
         self.scaled_pos_embeds: dict[int, Tensor] | None = None  # patched training size -> its scaled table
 
     # ---- training switches
-    def enable_gradient_checkpointing(self, cpu_offload: bool = False) -> None:
-        """Checkpoint every joint block when training; ``cpu_offload`` keeps what the checkpoints hold (the streams
-        between blocks) on the CPU, as sd-scripts' --cpu_offload_checkpointing."""
-        self.gradient_checkpointing = True
-        self.cpu_offload_checkpointing = cpu_offload
-
-    def disable_gradient_checkpointing(self) -> None:
-        self.gradient_checkpointing = False
-        self.cpu_offload_checkpointing = False
-
     def swap_plan(self, count: int) -> list[tuple[nn.ModuleList, int]]:
         """blocks_to_swap: the last ``count`` joint blocks (sd-scripts' MMDiT.enable_block_swap swaps joint_blocks,
         at most all but 2)."""
-        if count < 0:
-            raise UserError(f"blocks_to_swap must be 0 or more, not {count}")
-        if count > len(self.joint_blocks) - 2:
-            raise UserError(f"blocks_to_swap {count} is too many for {len(self.joint_blocks)} joint blocks (at most "
-                            f"{len(self.joint_blocks) - 2}: 2 stay on the device, as in sd-scripts)")
-        return [(self.joint_blocks, count)]
-
-    def enable_block_swap(self, count: int, device) -> SwapHandles:
-        return SwapHandles([swap_blocks(blocks, n, device) for blocks, n in self.swap_plan(count)])
+        return last_blocks(self.joint_blocks, count, "the MMDiT")
 
     def set_pos_emb_random_crop_rate(self, rate: float) -> None:
         """SD3.5 medium's pos_emb_random_crop_rate: how often a training step crops the position table at a random
@@ -389,25 +356,11 @@ class MMDiT(nn.Module):
         c = self.t_embedder(timestep_embedding(t).to(hidden.dtype)) + self.y_embedder(y.to(hidden.dtype))
         ctx = self.context_embedder(context.to(hidden.dtype))
         for block in self.joint_blocks:
-            ctx, hidden = self._run(block, ctx, hidden, c)
+            ctx, hidden = self.run_block(block, c.device, ctx, hidden, c)
         out = self.final_layer(hidden.to(c.device), c)
         out = out.reshape(b, h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4)
         return out.reshape(b, -1, height, width)
 
-    def _run(self, block: nn.Module, context: Tensor, x: Tensor, c: Tensor):
-        """A block call, checkpointed when training with gradient checkpointing (wrapping ``__call__`` so that block
-        swap's hooks run again in the recompute)."""
-        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
-            return block(context, x, c)
-        if self.cpu_offload_checkpointing:
-            return checkpoint(_call_on_device, block, c.device, context, x, c, use_reentrant=False)
-        return checkpoint(block, context, x, c, use_reentrant=False)
-
-
-def _call_on_device(block: nn.Module, device: torch.device, context: Tensor, x: Tensor, c: Tensor):
-    """Run a block on ``device`` and hand its outputs back on the CPU: the checkpoint then holds CPU tensors."""
-    context, x = block(context.to(device), x.to(device), c)
-    return (None if context is None else context.cpu()), x.cpu()
 
 
 # ---------------------------------------------------------------- reading a checkpoint's sizes
