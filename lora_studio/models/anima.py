@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .dit import DiTFamily
-from .family import AdapterTarget, EstimateConstants, Objective, PartFile
+from .dit import DiTFamily, SigmaObjective
+from .family import AdapterTarget, EstimateConstants, PartFile
 
 # the network_args networks.lora_anima reads that are Anima's own (rank_dropout, module_dropout and loraplus_* are
 # the common ones)
@@ -434,31 +434,10 @@ class Anima(DiTFamily):
                 "t5_ids": torch.randint(0, vocab, (batch_size, tokens), generator=g).to(device), "t5_mask": ones}
 
 
-class AnimaObjective(Objective):
+class AnimaObjective(SigmaObjective):
     """Rectified flow as sd-scripts trains Anima: eps ~ N(0, 1), sigma per image from the recipe, x_t = (1 - sigma)
     x0 + sigma eps given to the DiT as (B, 16, 1, H, W) with sigma and a zero padding mask, target eps - x0, the
     weighting scheme's weights (sigma_sqrt, cosmap; 1 for the others)."""
-
-    def __init__(self, recipe):
-        from .flow_matching import validation_sigmas
-
-        self.recipe = recipe
-        self.validation_points = [float(s) for s in validation_sigmas(4, recipe.min_timestep, recipe.max_timestep)]
-
-    def sample_noise(self, latents, generator=None):
-        import torch
-
-        return torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-
-    def sample_timesteps(self, latents):
-        from .flow_matching import sample_sigmas
-
-        return sample_sigmas(self.recipe, latents.shape[0], latents.shape[2], latents.shape[3], latents.device)
-
-    def fixed_timesteps(self, point, batch_size, device):
-        import torch
-
-        return torch.full((batch_size,), float(point), dtype=torch.float32, device=device)
 
     @staticmethod
     def velocity(components, noisy, sigmas, cond):
@@ -484,22 +463,3 @@ class AnimaObjective(Objective):
         pred = self.velocity(components, noisy, timesteps, cond)
         self._weighting = fm.loss_weighting(self.recipe.weighting_scheme, timesteps)
         return pred, fm.velocity_target(latents, noise)
-
-    def loss_weights(self, timesteps, options):
-        """compute_loss_weighting_for_anima: sigma^-2 (sigma_sqrt), 2 / (pi (1 - 2 sigma + 2 sigma^2)) (cosmap), 1
-        for the others; sd-scripts applies it whatever the scheme (the SD-era SNR options do not apply)."""
-        return getattr(self, "_weighting", None)
-
-    def huber_thresholds(self, timesteps, c, kind, scale):
-        """sd-scripts' constant and exponential schedules over sigma; "snr" needs a DDPM schedule."""
-        import math
-
-        import torch
-
-        if kind == "constant":
-            return torch.full((len(timesteps),), c * scale, device=timesteps.device)
-        if kind == "exponential":
-            return torch.exp(math.log(c) * timesteps.float()) * scale
-        from ..errors import UserError
-
-        raise UserError("huber_schedule = \"snr\" needs a DDPM noise schedule; with Anima use constant or exponential")

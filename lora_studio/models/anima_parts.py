@@ -206,7 +206,7 @@ def load_qwen3(path: str | Path, dtype):
 
     from .flux_parts import _assign, _refuse_other_float8
     from .ldm_build import empty
-    from .loading import SafetensorsView
+    from .loading import SafetensorsView, ShardedView
 
     path = Path(path).expanduser()
     if path.is_dir():
@@ -215,7 +215,7 @@ def load_qwen3(path: str | Path, dtype):
             raise UserError(f"qwen3: {path} has no .safetensors weights; give the Qwen3-0.6B folder or "
                             "qwen_3_06b_base.safetensors")
         views = [SafetensorsView(f, "qwen3") for f in files]
-        sd = _Union({key: view for view in views for key in view})
+        sd = ShardedView(views)
         shapes = {k: tuple(v["shape"]) for view in views for k, v in view._entries.items()}
         dtypes = {k: v["dtype"] for view in views for k, v in view._entries.items()}
     else:
@@ -239,20 +239,6 @@ def load_qwen3(path: str | Path, dtype):
     model = empty(lambda: Qwen3Model(Qwen3Config(**cfg)))
     _assign(model, lambda name: prefix + name, sd, lambda name, file_dtype: dtype, "Qwen3 text encoder", "qwen3", path)
     return model
-
-
-class _Union(Mapping):
-    def __init__(self, views: dict):
-        self._views = views
-
-    def __getitem__(self, key):
-        return self._views[key][key]
-
-    def __iter__(self):
-        return iter(self._views)
-
-    def __len__(self):
-        return len(self._views)
 
 
 # ================================================================ prompts

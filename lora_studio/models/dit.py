@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .family import ModelFamily
+from .family import ModelFamily, Objective
 
 SD_ERA = "a DDPM-noise option; flow matching has no SNR schedule (sd-scripts ignores it for these models too)"
 # What the Stable Diffusion settings mean to a flow-matching transformer: nothing (named when set, never silently)
@@ -405,6 +405,55 @@ class DiTFamily(ModelFamily):
     def bench_condition(self, denoiser, batch_size: int, device, dtype) -> dict:
         """A random condition of the shapes ``encode_prompt`` gives for ``denoiser``."""
         raise NotImplementedError
+
+
+class SigmaObjective(Objective):
+    """Rectified flow as sd-scripts trains the sigma-sampled families (Flux.1, Chroma, Anima, Lumina 2): noise
+    eps ~ N(0, 1) (the SD noise options do not apply), sigma per image from ``recipe``, validation at fixed sigmas,
+    the weighting ``prediction_and_target`` leaves in ``_weighting``, Huber thresholds over sigma. A subclass says
+    what the model is given and what it is compared with."""
+
+    def __init__(self, recipe):
+        from .flow_matching import validation_sigmas
+
+        self.recipe = recipe
+        self.validation_points = [float(s) for s in validation_sigmas(4, recipe.min_timestep, recipe.max_timestep)]
+
+    def sample_noise(self, latents, generator=None):
+        import torch
+
+        return torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+
+    def sample_timesteps(self, latents):
+        from .flow_matching import sample_sigmas
+
+        return sample_sigmas(self.recipe, latents.shape[0], latents.shape[2], latents.shape[3], latents.device)
+
+    def fixed_timesteps(self, point, batch_size, device):
+        import torch
+
+        return torch.full((batch_size,), float(point), dtype=torch.float32, device=device)
+
+    def loss_weights(self, timesteps, options):
+        """The weighting the last ``prediction_and_target`` found (sd-scripts' per family); the SD-era SNR options
+        do not apply (Check settings names them)."""
+        return getattr(self, "_weighting", None)
+
+    def huber_thresholds(self, timesteps, c, kind, scale):
+        """sd-scripts' constant and exponential schedules over sigma (its timestep / 1000); "snr" needs a DDPM
+        schedule (sd-scripts raises; Check settings refuses it)."""
+        import math
+
+        import torch
+
+        if kind == "constant":
+            return torch.full((len(timesteps),), c * scale, device=timesteps.device)
+        if kind == "exponential":
+            return torch.exp(math.log(c) * timesteps.float()) * scale
+        from ..errors import UserError
+
+        raise UserError("huber_schedule = \"snr\" needs a DDPM noise schedule, which flow matching has not; use "
+                        "constant or exponential")
 
 
 def decode_image(vae, latents, scale_and_shift, output_type: str = "pil"):

@@ -17,11 +17,10 @@ flux_train_network.py trains them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
-from .dit import DIT_IGNORED, DiTFamily, decode_image
-from .family import AdapterTarget, Components, EstimateConstants, Objective, PartFile
+from .dit import DIT_IGNORED, DiTFamily, SigmaObjective, decode_image
+from .family import AdapterTarget, Components, EstimateConstants, PartFile
 
 BFL_PREFIX = "model.diffusion_model."
 CLIP_REPO, T5_REPO = "openai/clip-vit-large-patch14", "google/t5-v1_1-xxl"
@@ -138,11 +137,11 @@ class FluxFamily(DiTFamily):
         """A diffusers folder: ``transformer/`` (its config.json and shards) converted to BFL names, the parts from
         the settings or the folder's own ``vae/``, ``text_encoder/``, ``text_encoder_2/``."""
         from .flux_net import diffusers_to_bfl
-        from .loading import SafetensorsView
+        from .loading import SafetensorsView, ShardedView
 
         files = sorted((Path(folder) / "transformer").glob("*.safetensors"))
         views = [SafetensorsView(f, "pretrained_model_name_or_path") for f in files]
-        state = _LazyUnion({key: view for view in views for key in view})
+        state = ShardedView(views)
         config = self.diffusers_config(Path(folder) / "transformer" / "config.json")
         bfl = diffusers_to_bfl(state, config)
         denoiser = self._transformer(config, bfl.get, str(folder))
@@ -590,31 +589,14 @@ class Chroma(FluxFamily):
         return super().render(components, prompt, sampler, options, device, dtype, seed, output_type)
 
 
-class FlowObjective(Objective):
-    """Rectified flow as sd-scripts trains Flux and Chroma: noise eps ~ N(0, 1) (the SD noise options do not apply),
-    sigma per image from ``recipe``, x_t = (1 - sigma) x0 + sigma eps packed into tokens, target eps - x0, the
-    prediction type's transform and weighting."""
+class FlowObjective(SigmaObjective):
+    """Rectified flow as sd-scripts trains Flux and Chroma: x_t = (1 - sigma) x0 + sigma eps packed into tokens,
+    the model given sigma (and the guidance vector), target eps - x0, the prediction type's transform and
+    weighting."""
 
     def __init__(self, recipe, guidance: float | None, chroma: bool = False, apply_t5_mask: bool = False):
-        from .flow_matching import validation_sigmas
-
-        self.recipe, self.guidance, self.chroma, self.apply_t5_mask = recipe, guidance, chroma, apply_t5_mask
-        self.validation_points = [float(s) for s in validation_sigmas(4, recipe.min_timestep, recipe.max_timestep)]
-
-    def sample_noise(self, latents, generator=None):
-        import torch
-
-        return torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-
-    def sample_timesteps(self, latents):
-        from .flow_matching import sample_sigmas
-
-        return sample_sigmas(self.recipe, latents.shape[0], latents.shape[2], latents.shape[3], latents.device)
-
-    def fixed_timesteps(self, point, batch_size, device):
-        import torch
-
-        return torch.full((batch_size,), float(point), dtype=torch.float32, device=device)
+        super().__init__(recipe)
+        self.guidance, self.chroma, self.apply_t5_mask = guidance, chroma, apply_t5_mask
 
     def velocity(self, components, noisy, sigmas, cond):
         """The transformer's output for ``noisy`` latents [B, C, H, W] at ``sigmas``, unpacked to [B, C, H, W]."""
@@ -652,25 +634,6 @@ class FlowObjective(Objective):
                                                          self.recipe.weighting_scheme)
         return pred, fm.velocity_target(latents, noise)
 
-    def loss_weights(self, timesteps, options):
-        """The prediction type's weighting (sigma_scaled with a weighting scheme), as sd-scripts; the SD-era SNR
-        options do not apply (Check settings names them)."""
-        return getattr(self, "_weighting", None)
-
-    def huber_thresholds(self, timesteps, c, kind, scale):
-        """sd-scripts' constant and exponential schedules over timestep = sigma x 1000; "snr" needs a DDPM schedule
-        (sd-scripts raises; Check settings refuses it)."""
-        import math
-
-        import torch
-
-        if kind == "constant":
-            return torch.full((len(timesteps),), c * scale, device=timesteps.device)
-        if kind == "exponential":
-            return torch.exp(math.log(c) * timesteps.float()) * scale
-        from ..errors import UserError
-
-        raise UserError("huber_schedule = \"snr\" needs a DDPM noise schedule; with Flux use constant or exponential")
 
 
 def t5_layers(t5) -> list[tuple[str, object]]:
@@ -792,19 +755,3 @@ def _has(model, path: str) -> bool:
         return True
     except AttributeError:
         return False
-
-
-class _LazyUnion(Mapping):
-    """name -> tensor over several safetensors views (a diffusers transformer in shards), each read on access."""
-
-    def __init__(self, views: dict):
-        self._views = views  # name -> the view that holds it
-
-    def __getitem__(self, key):
-        return self._views[key][key]
-
-    def __iter__(self):
-        return iter(self._views)
-
-    def __len__(self):
-        return len(self._views)

@@ -92,6 +92,22 @@ class SafetensorsView(Mapping):
         return len(self._entries)
 
 
+class ShardedView(Mapping):
+    """name -> tensor over several ``SafetensorsView`` (a model in shards), each tensor read when asked for."""
+
+    def __init__(self, views):
+        self._views = {key: view for view in views for key in view}  # name -> the view that holds it
+
+    def __getitem__(self, key):
+        return self._views[key][key]
+
+    def __iter__(self):
+        return iter(self._views)
+
+    def __len__(self):
+        return len(self._views)
+
+
 def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     read_safetensors_header(path, what)  # a missing, truncated or foreign file: the one clear message
     try:

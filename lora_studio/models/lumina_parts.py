@@ -83,27 +83,11 @@ def gemma2_config(shapes: Mapping[str, tuple], prefix: str) -> dict:
     return cfg
 
 
-class _Shards(Mapping):
-    """name -> tensor over several safetensors views (a folder's shards), each read on access."""
-
-    def __init__(self, views):
-        self._views = {key: view for view in views for key in view}
-
-    def __getitem__(self, key):
-        return self._views[key][key]
-
-    def __iter__(self):
-        return iter(self._views)
-
-    def __len__(self):
-        return len(self._views)
-
-
 def _gemma2_files(path: Path) -> tuple[Mapping, dict, dict, Path]:
     """(tensors read one at a time, {name: shape}, {name: dtype}, path) of a single file or a folder's shards."""
     from ..io_utils import read_safetensors_header
     from .flux_parts import _open
-    from .loading import SafetensorsView
+    from .loading import SafetensorsView, ShardedView
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -119,7 +103,7 @@ def _gemma2_files(path: Path) -> tuple[Mapping, dict, dict, Path]:
         header = read_safetensors_header(file, "gemma2")
         shapes.update({k: tuple(v["shape"]) for k, v in header.tensors.items()})
         dtypes.update({k: v["dtype"] for k, v in header.tensors.items()})
-    return _Shards([SafetensorsView(f, "gemma2") for f in files]), shapes, dtypes, path
+    return ShardedView([SafetensorsView(f, "gemma2") for f in files]), shapes, dtypes, path
 
 
 def load_gemma2(path: str | Path, dtype):
