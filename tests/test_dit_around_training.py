@@ -419,3 +419,18 @@ def test_choosing_the_model_in_the_lora_tab_fills_its_parts_and_shows_its_fields
     # the filled parts in the form (Anima's vae among them): the model reads the same, nothing said wrong
     status, *_ = tab.model_chosen(False, *{**form, **{p: models[p] for p in PARTS[name]}}.values())
     assert status.startswith(STATUS[name]) and "✗" not in status and "filled in" not in status
+
+
+def test_check_settings_refuses_more_blocks_to_swap_than_the_transformer_can(real_size, tmp_path):
+    """sd-scripts keeps 2 blocks of each kind on the device: at most 24 of Lumina 2's 26 layers, 26 of Anima's 28
+    blocks, 36 of SD3.5 large's 38, and 35 for Flux.1 (N // 2 of its 19 double and 2 (N - N // 2) of its 38 single
+    blocks); Check settings reads the limit from the file's header before anything loads."""
+    from lora_studio.errors import UserError
+    from lora_studio.models.tiny_flux import write_tiny_flux
+
+    limits = {name: FAMILIES[name].swap_limit(real_size[name].blocks) for name in ("lumina2", "anima", "sd3.5-large")}
+    assert limits == {"lumina2": 24, "anima": 26, "sd3.5-large": 36}
+    assert FAMILIES["flux-dev"].swap_limit({"double": [19, 1], "single": [38, 1]}) == 35
+    flux = write_tiny_flux(tmp_path / "flux")  # 2 double and 2 single blocks: nothing to swap
+    with pytest.raises(UserError, match="blocks_to_swap 1 is too many for this Flux.1 dev transformer: at most 0"):
+        FAMILIES["flux-dev"].check_settings(build_config({**flux, "blocks_to_swap": 1}))

@@ -162,29 +162,11 @@ class Anima(DiTFamily):
         if getattr(cfg, "fp8_base", False) or getattr(cfg, "fp8_base_unet", False):
             raise UserError("fp8_base: sd-scripts does not train Anima with fp8 weights (it turns the option off); "
                             "turn it off")
-        count = int(getattr(cfg, "blocks_to_swap", None) or 0)
-        if count:
-            blocks = self._block_count(cfg.pretrained_model_name_or_path)
-            if blocks and count > blocks - 2:
-                raise UserError(f"blocks_to_swap {count}: Anima has {blocks} blocks and keeps at least 2 on the device "
-                                f"(at most {blocks - 2}, as sd-scripts)")
         chunk = getattr(cfg, "vae_chunk_size", None)
         notes = []
         if chunk is not None and chunk % 2:
             notes.append(("vae_chunk_size", f"{chunk} is odd; {chunk + 1} is used, as sd-scripts does"))
         return notes
-
-    @staticmethod
-    def _block_count(source) -> int:
-        import re
-
-        from ..io_utils import read_safetensors_header
-
-        try:
-            keys = read_safetensors_header(Path(source).expanduser(), "pretrained_model_name_or_path").tensors
-        except Exception:
-            return 0
-        return len({m[1] for k in keys if (m := re.match(r"(?:net\.|model\.diffusion_model\.)?blocks\.(\d+)\.", k))})
 
     def load_single_file(self, sd, source, options=None):
         """The DiT from ``sd`` (its adapter from llm_adapter_path when set), Qwen3, the VAE and the tokenizers from

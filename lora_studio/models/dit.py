@@ -105,7 +105,30 @@ class DiTFamily(ModelFamily):
         for name in self.separate_files:
             if getattr(cfg, name, None):
                 self.check_part_file(name, Path(getattr(cfg, name)).expanduser())
+        self._check_blocks_to_swap(int(cfg.blocks_to_swap or 0), Path(str(source)).expanduser())
         return self.family_checks(cfg)
+
+    def _check_blocks_to_swap(self, count: int, source: Path) -> None:
+        """blocks_to_swap within what the transformer in ``source`` can swap (``swap_limit``, from its header)."""
+        from ..errors import UserError
+        from ..io_utils import read_safetensors_header
+
+        if not count or not source.is_file():
+            return
+        try:
+            shapes = {k: v["shape"] for k, v in read_safetensors_header(source, "model").tensors.items()}
+        except Exception:
+            return  # the model check names an unreadable file
+        limit = self.swap_limit(self.parameter_counts(shapes)["blocks"])
+        if limit is not None and count > limit:
+            raise UserError(f"blocks_to_swap {count} is too many for this {self.title} transformer: at most {limit} "
+                            "(sd-scripts keeps 2 blocks of each kind on the device)")
+
+    def swap_limit(self, blocks: dict) -> int | None:
+        """The most blocks_to_swap can be for a transformer of these blocks (``parameter_counts``' "blocks"): all
+        its blocks but 2, as sd-scripts; None when the header shows no blocks."""
+        count = blocks["double"][0]
+        return max(count - 2, 0) if count else None
 
     def family_checks(self, cfg) -> list[tuple[str, str]]:
         """The family's own requirements (raise UserError naming the setting) and warnings."""

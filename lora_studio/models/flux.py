@@ -93,6 +93,14 @@ class FluxFamily(DiTFamily):
     def matches_diffusers(self, model_index, unet_config):
         return model_index.get("_class_name") == "FluxPipeline" and bool(unet_config.get("guidance_embeds", True))
 
+    def swap_limit(self, blocks):
+        """sd-scripts' split: N // 2 double and 2 x (N - N // 2) single blocks, each kind keeping 2 on the device."""
+        doubles, singles = blocks["double"][0], blocks["single"][0]
+        if not doubles:
+            return None
+        fits = [n for n in range(doubles + singles) if n // 2 <= doubles - 2 and (n - n // 2) * 2 <= singles - 2]
+        return max(fits, default=0)
+
     def check_model_type(self, model_type: str | None, source: str) -> None:
         """sd-scripts' model_type (flux / chroma) against what the weights are."""
         from ..errors import UserError
