@@ -136,7 +136,9 @@ def test_the_form_follows_the_models_family(gui, tiny_models):
     expect(page.locator("#setting-timestep_sampling")).to_be_visible()
     expect(page.locator("#setting-guidance_scale")).to_be_visible()
     open_tab(page, "Advanced")
-    expect(page.locator("#section-flux")).to_be_visible()
+    expect(page.locator("#section-flow-matching-transformers")).to_be_visible()
+    for other in ("sd3", "anima", "lumina-2"):  # the other transformers' own sections
+        expect(page.locator(f"#section-{other}")).to_be_hidden()
     expect(page.locator("#setting-clip_skip")).to_be_hidden()
     expect(page.locator("#setting-t5xxl_max_token_length")).to_be_visible()
 
@@ -150,7 +152,7 @@ def test_the_form_follows_the_models_family(gui, tiny_models):
     expect(page.locator("#browse-setting-ae")).to_be_hidden()
     expect(status).to_contain_text("Hidden for SD1.x but set")  # the filled parts are kept, not cleared
     open_tab(page, "Parameters", "Advanced")
-    expect(page.locator("#section-flux")).to_be_hidden()
+    expect(page.locator("#section-flow-matching-transformers")).to_be_hidden()
     expect(page.locator("#setting-clip_skip")).to_be_visible()
 
     open_tab(page, "Model")  # back to Flux: the parts kept their values while hidden, nothing is filled again
