@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lora_studio.config import build_config
 from lora_studio.errors import UserError
-from lora_studio.models.anima import Anima
+from lora_studio.models.anima import Anima, AnimaPlan
 from lora_studio.models.loading import load_components
 
 
@@ -136,6 +136,22 @@ def test_network_args_choose_modules(anima_run):
     assert stems["lora_unet_blocks_0_self_attn_q_proj"] == 8 and stems["lora_unet_blocks_1_self_attn_q_proj"] is None
     with pytest.raises(UserError, match="include_patterns"):
         family.adapter_targets(components, True, False, TargetSpec(family_args=(("include_patterns", "['(']"),)))
+
+    # network_reg_lrs: the first regex a module's path fullmatches gives its learning rate, in a group of its own
+    # (LoRA+ applying to it too), as sd-scripts' lora_anima groups them; the others keep the part's rate
+    from lora_studio.config.network_args import parse_network_args
+    from lora_studio.network.lora import LoRANetwork
+
+    net_args = parse_network_args([r"network_reg_lrs=blocks\.0\..*=1e-5,.*cross_attn.*=2e-5", "loraplus_lr_ratio=4"],
+                                  "networks.lora_anima")
+    network = LoRANetwork(components, 4, 4, train_unet=True, train_text_encoder=False, args=net_args)
+    groups = {g["name"]: (g["lr"], len(g["params"])) for g in network.param_groups(1e-4, [5e-5])}
+    # block 0's 10 modules at 1e-5 (its cross-attention too: the first regex wins), block 1's 4 cross-attention
+    # modules at 2e-5, its other 6 at unet_lr; each module's down weight in a group, its up weight in the _plus one
+    assert groups == {"unet": (1e-4, 6), "unet_plus": (4e-4, 6), "unet_lr1e-05": (1e-5, 10),
+                      "unet_lr1e-05_plus": (4e-5, 10), "unet_lr2e-05": (2e-5, 4), "unet_lr2e-05_plus": (8e-5, 4)}
+    with pytest.raises(UserError, match="network_reg_lrs needs regex=lr pairs"):
+        AnimaPlan({"network_reg_lrs": "blocks.*"})
 
 
 def test_caption_dropout_trains_with_cached_text_encoder_outputs(anima_run, tmp_path):

@@ -28,8 +28,6 @@ from .family import AdapterTarget, EstimateConstants, PartFile
 
 # the network_args networks.lora_anima reads that are Anima's own (rank_dropout, module_dropout and loraplus_* are
 # the common ones)
-ANIMA_ARGS = ("train_llm_adapter", "include_patterns", "exclude_patterns", "verbose", "network_reg_dims",
-              "network_reg_lrs")
 DEFAULT_EXCLUDE = r".*(_modulation|_norm|_embedder|final_layer).*"
 # the modules networks.lora_anima looks inside (ANIMA_TARGET_REPLACE_MODULE: Block, PatchEmbed, TimestepEmbedding,
 # FinalLayer; with train_llm_adapter also LLMAdapterTransformerBlock), as our module paths
@@ -68,21 +66,22 @@ def _patterns(value, name: str) -> list[str]:
     return [str(p) for p in found]
 
 
-def _reg_dims(value) -> dict[str, int]:
-    """network_reg_dims "regex=dim,regex=dim" (sd-scripts' parse_kv_pairs)."""
+def _reg_values(value, name: str, kind) -> dict[str, float]:
+    """network_reg_dims / network_reg_lrs "regex=value,regex=value" (sd-scripts' parse_kv_pairs), in order."""
     from ..errors import UserError
 
     found = {}
     for pair in str(value or "").split(","):
         if not pair.strip():
             continue
-        key, sep, dim = pair.partition("=")
+        key, sep, number = pair.partition("=")
         try:
-            found[key.strip()] = int(dim)
+            found[key.strip()] = kind(number)
         except ValueError:
-            raise UserError(f"network_args: network_reg_dims needs regex=dim pairs, got {pair.strip()!r}") from None
+            sep = ""
         if not sep:
-            raise UserError(f"network_args: network_reg_dims needs regex=dim pairs, got {pair.strip()!r}")
+            raise UserError(f"network_args: {name} needs regex={'dim' if kind is int else 'lr'} pairs, got "
+                            f"{pair.strip()!r}")
     return found
 
 
@@ -97,7 +96,10 @@ class AnimaPlan:
                         + [DEFAULT_EXCLUDE]]
         self.include = [re.compile(p) for p in _patterns(args.get("include_patterns"), "include_patterns")]
         self.train_adapter = _flag(args.get("train_llm_adapter", False))
-        self.reg_dims = {re.compile(k): v for k, v in _reg_dims(args.get("network_reg_dims")).items()}
+        self.reg_dims = {re.compile(k): v for k, v in
+                         _reg_values(args.get("network_reg_dims"), "network_reg_dims", int).items()}
+        self.reg_lrs = {re.compile(k): v for k, v in
+                        _reg_values(args.get("network_reg_lrs"), "network_reg_lrs", float).items()}
 
     def chosen(self, path: str) -> bool:
         return not any(p.fullmatch(path) for p in self.exclude) or any(p.fullmatch(path) for p in self.include)
@@ -105,6 +107,10 @@ class AnimaPlan:
     def rank(self, path: str) -> int | None:
         """network_reg_dims' rank of the first regex matching ``path`` (None: network_dim; 0: not trained)."""
         return next((dim for pattern, dim in self.reg_dims.items() if pattern.fullmatch(path)), None)
+
+    def lr(self, path: str) -> float | None:
+        """network_reg_lrs' learning rate of the first regex matching ``path`` (None: its part's)."""
+        return next((lr for pattern, lr in self.reg_lrs.items() if pattern.fullmatch(path)), None)
 
 
 class Anima(DiTFamily):
@@ -238,6 +244,8 @@ class Anima(DiTFamily):
 
     # ---- adapters
     def network_args(self):
+        from ..config.network_args import ANIMA_ARGS
+
         return ANIMA_ARGS
 
     def adapter_targets(self, components, train_unet, train_text_encoder, spec):
@@ -261,7 +269,8 @@ class Anima(DiTFamily):
                 rank = plan.rank(path)
                 if rank == 0:
                     continue
-                targets.append(AdapterTarget(self.denoiser_lora_stem(path, components), module, None, rank=rank))
+                targets.append(AdapterTarget(self.denoiser_lora_stem(path, components), module, None, rank=rank,
+                                             lr=plan.lr(path)))
         if train_text_encoder and spec.text_encoder:
             for index, encoder in enumerate(components.text_encoders):
                 for path, module in encoder.named_modules():
@@ -271,7 +280,8 @@ class Anima(DiTFamily):
                         continue
                     rank = plan.rank(path)
                     if rank != 0:
-                        targets.append(AdapterTarget("lora_te_" + path.replace(".", "_"), module, index, rank=rank))
+                        targets.append(AdapterTarget("lora_te_" + path.replace(".", "_"), module, index, rank=rank,
+                                                     lr=plan.lr(path)))
         return targets
 
     def denoiser_target(self, path):

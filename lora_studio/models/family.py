@@ -45,6 +45,7 @@ class AdapterTarget:
     norm: bool = False  # a normalisation layer (LyCORIS train_norm: its scale and shift are trained)
     rank: int | None = None  # the family's own rank for it (Flux's per-type dims, in_dims), else network_dim
     split: tuple[int, ...] = ()  # a fused projection trained as these separate output parts (Flux split_qkv)
+    lr: float | None = None  # the family's own learning rate for it (Anima's network_reg_lrs), else its part's
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,7 @@ class LoRANetwork(nn.Module):
         family = components.family
         self.blocks = _block_plan(family, args, rank, alpha, conv_dim, conv_alpha)
         self.block_of: dict[str, int] = {}
+        self.lr_of: dict[str, float] = {}  # a module's own learning rate (a family's per-module rule)
         foreign = [name for name, _ in args.family_args if name not in family.network_args()]
         if foreign:
             raise UserError(f"network_args: {', '.join(foreign)}: arguments of another model family's sd-scripts "
@@ -313,6 +314,8 @@ class LoRANetwork(nn.Module):
             self._add(target.stem, target.module, this_rank, this_alpha, dropout, norm=target.norm,
                       split=target.split)
             self.block_of[target.stem] = block
+            if target.lr is not None:
+                self.lr_of[target.stem] = target.lr
             (self.unet_stems if target.text_encoder is None else self.te_stems[target.text_encoder]).append(
                 target.stem)
 
@@ -406,6 +409,7 @@ class LoRANetwork(nn.Module):
         for te_index, stems in enumerate(self.te_stems):
             name = f"text_encoder{te_index + 1 if len(self.te_stems) > 1 else ''}"
             parts.append((name, stems, te_lrs[min(te_index, len(te_lrs) - 1)], args.loraplus_text_encoder))
+        parts = [split for part in parts for split in self._own_lrs(*part)]
         groups = []
         for name, stems, lr, ratio in parts:
             if not stems or lr <= 0:
@@ -416,6 +420,19 @@ class LoRANetwork(nn.Module):
             groups.append({"params": self._trainable(stems, up=False), "lr": lr, "name": name})
             groups.append({"params": self._trainable(stems, up=True), "lr": lr * ratio, "name": f"{name}_plus"})
         return [g for g in groups if g["params"]]
+
+    def _own_lrs(self, name: str, stems: list[str], lr: float, ratio) -> list[tuple]:
+        """A part's modules with a learning rate of their own (``lr_of``) in a group per rate, after the part's
+        (sd-scripts' lora_anima: reg_lr groups, LoRA+ applying to them too)."""
+        own: dict[float, list[str]] = {}
+        for stem in stems:
+            if stem in self.lr_of:
+                own.setdefault(self.lr_of[stem], []).append(stem)
+        if not own:
+            return [(name, stems, lr, ratio)]
+        rest = [s for s in stems if s not in self.lr_of]
+        return [(name, rest, lr, ratio)] + [(f"{name}_lr{value:g}", group, value, ratio)
+                                              for value, group in own.items()]
 
     def load_weights(self, path: str | Path) -> None:
         """Continue from a LoRA file: every adapter must be in it with the same rank; alpha comes from the file."""
