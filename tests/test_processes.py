@@ -16,10 +16,11 @@ from lora_studio.training.events import read_events
 
 
 def _settings(model, data, out, **extra):
-    # 9 images, batch 2: 5 batches an epoch, 3 for each of 2 processes; accumulation 2 syncs after the 2nd and at the
-    # epoch's end (2 steps an epoch). clip_skip 2 leaves the last text-encoder layer's adapters without a gradient.
+    # 9 images, batch 2: 5 batches an epoch, 3 for each of 2 processes (one batch repeated); accumulation 2 syncs
+    # after the 2nd and at the epoch's end (2 steps an epoch). clip_skip 2 leaves the last text-encoder layer's
+    # adapters without a gradient. The latents cached on disk: the main process writes them, the other waits.
     settings = base_settings(model, data, out, max_train_epochs=2, gradient_accumulation_steps=2, clip_skip=2,
-                             output_name="multi")
+                             output_name="multi", save_every_n_epochs=1, cache_latents_to_disk=True)
     settings.pop("max_train_steps")
     settings.update(extra)
     return settings
@@ -42,7 +43,11 @@ def test_two_processes_sync_accumulate_and_agree(two_processes):
     assert events[0]["total_steps"] == 4 and events[0]["steps_per_epoch"] == 2
     assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4]
     assert events[-1]["status"] == "completed" and events[-1]["step"] == 4
-    assert "all 2 processes ended at step 4" in two_processes["proc"].stderr
+    assert "all 2 processes ended at step 4" in two_processes["proc"].stderr and "2 process(es)" in \
+        two_processes["proc"].stderr
+    assert [e["type"] for e in events].count("start") == 1  # only the main process writes events
+    out = two_processes["root"] / "out"
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["multi-000001.safetensors", "multi.safetensors"]
 
 
 def _wait_all(processes: list[subprocess.Popen], timeout: float) -> list[int]:

@@ -76,26 +76,6 @@ def test_accelerate_launch_one_process(tiny_models, dataset, tmp_path):
     assert (tmp_path / "out" / "test_lora.safetensors").is_file()
 
 
-def test_two_processes_split_the_data(tiny_models, tmp_path):
-    from lora_studio.demo import write_dataset
-
-    # 9 images x 1 repeat, batch 2 -> 5 batches per epoch (the last one short): 3 per process, one repeated
-    data = write_dataset(tmp_path / "data", count=9, repeats=1)
-    settings = base_settings(tiny_models["folder"], data, tmp_path / "out", max_train_epochs=2,
-                             save_every_n_epochs=1, cache_latents_to_disk=True, gradient_accumulation_steps=1)
-    settings.pop("max_train_steps")
-    cfg = write_config(tmp_path / "run.toml", settings)
-    proc = accelerate_launch(cfg, 2)
-    out = tmp_path / "out"
-    events = read_events(out / "test_lora_events.jsonl")
-    assert [e["type"] for e in events].count("start") == 1  # only the main process writes events
-    assert events[0]["total_steps"] == 6 and events[0]["steps_per_epoch"] == 3
-    assert events[-1]["status"] == "completed" and events[-1]["step"] == 6
-    assert sorted(p.name for p in out.glob("*.safetensors")) == ["test_lora-000001.safetensors",
-                                                               "test_lora.safetensors"]
-    assert "2 process(es)" in proc.stderr
-
-
 def test_sd_scripts_configs_run_unchanged(tiny_models, tmp_path):
     import random
 
