@@ -48,8 +48,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("allow_pickle", BOOL, False, "Allow pickle model files",
        "Open .ckpt/.pt/.bin model files (pickle can run code; they are read with weights_only=True). Only for files "
        "you trust; .safetensors needs no such switch.", "model", advanced=True),
-    _s("vae", PATH, None, "VAE", "Optional VAE to use instead of the model's own (.safetensors file or diffusers folder).",
-       "model"),
+    _s("vae", PATH, None, "VAE", "Optional VAE to use instead of the model's own (.safetensors file or diffusers folder). "
+       "SD3: its 16-channel VAE when the checkpoint has none; Anima: the Qwen-Image VAE (qwen_image_vae.safetensors), "
+       "which it needs.", "model"),
     _s("no_half_vae", BOOL, False, "No half VAE",
        "Keep the VAE in float32 (the SDXL VAE overflows to NaN in fp16; LoRA Studio then switches to float32 by "
        "itself).", "model", advanced=True),

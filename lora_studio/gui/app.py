@@ -78,7 +78,8 @@ class Workbench:
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="LoRA Studio") as page:
-            gr.Markdown("# LoRA Studio\nTrain LoRA adapters for Stable Diffusion on your own images.")
+            gr.Markdown("# LoRA Studio\nTrain LoRA adapters for Stable Diffusion, Flux, SD3, Anima and Lumina 2 on your "
+                        "own images.")
             with gr.Tabs(selected="lora", elem_id="main-tabs") as main_tabs, self.picker.collecting():
                 with gr.Tab("LoRA", id="lora"):
                     lora = self.lora.build()
