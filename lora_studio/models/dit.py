@@ -364,6 +364,55 @@ class DiTFamily(ModelFamily):
                                  for t, e in sorted(types.items())},
                 "blocks": {kind: sorted(found) for kind, found in sorted(blocks.items())}}
 
+    # a fused projection's name ending -> its kind in ``fused_summary`` (Flux: qkv and linear1; Lumina 2: qkv)
+    fused_endings: dict[str, str] = {}
+
+    def fused_summary(self, modules: dict, metadata: dict) -> dict:
+        """The fused projections a file adapts, per kind, and how many are stored split (a block-diagonal up:
+        split_qkv trained q, k, v apart), and split_qkv as the file's network_args say (sd-scripts writes them to
+        ss_network_args)."""
+        import json
+
+        fused = {**{kind: 0 for kind in self.fused_endings.values()}, "stored_split": 0}
+        for stem, m in modules.items():
+            name = self.kohya_stem(stem)
+            kind = next((k for end, k in self.fused_endings.items() if name.endswith(end)), None)
+            if kind is None or not name.startswith("lora_unet_"):
+                continue
+            fused[kind] += 1
+            if m.kind == "lora" and "lora_mid.weight" not in m.tensors:
+                up, down = m.tensors["lora_up.weight"].flatten(1), m.tensors["lora_down.weight"]
+                fused["stored_split"] += self.split_ranks(up, self.fused_parts(name, up.shape[0], down.shape[1])) \
+                    is not None
+        try:
+            args = json.loads(metadata.get("ss_network_args") or "{}")
+        except json.JSONDecodeError:
+            args = {}
+        split = args.get("split_qkv") if isinstance(args, dict) else None
+        return {"fused": fused,
+                "split_qkv": None if split is None else str(split).strip().lower() in ("true", "1", "yes")}
+
+    @staticmethod
+    def fused_parts(path: str, out_features: int, in_features: int) -> tuple[int, ...]:
+        """The output rows of each projection a fused Linear holds, () for any other (the family's)."""
+        return ()
+
+    @staticmethod
+    def split_ranks(up, parts: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The rank of each part when a fused module's up [rows, rank] is block-diagonal over its ``parts`` (how
+        split_qkv stores q, k, v [, mlp] trained apart), else None."""
+        import torch
+
+        rank = up.shape[1]
+        if not parts or rank % len(parts):
+            return None
+        each, start = rank // len(parts), 0
+        inside = torch.zeros(up.shape, dtype=torch.bool)
+        for i, rows in enumerate(parts):
+            inside[start:start + rows, i * each:(i + 1) * each] = True
+            start += rows
+        return (each,) * len(parts) if not bool(up.flatten(1)[~inside].any()) else None
+
     def lora_file_fits(self, stems) -> bool:
         """Whether a LoRA file's module names can be this family's (its own block names; subclasses narrow it)."""
         pattern = "lora_unet_" + self.block_pattern.replace(r"\.", "_")

@@ -423,59 +423,16 @@ class FluxFamily(DiTFamily):
             return (in_features,) * 3 + (out_features - 3 * in_features,)
         return ()
 
-    @staticmethod
-    def split_ranks(up, parts: tuple[int, ...]) -> tuple[int, ...] | None:
-        """The rank of each part when a fused module's up [rows, rank] is block-diagonal over its ``parts`` (how
-        sd-scripts' split_qkv stores q, k, v [, mlp] trained apart), else None."""
-        import torch
-
-        rank = up.shape[1]
-        if not parts or rank % len(parts):
-            return None
-        each, start = rank // len(parts), 0
-        inside = torch.zeros(up.shape, dtype=torch.bool)
-        for i, rows in enumerate(parts):
-            inside[start:start + rows, i * each:(i + 1) * each] = True
-            start += rows
-        return (each,) * len(parts) if not bool(up.flatten(1)[~inside].any()) else None
+    fused_endings = {"_attn_qkv": "qkv", "_linear1": "linear1"}
 
     def lora_file_summary(self, modules: dict, metadata: dict) -> dict:
         """What ``lora inspect`` shows of a Flux / Chroma file besides the common report: per module type its count,
-        ranks and alphas; the fused modules (double blocks' qkv, single blocks' linear1) and how many of them are
-        stored split (block-diagonal up: split_qkv); the block indices it changes; split_qkv as its network_args say
-        (sd-scripts writes them to ss_network_args)."""
-        import json
-        import re
-
-        types: dict[str, dict] = {}
-        fused = {"qkv": 0, "linear1": 0, "stored_split": 0}
-        blocks: dict[str, set] = {"double": set(), "single": set()}
-        for stem, m in modules.items():
-            name = self.kohya_stem(stem)
-            entry = types.setdefault(self.lora_module_type(stem), {"modules": 0, "rank": set(), "alpha": set()})
-            entry["modules"] += 1
-            if m.rank is not None:
-                entry["rank"].add(m.rank)
-            if m.alpha is not None:
-                entry["alpha"].add(round(m.alpha, 6))
-            match = re.match(r"lora_unet_(double|single)_blocks_(\d+)_", name)
-            if match:
-                blocks[match[1]].add(int(match[2]))
-            if name.endswith(("_attn_qkv", "_linear1")) and name.startswith("lora_unet_"):
-                fused["qkv" if name.endswith("qkv") else "linear1"] += 1
-                if m.kind == "lora" and "lora_mid.weight" not in m.tensors:
-                    up, down = m.tensors["lora_up.weight"], m.tensors["lora_down.weight"]
-                    parts = self.fused_parts(name, up.shape[0], down.shape[1])
-                    fused["stored_split"] += self.split_ranks(up.flatten(1), parts) is not None
-        try:
-            args = json.loads(metadata.get("ss_network_args") or "{}")
-        except json.JSONDecodeError:
-            args = {}
-        split = args.get("split_qkv") if isinstance(args, dict) else None
-        return {"module_types": {t: {"modules": e["modules"], "rank": sorted(e["rank"]), "alpha": sorted(e["alpha"])}
-                                 for t, e in sorted(types.items())},
-                "fused": fused, "double_blocks": sorted(blocks["double"]), "single_blocks": sorted(blocks["single"]),
-                "split_qkv": None if split is None else str(split).strip().lower() in ("true", "1", "yes")}
+        ranks and alphas; the double and single block indices it changes; the fused modules (double blocks' qkv,
+        single blocks' linear1), how many of them are stored split, and split_qkv (``fused_summary``)."""
+        summary = super().lora_file_summary(modules, metadata)
+        blocks = summary.pop("blocks")
+        return {**summary, **self.fused_summary(modules, metadata),
+                "double_blocks": blocks.get("double_blocks", []), "single_blocks": blocks.get("single_blocks", [])}
 
     def lora_apps(self, stems, plain: bool) -> dict[str, str]:
         """Which apps apply a Flux / Chroma LoRA file: ComfyUI and Forge read sd-scripts' and ComfyUI's names of every

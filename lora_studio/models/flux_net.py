@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .transformer_base import CheckpointedTransformer, rms_norm
+from .transformer_base import CheckpointedTransformer, block_count, rms_norm
 
 TIME_EMBED_DIM = 256  # BFL's timestep_embedding width for time_in / guidance_in
 BFL_PREFIX = "model.diffusion_model."  # the prefix of a DiT inside a full (ComfyUI-style) checkpoint
@@ -413,7 +413,7 @@ def config_from_state_dict(keys_and_shapes: Mapping[str, tuple], *, axes_dim: tu
     if "img_in.weight" not in shapes or "txt_in.weight" not in shapes:
         raise UserError("this is not a Flux or Chroma transformer in the BFL layout (no img_in / txt_in weights)")
     hidden, in_channels = shapes["img_in.weight"]
-    depth, singles = _block_count(shapes, "double_blocks"), _block_count(shapes, "single_blocks")
+    depth, singles = block_count(shapes, "double_blocks"), block_count(shapes, "single_blocks")
     head_dim = _first_shape(shapes, r"(double|single)_blocks\.0\..*query_norm\.scale", (128,))[0]
     mlp_rows = _first_shape(shapes, r"double_blocks\.0\.img_mlp\.0\.weight", None)
     mlp_ratio = mlp_rows[0] / hidden if mlp_rows else _single_mlp_ratio(shapes, hidden)
@@ -426,21 +426,13 @@ def config_from_state_dict(keys_and_shapes: Mapping[str, tuple], *, axes_dim: tu
     if chroma:
         approx_hidden, approx_in = shapes["distilled_guidance_layer.in_proj.weight"]
         approximator = dict(approximator_in_dim=approx_in, approximator_hidden_size=approx_hidden,
-                            approximator_depth=_block_count(shapes, "distilled_guidance_layer.layers"))
+                            approximator_depth=block_count(shapes, "distilled_guidance_layer.layers"))
     return FluxConfig(
         in_channels=in_channels, hidden_size=hidden, context_in_dim=shapes["txt_in.weight"][1],
         vec_in_dim=shapes.get("vector_in.in_layer.weight", (0, FLUX_DEV.vec_in_dim))[1],
         mlp_ratio=mlp_ratio, num_heads=hidden // head_dim, depth=depth, depth_single_blocks=singles,
         axes_dim=tuple(axes_dim), qkv_bias=depth == 0 or "double_blocks.0.img_attn.qkv.bias" in shapes,
         guidance_embed="guidance_in.in_layer.weight" in shapes, chroma=chroma, **approximator)
-
-
-def _block_count(shapes: Mapping[str, tuple], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-    indices = {int(m.group(1)) for k in shapes if (m := pattern.match(k))}
-    if indices != set(range(len(indices))):
-        raise UserError(f"{prefix} are numbered with gaps ({sorted(indices)}): this checkpoint cannot be read")
-    return len(indices)
 
 
 def _first_shape(shapes: Mapping[str, tuple], pattern: str, default):

@@ -22,7 +22,7 @@ import re
 
 from .dit import DIT_IGNORED, DiTFamily, decode_image
 from .family import AdapterTarget, EstimateConstants, PartFile
-from .flux import FlowObjective, FluxFamily
+from .flux import FlowObjective
 
 log = logging.getLogger("lora_studio")
 
@@ -319,30 +319,13 @@ class LuminaFamily(DiTFamily):
                                                             for n in names)
 
     fused_parts = staticmethod(lumina_fused_parts)
-    split_ranks = staticmethod(FluxFamily.split_ranks)
+
+    fused_endings = {"_attention_qkv": "qkv"}
 
     def lora_file_summary(self, modules, metadata):
-        """The common report plus the fused qkv modules and how many are stored split (block-diagonal up:
-        split_qkv), and split_qkv as the file's network_args say."""
-        import json
-
-        summary = super().lora_file_summary(modules, metadata)
-        fused = {"qkv": 0, "stored_split": 0}
-        for stem, m in modules.items():
-            name = self.kohya_stem(stem)
-            if not name.endswith("_attention_qkv"):
-                continue
-            fused["qkv"] += 1
-            if m.kind == "lora" and "lora_mid.weight" not in m.tensors:
-                up, down = m.tensors["lora_up.weight"].flatten(1), m.tensors["lora_down.weight"]
-                parts = lumina_fused_parts("attention.qkv", up.shape[0], down.shape[1])
-                fused["stored_split"] += self.split_ranks(up, parts) is not None
-        try:
-            args = json.loads(metadata.get("ss_network_args") or "{}")
-        except json.JSONDecodeError:
-            args = {}
-        split = args.get("split_qkv") if isinstance(args, dict) else None
-        return {**summary, "fused": fused, "split_qkv": None if split is None else _truthy(split)}
+        """The common report plus the fused qkv modules, how many are stored split and split_qkv
+        (``fused_summary``)."""
+        return {**super().lora_file_summary(modules, metadata), **self.fused_summary(modules, metadata)}
 
     def lora_apps(self, stems, plain):
         """ComfyUI reads sd-scripts' names (its Lumina2 model's native paths, Gemma2's lora_te_); diffusers' Lumina 2

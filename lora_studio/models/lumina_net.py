@@ -27,7 +27,6 @@ Pure model code: imported from inside functions only (it imports torch at import
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .transformer_base import CheckpointedTransformer, RMSNorm, last_blocks
+from .transformer_base import CheckpointedTransformer, RMSNorm, block_count, last_blocks
 
 COMFY_PREFIX = "model.diffusion_model."  # ComfyUI's all-in-one files (Neta Lumina) keep the DiT under it
 FREQUENCY_DIM = 256  # the sinusoidal time embedding's width
@@ -317,9 +316,9 @@ def config_from_state_dict(keys_and_shapes: Mapping[str, tuple]) -> LuminaConfig
         raise UserError(f"this is not a Lumina 2 (NextDiT) transformer: it has no {missing[0]}")
     dim, patch_features = shapes["x_embedder.weight"]
     patch = 2
-    n_layers = _block_count(shapes, "layers")
-    refiners = _block_count(shapes, "noise_refiner")
-    if _block_count(shapes, "context_refiner") != refiners:
+    n_layers = block_count(shapes, "layers")
+    refiners = block_count(shapes, "noise_refiner")
+    if block_count(shapes, "context_refiner") != refiners:
         raise UserError("this Lumina transformer has unlike numbers of noise and context refiners")
     block = "layers.0." if n_layers else "noise_refiner.0."
     head_dim = shapes.get(block + "attention.q_norm.weight", (96,))[0]
@@ -332,11 +331,3 @@ def config_from_state_dict(keys_and_shapes: Mapping[str, tuple]) -> LuminaConfig
                         qk_norm=block + "attention.q_norm.weight" in shapes,
                         cap_feat_dim=shapes["cap_embedder.1.weight"][1], axes_dims=default_axes(head_dim),
                         norm_final="norm_final.weight" in shapes)
-
-
-def _block_count(shapes: Mapping[str, tuple], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-    indices = {int(m.group(1)) for k in shapes if (m := pattern.match(k))}
-    if indices != set(range(len(indices))):
-        raise UserError(f"{prefix} are numbered with gaps ({sorted(indices)}): this checkpoint cannot be read")
-    return len(indices)

@@ -71,6 +71,17 @@ class CheckpointedTransformer(nn.Module):
         return checkpoint(block, *args, use_reentrant=False)
 
 
+def block_count(shapes, prefix: str) -> int:
+    """How many ``prefix.N.`` blocks a checkpoint's names hold (numbered from 0 without gaps, or a UserError)."""
+    import re
+
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    indices = {int(m.group(1)) for k in shapes if (m := pattern.match(k))}
+    if indices != set(range(len(indices))):
+        raise UserError(f"{prefix} are numbered with gaps ({sorted(indices)}): this checkpoint cannot be read")
+    return len(indices)
+
+
 def last_blocks(blocks: nn.ModuleList, count: int, what: str) -> list[tuple[nn.ModuleList, int]]:
     """sd-scripts' block swap of a one-kind transformer: the last ``count`` blocks, at most all but 2."""
     if count < 0:
