@@ -174,3 +174,22 @@ def test_caption_dropout_trains_with_cached_text_encoder_outputs(anima_run, tmp_
     assert cond["qwen3_mask"][1].tolist() == [0, 0, 0, 0] and cond["t5_ids"][1].tolist() == [1, 0, 0, 0]
     assert cond["t5_mask"][1].tolist() == [1, 0, 0, 0] and cond["t5_ids"][0].tolist() == [7, 7, 7, 7]
     assert torch.all(cache["a cat"]["qwen3"] == 1)  # the cache itself is untouched
+
+
+def test_lokr_through_lycoris_adapts_the_blocks_attention_and_mlp(anima_run, tmp_path):
+    """Kohya_ss v26's LoKr for Anima (lycoris.kohya, preset attn-mlp): the same block Linears as LoRA, LoKr's keys
+    under sd-scripts' names, and the Qwen3 layers with the text encoder."""
+    root, info = anima_run
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "run.toml", _settings(
+        info["models"], info["data"], out, network_module="lycoris.kohya",
+        network_args=["algo=lokr", "preset=attn-mlp", "factor=4"], max_train_steps=2, validation_split=0.0,
+        validate_every_n_steps=None))
+    run_cli("train", "--config", str(config))
+    tensors = load_file(str(out / "anima_lora.safetensors"))
+    stems = {k.split(".")[0] for k in tensors}
+    unet = sorted(s for s in stems if s.startswith("lora_unet_"))
+    assert len(unet) == 2 * 10 and "lora_unet_blocks_1_cross_attn_output_proj" in unet  # as LoRA's 20 modules
+    assert "lora_unet_blocks_0_mlp_layer1.lokr_w1" in tensors and any(s.startswith("lora_te_layers_") for s in stems)
+    with safe_open(str(out / "anima_lora.safetensors"), "pt") as f:
+        assert f.metadata()["ss_network_module"] == "lycoris.kohya"
