@@ -152,3 +152,21 @@ SDXL_CORPUS = {
          "no_half_vae": True, "optimizer_type": "Adafactor", "resolution": "1024", "xformers": True,
          "optimizer_args": ["scale_parameter=False", "relative_step=False", "warmup_init=False"]}),
 }
+
+
+def unhandled_keys(data: dict, result) -> list[str]:
+    """The JSON's keys an import neither carried over, nor named in a note or as unsupported, nor listed as the
+    GUI's own; a value that means "not set" in Kohya_ss ("", 0, false) counts as handled."""
+    import re
+
+    said = " ".join(result.notes + result.unsupported)
+    return sorted(k for k, v in data.items()
+                  if k not in result.carried and k not in result.ignored and not re.search(rf"\b{k}\b", said)
+                  and v not in ("", None, 0, False) and not (k == "sample_prompts" and result.sample_prompt_text))
+
+
+def one_note(result, start: str) -> str:
+    """The import's one note that starts with ``start``."""
+    found = [n for n in result.notes if n.startswith(start)]
+    assert len(found) == 1, (start, result.notes)
+    return found[0]

@@ -75,3 +75,16 @@ def held_out_loss(components, cfg, images) -> float:
             total += float(denoising_loss(components, objective, latents, cond, torch.ones(len(latents)), noise,
                                           objective.fixed_timesteps(point, len(latents), "cpu")))
     return total / len(objective.validation_points)
+
+
+def held_out_losses(cfg, lora_file, images) -> tuple[float, float]:
+    """(the base model's, the base model with ``lora_file`` attached) ``held_out_loss`` of ``images``."""
+    from lora_studio.models.loading import load_components
+    from lora_studio.network.lora import LoRANetwork
+
+    components = load_components(cfg.pretrained_model_name_or_path, None, False, options=cfg)
+    base = held_out_loss(components, cfg, images)
+    network = LoRANetwork(components, 4, 4.0)
+    network.load_weights(lora_file)
+    network.attach()
+    return base, held_out_loss(components, cfg, images)

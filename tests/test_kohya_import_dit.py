@@ -5,10 +5,11 @@ own test configuration with the family's panel, as "Save config" writes it). No 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
+
+from kohya_shapes import one_note, unhandled_keys
 
 from lora_studio.config import build_config
 from lora_studio.config.kohya_import import TRAINED_FAMILIES, convert, read_kohya_json
@@ -67,21 +68,6 @@ def _config(path: Path, **changes) -> dict:
     return {**json.loads(path.read_text(encoding="utf-8")), **changes}
 
 
-def _unhandled(data: dict, result) -> list[str]:
-    """The keys the import neither carried over, nor named in a note or as unsupported, nor listed as the GUI's own;
-    a value that means "not set" in Kohya_ss ("", 0, false) counts as handled."""
-    said = " ".join(result.notes + result.unsupported)
-    return sorted(k for k, v in data.items()
-                  if k not in result.carried and k not in result.ignored and not re.search(rf"\b{k}\b", said)
-                  and v not in ("", None, 0, False) and not (k == "sample_prompts" and result.sample_prompt_text))
-
-
-def _note(result, start: str) -> str:
-    found = [n for n in result.notes if n.startswith(start)]
-    assert len(found) == 1, (start, result.notes)
-    return found[0]
-
-
 @pytest.mark.parametrize("path", list(PATHS), ids=["sd3", "anima", "lumina"])
 def test_each_family_imports_as_the_gui_passes_it(path):
     result = read_kohya_json(path)
@@ -90,7 +76,7 @@ def test_each_family_imports_as_the_gui_passes_it(path):
     assert {k: s.get(k) for k in expected} == expected
     for name in NOT_SET[path]:
         assert name not in s, name
-    assert not result.unsupported and _unhandled(_config(path), result) == []
+    assert not result.unsupported and unhandled_keys(_config(path), result) == []
     assert "noise_offset = 0.05: a DDPM-noise option" in result.report()  # the SD-only values: left out, said
     cfg = build_config(s)
     assert cfg.network_module == expected["network_module"]
@@ -102,14 +88,14 @@ def test_the_family_switches_and_script_are_named():
                                  (ANIMA, "anima_checkbox", "anima_train_network.py"),
                                  (LUMINA, "lumina_checkbox", "lumina_train_network.py")):
         result = read_kohya_json(path)
-        assert f"sd-scripts' {script}" in _note(result, f"{switch} = true: the configuration trains")
+        assert f"sd-scripts' {script}" in one_note(result, f"{switch} = true: the configuration trains")
     sd3 = read_kohya_json(SD3)
-    assert "sd3_clip_l -> clip_l, sd3_t5xxl -> t5xxl" in _note(sd3, "The SD3 / SD3.5 panel's fields")
+    assert "sd3_clip_l -> clip_l, sd3_t5xxl -> t5xxl" in one_note(sd3, "The SD3 / SD3.5 panel's fields")
     assert {"save_clip", "save_t5xxl", "t5xxl_device", "t5xxl_dtype", "sd3_fused_backward_pass"} <= set(sd3.ignored)
     # LoRA type Anima without its checkbox: the GUI refuses to start; imported as Anima, said
     anima = convert(_config(BASE, LoRA_type="Anima", unet_lr=1e-4))
     assert anima.settings["network_module"] == "networks.lora_anima"
-    assert "the Kohya_ss GUI refuses to start without it" in _note(anima, "LoRA type 'Anima' (anima_checkbox")
+    assert "the Kohya_ss GUI refuses to start without it" in one_note(anima, "LoRA type 'Anima' (anima_checkbox")
 
 
 def test_the_fields_the_gui_does_not_pass_for_the_family_are_left_out_and_named():
@@ -120,7 +106,7 @@ def test_the_fields_the_gui_does_not_pass_for_the_family_are_left_out_and_named(
     assert "apply_t5_attn_mask" not in s and "t5xxl_max_token_length" not in s
     assert s["clip_l"] == "C:/models/text_encoders/clip_l.safetensors"  # the SD3 panel's, not the Flux panel's
     assert s["vae"] == "C:/models/sd3_vae.safetensors"  # SD3 reads the general VAE field
-    note = _note(sd3, "apply_t5_attn_mask = True")
+    note = one_note(sd3, "apply_t5_attn_mask = True")
     assert "clip_l = 'C:/flux/clip_l.sft'" in note and "cpu_offload_checkpointing = True" in note
     assert "t5xxl_max_token_length = 256" in note and "passes for Flux only, not for SD3 / SD3.5" in note
     assert {"anima_qwen3", "lumina_system_prompt", "flux1_checkbox", "guidance_scale"} <= set(sd3.ignored)
@@ -130,7 +116,7 @@ def test_the_fields_the_gui_does_not_pass_for_the_family_are_left_out_and_named(
     assert "the Kohya_ss GUI passes the Anima panel's anima_vae instead" in anima.report()
     lumina = convert(_config(LUMINA, vae="C:/models/sdxl_vae.safetensors", sd3_clip_l="C:/x.sft"))
     assert "vae" not in lumina.settings and "clip_l" not in lumina.settings
-    assert "vae = 'C:/models/sdxl_vae.safetensors'" in _note(lumina, "Not imported, as sd-scripts' Lumina 2")
+    assert "vae = 'C:/models/sdxl_vae.safetensors'" in one_note(lumina, "Not imported, as sd-scripts' Lumina 2")
     # an SD configuration ignores the three panels the GUI saves with it
     sd = convert(_config(ANIMA, LoRA_type="Standard", anima_checkbox=False))
     assert "qwen3" not in sd.settings and "timestep_sampling" not in sd.settings
@@ -156,7 +142,7 @@ def test_a_sparse_configuration_trains_with_the_panels_defaults():
     uniform)."""
     sd3 = convert({"LoRA_type": "Standard", "sd3_checkbox": True, "max_train_steps": 10})
     assert (sd3.settings["weighting_scheme"], sd3.settings["text_encoder_batch_size"]) == ("logit_normal", 1)
-    assert "weighting_scheme = 'logit_normal'" in _note(sd3, "Not in the file, so the Kohya_ss GUI's own defaults")
+    assert "weighting_scheme = 'logit_normal'" in one_note(sd3, "Not in the file, so the Kohya_ss GUI's own defaults")
     lumina = convert({"LoRA_type": "Lumina", "lumina_checkbox": True, "max_train_steps": 10})
     assert (lumina.settings["timestep_sampling"], lumina.settings["discrete_flow_shift"]) == ("shift", 6.0)
     assert "system_prompt" not in lumina.settings
@@ -223,7 +209,7 @@ def test_the_network_of_each_family_and_lora_type():
 def test_text_encoder_rates_caches_and_memory_as_each_script_reads_them():
     sd3 = convert(_config(SD3, text_encoder_lr=1e-5, t5xxl_lr=2e-6))
     assert sd3.settings["text_encoder_lr"] == [1e-5, 2e-6] and "network_train_unet_only" not in sd3.settings
-    assert "networks.lora_sd3 gives the second value to both" in _note(sd3, "t5xxl_lr = 2e-06")
+    assert "networks.lora_sd3 gives the second value to both" in one_note(sd3, "t5xxl_lr = 2e-06")
     anima = convert(_config(ANIMA, text_encoder_lr=1e-5, t5xxl_lr=2e-6))
     assert anima.settings["text_encoder_lr"] == 1e-5
     assert "which Anima's one text encoder does not read (no effect)" in anima.report()

@@ -5,10 +5,11 @@ built: every test reads configurations only."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
+
+from kohya_shapes import one_note, unhandled_keys
 
 from lora_studio.config import build_config, load_config, load_kohya_config
 from lora_studio.config.kohya_import import FLUX_MODULE, convert, read_kohya_json
@@ -26,21 +27,6 @@ MODULE = FLUX_MODULE
 
 def _preset(path: Path = PRESET, **changes) -> dict:
     return {**json.loads(path.read_text(encoding="utf-8")), **changes}
-
-
-def _unhandled(data: dict, result) -> list[str]:
-    """The JSON's keys the import neither carried over, nor named in a note or as unsupported, nor listed as the
-    GUI's own; a value that means "not set" in Kohya_ss ("", 0, false) counts as handled."""
-    said = " ".join(result.notes + result.unsupported)
-    return sorted(k for k, v in data.items()
-                  if k not in result.carried and k not in result.ignored and not re.search(rf"\b{k}\b", said)
-                  and v not in ("", None, 0, False) and not (k == "sample_prompts" and result.sample_prompt_text))
-
-
-def _note(result, start: str) -> str:
-    found = [n for n in result.notes if n.startswith(start)]
-    assert len(found) == 1, (start, result.notes)
-    return found[0]
 
 
 def test_the_kohya_flux_preset_imports_with_its_own_values():
@@ -66,14 +52,14 @@ def test_the_kohya_flux_preset_imports_with_its_own_values():
     for name in ("noise_offset", "min_snr_gamma", "clip_skip", "max_token_length", "v2", "blocks_to_swap",
                  "model_type", "max_train_epochs", "lr_warmup_steps"):
         assert name not in s, name
-    assert "noise_offset = 0.05, min_snr_gamma = 7.0: a DDPM-noise option" in _note(
+    assert "noise_offset = 0.05, min_snr_gamma = 7.0: a DDPM-noise option" in one_note(
         result, "Not imported, as sd-scripts' Flux training does not use them")  # the reason is the family's
     assert "LoRA Studio reads the model family (Flux.1 dev, schnell or Chroma) from the checkpoint itself" in \
-        _note(result, "flux1_checkbox = true: a Flux.1 configuration")
-    assert _note(result, "flux1_cache_text_encoder_outputs = true") == (
+        one_note(result, "flux1_checkbox = true: a Flux.1 configuration")
+    assert one_note(result, "flux1_cache_text_encoder_outputs = true") == (
         "flux1_cache_text_encoder_outputs = true -> cache_text_encoder_outputs = true (what the Kohya_ss GUI passes "
         "for Flux)")
-    assert "train_double_block_indices = 'all', train_single_block_indices = 'all'" in _note(
+    assert "train_double_block_indices = 'all', train_single_block_indices = 'all'" in one_note(
         result, "Not in the file, so the Kohya_ss GUI's own defaults apply")
     assert not result.unsupported and result.sample_prompt_text.startswith("saruman posing")
     assert {"split_mode", "train_blocks", "mem_eff_save", "sdxl_no_half_vae", "clip_skip", "conv_dim",
@@ -103,7 +89,7 @@ def test_the_first_flux_preset_keeps_its_explicit_values_where_lora_studio_would
     assert "bucket_reso_steps" not in " ".join(result.notes)  # 32 is a multiple of sd-scripts' Flux 32
     assert "multires_noise_iterations = 8, multires_noise_discount = 0.2 not used" in report
     assert "min_snr_gamma = 10.0: a DDPM-noise option" in report
-    assert "apply_t5_attn_mask = False" in _note(result, "Not in the file, so the Kohya_ss GUI's own defaults apply")
+    assert "apply_t5_attn_mask = False" in one_note(result, "Not in the file, so the Kohya_ss GUI's own defaults apply")
     assert not [n for n in result.notes if n.startswith("Not in the file, so Kohya_ss trains")]  # all were written
     assert {"conv_dim", "conv_alpha", "noise_offset"} <= set(result.ignored)
     assert build_config(s).discrete_flow_shift == 1.0
@@ -112,7 +98,7 @@ def test_the_first_flux_preset_keeps_its_explicit_values_where_lora_studio_would
 @pytest.mark.parametrize("path", [PRESET, FIRST_PRESET], ids=["preset", "first-preset"])
 def test_every_key_of_a_real_flux_preset_is_a_setting_a_note_or_named(path):
     data = _preset(path)
-    assert _unhandled(data, convert(data)) == []
+    assert unhandled_keys(data, convert(data)) == []
 
 
 def test_a_sparse_flux_preset_trains_with_the_gui_defaults_and_says_where_lora_studio_recommends_others():
@@ -123,7 +109,7 @@ def test_a_sparse_flux_preset_trains_with_the_gui_defaults_and_says_where_lora_s
         3.5, "sigma_scaled", "sigma", 3.0)
     assert s["t5xxl_max_token_length"] == 512 and s["apply_t5_attn_mask"] is False
     assert s["network_args"] == ["train_double_block_indices=all", "train_single_block_indices=all"]
-    assert _note(result, "Not in the file, so Kohya_ss trains") == (
+    assert one_note(result, "Not in the file, so Kohya_ss trains") == (
         "Not in the file, so Kohya_ss trains with its GUI's (sd-scripts') defaults, and so does this import: "
         "guidance_scale = 3.5, model_prediction_type = 'sigma_scaled', timestep_sampling = 'sigma', "
         "discrete_flow_shift = 3.0; for Flux LoRA Studio recommends guidance_scale = 1.0, model_prediction_type = "
@@ -140,7 +126,7 @@ def test_a_chroma_preset_imports_as_the_gui_passes_chroma():
     assert (s["guidance_scale"], s["timestep_sampling"]) == (1.0, "sigmoid")  # written in the file: kept
     assert "clip_l = 'put the full path to clip_l.safetensors here' is not passed: Chroma has no CLIP-L" in \
         chroma.report()
-    assert _unhandled(_preset(model_type="chroma"), chroma) == []
+    assert unhandled_keys(_preset(model_type="chroma"), chroma) == []
     assert build_config(s).model_type == "chroma"
     # a Chroma preset without the recipe fields: the GUI's switch to chroma sets guidance 0, T5 mask, sigmoid
     sparse = convert({"LoRA_type": "Flux1", "flux1_checkbox": True, "model_type": "chroma", "ae": "ae.sft",
@@ -149,7 +135,7 @@ def test_a_chroma_preset_imports_as_the_gui_passes_chroma():
     assert (s["guidance_scale"], s["apply_t5_attn_mask"], s["timestep_sampling"]) == (0.0, True, "sigmoid")
     assert "apply_t5_attn_mask = false -> true: Chroma trains with T5's attention mask" in sparse.report()
     assert "for Chroma LoRA Studio recommends model_prediction_type = 'raw'" in sparse.report()
-    assert "guidance_scale" not in _note(sparse, "Not in the file, so Kohya_ss trains")  # 0 is the recommended one
+    assert "guidance_scale" not in one_note(sparse, "Not in the file, so Kohya_ss trains")  # 0 is the recommended one
     # Chroma's guidance 0 is passed as 0 (Flux's 0 is dropped by the GUI: sd-scripts' 3.5)
     assert convert(_preset(model_type="chroma", guidance_scale=0)).settings["guidance_scale"] == 0.0
     dev = convert(_preset(guidance_scale=0, discrete_flow_shift=0, t5xxl_max_token_length=0))
@@ -181,7 +167,7 @@ def test_the_deprecated_and_gui_only_flux_fields_are_converted_or_named():
     assert len(result.unsupported) == 2
     assert "show_timesteps = 'image': in sd-scripts it shows the timestep draw and exits without training" in report
     assert "train_lora_ggpo = true (GGPO, ggpo_sigma = 0.03, ggpo_beta = 0.01) is not supported" in report
-    assert "weighting_scheme" not in s and _unhandled(data, result) == []
+    assert "weighting_scheme" not in s and unhandled_keys(data, result) == []
     args = parse_network_args(build_config(s).network_args, MODULE)
     assert dict(args.family_args)["in_dims"] == [4, 0, 0, 0, 4] and args.rank_dropout == 0.1
     # an explicit blocks_to_swap wins over split_mode; the old per-kind swaps become blocks_to_swap
@@ -220,10 +206,10 @@ def test_sd_values_in_a_flux_preset_raise_no_error():
     for name in ("clip_skip", "v2", "v_parameterization", "noise_offset", "min_snr_gamma", "max_token_length",
                  "debiased_estimation_loss"):
         assert name not in s, name
-    note = _note(result, "Not imported, as sd-scripts' Flux training does not use them")
+    note = one_note(result, "Not imported, as sd-scripts' Flux training does not use them")
     assert "clip_skip = 2: " in note and "v2 = True" in note and "noise_offset = 0.1" in note
     assert s["bucket_reso_steps"] == 32 and "sd-scripts requires a multiple of 32 for Flux" in result.report()
-    assert not result.unsupported and _unhandled(data, result) == []
+    assert not result.unsupported and unhandled_keys(data, result) == []
     build_config(s)
 
 

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 from conftest import built_once, run_cli, write_config
-from lora_checks import held_out_loss
+from lora_checks import held_out_losses
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lora_studio.config import build_config
 from lora_studio.models.loading import load_components
+from lora_studio.network.lora import LoRANetwork
 
 
 def lumina_settings(models: dict, data, out, **extra) -> dict:
@@ -43,7 +44,6 @@ def lumina_run(tmp_path_factory):
 
 def test_trains_learns_and_writes_sd_scripts_file(lumina_run, tmp_path):
     from lora_studio.demo import write_dataset
-    from lora_studio.network.lora import LoRANetwork
 
     root, info = lumina_run
     path = root / "out" / "lumina_lora.safetensors"
@@ -71,12 +71,7 @@ def test_trains_learns_and_writes_sd_scripts_file(lumina_run, tmp_path):
 
     cfg = build_config(lumina_settings(info["models"], info["data"], root / "out"))
     held_out = write_dataset(tmp_path / "held", count=4, repeats=1, seed=99)
-    components = load_components(cfg.pretrained_model_name_or_path, None, False, options=cfg)
-    base = held_out_loss(components, cfg, held_out)
-    network = LoRANetwork(components, 4, 4.0)
-    network.load_weights(path)
-    network.attach()
-    trained = held_out_loss(components, cfg, held_out)
+    base, trained = held_out_losses(cfg, path, held_out)
     assert trained < base * 0.97, (base, trained)
 
 
@@ -127,7 +122,6 @@ def test_diffusers_loads_the_converted_file_and_changes_as_the_lora_says(lumina_
     from diffusers.loaders.lora_pipeline import Lumina2LoraLoaderMixin
     from test_lumina_net import _to_diffusers
 
-    from lora_studio.network.lora import LoRANetwork
 
     root, info = lumina_run
     source = root / "out" / "lumina_lora.safetensors"

@@ -10,12 +10,13 @@ import math
 import pytest
 import torch
 from conftest import built_once, run_cli, write_config
-from lora_checks import held_out_loss
+from lora_checks import held_out_losses
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lora_studio.config import build_config
 from lora_studio.models.loading import load_components
+from lora_studio.network.lora import LoRANetwork
 
 NETWORK_ARGS = ["context_attn_dim=2", "x_mod_dim=0", "train_block_indices=1", "emb_dims=[0,2,0,2,0,3]",
                 "split_qkv=True"]
@@ -56,7 +57,6 @@ def sd3_runs(tmp_path_factory):
 
 def test_trains_learns_and_writes_sd_scripts_names_shapes_and_metadata(sd3_runs, tmp_path):
     from lora_studio.demo import write_dataset
-    from lora_studio.network.lora import LoRANetwork
 
     root, info = sd3_runs
     out = root / "out-5-large"
@@ -88,12 +88,7 @@ def test_trains_learns_and_writes_sd_scripts_names_shapes_and_metadata(sd3_runs,
 
     cfg = build_config(sd3_settings(info["models"]["5-large"], info["data"], out))
     held_out = write_dataset(tmp_path / "held", count=4, repeats=1, seed=99)
-    components = load_components(cfg.pretrained_model_name_or_path, None, False, options=cfg)
-    base = held_out_loss(components, cfg, held_out)
-    network = LoRANetwork(components, 4, 4.0)
-    network.load_weights(path)
-    network.attach()
-    trained = held_out_loss(components, cfg, held_out)
+    base, trained = held_out_losses(cfg, path, held_out)
     assert trained < base * 0.97, (base, trained)
 
 
@@ -131,7 +126,6 @@ def test_names_follow_comfyui_rules_and_real_counts_are_sd_scripts(sd3_runs):
     from lora_studio.models.family import Components
     from lora_studio.models.registry import BY_NAME
     from lora_studio.models.sd3_net import CONFIGS, MMDiT
-    from lora_studio.network.lora import LoRANetwork
 
     root, info = sd3_runs
     for out, variant in (("out-5-large", "5-large"), ("out-5-medium", "5-medium")):

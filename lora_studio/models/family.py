@@ -135,6 +135,8 @@ class ModelFamily:
     # what a sample prompt without --s / --l renders with in the Test tab (sd-scripts' 30 steps and CFG 7.5 for SD)
     sample_steps = 30
     sample_cfg = 7.5
+    # sd-scripts' LoRA network module of the family, written for plain LoRA (None: the network_module setting's)
+    lora_module: str | None = None
 
     # ---- recognising and loading models
     def matches_checkpoint(self, keys: set[str]) -> bool:

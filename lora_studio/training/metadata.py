@@ -57,8 +57,8 @@ class RunMetadata:
             "ss_mixed_precision": cfg.mixed_precision, "ss_full_fp16": bool(cfg.full_fp16),
             "ss_fp8_base": bool(cfg.fp8_base), "ss_fp8_base_unet": bool(cfg.fp8_base_unet), "ss_lowram": cfg.lowram,
             # plain LoRA on a transformer is sd-scripts' module of its family (networks.lora_flux, lora_sd3 ...)
-            "ss_network_module": getattr(family, "lora_module", None) if cfg.network_module in (
-                "networks.lora", "lora_studio.lora") and getattr(family, "lora_module", None) else cfg.network_module,
+            "ss_network_module": family.lora_module if family.lora_module and cfg.network_module in (
+                "networks.lora", "lora_studio.lora") else cfg.network_module,
             "ss_network_dim": cfg.network_dim,
             "ss_network_alpha": cfg.network_alpha if cfg.network_alpha else cfg.network_dim,
             "ss_network_args": network_args or None, "ss_network_dropout": cfg.network_dropout,
